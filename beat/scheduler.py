@@ -1,0 +1,95 @@
+"""The Celery side of beat: a ``celery.beat.Scheduler`` whose tick runs the engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from celery import beat as celery_beat
+
+from beat.engine import BeatEngine
+from ductape_jobs.client import connect, now_ms
+from ductape_jobs.keys import Keys
+from ductape_jobs.publisher import Publisher
+from ductape_jobs.settings import Settings
+from ductape_jobs.store import Store
+
+log = logging.getLogger("beat")
+
+SAFE_POLICIES = ("noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl")
+
+
+class RedisScheduler(celery_beat.Scheduler):
+    """Celery beat scheduler backed by the ductape-jobs due index in Redis."""
+
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        self.settings: Settings = getattr(app, "ductape_settings", None) or Settings.from_env()
+        self.store = Store(connect(self.settings), Keys(self.settings.key_prefix))
+        publisher = Publisher(app, self.settings)
+        instance = f"{socket.gethostname()}:{os.getpid()}"
+        self.engine = BeatEngine(self.store, self.settings, publisher.publish, instance)
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        super().__init__(app, *args, **kwargs)
+
+    def setup_schedule(self) -> None:
+        """Schedules live in Redis and change at run time; nothing to load from config."""
+        self._warn_if_evicting()
+        self._renewer = threading.Thread(target=self._renew_loop, name="beat-lock", daemon=True)
+        self._renewer.start()
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """One engine tick; returns seconds until the next one."""
+        try:
+            report = self.engine.tick(now_ms())
+        except Exception:  # noqa: BLE001 - a Redis blip must not kill beat; the next tick retries
+            log.exception("beat tick failed; retrying")
+            return 1.0
+        if report.released or report.republished:
+            log.info("released %d run(s), re-published %d", report.released, report.republished)
+        return report.sleep_ms / 1000
+
+    def _renew_loop(self) -> None:
+        # The lock is renewed on its own timer so a long tick cannot let it lapse; fencing in
+        # the claim script keeps a stalled leader harmless either way.
+        period = self.settings.beat_lock_ttl_ms / 3000
+        while not self._stop.wait(period):
+            try:
+                if self.engine.token is not None and not self.store.renew_lock(
+                    self.engine.token, self.settings.beat_lock_ttl_ms
+                ):
+                    self.engine.token = None
+            except Exception:  # noqa: BLE001
+                log.warning("could not renew the beat lock; will retry")
+
+    def _warn_if_evicting(self) -> None:
+        try:
+            policy = self.store.eviction_policy()
+        except Exception:  # noqa: BLE001
+            return
+        if policy is not None and policy not in SAFE_POLICIES:
+            log.warning(
+                "Redis maxmemory-policy is %r: it can evict schedules. Set maxmemory-policy "
+                "noeviction (CONFIG SET maxmemory-policy noeviction, and in redis.conf)",
+                policy,
+            )
+
+    def sync(self) -> None:
+        """Nothing to flush: every change is written to Redis as it happens."""
+
+    def close(self) -> None:
+        """Stop renewing and hand leadership to a standby."""
+        self._stop.set()
+        try:
+            self.engine.step_down()
+        except Exception:  # noqa: BLE001
+            pass
+        super().close()
+
+    @property
+    def info(self) -> str:
+        """Shown in beat's start-up banner."""
+        return f"ductape-jobs due index, key prefix {self.settings.key_prefix!r}"

@@ -1,0 +1,47 @@
+"""The one Celery app factory, shared by producers, workers and beat."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from ductape_jobs.keys import Keys
+from ductape_jobs.settings import Settings
+
+
+def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
+    """A Celery app on the deployment's Redis, with one queue per env and at-least-once delivery."""
+    keys = Keys(settings.key_prefix)
+    app = Celery(name, broker=settings.url, set_as_current=False)
+    app.conf.update(
+        # No result backend: results and errors live in our own run records.
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        # At-least-once: a run is acknowledged after it finished and redelivered when the
+        # worker dies; run ids make the redelivery harmless (store.begin_run).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.run_lease_s,
+        task_queues=[Queue(settings.queue_for(env), routing_key=settings.queue_for(env)) for env in settings.envs],
+        task_default_queue=settings.queue_for(settings.envs[0]),
+        task_create_missing_queues=False,
+        broker_transport_options={
+            "global_keyprefix": keys.broker_prefix,
+            # Kept well above the ETA horizon so a held ETA message is never redelivered.
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_timeout": settings.socket_timeout_s,
+            "socket_connect_timeout": settings.socket_timeout_s,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        beat_scheduler="beat:RedisScheduler",
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return app

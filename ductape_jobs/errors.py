@@ -1,0 +1,43 @@
+"""Every error the library raises: one base class and a small family under it.
+
+Each also inherits the matching builtin so callers can catch either. Messages name the
+field, show the offending value and say what to do; they never carry a secret.
+"""
+
+from __future__ import annotations
+
+
+class DuctapeError(Exception):
+    """Base class of every error raised by ductape-jobs."""
+
+
+class JobValidationError(DuctapeError, ValueError):
+    """A request was refused before anything was written or sent."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class SessionError(JobValidationError):
+    """A session token or a $Session{...} placeholder could not be used."""
+
+
+class UnknownEventError(JobValidationError):
+    """No worker has registered a handler for the (product_tag, event) pair."""
+
+
+class JobNotFoundError(DuctapeError, LookupError):
+    """No job with that id exists under this key prefix."""
+
+
+class JobStateError(DuctapeError, ValueError):
+    """The operation does not apply to the job in its current state."""
+
+
+class BackendUnavailableError(DuctapeError, ConnectionError):
+    """Redis (or the broker) could not be reached within the configured time."""
+
+
+class HandlerError(DuctapeError):
+    """A handler raised; carried into the run record and the dead-letter store."""

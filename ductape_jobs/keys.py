@@ -1,0 +1,81 @@
+"""The whole Redis key space of one deployment, in one screen.
+
+Every key is built here, under the deployment's prefix, so several deployments can share one
+server and the data model can be read at a glance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builders for one key prefix."""
+
+    prefix: str = "ductape"
+
+    def job(self, job_id: str) -> str:
+        """HASH: a job's spec (JSON, immutable) and its mutable state fields."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def run(self, run_id: str) -> str:
+        """HASH: one run's status, attempts, timings, result or error."""
+        return f"{self.prefix}:run:{run_id}"
+
+    def job_runs(self, job_id: str) -> str:
+        """ZSET: a job's recent run ids by nominal time (trimmed)."""
+        return f"{self.prefix}:runs:{job_id}"
+
+    def fingerprint(self, digest: str) -> str:
+        """STRING: job id of the live recurring job with this fingerprint."""
+        return f"{self.prefix}:fp:{digest}"
+
+    @property
+    def jobs(self) -> str:
+        """ZSET: every job id by creation time (for listing)."""
+        return f"{self.prefix}:jobs"
+
+    @property
+    def due(self) -> str:
+        """ZSET: what beat must release, by due time; members are ``j:<job_id>`` or ``r:<run_id>``."""
+        return f"{self.prefix}:due"
+
+    @property
+    def outbox(self) -> str:
+        """ZSET: run ids claimed but not yet confirmed as published, by claim time."""
+        return f"{self.prefix}:outbox"
+
+    @property
+    def dead(self) -> str:
+        """ZSET: dead-lettered run ids by failure time."""
+        return f"{self.prefix}:dead"
+
+    @property
+    def events(self) -> str:
+        """SET: ``product_tag/event`` pairs some worker has registered."""
+        return f"{self.prefix}:events"
+
+    @property
+    def workers(self) -> str:
+        """HASH: worker hostname -> JSON of the envs and events it serves, and when it was seen."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def beat_lock(self) -> str:
+        """STRING: the beat leader's fencing token, with a TTL."""
+        return f"{self.prefix}:beat:lock"
+
+    @property
+    def beat_fence(self) -> str:
+        """STRING: counter that hands out fencing tokens."""
+        return f"{self.prefix}:beat:fence"
+
+    def cache(self, tag: str, digest: str) -> str:
+        """STRING: a cached result (JSON) with the cache's TTL."""
+        return f"{self.prefix}:cache:{tag}:{digest}"
+
+    @property
+    def broker_prefix(self) -> str:
+        """Prefix kombu puts before every broker key (queues, unacked), to isolate deployments."""
+        return f"{self.prefix}:broker:"

@@ -1,0 +1,329 @@
+"""The vocabulary, written down once. No I/O here.
+
+- a *job* is what a caller schedules (``JobRequest`` in, ``JobRecord`` stored);
+- a *run* is one execution of a job (``RunRecord``), with a deterministic id
+  ``{job_id}:{nominal_run_ms}`` that is also its Celery task id;
+- a *repeat* is a job's recurrence rule (``Repeat`` in, ``timing.Rule`` normalized);
+- a *task* is the Celery callable that executes runs of one event.
+
+The seed's wire names (``start_at``, ``every``, ``endDate``) are converted to milliseconds here
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ductape_jobs import timing
+from ductape_jobs.errors import JobValidationError
+
+SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its life."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    PAUSED = "paused"
+
+
+class RunStatus(StrEnum):
+    """Where a run is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Repeat(_Frozen):
+    """A recurrence rule as the caller writes it (seed: IJobRepeatOptions)."""
+
+    cron: str | None = None
+    every: int | None = Field(default=None, description="interval in milliseconds")
+    limit: int | None = None
+    end_date: int | float | str | datetime | None = Field(default=None, alias="endDate")
+    tz: str | None = None
+    misfire: Literal["skip", "run_all"] = "skip"
+    catchup_ms: int = Field(default=0, ge=0)
+
+    @field_validator("cron", mode="before")
+    @classmethod
+    def _cron(cls, value: object) -> object:
+        return None if value in (None, "") else timing.validate_cron(value)
+
+    @field_validator("tz", mode="before")
+    @classmethod
+    def _tz(cls, value: object) -> object:
+        if value in (None, ""):
+            return None
+        timing.parse_zone(value)
+        return value
+
+    @field_validator("every", "limit", mode="before")
+    @classmethod
+    def _strict_int(cls, value: object, info: Any) -> object:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"must be a whole number, got {value!r}")
+        if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+            raise ValueError(f"must be a whole number, got {value!r}")
+        number = int(value)
+        if info.field_name == "every" and number < 1:
+            raise ValueError(f"must be a positive interval in milliseconds, got {value!r}")
+        if info.field_name == "limit" and number < 1:
+            raise ValueError(
+                f"must be at least 1 (it counts every run, the first included), got {value!r}"
+            )
+        return number
+
+    @field_validator("end_date", mode="before")
+    @classmethod
+    def _end(cls, value: object) -> object:
+        if value in (None, ""):
+            return None
+        return timing.parse_instant_ms(value, "repeat.endDate")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Repeat:
+        if self.is_empty:
+            return self
+        if (self.cron is None) == (self.every is None):
+            raise ValueError(
+                "give exactly one of 'cron' or 'every' (got "
+                + ("both" if self.cron is not None else "neither")
+                + ")"
+            )
+        if self.tz is not None and self.cron is None:
+            raise ValueError("'tz' applies to 'cron' only; drop it or use a cron rule")
+        return self
+
+    @property
+    def is_empty(self) -> bool:
+        """``{}`` or all-empty means no repeat."""
+        return self.cron is None and self.every is None and self.limit is None and (
+            self.end_date is None and self.tz is None
+        )
+
+    @property
+    def end_ms(self) -> int | None:
+        """The inclusive end instant in epoch ms."""
+        return None if self.end_date is None else int(self.end_date)
+
+    def to_rule(self) -> timing.Rule:
+        """The normalized rule the occurrence maths works on."""
+        return timing.Rule(
+            cron=self.cron,
+            tz=self.tz or "UTC",
+            every_ms=self.every,
+            limit=self.limit,
+            end_ms=self.end_ms,
+            misfire=self.misfire,
+            catchup_ms=self.catchup_ms,
+        )
+
+
+class SessionRef(_Frozen):
+    """A session to resolve ``$Session{...}`` placeholders from (seed: ISession)."""
+
+    tag: str = Field(min_length=1, max_length=128)
+    token: SecretStr
+
+
+class JobRequest(_Frozen):
+    """What a caller asks for (seed: IJobProcessorInput); validated up front."""
+
+    env: str = Field(pattern=SLUG)
+    product_tag: str = Field(alias="product", pattern=SLUG)
+    event: str = Field(pattern=SLUG)
+    start_at: int | float | str | datetime = 0
+    retries: int = Field(default=0, ge=0, le=25)
+    input: dict[str, Any] = Field(default_factory=dict)
+    app: str | None = Field(default=None, pattern=SLUG)
+    cache: str | None = Field(default=None, pattern=SLUG)
+    session: SessionRef | None = None
+    repeat: Repeat | None = None
+
+    @field_validator("start_at", mode="before")
+    @classmethod
+    def _start(cls, value: object) -> object:
+        return timing.parse_instant_ms(value, "start_at")
+
+    @field_validator("retries", mode="before")
+    @classmethod
+    def _retries(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be a whole number of extra attempts 0..25, got {value!r}")
+        return value
+
+    @field_validator("repeat", mode="after")
+    @classmethod
+    def _drop_empty(cls, value: Repeat | None) -> Repeat | None:
+        return None if value is None or value.is_empty else value
+
+    @property
+    def start_ms(self) -> int:
+        """Earliest run time in epoch ms; 0 means now."""
+        return int(self.start_at)  # type: ignore[arg-type]  # the validator made it ms
+
+    @classmethod
+    def parse(cls, data: object) -> JobRequest:
+        """Validate ``data`` (a dict or a JobRequest), raising one JobValidationError."""
+        if isinstance(data, JobRequest):
+            return data
+        if not isinstance(data, dict):
+            raise JobValidationError("request", f"must be a dict of job fields, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc, data) from None
+
+
+def validation_error(exc: ValidationError, data: Any) -> JobValidationError:
+    """Turn pydantic's error list into one JobValidationError naming the first bad field."""
+    first = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in first["loc"]]
+    field = ".".join(loc) or "request"
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, JobValidationError):
+        return cause
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "is not a known field; check the spelling against the seed's IJobProcessorInput"
+    elif first["type"] == "missing":
+        message = "is required"
+    elif first["type"] != "value_error":
+        shown = "<secret>" if "token" in field else _short(first.get("input"))
+        message = f"{message} (got {shown})"
+    return JobValidationError(field, message)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class JobSpec(_Frozen):
+    """The immutable part of a stored job: what to run, where, how often."""
+
+    env: str
+    product_tag: str
+    event: str
+    retries: int
+    input: dict[str, Any]
+    app: str | None = None
+    cache: str | None = None
+    start_ms: int = 0
+    rule: dict[str, Any] | None = None  # timing.Rule as a dict
+    redact_paths: list[list[str | int]] = Field(default_factory=list)
+    # With session values: ``input`` holds them masked, ``sealed`` holds the real input encrypted
+    # under the session type's secret, and ``input_digest`` an HMAC of it (dedupe, cache keys).
+    session_tag: str | None = None
+    sealed: str | None = None
+    input_digest: str | None = None
+    created_ms: int
+
+    def timing_rule(self) -> timing.Rule | None:
+        """The repeat rule, or None for a one-off job."""
+        return None if self.rule is None else timing.Rule(**self.rule)
+
+    def fingerprint(self) -> str:
+        """What makes two recurring jobs the same schedule (DESIGN.md section 3)."""
+        same = self.model_dump(
+            include={"env", "product_tag", "event", "app", "input", "rule", "input_digest"}
+        )
+        blob = json.dumps(same, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class JobRecord(_Frozen):
+    """A job as ``ductape.job.get`` returns it."""
+
+    job_id: str
+    spec: JobSpec
+    status: JobStatus
+    recurring: bool
+    next_run_ms: int | None = None
+    runs_done: int = 0
+    attempts: int = 0
+    last_run_id: str | None = None
+    last_error: str | None = None
+    result: Any = None
+    created_ms: int
+    updated_ms: int
+
+    @property
+    def next_run_at(self) -> datetime | None:
+        """Next run time as an aware UTC datetime."""
+        return ms_to_datetime(self.next_run_ms)
+
+
+class RunRecord(_Frozen):
+    """One execution of a job, as ``ductape.job.runs`` returns it."""
+
+    run_id: str
+    job_id: str
+    nominal_ms: int
+    status: RunStatus
+    attempts: int = 0
+    queued_ms: int | None = None
+    started_ms: int | None = None
+    finished_ms: int | None = None
+    error: str | None = None
+    traceback: str | None = None
+    result: Any = None
+    cached: bool = False
+    manual: bool = False
+
+
+class ScheduleHandle(_Frozen):
+    """What ``schedule()`` returns."""
+
+    job_id: str
+    status: JobStatus
+    scheduled_at: datetime
+    recurring: bool
+    next_run_at: datetime | None
+    created: bool = True
+
+
+def ms_to_datetime(value_ms: int | None) -> datetime | None:
+    """Epoch ms to an aware UTC datetime (None stays None)."""
+    return None if value_ms is None else datetime.fromtimestamp(value_ms / 1000, tz=UTC)
+
+
+def run_id_for(job_id: str, nominal_ms: int) -> str:
+    """The deterministic run id, also used as the Celery task id."""
+    return f"{job_id}:{nominal_ms}"
+
+
+def job_id_of(run_id: str) -> str:
+    """The job a run id belongs to."""
+    return run_id.rsplit(":", 1)[0]

@@ -1,0 +1,155 @@
+"""From a validated request to what gets written: settings checks, sessions, the first run.
+
+Pure: the clock and ids come in as arguments, so every rule here is unit-tested without Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from ductape_jobs import timing
+from ductape_jobs.errors import JobValidationError, SessionError
+from ductape_jobs.models import JobRequest, JobSpec, JobStatus, run_id_for
+from ductape_jobs.sessions import Sessions, has_placeholders, resolve_placeholders, seal
+from ductape_jobs.settings import Settings
+from ductape_jobs.store import NewJob
+
+
+def plan_job(req: JobRequest, settings: Settings, sessions: Sessions, now_ms: int, job_id: str) -> NewJob:
+    """Check the request against the settings and decide its first run; raises JobValidationError."""
+    if req.env not in settings.envs:
+        raise JobValidationError(
+            "env", f"{req.env!r} is not a configured environment; use one of {list(settings.envs)} (DUCTAPE_ENVS)"
+        )
+    if req.cache is not None and req.cache not in settings.caches:
+        known = sorted(settings.caches) or "none configured"
+        raise JobValidationError(
+            "cache", f"{req.cache!r} is not a configured cache (known: {known}); add it to DUCTAPE_CACHES"
+        )
+    check_input(req.input, settings)
+    spec_fields = _session_fields(req, sessions, settings)
+    rule = req.repeat.to_rule() if req.repeat is not None else None
+    spec = JobSpec(
+        env=req.env,
+        product_tag=req.product_tag,
+        event=req.event,
+        retries=req.retries,
+        app=req.app,
+        cache=req.cache,
+        start_ms=req.start_ms,
+        rule=None if rule is None else rule.__dict__.copy(),
+        created_ms=now_ms,
+        **spec_fields,
+    )
+    if rule is None:
+        return _plan_once(job_id, spec, settings, now_ms)
+    return _plan_repeat(job_id, spec, rule, settings, now_ms)
+
+
+def _plan_once(job_id: str, spec: JobSpec, settings: Settings, now_ms: int) -> NewJob:
+    run_at_ms = max(spec.start_ms, now_ms)
+    if run_at_ms - now_ms <= settings.horizon_ms:
+        return NewJob(
+            job_id, spec, JobStatus.QUEUED, False, None, run_at_ms, 1,
+            run_id=run_id_for(job_id, run_at_ms), nominal_ms=run_at_ms,
+        )
+    return NewJob(job_id, spec, JobStatus.SCHEDULED, False, run_at_ms, run_at_ms, 0, due_ms=run_at_ms)
+
+
+def _plan_repeat(job_id: str, spec: JobSpec, rule: timing.Rule, settings: Settings, now_ms: int) -> NewJob:
+    if rule.every_ms is not None and rule.every_ms < settings.min_every_ms:
+        raise JobValidationError(
+            "repeat.every",
+            f"{rule.every_ms} ms is below the minimum of {settings.min_every_ms} ms; it is in milliseconds "
+            "(86400000 = 24 h); DUCTAPE_MIN_EVERY_MS sets the minimum",
+        )
+    if rule.end_ms is not None and rule.end_ms < now_ms:
+        raise JobValidationError(
+            "repeat.endDate",
+            f"{_iso(rule.end_ms)} is already past; give a later end date or drop it",
+        )
+    first_ms = timing.first_run_ms(rule, spec.start_ms, now_ms)
+    if first_ms is None:
+        raise JobValidationError(
+            "repeat.endDate",
+            f"{_iso(rule.end_ms or 0)} is before the first run; the job would never run",
+        )
+    if first_ms > now_ms:
+        return NewJob(job_id, spec, JobStatus.SCHEDULED, True, first_ms, first_ms, 0, due_ms=first_ms, dedupe=True)
+    # Due now: the first run is released here, as beat would release it, and the schedule advanced.
+    next_ms = timing.next_run_ms(rule, first_ms, first_ms, 1, now_ms)
+    status = JobStatus.SCHEDULED if next_ms is not None else JobStatus.COMPLETED
+    return NewJob(
+        job_id, spec, status, True, next_ms, first_ms, 1,
+        run_id=run_id_for(job_id, first_ms), nominal_ms=first_ms, due_ms=next_ms,
+        dedupe=next_ms is not None,
+    )
+
+
+def check_input(value: dict[str, Any], settings: Settings) -> None:
+    """Input must be JSON, at most max_input_bytes serialized and max_input_depth deep."""
+    depth = _depth(value, settings.max_input_depth)
+    if depth > settings.max_input_depth:
+        raise JobValidationError(
+            "input", f"is nested deeper than {settings.max_input_depth} levels; flatten it (DUCTAPE_MAX_INPUT_DEPTH)"
+        )
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+    except (TypeError, ValueError) as exc:
+        raise JobValidationError("input", f"must be JSON-serializable: {exc}") from None
+    if size > settings.max_input_bytes:
+        raise JobValidationError(
+            "input",
+            f"is {size} bytes serialized; the limit is {settings.max_input_bytes} (DUCTAPE_MAX_INPUT_BYTES); "
+            "store large data elsewhere and pass a reference",
+        )
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of dicts and lists, stopping once past ``limit`` (no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _session_fields(req: JobRequest, sessions: Sessions, settings: Settings) -> dict[str, Any]:
+    """Resolve $Session{...} placeholders; only the masked input and a sealed copy are kept."""
+    if req.session is None:
+        if has_placeholders(req.input):
+            raise SessionError(
+                "session", "input has $Session{...} placeholders but no session was given; pass session={tag, token}"
+            )
+        return {"input": req.input}
+    data = sessions.verify(req.session.tag, req.session.token.get_secret_value())
+    resolution = resolve_placeholders(req.input, data)
+    check_input(resolution.value, settings)
+    if not resolution.session_paths:
+        return {"input": resolution.value}
+    from ductape_jobs.sessions import redact
+
+    secret = sessions.secret_for(req.session.tag)
+    canonical = json.dumps(resolution.value, sort_keys=True, separators=(",", ":"))
+    return {
+        "input": redact(resolution.value, resolution.session_paths),
+        "redact_paths": [list(p) for p in resolution.session_paths],
+        "session_tag": req.session.tag,
+        "sealed": seal(resolution.value, secret),
+        "input_digest": hmac.new(secret.encode(), canonical.encode(), hashlib.sha256).hexdigest(),
+    }
+
+
+def _iso(value_ms: int) -> str:
+    from ductape_jobs.models import ms_to_datetime
+
+    when = ms_to_datetime(value_ms)
+    return when.isoformat() if when else "?"

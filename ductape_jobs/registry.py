@@ -1,0 +1,134 @@
+"""Handlers by event tag: the ``@handler`` decorator and loading the modules that use it."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from ductape_jobs.errors import JobValidationError
+from ductape_jobs.models import ms_to_datetime
+
+HandlerFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a handler learns about the run it is executing."""
+
+    job_id: str
+    run_id: str
+    attempt: int
+    env: str
+    product_tag: str
+    event: str
+    app: str | None
+    scheduled_ms: int
+    max_attempts: int
+
+    @property
+    def scheduled_at(self) -> datetime:
+        """The run's nominal time as an aware UTC datetime."""
+        when = ms_to_datetime(self.scheduled_ms)
+        assert when is not None
+        return when
+
+
+@dataclass(frozen=True)
+class Handler:
+    """One registered handler and the input model it asks for, if any."""
+
+    product_tag: str
+    event: str
+    fn: HandlerFn
+    input_model: type[BaseModel] | None
+
+    @property
+    def pair(self) -> str:
+        """``product_tag/event``, as workers publish it."""
+        return f"{self.product_tag}/{self.event}"
+
+    @property
+    def task_name(self) -> str:
+        """The Celery task name (what Flower lists)."""
+        return task_name(self.product_tag, self.event)
+
+    def __call__(self, input: dict[str, Any], ctx: RunContext) -> Any:
+        value: Any = input if self.input_model is None else self.input_model.model_validate(input)
+        return self.fn(value, ctx)
+
+
+@dataclass
+class Registry:
+    """Handlers keyed by (product_tag, event)."""
+
+    handlers: dict[tuple[str, str], Handler] = field(default_factory=dict)
+
+    def add(self, product_tag: str, event: str, fn: HandlerFn) -> Handler:
+        """Register fn; registering a different function for the same pair is an error."""
+        existing = self.handlers.get((product_tag, event))
+        if existing is not None and existing.fn is not fn:
+            raise JobValidationError(
+                "handler", f"{product_tag}/{event} already has handler {existing.fn.__qualname__}"
+            )
+        entry = Handler(product_tag, event, fn, _input_model(fn))
+        self.handlers[(product_tag, event)] = entry
+        return entry
+
+    def get(self, product_tag: str, event: str) -> Handler | None:
+        """The handler for the pair, or None."""
+        return self.handlers.get((product_tag, event))
+
+    def __iter__(self) -> Any:
+        return iter(self.handlers.values())
+
+    def __len__(self) -> int:
+        return len(self.handlers)
+
+
+default_registry = Registry()
+
+
+def handler(event: str, *, product_tag: str, registry: Registry | None = None) -> Callable[[HandlerFn], HandlerFn]:
+    """Register ``fn(input, ctx)`` as the handler of ``event`` for ``product_tag``."""
+
+    def register(fn: HandlerFn) -> HandlerFn:
+        (registry or default_registry).add(product_tag, event, fn)
+        return fn
+
+    return register
+
+
+def load_handlers(modules: Iterable[str], registry: Registry | None = None) -> Registry:
+    """Import the handler modules (``DUCTAPE_HANDLERS``) and return the registry they filled."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise JobValidationError(
+                "settings.handlers", f"cannot import handler module {name!r}: {exc}; fix DUCTAPE_HANDLERS"
+            ) from exc
+    return registry or default_registry
+
+
+def task_name(product_tag: str, event: str) -> str:
+    """The Celery task name of an event: ``<product_tag>.<event>``."""
+    return f"{product_tag}.{event}"
+
+
+def _input_model(fn: HandlerFn) -> type[BaseModel] | None:
+    """The pydantic model a handler declares for its first parameter, if any."""
+    params = list(inspect.signature(fn).parameters.values())
+    if not params:
+        return None
+    try:
+        hints = inspect.get_annotations(fn, eval_str=True)
+    except (NameError, TypeError):
+        return None
+    hint = hints.get(params[0].name)
+    return hint if inspect.isclass(hint) and issubclass(hint, BaseModel) else None

@@ -1,0 +1,165 @@
+"""Executing one run on a worker: claim it, use the cache, call the handler, record the outcome.
+
+Celery-free: workers/ wraps ``Runner.execute`` in one Celery task per event and turns the
+returned ``Outcome`` into Celery's retry, so this logic is tested without a broker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ductape_jobs.models import JobSpec, job_id_of
+from ductape_jobs.registry import Registry, RunContext
+from ductape_jobs.settings import Settings
+from ductape_jobs.store import Store
+
+log = logging.getLogger("ductape_jobs.runner")
+
+MAX_ERROR_CHARS = 2_000
+MAX_TRACEBACK_CHARS = 8_000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one delivery: ``completed``, ``retry``, ``failed``, ``skipped`` or ``busy``."""
+
+    kind: str
+    result: Any = None
+    retry_in_s: float | None = None
+    error: str | None = None
+
+
+def backoff_s(attempt: int, cap_s: int) -> int:
+    """Delay before the attempt after ``attempt``: 1 s, 2 s, 4 s ... capped."""
+    return int(min(2 ** (attempt - 1), cap_s))
+
+
+def cache_digest(spec: JobSpec) -> str:
+    """What makes two runs share a cached result: product, env, event, app and input."""
+    same = {k: getattr(spec, k) for k in ("product_tag", "env", "event", "app", "input")}
+    blob = json.dumps(same, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Runner:
+    """Runs deliveries of run ids against the registered handlers."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        settings: Settings,
+        clock_ms: Callable[[], int],
+        unseal: Callable[[JobSpec], dict[str, Any]] | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.clock_ms = clock_ms
+        self.unseal = unseal or (lambda spec: spec.input)
+
+    def execute(self, run_id: str) -> Outcome:
+        """Run one delivery of ``run_id`` at most once per attempt, recording what happened."""
+        job_id = job_id_of(run_id)
+        started = self.store.begin_run(run_id, job_id, self.clock_ms(), self.settings.run_lease_s * 1000)
+        if started.verdict == "busy":
+            # Another delivery of the same run holds it (a duplicate publish); look again later.
+            return Outcome("busy", retry_in_s=min(started.wait_ms / 1000, self.settings.horizon_ms / 1000))
+        if started.verdict != "run" or started.spec is None:
+            return Outcome("skipped")
+        spec, attempt = started.spec, started.attempt
+        handler = self.registry.get(spec.product_tag, spec.event)
+        ctx = RunContext(
+            job_id=job_id,
+            run_id=run_id,
+            attempt=attempt,
+            env=spec.env,
+            product_tag=spec.product_tag,
+            event=spec.event,
+            app=spec.app,
+            scheduled_ms=started.nominal_ms,
+            max_attempts=spec.retries + 1,
+        )
+        cache_key = self._cache_key(spec)
+        if cache_key is not None:
+            hit = self.store.cached_result(cache_key)
+            if hit is not None:
+                self._finish(ctx, "completed", result_json=hit, cached=True)
+                return Outcome("completed", result=json.loads(hit))
+        if handler is None:
+            error = f"no handler for {spec.product_tag}/{spec.event} on this worker; check DUCTAPE_HANDLERS"
+            return self._fail(ctx, error, "", retryable=False)
+        try:
+            result = handler(self.unseal(spec), ctx)
+            result_json = json.dumps(_plain(result), default=str)
+        except ValidationError as exc:  # the input does not fit the handler's model: retrying won't help
+            return self._fail(ctx, _error_text(exc), _trace(), retryable=False)
+        except Exception as exc:  # noqa: BLE001 - any handler failure is recorded, never lost
+            return self._fail(ctx, _error_text(exc), _trace(), retryable=True)
+        self._finish(ctx, "completed", result_json=result_json)
+        if cache_key is not None:
+            self.store.store_result(cache_key, result_json, self.settings.caches[spec.cache or ""].ttl_ms)
+        return Outcome("completed", result=json.loads(result_json))
+
+    def _cache_key(self, spec: JobSpec) -> str | None:
+        if spec.cache is None or spec.cache not in self.settings.caches:
+            return None
+        return self.store.keys.cache(spec.cache, cache_digest(spec))
+
+    def _fail(self, ctx: RunContext, error: str, trace: str, *, retryable: bool) -> Outcome:
+        if retryable and ctx.attempt < ctx.max_attempts:
+            delay_s = backoff_s(ctx.attempt, self.settings.backoff_cap_s)
+            if delay_s * 1000 <= self.settings.horizon_ms:
+                self._finish(ctx, "retry", error=error, trace=trace)
+                return Outcome("retry", retry_in_s=delay_s, error=error)
+            # Longer than the ETA horizon: the retry waits in the due index for beat.
+            self._finish(ctx, "retry_due", error=error, trace=trace, due_ms=self.clock_ms() + delay_s * 1000)
+            return Outcome("retry", error=error)
+        log.warning("run %s failed after %d attempt(s): %s", ctx.run_id, ctx.attempt, error)
+        self._finish(ctx, "failed", error=error, trace=trace)
+        return Outcome("failed", error=error)
+
+    def _finish(
+        self,
+        ctx: RunContext,
+        outcome: str,
+        *,
+        result_json: str = "null",
+        error: str = "",
+        trace: str = "",
+        cached: bool = False,
+        due_ms: int | None = None,
+    ) -> None:
+        self.store.finish_run(
+            ctx.run_id,
+            ctx.job_id,
+            ctx.attempt,
+            self.clock_ms(),
+            outcome,
+            result_json=result_json,
+            error=error,
+            traceback=trace,
+            cached=cached,
+            retention_s=self.settings.run_retention_s,
+            due_ms=due_ms,
+        )
+
+
+def _plain(result: Any) -> Any:
+    return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+
+
+def _trace() -> str:
+    return traceback.format_exc()[-MAX_TRACEBACK_CHARS:]

