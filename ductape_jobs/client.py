@@ -11,7 +11,13 @@ import redis
 
 from ductape_jobs import timing
 from ductape_jobs.celery_app import create_app
-from ductape_jobs.errors import BackendUnavailableError, JobNotFoundError, JobStateError, JobValidationError, UnknownEventError
+from ductape_jobs.errors import (
+    BackendUnavailableError,
+    JobNotFoundError,
+    JobStateError,
+    JobValidationError,
+    UnknownEventError,
+)
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import (
     JobRecord,

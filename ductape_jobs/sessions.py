@@ -108,19 +108,14 @@ def session_types_from_config(
         if unknown:
             raise SessionError(
                 f"sessions.{tag}",
-                f"session type {tag!r} has unknown settings {unknown}; "
-                f"allowed: {sorted(_CONFIG_KEYS)}",
+                f"session type {tag!r} has unknown settings {unknown}; allowed: {sorted(_CONFIG_KEYS)}",
             )
         if "secret" not in entry:
-            raise SessionError(
-                f"sessions.{tag}.secret", "the session type has no secret"
-            )
+            raise SessionError(f"sessions.{tag}.secret", "the session type has no secret")
         types[tag] = SessionType(
             tag=tag,
             secret=_check_secret(entry["secret"], tag),
-            expiry_s=_check_expiry(
-                entry.get("expiry_s", 3600), f"sessions.{tag}.expiry_s"
-            ),
+            expiry_s=_check_expiry(entry.get("expiry_s", 3600), f"sessions.{tag}.expiry_s"),
         )
     return types
 
@@ -151,10 +146,13 @@ class Sessions:
         if session_type is None:
             raise SessionError(
                 "session.tag",
-                f"unknown session type {_show_tag(tag)}; "
-                f"configured: {sorted(self._types)}",
+                f"unknown session type {_show_tag(tag)}; configured: {sorted(self._types)}",
             )
         return session_type
+
+    def secret_for(self, tag: str) -> str:
+        """The signing secret of a configured session type, e.g. to seal() resolved input."""
+        return self._type(tag).secret
 
     def start(
         self,
@@ -167,12 +165,8 @@ class Sessions:
         """Issue a "<tag>:<jwt>" token carrying data, valid for expiry_s seconds."""
         session_type = self._type(tag)
         if not isinstance(data, Mapping):
-            raise SessionError(
-                "session.data", "session data must be an object (a mapping)"
-            )
-        expiry = _check_expiry(
-            session_type.expiry_s if expiry_s is None else expiry_s, "session.expiry_s"
-        )
+            raise SessionError("session.data", "session data must be an object (a mapping)")
+        expiry = _check_expiry(session_type.expiry_s if expiry_s is None else expiry_s, "session.expiry_s")
         issued = int(time.time() if now_s is None else now_s)
         claims = {"tag": tag, "data": dict(data), "iat": issued, "exp": issued + expiry}
         try:
@@ -185,25 +179,17 @@ class Sessions:
             ) from None
         return f"{tag}:{body}"
 
-    def verify(
-        self, tag: str, token: str, *, now_s: float | None = None
-    ) -> dict[str, Any]:
+    def verify(self, tag: str, token: str, *, now_s: float | None = None) -> dict[str, Any]:
         """Check a "<tag>:<jwt>" or bare JWT (signature, expiry, tag); return data."""
         session_type = self._type(tag)
         if not isinstance(token, str) or not token:
-            raise SessionError(
-                "session.token", "the session token must be a non-empty string"
-            )
+            raise SessionError("session.token", "the session token must be a non-empty string")
         # A JWT never contains ':', so anything before the last one is the tag prefix.
         prefix, colon, body = token.rpartition(":")
         if not body:
             raise SessionError("session.token", "the token has no JWT after its tag")
         if colon and prefix != tag:
-            known = (
-                f"session type {prefix!r}"
-                if prefix in self._types
-                else "another session type"
-            )
+            known = f"session type {prefix!r}" if prefix in self._types else "another session type"
             raise SessionError(
                 "session.tag",
                 f"the token was issued for {known}, not {tag!r}; check session.tag",
@@ -230,9 +216,7 @@ class Sessions:
                 f"signed with the secret of session type {tag!r}",
             ) from None
         except jwt.MissingRequiredClaimError:
-            raise SessionError(
-                "session.token", "the token has no expiry (exp claim)"
-            ) from None
+            raise SessionError("session.token", "the token has no expiry (exp claim)") from None
         except jwt.InvalidTokenError:
             raise SessionError(
                 "session.token",
@@ -240,9 +224,7 @@ class Sessions:
             ) from None
         exp = claims["exp"]
         if not isinstance(exp, (int, float)) or isinstance(exp, bool):
-            raise SessionError(
-                "session.token", "the token's expiry (exp claim) is not a number"
-            )
+            raise SessionError("session.token", "the token's expiry (exp claim) is not a number")
         now = time.time() if now_s is None else now_s
         if now >= exp:
             raise SessionError(
@@ -256,9 +238,7 @@ class Sessions:
             )
         data = claims.get("data")
         if not isinstance(data, dict):
-            raise SessionError(
-                "session.token", "the token carries no session data object"
-            )
+            raise SessionError("session.token", "the token carries no session data object")
         return data
 
 
@@ -281,9 +261,7 @@ def has_placeholders(value: object) -> bool:
     return False
 
 
-def resolve_placeholders(
-    value: Mapping[str, Any], data: Mapping[str, Any]
-) -> Resolution:
+def resolve_placeholders(value: Mapping[str, Any], data: Mapping[str, Any]) -> Resolution:
     """Replace each $Session{a}{b}... in string values by data's value at that path."""
     paths: list[Path] = []
 
@@ -293,14 +271,10 @@ def resolve_placeholders(
         paths.append(path)
         return _resolve_string(item, path, data)
 
-    return Resolution(
-        value=_rebuild(dict(value), (), visit), session_paths=tuple(paths)
-    )
+    return Resolution(value=_rebuild(dict(value), (), visit), session_paths=tuple(paths))
 
 
-def redact(
-    value: Mapping[str, Any], paths: Iterable[Path], mask: str = "***"
-) -> dict[str, Any]:
+def redact(value: Mapping[str, Any], paths: Iterable[Path], mask: str = "***") -> dict[str, Any]:
     """Copy value with each path's value replaced by mask; absent paths are skipped."""
     targets = {tuple(path) for path in paths}
 
@@ -315,9 +289,7 @@ def redact(
 def seal(obj: Any, secret: str) -> str:
     """Encrypt and authenticate the JSON of obj with a key derived from secret."""
     try:
-        plain = json.dumps(
-            obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        plain = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError):
         raise SessionError("sealed", "only JSON values can be sealed") from None
     return _fernet(secret).encrypt(plain.encode("utf-8")).decode("ascii")
@@ -346,9 +318,7 @@ def _fernet(secret: str) -> Fernet:
 
 
 def _field(path: Path) -> str:
-    return "input" + "".join(
-        f"[{step}]" if isinstance(step, int) else f".{step}" for step in path
-    )
+    return "input" + "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path)
 
 
 def _rebuild(item: Any, path: Path, visit: Callable[[Any, Path], Any]) -> Any:
@@ -385,14 +355,11 @@ def _resolve_string(text: str, path: Path, data: Mapping[str, Any]) -> Any:
         if isinstance(found, str):
             return found
         try:
-            return json.dumps(
-                found, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            )
+            return json.dumps(found, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError):
             raise SessionError(
                 field_name,
-                f"placeholder {match.group(0)} holds a value that is not JSON and "
-                "cannot be embedded in text",
+                f"placeholder {match.group(0)} holds a value that is not JSON and cannot be embedded in text",
             ) from None
 
     # One pass: text that a session value brings in is never resolved again.
@@ -404,9 +371,7 @@ def _lookup(match: re.Match[str], data: Mapping[str, Any], field_name: str) -> A
     steps = _STEP.findall(match.group(1))
     current: Any = data
     for depth, step in enumerate(steps):
-        where = (
-            "at the top level" if depth == 0 else f"under {'.'.join(steps[:depth])!r}"
-        )
+        where = "at the top level" if depth == 0 else f"under {'.'.join(steps[:depth])!r}"
         problem: str | None = None
         if isinstance(current, Mapping):
             if step in current:
@@ -423,9 +388,7 @@ def _lookup(match: re.Match[str], data: Mapping[str, Any], field_name: str) -> A
                 continue
         else:
             problem = f"session data {where} is {_kind(current)}, which has no {step!r}"
-        raise SessionError(
-            field_name, f"placeholder {placeholder} has no value: {problem}"
-        )
+        raise SessionError(field_name, f"placeholder {placeholder} has no value: {problem}")
     return current
 
 

@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from ductape_jobs import Ductape, Settings
-from tests.support import Processes, ValkeyProcess
+from ductape_jobs.embedded import EmbeddedRedis
+from tests.support import Processes
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +26,7 @@ def redis_url() -> Iterator[str]:
         redis.Redis.from_url(url).ping()  # fail loudly: a test run without Redis means nothing
         yield url
         return
-    server = ValkeyProcess.start()
+    server = EmbeddedRedis.start()
     try:
         yield server.url
     finally:

