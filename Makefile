@@ -1,0 +1,55 @@
+# ductape-jobs: `make demo` runs the main job, `make test` passes the tests. `make help` lists all.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CELERY := $(BIN)/celery -A workers
+export DUCTAPE_HANDLERS ?= examples.handlers
+
+.PHONY: help setup demo test test-unit test-e2e lint typecheck bench worker beat flower clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the project with its dev tools
+
+demo: $(STAMP) ## embedded Redis (unless REDIS_URL), a worker, a beat, the seed's examples running
+	$(BIN)/python -m examples.demo
+
+test: $(STAMP) ## the whole suite against a real Redis and real celery processes
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP) ## pure tests only (no Redis)
+	$(BIN)/python -m pytest tests/unit
+
+test-e2e: $(STAMP) ## end-to-end tests with real worker and beat processes
+	$(BIN)/python -m pytest -m e2e
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+typecheck: $(STAMP) ## mypy --strict
+	$(BIN)/mypy ductape_jobs workers beat
+
+bench: $(STAMP) ## speed beside plain Celery and RedBeat, printed as ratios
+	$(BIN)/python -m bench
+
+worker: $(STAMP) ## a worker for every env (REDIS_URL, DUCTAPE_* from the environment)
+	$(CELERY) worker --loglevel INFO
+
+beat: $(STAMP) ## the Redis-backed beat (one leader; start more as standbys)
+	$(CELERY) beat --loglevel INFO -S beat.RedisScheduler
+
+flower: $(STAMP) ## Flower with basic auth from FLOWER_BASIC_AUTH (user:password)
+	@test -n "$$FLOWER_BASIC_AUTH" || { echo "set FLOWER_BASIC_AUTH=user:password"; exit 2; }
+	$(CELERY) flower --basic-auth="$$FLOWER_BASIC_AUTH"
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .demo build *.egg-info tests/output
