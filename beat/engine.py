@@ -1,19 +1,24 @@
-"""Beat's work, free of Celery: lead, claim what is due, hand it over, advance the schedules."""
+"""Beat's work, free of Celery: lead, claim what is due, hand it over, advance the schedules.
+
+Claiming, advancing and pushing the Celery message are one Lua script per batch (store.claim),
+so the engine only decides: the next run time of each due schedule and the message to send.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ductape_jobs import timing
 from ductape_jobs.models import JobSpec, run_id_for
 from ductape_jobs.settings import Settings
-from ductape_jobs.store import Claim, Dispatch, DueEntry, Store
+from ductape_jobs.store import Claim, DueEntry, Store
+from ductape_jobs.wire import Message, MessageBuilder
 
 log = logging.getLogger("beat")
 
-DispatchFn = Callable[[Sequence[Dispatch], int], list[str]]
+SPEC_CACHE_SIZE = 4_096  # parsed specs kept between ticks; memory follows due runs, not schedules
 
 
 @dataclass
@@ -22,7 +27,6 @@ class TickReport:
 
     leader: bool = False
     released: int = 0
-    republished: int = 0
     fenced_out: bool = False
     sleep_ms: int = 0
     lateness_ms: list[int] = field(default_factory=list)
@@ -31,13 +35,13 @@ class TickReport:
 class BeatEngine:
     """Releases due runs; only the instance holding the leader lock does any work."""
 
-    def __init__(self, store: Store, settings: Settings, dispatch: DispatchFn, instance: str) -> None:
+    def __init__(self, store: Store, settings: Settings, messages: MessageBuilder, instance: str) -> None:
         self.store = store
         self.settings = settings
-        self.dispatch = dispatch
+        self.messages = messages
         self.instance = instance
         self.token: str | None = None
-        self._specs: dict[str, tuple[str, JobSpec]] = {}
+        self._specs: OrderedDict[str, tuple[str, JobSpec]] = OrderedDict()
 
     # -- leadership -------------------------------------------------------------------------
 
@@ -81,59 +85,44 @@ class BeatEngine:
                 report.fenced_out, self.token = True, None
                 log.warning("beat %s was fenced out; standing by", self.instance)
                 return report
-            self._hand_over(claimed, now_ms)
             report.released += len(claimed)
             report.lateness_ms += [max(now_ms - c.nominal_ms, 0) for c in claimed]
             if len(entries) < batch:
                 break
-        report.republished = self._sweep_outbox(now_ms)
         report.sleep_ms = self._sleep_ms(now_ms)
         return report
 
     def _decide(self, entry: DueEntry, now_ms: int) -> Claim:
-        if entry.run_id is not None:  # a retry waiting out a long backoff
-            return Claim(entry, entry.run_id, entry.due_ms, None)
-        run_id = run_id_for(entry.job_id, entry.due_ms)
         spec = self._spec(entry)
+        if entry.run_id is not None:  # a retry waiting out a long backoff
+            return Claim(entry, entry.run_id, entry.due_ms, None, self._message(entry.run_id, spec, entry, now_ms))
+        run_id = run_id_for(entry.job_id, entry.due_ms)
+        message = self._message(run_id, spec, entry, now_ms)
         rule = None if spec is None else spec.timing_rule()
         if rule is None:
-            return Claim(entry, run_id, entry.due_ms, None)
+            return Claim(entry, run_id, entry.due_ms, None, message)
         # The next run is fixed now, when this one is handed over (BullMQ's rule).
         next_ms = timing.next_run_ms(rule, entry.anchor_ms, entry.due_ms, entry.runs_done + 1, now_ms)
-        return Claim(entry, run_id, entry.due_ms, next_ms)
+        return Claim(entry, run_id, entry.due_ms, next_ms, message)
+
+    def _message(self, run_id: str, spec: JobSpec | None, entry: DueEntry, now_ms: int) -> Message:
+        if spec is None:  # the job is gone; the claim script drops its stale index entry
+            return Message(self.store.keys.job(entry.job_id), "")
+        # Released when due, so the message carries no ETA (nominal <= now).
+        return self.messages.build(run_id, spec, min(entry.due_ms, now_ms), now_ms)
 
     def _spec(self, entry: DueEntry) -> JobSpec | None:
         if entry.spec_json is None:
             return None
         cached = self._specs.get(entry.job_id)
         if cached is not None and cached[0] == entry.spec_json:
+            self._specs.move_to_end(entry.job_id)
             return cached[1]
         spec = JobSpec.model_validate_json(entry.spec_json)
-        if len(self._specs) > 100_000:
-            self._specs.clear()
         self._specs[entry.job_id] = (entry.spec_json, spec)
+        if len(self._specs) > SPEC_CACHE_SIZE:
+            self._specs.popitem(last=False)
         return spec
-
-    def _hand_over(self, claimed: Sequence[Claim], now_ms: int) -> None:
-        ready: list[Dispatch] = []
-        retries: list[str] = []
-        for c in claimed:
-            spec = self._spec(c.entry)
-            if c.entry.run_id is not None or spec is None:
-                retries.append(c.run_id)
-            else:
-                ready.append(Dispatch(c.run_id, spec, c.nominal_ms))
-        ready += self.store.dispatches(retries)
-        sent = self.dispatch(ready, now_ms)
-        self.store.confirm_published(sent)
-
-    def _sweep_outbox(self, now_ms: int) -> int:
-        """Publish again what was claimed (by anyone) but never confirmed: a producer or beat died."""
-        stale = self.store.stale_outbox(now_ms - self.settings.outbox_grace_ms, self.settings.beat_batch)
-        if stale:
-            log.warning("re-publishing %d run(s) claimed but never confirmed", len(stale))
-            self.store.confirm_published(self.dispatch(stale, now_ms))
-        return len(stale)
 
     def _sleep_ms(self, now_ms: int) -> int:
         cap = min(self.settings.beat_max_sleep_ms, self.settings.beat_lock_ttl_ms // 3)

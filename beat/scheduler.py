@@ -13,9 +13,9 @@ from celery import beat as celery_beat
 from beat.engine import BeatEngine
 from ductape_jobs.client import connect, now_ms
 from ductape_jobs.keys import Keys
-from ductape_jobs.publisher import Publisher
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
+from ductape_jobs.wire import MessageBuilder
 
 log = logging.getLogger("beat")
 
@@ -28,9 +28,8 @@ class RedisScheduler(celery_beat.Scheduler):
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self.settings: Settings = getattr(app, "ductape_settings", None) or Settings.from_env()
         self.store = Store(connect(self.settings), Keys(self.settings.key_prefix))
-        publisher = Publisher(app, self.settings)
         instance = f"{socket.gethostname()}:{os.getpid()}"
-        self.engine = BeatEngine(self.store, self.settings, publisher.publish, instance)
+        self.engine = BeatEngine(self.store, self.settings, MessageBuilder(app, self.settings), instance)
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         super().__init__(app, *args, **kwargs)
@@ -48,8 +47,8 @@ class RedisScheduler(celery_beat.Scheduler):
         except Exception:
             log.exception("beat tick failed; retrying")
             return 1.0
-        if report.released or report.republished:
-            log.info("released %d run(s), re-published %d", report.released, report.republished)
+        if report.released:
+            log.info("released %d run(s)", report.released)
         return report.sleep_ms / 1000
 
     def _renew_loop(self) -> None:

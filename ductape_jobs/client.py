@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -25,13 +26,16 @@ from ductape_jobs.models import (
     JobStatus,
     RunRecord,
     ScheduleHandle,
+    job_id_of,
     ms_to_datetime,
 )
 from ductape_jobs.planning import plan_job
 from ductape_jobs.publisher import Publisher
+from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions, session_types_from_config
 from ductape_jobs.settings import Settings
-from ductape_jobs.store import Dispatch, NewJob, Store
+from ductape_jobs.store import NewJob, Store
+from ductape_jobs.wire import MessageBuilder
 
 
 def now_ms() -> int:
@@ -67,8 +71,10 @@ class Ductape:
         self.redis = connect(settings)
         self.store = Store(self.redis, Keys(settings.key_prefix))
         self.sessions = Sessions(session_types_from_config(settings.sessions))
+        self.vault = Vault(self.sessions)
         self.celery = create_app(settings, name="ductape_jobs.producer")
-        self.publisher = Publisher(self.celery, settings)
+        self.messages = MessageBuilder(self.celery, settings)
+        self.publisher = Publisher(self.store, self.messages)
         self.job = JobClient(self)
 
     def __repr__(self) -> str:
@@ -111,18 +117,16 @@ class JobClient:
             try:
                 req = JobRequest.parse(dict(raw) if isinstance(raw, Mapping) else raw)
                 self._check_event(req.product_tag, req.event)
-                plans.append(plan_job(req, self._settings, self._owner.sessions, now, uuid.uuid4().hex))
+                plan = plan_job(req, self._settings, self._owner.sessions, now, uuid.uuid4().hex)
+                if plan.run_id is not None:
+                    message = self._owner.messages.build(plan.run_id, plan.spec, plan.nominal_ms or now, now)
+                    plan = replace(plan, message=message)
+                plans.append(plan)
             except JobValidationError as exc:
                 if len(requests) > 1:
                     raise type(exc)(f"requests[{index}].{exc.field}", str(exc).split(": ", 1)[1]) from None
                 raise
         outcomes = self._store.create_jobs(plans, now)
-        fresh = [
-            Dispatch(p.run_id, p.spec, p.nominal_ms or now)
-            for p, (_, created) in zip(plans, outcomes, strict=True)
-            if created and p.run_id is not None
-        ]
-        self._publish(fresh, now)
         handles = []
         for plan, (job_id, created) in zip(plans, outcomes, strict=True):
             if created:
@@ -130,13 +134,6 @@ class JobClient:
             else:
                 handles.append(self._existing_handle(job_id))
         return handles
-
-    def _publish(self, dispatches: list[Dispatch], now: int) -> None:
-        try:
-            sent = self._owner.publisher.publish(dispatches, now)
-        except Exception:  # noqa: BLE001 - the runs sit in the outbox; beat hands them over
-            return
-        self._store.confirm_published(sent)
 
     def _check_event(self, product_tag: str, event: str) -> None:
         if not self._settings.require_handler or (product_tag, event) in self._known_events:
@@ -171,7 +168,7 @@ class JobClient:
         job = self._store.get_job(job_id)
         if job is None:
             raise JobNotFoundError(f"no job {job_id!r} under key prefix {self._settings.key_prefix!r}")
-        return job
+        return self._opened(job)
 
     def list(
         self,
@@ -192,15 +189,20 @@ class JobClient:
                     continue
                 if any(v is not None and getattr(job.spec, k) != v for k, v in wanted.items()):
                     continue
-                out.append(job)
+                out.append(self._opened(job))
                 if len(out) >= limit:
                     return out
         return out
 
     def runs(self, job_id: str, limit: int = 20) -> list[RunRecord]:
         """The job's recent runs, newest first."""
-        self.get(job_id)
-        return self._store.get_runs(self._store.recent_run_ids(job_id, limit))
+        spec = self.get(job_id).spec
+        runs = self._store.get_runs(self._store.recent_run_ids(job_id, limit))
+        return [run.model_copy(update={"result": self._owner.vault.open_result(spec, run.result)}) for run in runs]
+
+    def _opened(self, job: JobRecord) -> JobRecord:
+        # A session job's result is stored sealed; this client holds the secret to open it.
+        return job.model_copy(update={"result": self._owner.vault.open_result(job.spec, job.result)})
 
     def failed(self, limit: int = 100) -> list[RunRecord]:
         """Dead-lettered runs, newest first."""
@@ -249,15 +251,13 @@ class JobClient:
         """Run the job once more now, outside its schedule (not counted toward limit); returns the run id."""
         now = now_ms()
         run_id = f"{job_id}:{now}m"
-        verdict, status = self._store.add_run("trigger", job_id, run_id, now)
+        message = self._owner.messages.build(run_id, self.get(job_id).spec, now, now)
+        verdict, status = self._store.add_run("trigger", job_id, run_id, now, message)
         self._refused(verdict, status, job_id, "trigger")
-        self._publish(self._store.dispatches([run_id]), now)
         return run_id
 
     def redrive(self, run_id: str) -> str:
         """Run a dead-lettered run again with fresh attempts; returns its run id."""
-        from ductape_jobs.models import job_id_of
-
         now = now_ms()
         verdict, status = self._store.add_run("redrive", job_id_of(run_id), run_id, now)
         self._refused(verdict, status, run_id, "redrive")

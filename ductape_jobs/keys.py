@@ -42,11 +42,6 @@ class Keys:
         return f"{self.prefix}:due"
 
     @property
-    def outbox(self) -> str:
-        """ZSET: run ids claimed but not yet confirmed as published, by claim time."""
-        return f"{self.prefix}:outbox"
-
-    @property
     def dead(self) -> str:
         """ZSET: dead-lettered run ids by failure time."""
         return f"{self.prefix}:dead"

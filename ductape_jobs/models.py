@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,9 +31,10 @@ from pydantic import (
 )
 
 from ductape_jobs import timing
-from ductape_jobs.errors import JobValidationError
+from ductape_jobs.errors import JobValidationError, SessionError
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_SLUG_FIX = "use letters, digits, '_', '.' or '-', starting with a letter or digit, at most 128 characters"
 
 
 class JobStatus(StrEnum):
@@ -68,10 +70,17 @@ class Repeat(_Frozen):
     cron: str | None = None
     every: int | None = Field(default=None, description="interval in milliseconds")
     limit: int | None = None
-    end_date: int | float | str | datetime | None = Field(default=None, alias="endDate")
+    end_date: int | float | str | datetime | None = Field(
+        default=None, validation_alias=AliasChoices("endDate", "end_date")
+    )
     tz: str | None = None
     misfire: Literal["skip", "run_all"] = "skip"
     catchup_ms: int = Field(default=0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_end_spelling(cls, data: object) -> object:
+        return _one_spelling(data, "endDate", "end_date", "repeat.endDate")
 
     @field_validator("cron", mode="before")
     @classmethod
@@ -161,7 +170,7 @@ class JobRequest(_Frozen):
     """What a caller asks for (seed: IJobProcessorInput); validated up front."""
 
     env: str = Field(pattern=SLUG)
-    product_tag: str = Field(alias="product", pattern=SLUG)
+    product_tag: str = Field(validation_alias=AliasChoices("product_tag", "product"), pattern=SLUG)
     event: str = Field(pattern=SLUG)
     start_at: int | float | str | datetime = 0
     retries: int = Field(default=0, ge=0, le=25)
@@ -170,6 +179,11 @@ class JobRequest(_Frozen):
     cache: str | None = Field(default=None, pattern=SLUG)
     session: SessionRef | None = None
     repeat: Repeat | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_product_spelling(cls, data: object) -> object:
+        return _one_spelling(data, "product_tag", "product", "product_tag")
 
     @field_validator("start_at", mode="before")
     @classmethod
@@ -206,6 +220,16 @@ class JobRequest(_Frozen):
             raise validation_error(exc, data) from None
 
 
+def _one_spelling(data: object, name: str, alias: str, field: str) -> object:
+    """Refuse a request that spells one field both ways (pydantic would call one 'unknown')."""
+    if isinstance(data, dict) and name in data and alias in data:
+        raise JobValidationError(
+            field,
+            f"given twice, as {name}={_short(data[name])} and {alias}={_short(data[alias])}; keep one",
+        )
+    return data
+
+
 def validation_error(exc: ValidationError, data: Any) -> JobValidationError:
     """Turn pydantic's error list into one JobValidationError naming the first bad field."""
     first = exc.errors(include_url=False)[0]
@@ -214,15 +238,19 @@ def validation_error(exc: ValidationError, data: Any) -> JobValidationError:
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, JobValidationError):
         return cause
+    # Anything under `session` may be a token passed in the wrong place: never echo it.
+    secretive = loc[:1] == ["session"]
     message = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "is not a known field; check the spelling against the seed's IJobProcessorInput"
     elif first["type"] == "missing":
         message = "is required"
+    elif first["type"] == "string_pattern_mismatch":
+        message = f"{_short(first.get('input'))} is not a valid tag; {_SLUG_FIX}"
     elif first["type"] != "value_error":
-        shown = "<secret>" if "token" in field else _short(first.get("input"))
+        shown = "<secret>" if secretive else _short(first.get("input"))
         message = f"{message} (got {shown})"
-    return JobValidationError(field, message)
+    return (SessionError if secretive else JobValidationError)(field, message)
 
 
 def _short(value: object, limit: int = 80) -> str:

@@ -5,17 +5,25 @@ Pure: the clock and ids come in as arguments, so every rule here is unit-tested 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
+import math
+import reprlib
 from typing import Any
 
 from ductape_jobs import timing
 from ductape_jobs.errors import JobValidationError, SessionError
-from ductape_jobs.models import JobRequest, JobSpec, JobStatus, run_id_for
-from ductape_jobs.sessions import Sessions, has_placeholders, resolve_placeholders, seal
+from ductape_jobs.models import JobRequest, JobSpec, JobStatus, ms_to_datetime, run_id_for
+from ductape_jobs.sessions import Sessions, has_placeholders, redact, resolve_placeholders, seal
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import NewJob
+
+# The last instant a datetime holds (9999-12-31T23:59:59.999Z): a run after it cannot be shown.
+_LAST_MS = 253_402_300_799_999
+_JSON_FIX = "use only objects with string keys, arrays, strings, finite numbers, true/false and null"
+_JSON_SCALARS = (str, int, float, bool, type(None))
 
 
 def plan_job(req: JobRequest, settings: Settings, sessions: Sessions, now_ms: int, job_id: str) -> NewJob:
@@ -73,9 +81,23 @@ def _plan_repeat(job_id: str, spec: JobSpec, rule: timing.Rule, settings: Settin
         )
     first_ms = timing.first_run_ms(rule, spec.start_ms, now_ms)
     if first_ms is None:
+        unbounded_ms = timing.first_run_ms(dataclasses.replace(rule, end_ms=None), spec.start_ms, now_ms)
+        at = f" at {_iso(unbounded_ms)}" if unbounded_ms is not None else ""
         raise JobValidationError(
             "repeat.endDate",
-            f"{_iso(rule.end_ms or 0)} is before the first run; the job would never run",
+            f"{_iso(rule.end_ms or 0)} is before the first run{at}, so the job would never run; "
+            "give a later end date or an earlier start_at",
+        )
+    if (
+        rule.every_ms is not None
+        and rule.end_ms is None
+        and rule.limit != 1
+        and first_ms + rule.every_ms > _LAST_MS
+    ):
+        raise JobValidationError(
+            "repeat.every",
+            f"{rule.every_ms} ms puts the second run after the year 9999; it is in milliseconds "
+            "(86400000 = 24 h): give a shorter interval, or limit: 1",
         )
     if first_ms > now_ms:
         return NewJob(job_id, spec, JobStatus.SCHEDULED, True, first_ms, first_ms, 0, due_ms=first_ms, dedupe=True)
@@ -91,15 +113,11 @@ def _plan_repeat(job_id: str, spec: JobSpec, rule: timing.Rule, settings: Settin
 
 def check_input(value: dict[str, Any], settings: Settings) -> None:
     """Input must be JSON, at most max_input_bytes serialized and max_input_depth deep."""
-    depth = _depth(value, settings.max_input_depth)
-    if depth > settings.max_input_depth:
-        raise JobValidationError(
-            "input", f"is nested deeper than {settings.max_input_depth} levels; flatten it (DUCTAPE_MAX_INPUT_DEPTH)"
-        )
+    _check_json_shape(value, settings.max_input_depth)
     try:
         size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
-    except (TypeError, ValueError) as exc:
-        raise JobValidationError("input", f"must be JSON-serializable: {exc}") from None
+    except (TypeError, ValueError) as exc:  # _check_json_shape should have caught it first
+        raise JobValidationError("input", f"must be JSON-serializable: {exc}; {_JSON_FIX}") from None
     if size > settings.max_input_bytes:
         raise JobValidationError(
             "input",
@@ -108,18 +126,45 @@ def check_input(value: dict[str, Any], settings: Settings) -> None:
         )
 
 
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of dicts and lists, stopping once past ``limit`` (no recursion)."""
-    deepest, stack = 0, [(value, 1)]
+def _check_json_shape(value: Any, limit: int) -> None:
+    """Refuse what JSON cannot carry as is, or nesting past ``limit``, naming where (no recursion)."""
+    # Each entry carries its path as a (parent, step) chain, turned into text only for a message.
+    stack: list[tuple[Any, int, Any]] = [(value, 1, None)]
     while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            if deepest > limit:
-                return deepest
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level + 1) for child in children)
-    return deepest
+        item, level, crumbs = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            if level > limit:
+                raise JobValidationError(
+                    "input",
+                    f"is nested deeper than {limit} levels (at {_path(crumbs)}); flatten it "
+                    "(DUCTAPE_MAX_INPUT_DEPTH)",
+                )
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        # json.dumps would quietly turn the key into a string: the handler would
+                        # get different data than was scheduled.
+                        raise JobValidationError(
+                            "input",
+                            f"{_path(crumbs)} has the key {reprlib.repr(key)} ({type(key).__name__}); "
+                            f"{_JSON_FIX}",
+                        )
+                    stack.append((child, level + 1, (crumbs, key)))
+            else:
+                stack.extend((child, level + 1, (crumbs, i)) for i, child in enumerate(item))
+        elif not isinstance(item, _JSON_SCALARS) or (isinstance(item, float) and not math.isfinite(item)):
+            raise JobValidationError(
+                "input",
+                f"{_path(crumbs)} is {reprlib.repr(item)} ({type(item).__name__}), not JSON; {_JSON_FIX}",
+            )
+
+
+def _path(crumbs: Any) -> str:
+    steps: list[str] = []
+    while crumbs is not None:
+        crumbs, step = crumbs
+        steps.append(f"[{step}]" if isinstance(step, int) else f".{step}")
+    return "input" + "".join(reversed(steps))
 
 
 def _session_fields(req: JobRequest, sessions: Sessions, settings: Settings) -> dict[str, Any]:
@@ -135,8 +180,6 @@ def _session_fields(req: JobRequest, sessions: Sessions, settings: Settings) -> 
     check_input(resolution.value, settings)
     if not resolution.session_paths:
         return {"input": resolution.value}
-    from ductape_jobs.sessions import redact
-
     secret = sessions.secret_for(req.session.tag)
     canonical = json.dumps(resolution.value, sort_keys=True, separators=(",", ":"))
     return {
@@ -149,7 +192,5 @@ def _session_fields(req: JobRequest, sessions: Sessions, settings: Settings) -> 
 
 
 def _iso(value_ms: int) -> str:
-    from ductape_jobs.models import ms_to_datetime
-
     when = ms_to_datetime(value_ms)
     return when.isoformat() if when else "?"

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ValidationError
 
 from ductape_jobs.models import JobSpec, job_id_of
 from ductape_jobs.registry import Registry, RunContext
+from ductape_jobs.sealed import Vault, scrub
+from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
 
@@ -44,7 +46,14 @@ def backoff_s(attempt: int, cap_s: int) -> int:
 
 def cache_digest(spec: JobSpec) -> str:
     """What makes two runs share a cached result: product, env, event, app and input."""
-    same = {k: getattr(spec, k) for k in ("product_tag", "env", "event", "app", "input")}
+    same = {k: getattr(spec, k) for k in ("product_tag", "env", "event", "app")}
+    if spec.input_digest is None:
+        same["input"] = spec.input
+    else:
+        # A sealed job's stored input is masked, so two users' jobs look alike there; the HMAC
+        # of the real input tells them apart (and stays under its own key, so it can't collide).
+        same["input_digest"] = spec.input_digest
+        same["session_tag"] = spec.session_tag
     blob = json.dumps(same, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -58,13 +67,13 @@ class Runner:
         registry: Registry,
         settings: Settings,
         clock_ms: Callable[[], int],
-        unseal: Callable[[JobSpec], dict[str, Any]] | None = None,
+        vault: Vault | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.settings = settings
         self.clock_ms = clock_ms
-        self.unseal = unseal or (lambda spec: spec.input)
+        self.vault = vault or Vault(Sessions({}))
 
     def execute(self, run_id: str) -> Outcome:
         """Run one delivery of ``run_id`` at most once per attempt, recording what happened."""
@@ -93,21 +102,24 @@ class Runner:
             hit = self.store.cached_result(cache_key)
             if hit is not None:
                 self._finish(ctx, "completed", result_json=hit, cached=True)
-                return Outcome("completed", result=json.loads(hit))
+                return Outcome("completed", result=self.vault.shown_result(spec, hit))
         if handler is None:
             error = f"no handler for {spec.product_tag}/{spec.event} on this worker; check DUCTAPE_HANDLERS"
             return self._fail(ctx, error, "", retryable=False)
+        hidden: list[str] = []  # session values, kept out of error texts
         try:
-            result = handler(self.unseal(spec), ctx)
-            result_json = json.dumps(_plain(result), default=str)
+            given = self.vault.open_input(spec)
+            hidden = self.vault.session_values(spec, given)
+            result = handler(given, ctx)
+            result_json = self.vault.seal_result(spec, json.dumps(_plain(result), default=str))
         except ValidationError as exc:  # the input does not fit the handler's model: retrying won't help
-            return self._fail(ctx, _error_text(exc), _trace(), retryable=False)
+            return self._fail(ctx, scrub(_error_text(exc), hidden), scrub(_trace(), hidden), retryable=False)
         except Exception as exc:  # noqa: BLE001 - any handler failure is recorded, never lost
-            return self._fail(ctx, _error_text(exc), _trace(), retryable=True)
+            return self._fail(ctx, scrub(_error_text(exc), hidden), scrub(_trace(), hidden), retryable=True)
         self._finish(ctx, "completed", result_json=result_json)
         if cache_key is not None:
             self.store.store_result(cache_key, result_json, self.settings.caches[spec.cache or ""].ttl_ms)
-        return Outcome("completed", result=json.loads(result_json))
+        return Outcome("completed", result=self.vault.shown_result(spec, result_json))
 
     def _cache_key(self, spec: JobSpec) -> str | None:
         if spec.cache is None or spec.cache not in self.settings.caches:

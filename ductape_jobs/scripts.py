@@ -8,9 +8,10 @@ Status words are the values of models.JobStatus and models.RunStatus.
 from __future__ import annotations
 
 # Create a job; with a fingerprint, return the live job that has it instead (dedupe).
-# KEYS: job, jobs, due, outbox, run, job_runs, fp
+# A run due now is recorded and its Celery message pushed in the same step.
+# KEYS: job, jobs, due, queue, run, job_runs, fp
 # ARGV: job_id, spec, status, recurring, next_run_ms, anchor_ms, runs_done, now_ms,
-#       run_id, nominal_ms, due_ms, due_member, dedupe
+#       run_id, nominal_ms, due_ms, due_member, dedupe, message
 CREATE_JOB = """
 if ARGV[13] == '1' then
   local existing = redis.call('GET', KEYS[7])
@@ -27,28 +28,31 @@ if ARGV[9] ~= '' then
   redis.call('HSET', KEYS[5], 'job_id', ARGV[1], 'nominal_ms', ARGV[10], 'status', 'queued',
     'attempts', 0, 'queued_ms', ARGV[8])
   redis.call('ZADD', KEYS[6], ARGV[10], ARGV[9])
-  redis.call('ZADD', KEYS[4], ARGV[8], ARGV[9])
+  redis.call('LPUSH', KEYS[4], ARGV[14])
   redis.call('HSET', KEYS[1], 'last_run_id', ARGV[9])
 end
 if ARGV[11] ~= '' then redis.call('ZADD', KEYS[3], ARGV[11], ARGV[12]) end
 return {1, ARGV[1]}
 """
 
-# Beat: claim a batch of due entries and advance their schedules, all or each-if-unchanged.
-# Refused whole when the caller's fencing token is no longer the lock's (a stalled leader).
-# KEYS: beat_lock, due, outbox
-# ARGV: prefix, fence, now_ms, runs_kept, then 6 per item:
-#   member, expected_score, expected_runs_done, run_id, nominal_ms, new_next_ms ('' = none)
+# Beat: claim a batch of due entries, advance their schedules and push their Celery messages,
+# each item only if its job is unchanged since beat read it. Refused whole when the caller's
+# fencing token is no longer the lock's (a leader that stalled past its lock sends nothing).
+# KEYS: beat_lock, due
+# ARGV: prefix, fence, now_ms, runs_kept, then 8 per item:
+#   member, expected_score, expected_runs_done, run_id, nominal_ms, new_next_ms ('' = none),
+#   queue_key, message
 # Returns the indexes (1-based) of the claimed items, or {-1} when fenced out.
 CLAIM_DUE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {-1} end
 local prefix, now, kept = ARGV[1], ARGV[3], tonumber(ARGV[4])
 local claimed = {}
-local n = (#ARGV - 4) / 6
+local n = (#ARGV - 4) / 8
 for i = 0, n - 1 do
-  local b = 4 + i * 6
+  local b = 4 + i * 8
   local member, score, done = ARGV[b+1], ARGV[b+2], ARGV[b+3]
   local run_id, nominal, new_next = ARGV[b+4], ARGV[b+5], ARGV[b+6]
+  local queue, message = ARGV[b+7], ARGV[b+8]
   local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
   if kind == 'r' then
     local run = prefix .. ':run:' .. id
@@ -56,7 +60,7 @@ for i = 0, n - 1 do
        and redis.call('ZSCORE', KEYS[2], member) == score then
       redis.call('HSET', run, 'status', 'queued', 'queued_ms', now)
       redis.call('ZREM', KEYS[2], member)
-      redis.call('ZADD', KEYS[3], now, id)
+      redis.call('LPUSH', queue, message)
       local job = prefix .. ':job:' .. redis.call('HGET', run, 'job_id')
       if redis.call('HGET', job, 'recurring') == '0' then
         redis.call('HSET', job, 'status', 'queued', 'updated_ms', now)
@@ -73,7 +77,7 @@ for i = 0, n - 1 do
       local runs = prefix .. ':runs:' .. id
       redis.call('ZADD', runs, nominal, run_id)
       if redis.call('ZCARD', runs) > kept then redis.call('ZREMRANGEBYRANK', runs, 0, -kept-1) end
-      redis.call('ZADD', KEYS[3], now, run_id)
+      redis.call('LPUSH', queue, message)
       redis.call('HSET', job, 'runs_done', tonumber(done) + 1, 'last_run_id', run_id,
         'next_run_ms', new_next, 'updated_ms', now)
       if st[4] == '0' then
@@ -187,9 +191,9 @@ end
 return {'ok'}
 """
 
-# Add one extra run now (trigger) or re-queue a dead-lettered one (redrive).
-# KEYS: job, run, job_runs, outbox, dead
-# ARGV: action ('trigger' | 'redrive'), job_id, run_id, now_ms
+# Add one extra run now (trigger) or re-queue a dead-lettered one (redrive), with its message.
+# KEYS: job, run, job_runs, queue, dead
+# ARGV: action ('trigger' | 'redrive'), job_id, run_id, now_ms, message
 ADD_RUN = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
@@ -210,7 +214,7 @@ else
     redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_ms', now)
   end
 end
-redis.call('ZADD', KEYS[4], now, ARGV[3])
+redis.call('LPUSH', KEYS[4], ARGV[5])
 return {'ok'}
 """
 

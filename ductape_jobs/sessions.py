@@ -57,7 +57,7 @@ def _check_expiry(expiry_s: object, field_name: str) -> int:
     if not _is_whole_number(expiry_s) or expiry_s <= 0:
         raise SessionError(
             field_name,
-            f"expiry_s must be a positive whole number of seconds, got {expiry_s!r}",
+            f"must be a positive whole number of seconds, got {expiry_s!r}",
         )
     return expiry_s
 
@@ -158,17 +158,21 @@ class Sessions:
         self,
         tag: str,
         data: Mapping[str, Any],
-        expiry_s: int | None = None,
+        expiry: int | None = None,
         *,
+        expiry_s: int | None = None,
         now_s: float | None = None,
     ) -> str:
-        """Issue a "<tag>:<jwt>" token carrying data, valid for expiry_s seconds."""
+        """Issue a "<tag>:<jwt>" token carrying data, valid for expiry seconds (the type's default)."""
         session_type = self._type(tag)
         if not isinstance(data, Mapping):
             raise SessionError("session.data", "session data must be an object (a mapping)")
-        expiry = _check_expiry(session_type.expiry_s if expiry_s is None else expiry_s, "session.expiry_s")
+        if expiry is not None and expiry_s is not None:
+            raise SessionError("session.expiry", "give expiry or its older name expiry_s, not both")
+        chosen = expiry if expiry is not None else expiry_s
+        lifetime = _check_expiry(session_type.expiry_s if chosen is None else chosen, "session.expiry")
         issued = int(time.time() if now_s is None else now_s)
-        claims = {"tag": tag, "data": dict(data), "iat": issued, "exp": issued + expiry}
+        claims = {"tag": tag, "data": dict(data), "iat": issued, "exp": issued + lifetime}
         try:
             body = jwt.encode(claims, session_type.secret, algorithm=_ALGORITHM)
         except (TypeError, ValueError):

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from ductape_jobs.errors import JobValidationError
+from ductape_jobs.models import SLUG
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -49,7 +59,6 @@ class Settings(BaseModel):
     beat_lock_ttl_ms: int = Field(default=10_000, ge=500)
     beat_batch: int = Field(default=1_000, ge=1)
     beat_max_sleep_ms: int = Field(default=1_000, ge=10)
-    outbox_grace_ms: int = Field(default=15_000, ge=100)
     runs_kept: int = Field(default=100, ge=1)
     run_retention_s: int = Field(default=7 * 86_400, ge=60)
     socket_timeout_s: float = Field(default=5.0, gt=0)
@@ -59,6 +68,20 @@ class Settings(BaseModel):
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("envs", "worker_envs")
+    @classmethod
+    def _env_names(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        # Each env names a Celery queue; an empty list would leave nothing to schedule on.
+        for env in value:
+            if not re.match(SLUG, env):
+                raise ValueError(f"{env!r} is not a valid env name; use letters, digits, '_', '.' or '-'")
+        if info.field_name == "envs" and not value:
+            raise ValueError("needs at least one env, e.g. 'dev,staging,prd'")
+        unknown = [env for env in value if env not in info.data.get("envs", value)]
+        if unknown:
+            raise ValueError(f"{unknown} are not in DUCTAPE_ENVS; a worker can only serve configured envs")
         return value
 
     def __repr__(self) -> str:
@@ -103,8 +126,9 @@ class Settings(BaseModel):
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "settings"
             shown = "***" if field.startswith(("redis_url", "sessions")) else repr(first["input"])
+            reason = str(first["msg"]).removeprefix("Value error, ")
             raise JobValidationError(
-                f"settings.{field}", f"{first['msg']} (got {shown}); fix DUCTAPE_{field.split('.')[0].upper()}"
+                f"settings.{field}", f"{reason} (got {shown}); fix DUCTAPE_{field.split('.')[0].upper()}"
             ) from None
 
 

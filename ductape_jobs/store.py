@@ -18,6 +18,7 @@ from ductape_jobs import scripts
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobSpec, JobStatus, RunRecord, RunStatus
+from ductape_jobs.wire import Message
 
 T = TypeVar("T")
 
@@ -33,8 +34,9 @@ class NewJob:
     next_run_ms: int | None
     anchor_ms: int
     runs_done: int
-    run_id: str | None = None  # a run handed to Celery at once
+    run_id: str | None = None  # a run handed to Celery at once, with its message
     nominal_ms: int | None = None
+    message: Message | None = None
     due_ms: int | None = None  # a time for beat to release the job at
     dedupe: bool = False
 
@@ -60,6 +62,7 @@ class Claim:
     run_id: str
     nominal_ms: int
     new_next_ms: int | None
+    message: Message
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,10 @@ class Store:
         """
         if not jobs:
             return []
+        if len(jobs) == 1:  # one EVALSHA, without the pipeline's SCRIPT EXISTS round trip
+            keys, args = self._create_call(jobs[0], now_ms)
+            created, job_id = _call(self._create, keys=keys, args=args)
+            return [(_text(job_id), bool(created))]
         with self.redis.pipeline(transaction=False) as pipe:
             for job in jobs:
                 keys, args = self._create_call(job, now_ms)
@@ -118,7 +125,8 @@ class Store:
     def _create_call(self, job: NewJob, now_ms: int) -> tuple[list[str], list[Any]]:
         k = self.keys
         fp_key = k.fingerprint(job.spec.fingerprint()) if job.dedupe else k.fingerprint("-")
-        keys = [k.job(job.job_id), k.jobs, k.due, k.outbox, k.run(job.run_id or "-"), k.job_runs(job.job_id), fp_key]
+        queue = job.message.queue_key if job.message is not None else k.fingerprint("-")
+        keys = [k.job(job.job_id), k.jobs, k.due, queue, k.run(job.run_id or "-"), k.job_runs(job.job_id), fp_key]
         args: list[Any] = [
             job.job_id,
             job.spec.model_dump_json(),
@@ -133,6 +141,7 @@ class Store:
             _opt(job.due_ms),
             f"j:{job.job_id}",
             int(job.dedupe),
+            job.message.payload if job.message is not None else "",
         ]
         return keys, args
 
@@ -140,11 +149,6 @@ class Store:
         """A job's phase anchor (its first run time)."""
         got = _guard(lambda: self.redis.hget(self.keys.job(job_id), "anchor_ms"))
         return int(got or 0)
-
-    def confirm_published(self, run_ids: Sequence[str]) -> None:
-        """Drop runs from the outbox once Celery has them."""
-        if run_ids:
-            _guard(lambda: self.redis.zrem(self.keys.outbox, *run_ids))
 
     def events_known(self, product_tag: str, event: str) -> bool:
         """Whether some worker has registered a handler for the pair."""
@@ -215,13 +219,15 @@ class Store:
         )
         return _text(got[0]), (_text(got[1]) if len(got) > 1 else None)
 
-    def add_run(self, action: str, job_id: str, run_id: str, now_ms: int) -> tuple[str, str | None]:
-        """Trigger an extra run or redrive a dead one; the run then sits in the outbox."""
+    def add_run(
+        self, action: str, job_id: str, run_id: str, now_ms: int, message: Message
+    ) -> tuple[str, str | None]:
+        """Trigger an extra run or redrive a dead one, pushing its message in the same step."""
         k = self.keys
         got = _call(
             self._add_run,
-            keys=[k.job(job_id), k.run(run_id), k.job_runs(job_id), k.outbox, k.dead],
-            args=[action, job_id, run_id, now_ms],
+            keys=[k.job(job_id), k.run(run_id), k.job_runs(job_id), message.queue_key, k.dead],
+            args=[action, job_id, run_id, now_ms, message.payload],
         )
         return _text(got[0]), (_text(got[1]) if len(got) > 1 else None)
 
@@ -269,11 +275,14 @@ class Store:
                 else:
                     pipe.hmget(self.keys.job(member[2:]), "spec", "runs_done", "anchor_ms")
             states = _guard(pipe.execute)
+        retry_jobs = [_text(state) for (m, _), state in zip(members, states, strict=True) if m.startswith("r:") and state]
+        retry_specs = dict(zip(retry_jobs, self._specs(retry_jobs), strict=True))
         entries = []
         for (member, due_ms), state in zip(members, states, strict=True):
             if member.startswith("r:"):
                 job_id = _text(state) if state else ""
-                entries.append(DueEntry(member, due_ms, job_id, None, 0, 0, run_id=member[2:]))
+                spec_json = retry_specs.get(job_id)
+                entries.append(DueEntry(member, due_ms, job_id, spec_json, 0, 0, run_id=member[2:]))
             else:
                 spec, done, anchor = state
                 entries.append(
@@ -288,8 +297,16 @@ class Store:
                 )
         return entries
 
+    def _specs(self, job_ids: Sequence[str]) -> list[str | None]:
+        if not job_ids:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), "spec")
+            return [_text(v) if v else None for v in _guard(pipe.execute)]
+
     def claim(self, fence: str, claims: Sequence[Claim], now_ms: int, runs_kept: int) -> list[Claim] | None:
-        """Apply claims atomically; returns the ones that held, or None when fenced out."""
+        """Claim, advance and push messages atomically; returns the claims that held, or None when fenced out."""
         if not claims:
             return []
         args: list[Any] = [self.keys.prefix, fence, now_ms, runs_kept]
@@ -301,39 +318,35 @@ class Store:
                 c.run_id,
                 c.nominal_ms,
                 _opt(c.new_next_ms),
+                c.message.queue_key,
+                c.message.payload,
             ]
-        got = _call(self._claim, keys=[self.keys.beat_lock, self.keys.due, self.keys.outbox], args=args)
+        got = _call(self._claim, keys=[self.keys.beat_lock, self.keys.due], args=args)
         if got and int(got[0]) == -1:
             return None
         return [claims[int(i) - 1] for i in got]
 
-    def stale_outbox(self, older_than_ms: int, limit: int) -> list[Dispatch]:
-        """Runs claimed before older_than_ms and never confirmed as published."""
-        run_ids = [
-            _text(m)
-            for m in _guard(lambda: self.redis.zrangebyscore(self.keys.outbox, "-inf", older_than_ms, 0, limit))
-        ]
-        return self.dispatches(run_ids)
-
     def dispatches(self, run_ids: Sequence[str]) -> list[Dispatch]:
-        """Load what publishing needs for these runs (two round trips)."""
+        """Load what building a message needs for these runs (two round trips)."""
         if not run_ids:
             return []
         with self.redis.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
                 pipe.hmget(self.keys.run(run_id), "job_id", "nominal_ms")
             runs = _guard(pipe.execute)
+        specs = self._specs([_text(job_id or b"-") for job_id, _ in runs])
+        return [
+            Dispatch(run_id, JobSpec.model_validate_json(spec), int(nominal))
+            for run_id, (job_id, nominal), spec in zip(run_ids, runs, specs, strict=True)
+            if job_id and spec
+        ]
+
+    def push_messages(self, messages: Sequence[Message]) -> None:
+        """Push ready messages onto their queues in one round trip (a deliberate re-send)."""
         with self.redis.pipeline(transaction=False) as pipe:
-            for job_id, _ in runs:
-                pipe.hget(self.keys.job(_text(job_id or b"-")), "spec")
-            specs = _guard(pipe.execute)
-        out = []
-        for run_id, (job_id, nominal), spec in zip(run_ids, runs, specs, strict=True):
-            if job_id and spec:
-                out.append(Dispatch(run_id, JobSpec.model_validate_json(spec), int(nominal)))
-            else:  # the run or its job is gone: nothing to publish
-                self.confirm_published([run_id])
-        return out
+            for m in messages:
+                pipe.lpush(m.queue_key, m.payload)
+            _guard(pipe.execute)
 
     # -- worker -----------------------------------------------------------------------------
 

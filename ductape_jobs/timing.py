@@ -205,13 +205,13 @@ class Rule:
 
     def __post_init__(self) -> None:
         if (self.cron is None) == (self.every_ms is None):
-            raise JobValidationError("repeat", "set exactly one of cron and every")
+            raise JobValidationError("repeat", "set exactly one of cron and every_ms")
         if self.every_ms is not None and self.every_ms <= 0:
-            raise JobValidationError("repeat.every", f"{self.every_ms!r} must be positive")
+            raise JobValidationError("repeat.every", f"{self.every_ms!r} must be a positive ms interval")
         if self.limit is not None and self.limit < 1:
             raise JobValidationError("repeat.limit", f"{self.limit!r} must be 1 or more")
         if self.catchup_ms < 0:
-            raise JobValidationError("repeat.catchup", f"{self.catchup_ms!r} must be >= 0")
+            raise JobValidationError("repeat.catchup_ms", f"{self.catchup_ms!r} must be >= 0")
 
 
 def _offset(moment: datetime) -> timedelta:
@@ -254,27 +254,28 @@ def _next_run_s(cron: _Cron, zone: ZoneInfo, after_s: int) -> int:
     """First run second strictly after after_s, with the DST rules applied."""
     here = datetime.fromtimestamp(after_s, tz=zone)
     wall = here.replace(tzinfo=None)
-    # Non-zero only inside a repeated (fall-back) hour: how far the clocks went back.
-    pass_gap = _offset(here.replace(fold=0)) - _offset(here.replace(fold=1))
+    # Non-zero only inside a repeated (fall-back) stretch: how far the clocks went back.
+    repeat = _offset(here.replace(fold=0)) - _offset(here.replace(fold=1))
+    repeat_s = int(repeat.total_seconds())
     clock = _WallClock(cron, wall)
     best: int | None = None
-    if pass_gap and here.fold == 0 and cron.both_passes:
-        # We are in the first pass of a repeated hour: wall times already passed in it come
-        # round again in the second pass, and the earliest of those may be the next run.
-        pass_s = int(pass_gap.total_seconds())
-        fold_s = _transition_s(zone, after_s, after_s + pass_s)
-        fold_wall = datetime.fromtimestamp(fold_s, tz=zone).replace(tzinfo=None)
-        first = clock.after(fold_wall - _ONE_S)
+    if repeat and here.fold == 0 and cron.both_passes:
+        # First pass: wall times already passed come round again in the second pass, and
+        # the earliest of those may come before the next wall time's first-pass run.
+        second_pass_s = _transition_s(zone, after_s, after_s + repeat_s)
+        second_pass_wall = datetime.fromtimestamp(second_pass_s, tz=zone).replace(tzinfo=None)
+        first = clock.after(second_pass_wall - _ONE_S)
         if first <= wall:
             best = int(first.replace(tzinfo=zone, fold=1).timestamp())
-    elif pass_gap and here.fold == 1 and not cron.both_passes:
-        # Second pass of a repeated hour: a fixed-hour cron ran these wall times in the first.
-        pass_s = int(pass_gap.total_seconds())
-        fold_s = _transition_s(zone, after_s - pass_s, after_s)
-        wall = datetime.fromtimestamp(fold_s + pass_s, tz=zone).replace(tzinfo=None) - _ONE_S
+    elif repeat and here.fold == 1 and not cron.both_passes:
+        # Shortcut: a fixed-hour cron ran the rest of this stretch in the first pass, so jump
+        # to its end instead of stepping through up to 3600 one-second matches.
+        second_pass_s = _transition_s(zone, after_s - repeat_s, after_s)
+        end_s = second_pass_s + repeat_s
+        wall = datetime.fromtimestamp(end_s, tz=zone).replace(tzinfo=None) - _ONE_S
     while True:
-        # Wall times after `wall` map past after_s, so this returns on its first lap; the loop
-        # only guards odd zones with two transitions hours apart.
+        # After the two cases above the next wall time maps past after_s, so this returns on
+        # its first lap; the loop guards zones with two transitions close together.
         wall = clock.after(wall)
         for run_s in _runs_s(wall, zone, cron.both_passes):
             if run_s is not None and run_s > after_s:

@@ -15,7 +15,8 @@ from ductape_jobs.errors import HandlerError
 from ductape_jobs.keys import Keys
 from ductape_jobs.registry import Handler, Registry, load_handlers
 from ductape_jobs.runner import Runner
-from ductape_jobs.sessions import Sessions, session_types_from_config, unseal
+from ductape_jobs.sealed import Vault
+from ductape_jobs.sessions import Sessions, session_types_from_config
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
 
@@ -29,14 +30,8 @@ def build_app(settings: Settings | None = None, registry: Registry | None = None
     app = create_app(settings, name="workers")
     app.conf.task_queues = [q for q in app.conf.task_queues if q.name in settings.served_queues()]
     store = Store(connect(settings), Keys(settings.key_prefix))
-    sessions = Sessions(session_types_from_config(settings.sessions))
-
-    def open_input(spec: Any) -> dict[str, Any]:
-        if spec.sealed is None:
-            return dict(spec.input)
-        return dict(unseal(spec.sealed, sessions.secret_for(spec.session_tag)))
-
-    runner = Runner(store, registry, settings, now_ms, unseal=open_input)
+    vault = Vault(Sessions(session_types_from_config(settings.sessions)))
+    runner = Runner(store, registry, settings, now_ms, vault=vault)
     for entry in registry:
         _register_task(app, runner, entry)
 
