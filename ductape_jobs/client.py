@@ -53,6 +53,10 @@ def connect(settings: Settings) -> redis.Redis:
     )
 
 
+Jobs = list[JobRecord]
+Runs = list[RunRecord]
+
+
 class Ductape:
     """The ductape-jobs client: ``ductape.job.schedule(...)`` and friends."""
 
@@ -178,10 +182,10 @@ class JobClient:
         event: str | None = None,
         status: str | JobStatus | None = None,
         limit: int = 100,
-    ) -> list[JobRecord]:
+    ) -> Jobs:
         """Jobs, newest first, filtered by env, product, event and status."""
         wanted = {"env": env, "product_tag": product_tag, "event": event}
-        out: list[JobRecord] = []
+        out: Jobs = []
         ids = self._store.job_ids(limit=max(limit * 10, 1000))
         for start in range(0, len(ids), 500):
             for job in self._store.get_jobs(ids[start : start + 500]):
@@ -194,7 +198,7 @@ class JobClient:
                     return out
         return out
 
-    def runs(self, job_id: str, limit: int = 20) -> list[RunRecord]:
+    def runs(self, job_id: str, limit: int = 20) -> Runs:
         """The job's recent runs, newest first."""
         spec = self.get(job_id).spec
         runs = self._store.get_runs(self._store.recent_run_ids(job_id, limit))
@@ -204,11 +208,11 @@ class JobClient:
         # A session job's result is stored sealed; this client holds the secret to open it.
         return job.model_copy(update={"result": self._owner.vault.open_result(job.spec, job.result)})
 
-    def failed(self, limit: int = 100) -> list[RunRecord]:
+    def failed(self, limit: int = 100) -> Runs:
         """Dead-lettered runs, newest first."""
         return self._store.get_runs(self._store.dead_run_ids(limit))
 
-    def upcoming(self, job_id: str, n: int = 5) -> list[Any]:
+    def upcoming(self, job_id: str, n: int = 5) -> Any:
         """The next n run times (aware UTC datetimes), honouring limit, endDate and tz."""
         job = self.get(job_id)
         if job.status not in (JobStatus.SCHEDULED, JobStatus.PAUSED) or job.next_run_ms is None:
@@ -259,9 +263,10 @@ class JobClient:
     def redrive(self, run_id: str) -> str:
         """Run a dead-lettered run again with fresh attempts; returns its run id."""
         now = now_ms()
-        verdict, status = self._store.add_run("redrive", job_id_of(run_id), run_id, now)
+        job_id = job_id_of(run_id)
+        message = self._owner.messages.build(run_id, self.get(job_id).spec, now, now)
+        verdict, status = self._store.add_run("redrive", job_id, run_id, now, message)
         self._refused(verdict, status, run_id, "redrive")
-        self._publish(self._store.dispatches([run_id]), now)
         return run_id
 
     def _change(self, action: str, job_id: str, next_ms: int | None = None, runs_done: int = 0) -> JobRecord:
