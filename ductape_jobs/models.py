@@ -12,6 +12,7 @@ and nowhere else.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -193,8 +194,8 @@ class JobRequest(_Frozen):
     @field_validator("retries", mode="before")
     @classmethod
     def _retries(cls, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"must be a whole number of extra attempts 0..25, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 25:
+            raise ValueError(f"must be a whole number of extra attempts 0..25, got {_short(value)}")
         return value
 
     @field_validator("repeat", mode="after")
@@ -242,7 +243,7 @@ def validation_error(exc: ValidationError, data: Any) -> JobValidationError:
     secretive = loc[:1] == ["session"]
     message = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        message = "is not a known field; check the spelling against the seed's IJobProcessorInput"
+        message = _unknown_field_message(loc)
     elif first["type"] == "missing":
         message = "is required"
     elif first["type"] == "string_pattern_mismatch":
@@ -251,6 +252,19 @@ def validation_error(exc: ValidationError, data: Any) -> JobValidationError:
         shown = "<secret>" if secretive else _short(first.get("input"))
         message = f"{message} (got {shown})"
     return (SessionError if secretive else JobValidationError)(field, message)
+
+
+def _unknown_field_message(loc: list[str]) -> str:
+    """Name the fields that are allowed where the unknown one was, and the likely intended one."""
+    nested: dict[str, type[BaseModel]] = {"repeat": Repeat, "session": SessionRef}
+    model = nested.get(loc[0], JobRequest) if len(loc) > 1 else JobRequest
+    known = []
+    for name, info in model.model_fields.items():
+        choices = getattr(info.validation_alias, "choices", None)
+        known.append(str(choices[0]) if choices else name)
+    close = difflib.get_close_matches(loc[-1], known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"is not a known field (known: {', '.join(known)}){hint}"
 
 
 def _short(value: object, limit: int = 80) -> str:
