@@ -38,7 +38,7 @@ def plan_job(req: JobRequest, settings: Settings, sessions: Sessions, now_ms: in
             "cache", f"{req.cache!r} is not a configured cache (known: {known}); add it to DUCTAPE_CACHES"
         )
     check_input(req.input, settings)
-    spec_fields = _session_fields(req, sessions, settings)
+    spec_fields = _session_fields(req, sessions, settings, now_ms)
     rule = req.repeat.to_rule() if req.repeat is not None else None
     spec = JobSpec(
         env=req.env,
@@ -167,7 +167,7 @@ def _path(crumbs: Any) -> str:
     return "input" + "".join(reversed(steps))
 
 
-def _session_fields(req: JobRequest, sessions: Sessions, settings: Settings) -> dict[str, Any]:
+def _session_fields(req: JobRequest, sessions: Sessions, settings: Settings, now_ms: int) -> dict[str, Any]:
     """Resolve $Session{...} placeholders; only the masked input and a sealed copy are kept."""
     if req.session is None:
         if has_placeholders(req.input):
@@ -175,7 +175,7 @@ def _session_fields(req: JobRequest, sessions: Sessions, settings: Settings) -> 
                 "session", "input has $Session{...} placeholders but no session was given; pass session={tag, token}"
             )
         return {"input": req.input}
-    data = sessions.verify(req.session.tag, req.session.token.get_secret_value())
+    data = sessions.verify(req.session.tag, req.session.token.get_secret_value(), now_s=now_ms / 1000)
     resolution = resolve_placeholders(req.input, data)
     check_input(resolution.value, settings)
     if not resolution.session_paths:

@@ -7,6 +7,8 @@ and saying what to do instead; each acceptance checks the value the model conver
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -94,6 +96,28 @@ def assert_refused(data: object, field: str, *shown: str) -> JobValidationError:
 )
 def test_start_at_is_read_as_epoch_ms(value: object, expected_ms: int) -> None:
     assert JobRequest.parse(request(start_at=value)).start_ms == expected_ms
+
+
+@pytest.fixture
+def host_in_tokyo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run with the process time zone set away from UTC, so a local-time reading would show."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("host_in_tokyo")
+@pytest.mark.parametrize(
+    "value",
+    ["2024-01-01T00:00:00", "2024-01-01", datetime(2024, 1, 1)],  # noqa: DTZ001
+)
+def test_naive_times_are_utc_whatever_the_host_zone(value: object) -> None:
+    assert time.localtime(0).tm_hour == 9  # the fixture took effect
+    assert JobRequest.parse(request(start_at=value)).start_ms == JAN_1_2024_MS
+    end = JobRequest.parse(request(repeat={"every": 60_000, "endDate": value})).repeat
+    assert end is not None and end.end_ms == JAN_1_2024_MS
 
 
 def test_start_at_defaults_to_now() -> None:
