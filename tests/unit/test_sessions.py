@@ -16,6 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ductape_jobs.errors import SessionError
+from ductape_jobs.models import JobSpec
+from ductape_jobs.runner import cache_digest
+from ductape_jobs.sealed import Vault, scrub
 from ductape_jobs.sessions import (
     Resolution,
     Sessions,
@@ -114,6 +117,18 @@ def test_explicit_expiry_overrides_the_default(sessions: Sessions) -> None:
     assert sessions.verify("user-session", short, now_s=NOW + 4) == {"a": 1}
     with pytest.raises(SessionError):
         sessions.verify("user-session", short, now_s=NOW + 5)
+
+
+def test_expiry_is_the_public_name_and_expiry_s_still_works(sessions: Sessions) -> None:
+    for token in (
+        sessions.start("user-session", {"a": 1}, expiry=5, now_s=NOW),
+        sessions.start("user-session", {"a": 1}, 5, now_s=NOW),
+        sessions.start("user-session", {"a": 1}, expiry_s=5, now_s=NOW),
+    ):
+        assert jwt.decode(token.split(":", 1)[1], options={"verify_signature": False})["exp"] == NOW + 5
+    with pytest.raises(SessionError) as excinfo:
+        sessions.start("user-session", {"a": 1}, expiry=5, expiry_s=6)
+    assert excinfo.value.field == "session.expiry" and "not both" in str(excinfo.value)
 
 
 def test_expired_token(sessions: Sessions, token: str) -> None:
@@ -621,6 +636,63 @@ def test_unseal_garbage(bad: Any) -> None:
 def test_seal_refuses_non_json_and_empty_secret(obj: object, secret: str) -> None:
     with pytest.raises(SessionError):
         seal(obj, secret)
+
+
+# --- sealed jobs: the vault and cache keys -----------------------------------------
+
+
+def _sealed_spec(sessions: Sessions, data: dict[str, Any], **extra: Any) -> JobSpec:
+    value = resolve_placeholders({"to": "$Session{user}{email}", "n": 1}, data)
+    return JobSpec(
+        env="dev", product_tag="p", event="e", retries=0, created_ms=0,
+        input=redact(value.value, value.session_paths),
+        redact_paths=[list(p) for p in value.session_paths],
+        session_tag="user-session",
+        sealed=seal(value.value, sessions.secret_for("user-session")),
+        input_digest=json.dumps(value.value, sort_keys=True),  # any per-value digest will do here
+        **extra,
+    )  # fmt: skip
+
+
+def test_vault_opens_input_seals_results_and_scrubs(sessions: Sessions) -> None:
+    vault = Vault(sessions)
+    spec = _sealed_spec(sessions, DATA)
+    opened = vault.open_input(spec)
+    assert opened == {"to": "alice@example.com", "n": 1} and spec.input == {"to": "***", "n": 1}
+    stored = vault.seal_result(spec, json.dumps({"sent": "alice@example.com"}))
+    assert "alice" not in stored and vault.shown_result(spec, stored) == "***"
+    assert vault.open_result(spec, json.loads(stored)) == {"sent": "alice@example.com"}
+    # A client without the secret gets the sealed form back, not an error.
+    assert Vault(Sessions({})).open_result(spec, json.loads(stored)) == json.loads(stored)
+    hidden = vault.session_values(spec, opened)
+    assert scrub("RuntimeError: no mailbox 'alice@example.com'", hidden) == "RuntimeError: no mailbox '***'"
+
+
+def test_vault_leaves_plain_jobs_alone(sessions: Sessions) -> None:
+    vault = Vault(sessions)
+    spec = JobSpec(env="dev", product_tag="p", event="e", retries=0, created_ms=0, input={"a": 1})
+    assert vault.open_input(spec) == {"a": 1}
+    assert vault.seal_result(spec, '{"r": 1}') == '{"r": 1}'
+    assert vault.shown_result(spec, '{"r": 1}') == {"r": 1}
+    assert vault.open_result(spec, {"$sealed": "x"}) == {"$sealed": "x"}
+    assert vault.session_values(spec, {"a": 1}) == []
+
+
+def test_session_values_skip_short_ones_so_tracebacks_stay_readable(sessions: Sessions) -> None:
+    spec = _sealed_spec(sessions, {"user": {"email": {"id": 7, "name": "Bob Smith", "ok": True}}})
+    assert Vault(sessions).session_values(spec, Vault(sessions).open_input(spec)) == ["Bob Smith"]
+
+
+def test_cache_digest_tells_sealed_jobs_of_different_users_apart(sessions: Sessions) -> None:
+    alice = _sealed_spec(sessions, DATA)
+    bob = _sealed_spec(sessions, {"user": {"email": "bob@example.com"}})
+    assert alice.input == bob.input  # alike as stored (masked)...
+    assert cache_digest(alice) != cache_digest(bob)  # ...never sharing a cache entry
+    assert cache_digest(alice) == cache_digest(_sealed_spec(sessions, DATA))
+    plain = alice.model_copy(
+        update={"sealed": None, "input_digest": None, "session_tag": None, "redact_paths": []}
+    )
+    assert cache_digest(plain) != cache_digest(alice)
 
 
 # --- properties ---------------------------------------------------------------------

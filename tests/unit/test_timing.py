@@ -241,6 +241,33 @@ def test_validate_cron_rejects(expr: object, hint: str) -> None:
     assert repr(expr)[:20] in str(caught.value)
 
 
+CRON_PARTS = {
+    "second": ["0", "*/20", "15", "*"],
+    "minute": ["0", "*/15", "30", "5-10", "*", "59", "0,30", "60", "x"],
+    "hour": ["*", "9", "1", "2", "*/2", "1-3/2", "0-23", "24"],
+    "dom": ["*", "L", "15W", "1", "29", "30", "31", "?", "1-7", "W1", "*/10", "0"],
+    "month": ["*", "2", "feb", "jan-mar", "*/3", "12", "4,6", "13"],
+    "dow": ["*", "1", "L5", "1#2", "5#5", "mon-fri", "?", "sun", "1#6", "5L"],
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.booleans(), st.fixed_dictionaries({k: st.sampled_from(v) for k, v in CRON_PARTS.items()}))
+def test_cron_is_refused_cleanly_or_schedules(with_seconds: bool, parts: dict[str, str]) -> None:
+    names = ["minute", "hour", "dom", "month", "dow"]
+    expr = " ".join(parts[name] for name in (["second", *names] if with_seconds else names))
+    try:
+        normalized = validate_cron(expr)
+    except JobValidationError as refused:
+        assert refused.field == "repeat.cron"
+        assert repr(expr) in str(refused)
+        return
+    after_ms = ms("2027-11-07T05:10:00Z")
+    for tz in ("UTC", "America/New_York"):
+        found = cron_next_ms(normalized, tz, after_ms)
+        assert found is not None and found > after_ms
+
+
 # --- cron occurrences (UTC) -----------------------------------------------------------------
 
 
@@ -595,7 +622,7 @@ HOURLY = Rule(cron="0 * * * *")
         ({"cron": "0 * * * *", "every_ms": 1000}, "repeat"),
         ({"every_ms": 0}, "repeat.every"),
         ({"every_ms": 1000, "limit": 0}, "repeat.limit"),
-        ({"every_ms": 1000, "catchup_ms": -1}, "repeat.catchup"),
+        ({"every_ms": 1000, "catchup_ms": -1}, "repeat.catchup_ms"),
     ],
 )
 def test_rule_rejects_inconsistent_fields(kwargs: dict[str, object], field: str) -> None:
