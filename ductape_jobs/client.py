@@ -202,7 +202,8 @@ class JobClient:
         """The job's recent runs, newest first."""
         spec = self.get(job_id).spec
         runs = self._store.get_runs(self._store.recent_run_ids(job_id, limit))
-        return [run.model_copy(update={"result": self._owner.vault.open_result(spec, run.result)}) for run in runs]
+        vault = self._owner.vault
+        return [run.model_copy(update={"result": vault.open_result(spec, run.result)}) for run in runs]
 
     def _opened(self, job: JobRecord) -> JobRecord:
         # A session job's result is stored sealed; this client holds the secret to open it.

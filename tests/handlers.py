@@ -86,3 +86,17 @@ def typed(input: Signup, ctx: RunContext) -> dict[str, str]:
     """Receives its input validated as a Signup."""
     record("typed", {"type": type(input).__name__, **input.model_dump()}, ctx)
     return {"user": input.user_id}
+
+
+@handler("send_digest", product_tag="notifications")
+def send_digest(input: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """The seed's session example: records its input and says where the digest went."""
+    record("send_digest", input, ctx)
+    return {"sent_to": input["email"], "user": input["userId"]}
+
+
+@handler("bounce", product_tag="notifications")
+def bounce(input: dict[str, Any], ctx: RunContext) -> None:
+    """Records, then fails with the (session-derived) address in its message."""
+    record("bounce", input, ctx)
+    raise RuntimeError(f"mailbox {input['email']} does not exist")
