@@ -139,6 +139,13 @@ class JobClient:
                 handles.append(self._existing_handle(job_id))
         return handles
 
+    def validate(self, request: JobRequest | Mapping[str, Any]) -> JobRequest:
+        """Check a request exactly as ``schedule()`` would, writing and sending nothing."""
+        req = JobRequest.parse(dict(request) if isinstance(request, Mapping) else request)
+        self._check_event(req.product_tag, req.event)
+        plan_job(req, self._settings, self._owner.sessions, now_ms(), "validate")
+        return req
+
     def _check_event(self, product_tag: str, event: str) -> None:
         if not self._settings.require_handler or (product_tag, event) in self._known_events:
             return
@@ -276,7 +283,7 @@ class JobClient:
         return self.get(job_id)
 
     def _refused(self, verdict: str, status: str | None, what: str, action: str) -> None:
-        if verdict == "missing":
+        if verdict == "missing" or status == "missing":  # redrive: the job exists, the run does not
             raise JobNotFoundError(f"no job or run {what!r} under key prefix {self._settings.key_prefix!r}")
         if verdict == "refused":
             raise JobStateError(f"cannot {action} {what}: it is {status}")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore
-from celery.signals import worker_ready
+from celery.signals import heartbeat_sent, worker_ready
 
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.client import connect, now_ms
@@ -22,6 +23,8 @@ from ductape_jobs.store import Store
 
 log = logging.getLogger("workers")
 
+SEEN_EVERY_S = 10.0  # how often a worker refreshes its seen_ms (doctor calls it stale after 60 s)
+
 
 def build_app(settings: Settings | None = None, registry: Registry | None = None) -> Celery:
     """The worker's Celery app with a task per handler in ``settings.handlers``."""
@@ -35,13 +38,26 @@ def build_app(settings: Settings | None = None, registry: Registry | None = None
     for entry in registry:
         _register_task(app, runner, entry)
 
+    envs = settings.worker_envs or settings.envs
+    seen: dict[str, Any] = {"hostname": None, "at": 0.0}
+
     @worker_ready.connect(weak=False)
     def announce(sender: Any = None, **_: Any) -> None:
         # Producers refuse events no worker serves: publish ours, with the envs we consume.
-        hostname = getattr(sender, "hostname", "worker")
-        envs = settings.worker_envs or settings.envs
-        store.register_worker(hostname, [h.pair for h in registry], list(envs), now_ms())
+        seen["hostname"], seen["at"] = getattr(sender, "hostname", "worker"), time.monotonic()
+        store.register_worker(seen["hostname"], [h.pair for h in registry], list(envs), now_ms())
         log.info("serving %d event(s) for envs %s", len(registry), ",".join(envs))
+
+    @heartbeat_sent.connect(weak=False)
+    def still_here(sender: Any = None, **_: Any) -> None:
+        # Refreshed on Celery's own heartbeat, so seen_ms tells a live worker from one long gone.
+        if seen["hostname"] is None or time.monotonic() - seen["at"] < SEEN_EVERY_S:
+            return
+        seen["at"] = time.monotonic()
+        try:
+            store.register_worker(seen["hostname"], [h.pair for h in registry], list(envs), now_ms())
+        except Exception:  # noqa: BLE001 - a missed refresh only ages seen_ms; the next one retries
+            log.warning("could not refresh this worker's registration; will retry")
 
     app.ductape_store = store  # type: ignore[attr-defined]
     app.ductape_settings = settings  # type: ignore[attr-defined]
