@@ -107,7 +107,9 @@ class JobClient:
 
     # -- scheduling -------------------------------------------------------------------------
 
-    def schedule(self, request: JobRequest | Mapping[str, Any] | None = None, /, **fields: Any) -> ScheduleHandle:
+    def schedule(
+        self, request: JobRequest | Mapping[str, Any] | None = None, /, **fields: Any
+    ) -> ScheduleHandle:
         """Validate, store and (when due) hand a job to Celery; nothing is written if it is refused."""
         if request is not None and fields:
             raise JobValidationError("request", "pass either one dict/JobRequest or keyword fields, not both")
@@ -229,7 +231,8 @@ class JobClient:
         if rule is None:
             return [ms_to_datetime(job.next_run_ms)]
         anchor = self._store.anchor_ms(job_id)
-        return [ms_to_datetime(t) for t in timing.upcoming_ms(rule, anchor, job.next_run_ms, job.runs_done, n)]
+        times = timing.upcoming_ms(rule, anchor, job.next_run_ms, job.runs_done, n)
+        return [ms_to_datetime(t) for t in times]
 
     # -- managing ---------------------------------------------------------------------------
 
@@ -245,7 +248,9 @@ class JobClient:
         """Put a paused job back on its schedule; a missed slot runs once, then back on phase."""
         job = self.get(job_id)
         if job.status != JobStatus.PAUSED:
-            raise JobStateError(f"job {job_id} is {job.status.value}, not paused; only a paused job can resume")
+            raise JobStateError(
+                f"job {job_id} is {job.status.value}, not paused; only a paused job can resume"
+            )
         now = now_ms()
         next_ms = job.next_run_ms
         rule = job.spec.timing_rule()
@@ -293,7 +298,7 @@ def _handle(plan: NewJob) -> ScheduleHandle:
     when = plan.nominal_ms if plan.run_id is not None else plan.next_run_ms
     return ScheduleHandle(
         job_id=plan.job_id,
-        status=plan.status if plan.run_id is None else (JobStatus.QUEUED if not plan.recurring else plan.status),
+        status=JobStatus.QUEUED if plan.run_id is not None and not plan.recurring else plan.status,
         scheduled_at=ms_to_datetime(when or plan.anchor_ms),  # type: ignore[arg-type]
         recurring=plan.recurring,
         next_run_at=ms_to_datetime(plan.next_run_ms if plan.recurring else when),
