@@ -61,6 +61,7 @@ class RedisScheduler(celery_beat.Scheduler):
                     self.engine.token, self.settings.beat_lock_ttl_ms
                 ):
                     self.engine.token = None
+                    log.warning("beat %s lost the leader lock; standing by", self.engine.instance)
             except Exception:  # noqa: BLE001
                 log.warning("could not renew the beat lock; will retry")
 

@@ -56,13 +56,17 @@ for i = 0, n - 1 do
   local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
   if kind == 'r' then
     local run = prefix .. ':run:' .. id
-    if redis.call('HGET', run, 'status') == 'retrying'
-       and redis.call('ZSCORE', KEYS[2], member) == score then
+    local status = redis.call('HGET', run, 'status')
+    if status ~= 'retrying' or message == '' then
+      -- another delivery already ran it (or the run or its job is gone): a stale entry that
+      -- would otherwise be read again on every tick, with beat never sleeping
+      redis.call('ZREM', KEYS[2], member)
+    elseif redis.call('ZSCORE', KEYS[2], member) == score then
       redis.call('HSET', run, 'status', 'queued', 'queued_ms', now)
       redis.call('ZREM', KEYS[2], member)
       redis.call('LPUSH', queue, message)
       local job = prefix .. ':job:' .. redis.call('HGET', run, 'job_id')
-      if redis.call('HGET', job, 'recurring') == '0' then
+      if redis.call('HGET', job, 'recurring') == '0' and redis.call('HGET', run, 'manual') ~= '1' then
         redis.call('HSET', job, 'status', 'queued', 'updated_ms', now)
       end
       claimed[#claimed+1] = i + 1
@@ -119,7 +123,9 @@ end
 local attempts = tonumber(run[2] or '0') + 1
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'started_ms', now)
 redis.call('HSET', KEYS[2], 'attempts', attempts, 'updated_ms', now)
-if job[3] == '0' then redis.call('HSET', KEYS[2], 'status', 'running') end
+-- A manual (triggered) run is extra: it never moves a one-off's status, or the one-off's own
+-- scheduled run would be dropped by beat as no longer 'scheduled'.
+if job[3] == '0' and run[5] ~= '1' then redis.call('HSET', KEYS[2], 'status', 'running') end
 return {'run', attempts, job[2], run[4], run[5] or ''}
 """
 
@@ -131,6 +137,7 @@ FINISH_RUN = """
 if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
 local now, outcome = ARGV[2], ARGV[3]
 local one_off = redis.call('HGET', KEYS[2], 'recurring') == '0'
+  and redis.call('HGET', KEYS[1], 'manual') ~= '1'  -- a triggered run leaves the status alone
 redis.call('HSET', KEYS[2], 'last_run_id', ARGV[10], 'updated_ms', now)
 if outcome == 'completed' then
   redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_ms', now, 'result', ARGV[4],
@@ -210,7 +217,7 @@ else
   redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'queued_ms', now)
   redis.call('HDEL', KEYS[2], 'finished_ms')
   redis.call('ZREM', KEYS[5], ARGV[3])
-  if redis.call('HGET', KEYS[1], 'recurring') == '0' then
+  if redis.call('HGET', KEYS[1], 'recurring') == '0' and redis.call('HGET', KEYS[2], 'manual') ~= '1' then
     redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_ms', now)
   end
 end
