@@ -6,6 +6,7 @@ sessions, the handler registry and the producer client. Must not import ``worker
 
 from __future__ import annotations
 
+from ductape_jobs.aclient import AsyncDuctape
 from ductape_jobs.client import Ductape
 from ductape_jobs.errors import (
     BackendUnavailableError,
@@ -22,6 +23,7 @@ from ductape_jobs.registry import RunContext, handler
 from ductape_jobs.settings import Settings
 
 __all__ = [
+    "AsyncDuctape",
     "BackendUnavailableError",
     "Ductape",
     "DuctapeError",

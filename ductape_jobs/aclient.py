@@ -1,0 +1,126 @@
+"""The asyncio producer: ``AsyncDuctape`` and its ``job`` namespace, every method awaitable.
+
+Same methods, arguments, results and errors as ``Ductape`` (client.py): both drive the flows of
+flows.py, this one over ``redis.asyncio``. Create it inside the event loop that uses it (its
+connections belong to that loop) and ``await aclose()`` it, or use ``async with``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Unpack
+
+import redis.asyncio as aredis
+
+from ductape_jobs.astore import AsyncStore
+from ductape_jobs.flows import ClientCore, JobFilter, Jobs, Request, Runs, Times
+from ductape_jobs.keys import Keys
+from ductape_jobs.models import JobRecord, JobRequest, ScheduleHandle
+from ductape_jobs.settings import Settings
+
+POOL_SIZE = 64  # connections one client opens at most
+POOL_WAIT_S = 30.0  # how long a call waits for a free one before giving up
+
+
+def connect_async(settings: Settings) -> aredis.Redis:
+    """An asyncio Redis client with the same bounded timeouts as ``connect``.
+
+    redis-py's default asyncio pool raises once 100 calls are in flight; a blocking pool makes
+    ``gather()`` of thousands of calls wait for a connection instead.
+    """
+    pool = aredis.BlockingConnectionPool.from_url(
+        settings.url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT_S,
+        socket_timeout=settings.socket_timeout_s,
+        socket_connect_timeout=settings.socket_timeout_s,
+        health_check_interval=30,
+    )
+    return aredis.Redis.from_pool(pool)
+
+
+class AsyncDuctape(ClientCore):
+    """The ductape-jobs client for asyncio: ``await ductape.job.schedule(...)`` and friends."""
+
+    redis: aredis.Redis
+    store: AsyncStore
+    job: AsyncJobClient
+
+    def _open(self) -> None:
+        self.redis = connect_async(self.settings)
+        self.store = AsyncStore(self.redis, Keys(self.settings.key_prefix))
+        self.job = AsyncJobClient(self)
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        await self.redis.aclose()
+        self.celery.close()
+
+    async def __aenter__(self) -> AsyncDuctape:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncJobClient:
+    """``ductape.job`` for asyncio; each method is the awaitable form of ``JobClient``'s."""
+
+    def __init__(self, owner: AsyncDuctape) -> None:
+        self._flows = owner.flows
+        self._run = owner.store.run
+
+    async def schedule(self, request: Request | None = None, /, **fields: Any) -> ScheduleHandle:
+        """Awaitable ``JobClient.schedule``: validate, store and (when due) hand a job to Celery."""
+        return await self._run(self._flows.schedule(request, fields))
+
+    async def schedule_many(self, requests: Sequence[Request]) -> list[ScheduleHandle]:
+        """Awaitable ``JobClient.schedule_many``: all validated first, then written in one round trip."""
+        return await self._run(self._flows.schedule_many(requests))
+
+    async def validate(self, request: Request) -> JobRequest:
+        """Awaitable ``JobClient.validate``: check a request as ``schedule()`` would, writing nothing."""
+        return await self._run(self._flows.validate(request))
+
+    async def get(self, job_id: str) -> JobRecord:
+        """Awaitable ``JobClient.get``: the job's record, or JobNotFoundError."""
+        return await self._run(self._flows.get(job_id))
+
+    async def list(self, **filters: Unpack[JobFilter]) -> Jobs:
+        """Awaitable ``JobClient.list``: jobs, newest first, filtered."""
+        return await self._run(self._flows.list(**filters))
+
+    async def runs(self, job_id: str, limit: int = 20) -> Runs:
+        """Awaitable ``JobClient.runs``: the job's recent runs, newest first."""
+        return await self._run(self._flows.runs(job_id, limit))
+
+    async def failed(self, limit: int = 100) -> Runs:
+        """Awaitable ``JobClient.failed``: dead-lettered runs, newest first."""
+        return await self._run(self._flows.failed(limit))
+
+    async def upcoming(self, job_id: str, n: int = 5) -> Times:
+        """Awaitable ``JobClient.upcoming``: the next n run times."""
+        return await self._run(self._flows.upcoming(job_id, n))
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Awaitable ``JobClient.cancel``: no further runs."""
+        return await self._run(self._flows.cancel(job_id))
+
+    async def pause(self, job_id: str) -> JobRecord:
+        """Awaitable ``JobClient.pause``: hold a scheduled job."""
+        return await self._run(self._flows.pause(job_id))
+
+    async def resume(self, job_id: str) -> JobRecord:
+        """Awaitable ``JobClient.resume``: back on its schedule."""
+        return await self._run(self._flows.resume(job_id))
+
+    async def trigger(self, job_id: str) -> str:
+        """Awaitable ``JobClient.trigger``: one extra run now; its run id."""
+        return await self._run(self._flows.trigger(job_id))
+
+    async def redrive(self, run_id: str) -> str:
+        """Awaitable ``JobClient.redrive``: a dead-lettered run again; its run id."""
+        return await self._run(self._flows.redrive(run_id))
+
+
+__all__ = ["AsyncDuctape", "AsyncJobClient", "connect_async"]

@@ -1,0 +1,47 @@
+"""The Redis data model for asyncio: drives the flows of ops.py and flows.py over ``redis.asyncio``.
+
+The operations themselves live in ops.py (shared with the sync ``Store``); this module only sends
+each batch a flow yields and awaits the replies. No thread pool: every round trip is real
+non-blocking I/O on the caller's event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import redis.asyncio as aredis
+
+from ductape_jobs import ops
+from ductape_jobs.keys import Keys
+from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, unreachable
+
+T = TypeVar("T")
+
+
+class AsyncStore:
+    """The asyncio twin of ``Store`` for the producer's operations."""
+
+    def __init__(self, client: aredis.Redis, keys: Keys) -> None:
+        self.redis = client
+        self.keys = keys
+        self._scripts = ops.register_scripts(client)
+
+    async def run(self, flow: Flow[T]) -> T:
+        """Drive a flow: send each batch it yields, awaiting the replies, until it returns."""
+        try:
+            batch = next(flow)
+            while True:
+                batch = flow.send(await self._send(batch))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def _send(self, batch: Batch) -> list[Any]:
+        try:
+            if batch.direct:
+                return [await ops.issue(self.redis, batch.calls[0], self._scripts)]
+            async with self.redis.pipeline(transaction=batch.transaction) as pipe:
+                for call in batch.calls:
+                    await ops.issue(pipe, call, self._scripts)  # buffers; a script also registers itself
+                return await pipe.execute()
+        except REDIS_DOWN as exc:
+            raise unreachable(exc) from None

@@ -1,0 +1,297 @@
+"""What ``job.*`` does, written once for ``Ductape`` and ``AsyncDuctape``.
+
+Each method of ``JobFlows`` is a flow (see ops.py): validation, planning, message building and
+reading replies happen here, and every Redis round trip is yielded to the caller, so the sync
+client drives these flows with ``Store.run`` and the async one with ``await AsyncStore.run``.
+``ClientCore`` is what both clients hold besides their Redis connection.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, TypedDict, cast
+
+from ductape_jobs import ops, timing
+from ductape_jobs.celery_app import create_app
+from ductape_jobs.errors import JobNotFoundError, JobStateError, JobValidationError, UnknownEventError
+from ductape_jobs.keys import Keys
+from ductape_jobs.models import (
+    JobRecord,
+    JobRequest,
+    JobStatus,
+    RunRecord,
+    ScheduleHandle,
+    job_id_of,
+    ms_to_datetime,
+)
+from ductape_jobs.ops import Flow
+from ductape_jobs.planning import plan_job
+from ductape_jobs.records import NewJob
+from ductape_jobs.sealed import Vault
+from ductape_jobs.sessions import Sessions, session_types_from_config
+from ductape_jobs.settings import Settings
+from ductape_jobs.wire import MessageBuilder
+
+Request = JobRequest | Mapping[str, Any]
+Jobs = list[JobRecord]
+Runs = list[RunRecord]
+Times = list[datetime]
+
+
+class JobFilter(TypedDict, total=False):
+    """What ``job.list()`` takes: filters combined with AND (None = any), and ``limit`` (100)."""
+
+    env: str | None
+    product_tag: str | None
+    event: str | None
+    status: str | JobStatus | None
+    limit: int
+
+
+def now_ms() -> int:
+    """The wall clock in epoch ms; read only at the edges and passed in."""
+    return time.time_ns() // 1_000_000
+
+
+class ClientCore:
+    """Settings, sessions and the message builder: what both clients hold besides Redis."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        caches: Mapping[str, Mapping[str, int]] | None = None,
+        sessions: Mapping[str, Mapping[str, Any]] | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is None:
+            settings = Settings.from_env(redis_url=redis_url, caches=caches, sessions=sessions, **overrides)
+        self.settings = settings
+        self.sessions = Sessions(session_types_from_config(settings.sessions))
+        self.vault = Vault(self.sessions)
+        self.celery = create_app(settings, name="ductape_jobs.producer")
+        self.messages = MessageBuilder(self.celery, settings)
+        self.flows = JobFlows(self)
+        self._open()
+
+    def _open(self) -> None:
+        """Connect to Redis and build ``job``: each client does it its own way."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(key_prefix={self.settings.key_prefix!r})"
+
+
+class JobFlows:
+    """The ``job.*`` methods as flows; the clients only drive them."""
+
+    def __init__(self, core: ClientCore) -> None:
+        self._settings = core.settings
+        self._keys = Keys(core.settings.key_prefix)
+        self._sessions = core.sessions
+        self._vault = core.vault
+        self._messages = core.messages
+        self._known_events: set[tuple[str, str]] = set()
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def schedule(self, request: Request | None, fields: Mapping[str, Any]) -> Flow[ScheduleHandle]:
+        """Validate, store and (when due) hand a job to Celery; nothing is written if it is refused."""
+        if request is not None and fields:
+            raise JobValidationError("request", "pass either one dict/JobRequest or keyword fields, not both")
+        handles = yield from self.schedule_many([request if request is not None else fields])
+        return handles[0]
+
+    def schedule_many(self, requests: Sequence[Request]) -> Flow[list[ScheduleHandle]]:
+        """Schedule a batch: every request is validated first, then all are written in one round trip."""
+        now = now_ms()
+        plans: list[NewJob] = []
+        for index, raw in enumerate(requests):
+            try:
+                req = JobRequest.parse(dict(raw) if isinstance(raw, Mapping) else raw)
+                yield from self._check_event(req.product_tag, req.event)
+                plan = plan_job(req, self._settings, self._sessions, now, uuid.uuid4().hex)
+                if plan.run_id is not None:
+                    message = self._messages.build(plan.run_id, plan.spec, plan.nominal_ms or now, now)
+                    plan = replace(plan, message=message)
+                plans.append(plan)
+            except JobValidationError as exc:
+                if len(requests) > 1:
+                    raise type(exc)(f"requests[{index}].{exc.field}", str(exc).split(": ", 1)[1]) from None
+                raise
+        outcomes = yield from ops.create_jobs(self._keys, plans, now)
+        handles = []
+        for plan, (job_id, created) in zip(plans, outcomes, strict=True):
+            handles.append(_handle(plan) if created else (yield from self._existing_handle(job_id)))
+        return handles
+
+    def validate(self, request: Request) -> Flow[JobRequest]:
+        """Check a request exactly as ``schedule()`` would, writing and sending nothing."""
+        req = JobRequest.parse(dict(request) if isinstance(request, Mapping) else request)
+        yield from self._check_event(req.product_tag, req.event)
+        plan_job(req, self._settings, self._sessions, now_ms(), "validate")
+        return req
+
+    def _check_event(self, product_tag: str, event: str) -> Flow[None]:
+        if not self._settings.require_handler or (product_tag, event) in self._known_events:
+            return
+        if (yield from ops.events_known(self._keys, product_tag, event)):
+            self._known_events.add((product_tag, event))
+            return
+        known = yield from ops.known_events(self._keys, product_tag)
+        raise UnknownEventError(
+            "event",
+            f"no worker has registered a handler for {product_tag}/{event} (known for {product_tag}: "
+            f"{known or 'none'}); start a worker with that handler in DUCTAPE_HANDLERS, or set "
+            "DUCTAPE_REQUIRE_HANDLER=false to schedule before deploying it",
+        )
+
+    def _existing_handle(self, job_id: str) -> Flow[ScheduleHandle]:
+        job = yield from self.get(job_id)
+        when = job.next_run_ms or job.created_ms
+        return ScheduleHandle(
+            job_id=job_id,
+            status=job.status,
+            scheduled_at=ms_to_datetime(when),
+            recurring=job.recurring,
+            next_run_at=job.next_run_at,
+            created=False,
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Flow[JobRecord]:
+        """The job's record; JobNotFoundError when there is none."""
+        job = yield from ops.get_job(self._keys, job_id)
+        if job is None:
+            raise JobNotFoundError(f"no job {job_id!r} under key prefix {self._settings.key_prefix!r}")
+        return self._opened(job)
+
+    def list(
+        self,
+        *,
+        env: str | None = None,
+        product_tag: str | None = None,
+        event: str | None = None,
+        status: str | JobStatus | None = None,
+        limit: int = 100,
+    ) -> Flow[Jobs]:
+        """Jobs, newest first, filtered by env, product, event and status."""
+        wanted = {"env": env, "product_tag": product_tag, "event": event}
+        out: Jobs = []
+        ids = yield from ops.job_ids(self._keys, limit=max(limit * 10, 1000))
+        for start in range(0, len(ids), 500):
+            for job in (yield from ops.get_jobs(self._keys, ids[start : start + 500])):
+                if status is not None and job.status != JobStatus(status):
+                    continue
+                if any(v is not None and getattr(job.spec, k) != v for k, v in wanted.items()):
+                    continue
+                out.append(self._opened(job))
+                if len(out) >= limit:
+                    return out
+        return out
+
+    def runs(self, job_id: str, limit: int) -> Flow[Runs]:
+        """The job's recent runs, newest first."""
+        spec = (yield from self.get(job_id)).spec
+        run_ids = yield from ops.recent_run_ids(self._keys, job_id, limit)
+        runs = yield from ops.get_runs(self._keys, run_ids)
+        return [run.model_copy(update={"result": self._vault.open_result(spec, run.result)}) for run in runs]
+
+    def _opened(self, job: JobRecord) -> JobRecord:
+        # A session job's result is stored sealed; this client holds the secret to open it.
+        return job.model_copy(update={"result": self._vault.open_result(job.spec, job.result)})
+
+    def failed(self, limit: int) -> Flow[Runs]:
+        """Dead-lettered runs, newest first."""
+        return (yield from ops.get_runs(self._keys, (yield from ops.dead_run_ids(self._keys, limit))))
+
+    def upcoming(self, job_id: str, n: int) -> Flow[Times]:
+        """The next n run times (aware UTC datetimes), honouring limit, endDate and tz."""
+        job = yield from self.get(job_id)
+        if job.status not in (JobStatus.SCHEDULED, JobStatus.PAUSED) or job.next_run_ms is None:
+            return []
+        rule = job.spec.timing_rule()
+        if rule is None:
+            return [_at(job.next_run_ms)]
+        anchor = yield from ops.anchor_ms(self._keys, job_id)
+        times = timing.upcoming_ms(rule, anchor, job.next_run_ms, job.runs_done, n)
+        return [_at(t) for t in times]
+
+    # -- managing ---------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> Flow[JobRecord]:
+        """Stop the job: no further runs; released runs that have not started are skipped."""
+        return (yield from self._change("cancel", job_id))
+
+    def pause(self, job_id: str) -> Flow[JobRecord]:
+        """Hold a scheduled job; runs already handed to workers still run."""
+        return (yield from self._change("pause", job_id))
+
+    def resume(self, job_id: str) -> Flow[JobRecord]:
+        """Put a paused job back on its schedule; a missed slot runs once, then back on phase."""
+        job = yield from self.get(job_id)
+        if job.status != JobStatus.PAUSED:
+            raise JobStateError(
+                f"job {job_id} is {job.status.value}, not paused; only a paused job can resume"
+            )
+        now = now_ms()
+        next_ms = job.next_run_ms
+        rule = job.spec.timing_rule()
+        if next_ms is not None and rule is not None and next_ms < now:
+            anchor = yield from ops.anchor_ms(self._keys, job_id)
+            nxt = timing.occurrence_after_ms(rule, anchor, now - 1)
+            if nxt is not None and rule.end_ms is not None and nxt > rule.end_ms:
+                nxt = None
+            next_ms = nxt
+        elif next_ms is not None:
+            next_ms = max(next_ms, now) if rule is None else next_ms
+        return (yield from self._change("resume", job_id, next_ms=next_ms, runs_done=job.runs_done))
+
+    def trigger(self, job_id: str) -> Flow[str]:
+        """Run the job once more now, outside its schedule (not counted toward limit); the run id."""
+        now = now_ms()
+        return (yield from self._add_run("trigger", job_id, f"{job_id}:{now}m", now, job_id))
+
+    def redrive(self, run_id: str) -> Flow[str]:
+        """Run a dead-lettered run again with fresh attempts; its run id."""
+        return (yield from self._add_run("redrive", job_id_of(run_id), run_id, now_ms(), run_id))
+
+    def _add_run(self, action: str, job_id: str, run_id: str, now: int, what: str) -> Flow[str]:
+        message = self._messages.build(run_id, (yield from self.get(job_id)).spec, now, now)
+        got = yield from ops.add_run(self._keys, action, job_id, run_id, now, message)
+        self._refused(*got, what, action)
+        return run_id
+
+    def _change(
+        self, action: str, job_id: str, next_ms: int | None = None, runs_done: int = 0
+    ) -> Flow[JobRecord]:
+        got = yield from ops.change_state(self._keys, action, job_id, now_ms(), next_ms, runs_done)
+        self._refused(*got, job_id, action)
+        return (yield from self.get(job_id))
+
+    def _refused(self, verdict: str, status: str | None, what: str, action: str) -> None:
+        if verdict == "missing" or status == "missing":  # redrive: the job exists, the run does not
+            raise JobNotFoundError(f"no job or run {what!r} under key prefix {self._settings.key_prefix!r}")
+        if verdict == "refused":
+            raise JobStateError(f"cannot {action} {what}: it is {status}")
+
+
+def _at(value_ms: int) -> datetime:
+    return cast(datetime, ms_to_datetime(value_ms))
+
+
+def _handle(plan: NewJob) -> ScheduleHandle:
+    when = plan.nominal_ms if plan.run_id is not None else plan.next_run_ms
+    return ScheduleHandle(
+        job_id=plan.job_id,
+        status=JobStatus.QUEUED if plan.run_id is not None and not plan.recurring else plan.status,
+        scheduled_at=ms_to_datetime(when or plan.anchor_ms),
+        recurring=plan.recurring,
+        next_run_at=ms_to_datetime(plan.next_run_ms if plan.recurring else when),
+    )

@@ -1,0 +1,206 @@
+"""The producer's Redis operations, written once for the sync and the asyncio store.
+
+Each operation is a *flow*: a generator that yields a ``Batch`` (commands for one round trip)
+and is sent back the replies, then returns its parsed result. It does no I/O itself, so
+``Store.run`` and ``await AsyncStore.run`` drive the same code, and flows compose with
+``yield from`` (client flows in flows.py call these). psycopg 3 splits its protocol from its
+sync and async connections the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import redis
+
+from ductape_jobs import scripts
+from ductape_jobs.errors import BackendUnavailableError
+from ductape_jobs.keys import Keys
+from ductape_jobs.models import JobRecord, RunRecord
+from ductape_jobs.records import NewJob, job_record, opt, run_record, text, verdict
+from ductape_jobs.wire import Message
+
+T = TypeVar("T")
+
+SCRIPT_NAMES = (
+    "CREATE_JOB",
+    "CLAIM_DUE",
+    "BEGIN_RUN",
+    "FINISH_RUN",
+    "CHANGE_STATE",
+    "ADD_RUN",
+    "ACQUIRE_LOCK",
+    "RENEW_LOCK",
+)
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One redis-py command by method name: the name is the same on sync and asyncio clients."""
+
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Eval:
+    """One run of a Lua script from scripts.py, named as there."""
+
+    script: str
+    keys: list[str]
+    args: list[Any]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Commands for one round trip: sent directly when alone, else as one pipeline."""
+
+    calls: tuple[Call | Eval, ...]
+    transaction: bool = False
+
+    @property
+    def direct(self) -> bool:
+        """Whether one plain command does (no pipeline, so no SCRIPT EXISTS round trip)."""
+        return len(self.calls) == 1 and not self.transaction
+
+
+Flow = Generator[Batch, list[Any], T]
+
+
+def send(*calls: Call | Eval, transaction: bool = False) -> Flow[list[Any]]:
+    """Send commands in one round trip; their replies, in order (no round trip for none)."""
+    if not calls:
+        return []
+    return (yield Batch(calls, transaction))
+
+
+def one(call: Call | Eval) -> Flow[Any]:
+    """Send one command; its reply."""
+    (reply,) = yield from send(call)
+    return reply
+
+
+def register_scripts(client: Any) -> dict[str, Any]:
+    """The scripts registered on a sync or asyncio client (no I/O: loaded on first use)."""
+    return {name: client.register_script(getattr(scripts, name)) for name in SCRIPT_NAMES}
+
+
+def issue(target: Any, call: Call | Eval, registered: Mapping[str, Any]) -> Any:
+    """Put one call to a client or pipeline; the reply (awaitable on asyncio clients)."""
+    if isinstance(call, Eval):
+        return registered[call.script](keys=call.keys, args=call.args, client=target)
+    return getattr(target, call.method)(*call.args, **call.kwargs)
+
+
+def unreachable(exc: Exception) -> BackendUnavailableError:
+    """The error a caller sees for connection trouble (never the URL: it may hold a password)."""
+    return BackendUnavailableError(
+        f"Redis is unreachable ({type(exc).__name__}); check REDIS_URL and that the server is up"
+    )
+
+
+# -- producer operations ------------------------------------------------------------------------
+
+
+def create_jobs(keys: Keys, jobs: Sequence[NewJob], now_ms: int) -> Flow[list[tuple[str, bool]]]:
+    """Write jobs (each with its first run or due entry) atomically each, in one round trip.
+
+    Returns (job_id, created) per job; created is False when a live recurring job with the
+    same fingerprint exists, and job_id is then that job's.
+    """
+    rows = yield from send(*(_create_call(keys, job, now_ms) for job in jobs))
+    return [(text(job_id), bool(created)) for created, job_id in rows]
+
+
+def _create_call(k: Keys, job: NewJob, now_ms: int) -> Eval:
+    fp_key = k.fingerprint(job.spec.fingerprint()) if job.dedupe else k.fingerprint("-")
+    queue = job.message.queue_key if job.message is not None else k.fingerprint("-")
+    keys = [k.job(job.job_id), k.jobs, k.due, queue, k.run(job.run_id or "-"), k.job_runs(job.job_id), fp_key]
+    args: list[Any] = [
+        job.job_id,
+        job.spec.model_dump_json(),
+        job.status.value,
+        int(job.recurring),
+        opt(job.next_run_ms),
+        job.anchor_ms,
+        job.runs_done,
+        now_ms,
+        job.run_id or "",
+        opt(job.nominal_ms),
+        opt(job.due_ms),
+        f"j:{job.job_id}",
+        int(job.dedupe),
+        job.message.payload if job.message is not None else "",
+    ]
+    return Eval("CREATE_JOB", keys, args)
+
+
+def anchor_ms(keys: Keys, job_id: str) -> Flow[int]:
+    """A job's phase anchor (its first run time)."""
+    return int((yield from one(Call("hget", (keys.job(job_id), "anchor_ms")))) or 0)
+
+
+def events_known(keys: Keys, product_tag: str, event: str) -> Flow[bool]:
+    """Whether some worker has registered a handler for the pair."""
+    return bool((yield from one(Call("sismember", (keys.events, f"{product_tag}/{event}")))))
+
+
+def known_events(keys: Keys, product_tag: str) -> Flow[list[str]]:
+    """Events registered by workers for one product."""
+    pairs = sorted(text(m) for m in (yield from one(Call("smembers", (keys.events,)))))
+    return [p.split("/", 1)[1] for p in pairs if p.startswith(f"{product_tag}/")]
+
+
+def get_job(keys: Keys, job_id: str) -> Flow[JobRecord | None]:
+    """The job record, or None."""
+    raw = yield from one(Call("hgetall", (keys.job(job_id),)))
+    return job_record(job_id, raw) if raw else None
+
+
+def job_ids(keys: Keys, newest_first: bool = True, limit: int = 1000) -> Flow[list[str]]:
+    """Job ids by creation time."""
+    got = yield from one(Call("zrevrange" if newest_first else "zrange", (keys.jobs, 0, limit - 1)))
+    return [text(m) for m in got]
+
+
+def get_jobs(keys: Keys, ids: Sequence[str]) -> Flow[list[JobRecord]]:
+    """Many job records in one round trip (missing ones left out)."""
+    rows = yield from send(*(Call("hgetall", (keys.job(job_id),)) for job_id in ids))
+    return [job_record(j, raw) for j, raw in zip(ids, rows, strict=True) if raw]
+
+
+def get_runs(keys: Keys, run_ids: Sequence[str]) -> Flow[list[RunRecord]]:
+    """Many run records in one round trip (expired ones left out)."""
+    rows = yield from send(*(Call("hgetall", (keys.run(run_id),)) for run_id in run_ids))
+    return [run_record(r, raw) for r, raw in zip(run_ids, rows, strict=True) if raw]
+
+
+def recent_run_ids(keys: Keys, job_id: str, limit: int) -> Flow[list[str]]:
+    """A job's latest run ids, newest first."""
+    return [text(m) for m in (yield from one(Call("zrevrange", (keys.job_runs(job_id), 0, limit - 1))))]
+
+
+def dead_run_ids(keys: Keys, limit: int) -> Flow[list[str]]:
+    """Dead-lettered run ids, newest first."""
+    return [text(m) for m in (yield from one(Call("zrevrange", (keys.dead, 0, limit - 1))))]
+
+
+def change_state(
+    keys: Keys, action: str, job_id: str, now_ms: int, next_ms: int | None = None, runs_done: int = 0
+) -> Flow[tuple[str, str | None]]:
+    """Cancel, pause or resume atomically; returns ('ok'|'refused'|'missing', status)."""
+    args = [action, job_id, now_ms, opt(next_ms), runs_done]
+    return verdict((yield from one(Eval("CHANGE_STATE", [keys.job(job_id), keys.due], args))))
+
+
+def add_run(
+    keys: Keys, action: str, job_id: str, run_id: str, now_ms: int, message: Message
+) -> Flow[tuple[str, str | None]]:
+    """Trigger an extra run or redrive a dead one, pushing its message in the same step."""
+    touched = [keys.job(job_id), keys.run(run_id), keys.job_runs(job_id), message.queue_key, keys.dead]
+    args = [action, job_id, run_id, now_ms, message.payload]
+    return verdict((yield from one(Eval("ADD_RUN", touched, args))))

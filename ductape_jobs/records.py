@@ -1,0 +1,135 @@
+"""The data model's values: what the store writes and hands back, and how Redis replies become them.
+
+Pure: no I/O. Both stores (store.py, astore.py) and the operations in ops.py build on this.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ductape_jobs.models import JobRecord, JobSpec, JobStatus, RunRecord, RunStatus
+from ductape_jobs.wire import Message
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """Everything ``create_job`` writes for one accepted request."""
+
+    job_id: str
+    spec: JobSpec
+    status: JobStatus
+    recurring: bool
+    next_run_ms: int | None
+    anchor_ms: int
+    runs_done: int
+    run_id: str | None = None  # a run handed to Celery at once, with its message
+    nominal_ms: int | None = None
+    message: Message | None = None
+    due_ms: int | None = None  # a time for beat to release the job at
+    dedupe: bool = False
+
+
+@dataclass(frozen=True)
+class DueEntry:
+    """One member of the due index with what beat needs to release it."""
+
+    member: str
+    due_ms: int
+    job_id: str
+    spec_json: str | None
+    runs_done: int
+    anchor_ms: int
+    run_id: str | None = None  # set for a retry entry ``r:<run_id>``
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Beat's decision for one due entry, checked and applied atomically by CLAIM_DUE."""
+
+    entry: DueEntry
+    run_id: str
+    nominal_ms: int
+    new_next_ms: int | None
+    message: Message
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """What a publisher needs to hand one run to Celery."""
+
+    run_id: str
+    spec: JobSpec
+    nominal_ms: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """The outcome of BEGIN_RUN: ``run`` (go), ``done``, ``skip`` or ``busy``."""
+
+    verdict: str
+    attempt: int = 0
+    spec: JobSpec | None = None
+    nominal_ms: int = 0
+    manual: bool = False
+    wait_ms: int = 0
+
+
+def job_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
+    """A job hash (HGETALL reply) as a JobRecord."""
+    f = {text(k): text(v) for k, v in raw.items()}
+    spec = JobSpec.model_validate_json(f["spec"])
+    return JobRecord(
+        job_id=job_id,
+        spec=spec,
+        status=JobStatus(f["status"]),
+        recurring=f.get("recurring") == "1",
+        next_run_ms=int(f["next_run_ms"]) if f.get("next_run_ms") else None,
+        runs_done=int(f.get("runs_done") or 0),
+        attempts=int(f.get("attempts") or 0),
+        last_run_id=f.get("last_run_id") or None,
+        last_error=f.get("last_error") or None,
+        result=json.loads(f["result"]) if f.get("result") else None,
+        created_ms=int(f["created_ms"]),
+        updated_ms=int(f["updated_ms"]),
+    )
+
+
+def run_record(run_id: str, raw: dict[bytes, bytes]) -> RunRecord:
+    """A run hash (HGETALL reply) as a RunRecord."""
+    f = {text(k): text(v) for k, v in raw.items()}
+    return RunRecord(
+        run_id=run_id,
+        job_id=f.get("job_id", ""),
+        nominal_ms=int(f.get("nominal_ms") or 0),
+        status=RunStatus(f.get("status", "queued")),
+        attempts=int(f.get("attempts") or 0),
+        queued_ms=_int(f.get("queued_ms")),
+        started_ms=_int(f.get("started_ms")),
+        finished_ms=_int(f.get("finished_ms")),
+        error=f.get("error") or None,
+        traceback=f.get("traceback") or None,
+        result=json.loads(f["result"]) if f.get("result") else None,
+        cached=f.get("cached") == "1",
+        manual=f.get("manual") == "1",
+    )
+
+
+def verdict(reply: list[Any]) -> tuple[str, str | None]:
+    """A management script's reply: ('ok'|'refused'|'missing', the status it saw)."""
+    return text(reply[0]), (text(reply[1]) if len(reply) > 1 else None)
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+def opt(value: int | None) -> str | int:
+    """An optional number as a script argument ('' for none)."""
+    return "" if value is None else value
+
+
+def text(value: Any) -> str:
+    """A reply value (bytes or not) as str."""
+    return value.decode() if isinstance(value, bytes) else str(value)
