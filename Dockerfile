@@ -2,7 +2,7 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md flowerconfig.py ./
 COPY ductape_jobs ./ductape_jobs
 COPY workers ./workers
 COPY beat ./beat

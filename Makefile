@@ -24,12 +24,14 @@ demo: $(STAMP) ## embedded Redis (unless REDIS_URL), a worker, a beat, the seed'
 	$(BIN)/python -m examples.demo
 
 test: $(STAMP) ## the whole suite against a real Redis and real celery processes
+	@bash tests/setup_chromium.sh
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP) ## pure tests only (no Redis)
 	$(BIN)/python -m pytest tests/unit
 
 test-e2e: $(STAMP) ## end-to-end tests with real worker and beat processes
+	@bash tests/setup_chromium.sh
 	$(BIN)/python -m pytest -m e2e
 
 lint: $(STAMP) ## ruff lint and format check

@@ -21,6 +21,19 @@ log = logging.getLogger("beat")
 SPEC_CACHE_SIZE = 4_096  # parsed specs kept between ticks; memory follows due runs, not schedules
 
 
+@dataclass(frozen=True)
+class Release:
+    """One new run of a job handed to Celery by a tick (retries handed back are not releases)."""
+
+    job_id: str
+    product_tag: str
+    event: str
+    env: str
+    recurring: bool
+    lateness_ms: int  # handed over minus due
+    missed: int  # slots the misfire policy skipped after this run (timing.missed_slots)
+
+
 @dataclass
 class TickReport:
     """What one tick did (for logs, metrics and tests)."""
@@ -30,6 +43,7 @@ class TickReport:
     fenced_out: bool = False
     sleep_ms: int = 0
     lateness_ms: list[int] = field(default_factory=list)
+    releases: list[Release] = field(default_factory=list)
 
 
 class BeatEngine:
@@ -87,6 +101,7 @@ class BeatEngine:
                 return report
             report.released += len(claimed)
             report.lateness_ms += [max(now_ms - c.nominal_ms, 0) for c in claimed]
+            report.releases += [r for r in (self._release(c, now_ms) for c in claimed) if r is not None]
             if len(entries) < batch:
                 break
         report.sleep_ms = self._sleep_ms(now_ms)
@@ -95,7 +110,8 @@ class BeatEngine:
     def _decide(self, entry: DueEntry, now_ms: int) -> Claim:
         spec = self._spec(entry)
         if entry.run_id is not None:  # a retry waiting out a long backoff
-            return Claim(entry, entry.run_id, entry.due_ms, None, self._message(entry.run_id, spec, entry, now_ms))
+            message = self._message(entry.run_id, spec, entry, now_ms)
+            return Claim(entry, entry.run_id, entry.due_ms, None, message)
         run_id = run_id_for(entry.job_id, entry.due_ms)
         message = self._message(run_id, spec, entry, now_ms)
         rule = None if spec is None else spec.timing_rule()
@@ -104,6 +120,25 @@ class BeatEngine:
         # The next run is fixed now, when this one is handed over (BullMQ's rule).
         next_ms = timing.next_run_ms(rule, entry.anchor_ms, entry.due_ms, entry.runs_done + 1, now_ms)
         return Claim(entry, run_id, entry.due_ms, next_ms, message)
+
+    def _release(self, claim: Claim, now_ms: int) -> Release | None:
+        entry, spec = claim.entry, self._spec(claim.entry)
+        if entry.run_id is not None or spec is None:
+            return None
+        rule = spec.timing_rule()
+        missed = 0
+        if rule is not None:
+            done, next_ms = entry.runs_done + 1, claim.new_next_ms
+            missed = timing.missed_slots(rule, entry.anchor_ms, entry.due_ms, done, next_ms, now_ms)
+        return Release(
+            job_id=entry.job_id,
+            product_tag=spec.product_tag,
+            event=spec.event,
+            env=spec.env,
+            recurring=rule is not None,
+            lateness_ms=max(now_ms - claim.nominal_ms, 0),
+            missed=missed,
+        )
 
     def _message(self, run_id: str, spec: JobSpec | None, entry: DueEntry, now_ms: int) -> Message:
         if spec is None:  # the job is gone; the claim script drops its stale index entry

@@ -7,10 +7,12 @@ import os
 import socket
 import threading
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from celery import beat as celery_beat
 
 from beat.engine import BeatEngine
+from beat.metrics import BeatMetrics
 from ductape_jobs.client import connect, now_ms
 from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
@@ -32,6 +34,8 @@ class RedisScheduler(celery_beat.Scheduler):
         self.engine = BeatEngine(self.store, self.settings, MessageBuilder(app, self.settings), instance)
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
+        self.metrics: BeatMetrics | None = None
+        self._metrics_server: WSGIServer | None = None
         super().__init__(app, *args, **kwargs)
 
     def setup_schedule(self) -> None:
@@ -39,6 +43,10 @@ class RedisScheduler(celery_beat.Scheduler):
         self._warn_if_evicting()
         self._renewer = threading.Thread(target=self._renew_loop, name="beat-lock", daemon=True)
         self._renewer.start()
+        if self.settings.metrics_port is not None:
+            self.metrics = BeatMetrics(self.store, lambda: self.engine.token is not None)
+            self._metrics_server = self.metrics.serve(self.settings.metrics_port)
+            log.info("metrics on :%d/metrics", self.settings.metrics_port)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """One engine tick; returns seconds until the next one."""
@@ -49,6 +57,8 @@ class RedisScheduler(celery_beat.Scheduler):
             return 1.0
         if report.released:
             log.info("released %d run(s)", report.released)
+        if self.metrics is not None:
+            self.metrics.observe(report)
         return report.sleep_ms / 1000
 
     def _renew_loop(self) -> None:
@@ -83,6 +93,8 @@ class RedisScheduler(celery_beat.Scheduler):
     def close(self) -> None:
         """Stop renewing and hand leadership to a standby."""
         self._stop.set()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         try:
             self.engine.step_down()
         except Exception:  # noqa: BLE001

@@ -62,6 +62,7 @@ class Settings(BaseModel):
     runs_kept: int = Field(default=100, ge=1)
     run_retention_s: int = Field(default=7 * 86_400, ge=60)
     socket_timeout_s: float = Field(default=5.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=1, le=65_535)  # beat's Prometheus endpoint
 
     @field_validator("envs", "worker_envs", "handlers", mode="before")
     @classmethod

@@ -149,6 +149,16 @@ class Store:
         value = got.get("maxmemory-policy") or got.get(b"maxmemory-policy")
         return None if value is None else text(value)
 
+    def failed_runs(self, job_ids: Sequence[str]) -> list[int | None]:
+        """Per job, how many runs failed for good (FINISH_RUN counts them); None for a job that is gone."""
+        if not job_ids:
+            return []
+        with guarded(), self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(self.keys.job(job_id), "status", "failed_runs")
+            rows: list[Any] = pipe.execute()
+        return [None if status is None else int(failed or 0) for status, failed in rows]
+
     def due_entries(self, until_ms: int, limit: int) -> list[DueEntry]:
         """Due-index members with score <= until_ms, with their job state: two round trips."""
         rows: list[Any] = _guard(

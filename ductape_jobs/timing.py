@@ -346,3 +346,45 @@ def upcoming_ms(rule: Rule, anchor_ms: int, next_ms: int | None, runs_done: int,
         found.append(at_ms)
         at_ms = _occurrence_from_ms(rule, anchor_ms, at_ms)
     return found
+
+
+# Missed slots of a cron are counted one by one up to this many (0.1-0.2 ms each); past it the
+# rest is estimated from their mean gap, so a long outage cannot stall a beat tick.
+MISSED_EXACT_STEPS = 256
+
+
+def missed_slots(
+    rule: Rule, anchor_ms: int, released_ms: int, runs_done: int, next_ms: int | None, now_ms: int
+) -> int:
+    """How many on-phase slots after released_ms the misfire policy skipped to reach next_ms.
+
+    ``next_ms`` is what ``next_run_ms`` returned for the same arguments. Exact for ``every``; for a
+    cron exact up to MISSED_EXACT_STEPS slots, estimated beyond. Slots past end_ms are not missed.
+    """
+    if rule.limit is not None and runs_done >= rule.limit:
+        return 0  # the schedule ended by its limit: nothing was jumped over
+    # Every skipped slot lies before now: 'skip' keeps the first slot at or after now,
+    # 'run_all' the first inside its window, and a schedule that ended skipped up to its end.
+    bound_ms = now_ms if next_ms is None else min(next_ms, now_ms)
+    if rule.end_ms is not None:
+        bound_ms = min(bound_ms, rule.end_ms + 1)
+    if rule.every_ms is not None:
+        first_ms = _occurrence_from_ms(rule, anchor_ms, released_ms)
+        if first_ms is None or first_ms >= bound_ms:
+            return 0
+        return (bound_ms - 1 - first_ms) // rule.every_ms + 1
+    # Cron runs fall on whole seconds, so a slot after released_ms is at least at the next one:
+    # a beat less than a second late (the usual case) needs no cron maths at all.
+    if bound_ms <= (released_ms // 1000 + 1) * 1000:
+        return 0
+    count, first_ms, at_ms = 0, None, released_ms
+    while count < MISSED_EXACT_STEPS:
+        found = _occurrence_from_ms(rule, anchor_ms, at_ms)
+        if found is None or found >= bound_ms:
+            return count
+        first_ms = found if first_ms is None else first_ms
+        count, at_ms = count + 1, found
+    if first_ms is None or at_ms == first_ms:
+        return count
+    mean_gap_ms = (at_ms - first_ms) / (count - 1)
+    return count + int((bound_ms - 1 - at_ms) // mean_gap_ms)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -31,8 +32,6 @@ def wait_for(check: Callable[[], T], timeout_s: float = 30.0, what: str = "condi
     return last
 
 
-
-
 @dataclass
 class Processes:
     """Real ``celery worker`` / ``celery beat`` processes for one deployment (key prefix)."""
@@ -51,7 +50,9 @@ class Processes:
             "DUCTAPE_KEY_PREFIX": self.prefix,
             "DUCTAPE_HANDLERS": "tests.handlers",
             "DUCTAPE_CACHES": '{"short": {"ttl_ms": 60000}}',
-            "DUCTAPE_SESSIONS": '{"user-session": {"secret": "test-secret-not-for-prod-0123456789abcdef", "expiry_s": 3600}}',
+            "DUCTAPE_SESSIONS": (
+                '{"user-session": {"secret": "test-secret-not-for-prod-0123456789abcdef", "expiry_s": 3600}}'
+            ),
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
         }
@@ -79,8 +80,19 @@ class Processes:
         """Start a worker (serving ``envs``, comma-separated, or all) and wait until it is ready."""
         hostname = f"w{self.count + 1}-{self.prefix}@%h"
         env = self.env(DUCTAPE_WORKER_ENVS=envs, **extra)
-        args = ["worker", "-P", pool, "-c", str(concurrency), "-n", hostname, "--loglevel", "INFO",
-                "--without-gossip", "--without-mingle"]
+        args = [
+            "worker",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            hostname,
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
         proc = self._spawn(args, "worker", env)
         if wait:
             client = redis.Redis.from_url(self.redis_url)
@@ -101,16 +113,23 @@ class Processes:
         args = ["beat", "--loglevel", "INFO", "-s", sched]
         return self._spawn(args, "beat", self.env(**extra))
 
+    def flower(self, port: int, basic_auth: str, **extra: str) -> subprocess.Popen[bytes]:
+        """Start Flower on 127.0.0.1:``port`` with basic auth (user:password) and wait until it listens."""
+        args = ["flower", f"--port={port}", "--address=127.0.0.1", f"--basic-auth={basic_auth}"]
+        proc = self._spawn(args, "flower", self.env(**extra))
+        wait_for(lambda: proc.poll() is not None or _listens(port), 60, f"flower on port {port}")
+        if proc.poll() is not None:
+            raise AssertionError(f"flower exited early:\n{self.log(proc)}")
+        return proc
+
     def log(self, proc: subprocess.Popen[bytes]) -> str:
         """What the process printed so far."""
         return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
 
     def signal(self, proc: subprocess.Popen[bytes], sig: int) -> None:
         """Send ``sig`` to the process group (the worker's pool children too)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
         """SIGKILL a process and its children."""
@@ -129,3 +148,19 @@ class Processes:
                 proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 self.kill(proc)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _listens(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

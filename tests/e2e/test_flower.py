@@ -1,0 +1,181 @@
+"""Flower end to end: a real worker and Flower, the tasks page rendered by headless Chromium.
+
+Checks that runs show up under their event names, that session-derived arguments are masked,
+that no secret reaches any page or API reply, and that Flower refuses requests without
+credentials. The screenshot and DOM are kept under tests/output/flower/.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ductape_jobs import Ductape, JobStatus
+from tests.support import ROOT, Processes, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+USER, PASSWORD = "user", "pw"
+OUTPUT = ROOT / "tests" / "output" / "flower"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1920,700",
+    # Lets the page's scripts fetch and draw the task rows before the DOM is dumped.
+    "--virtual-time-budget=10000",
+]
+
+
+def get(port: int, path: str, auth: tuple[str, str] | None = (USER, PASSWORD)) -> tuple[int, str]:
+    """Status and body of a GET to Flower, with basic auth unless ``auth`` is None."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def api_tasks(port: int) -> dict[str, Any]:
+    status, body = get(port, "/api/tasks")
+    assert status == 200, body
+    tasks: dict[str, Any] = json.loads(body)
+    return tasks
+
+
+def chromium(port: int, path: str, profile: Path, *args: str) -> str:
+    """Load a Flower page in headless Chromium (credentials in the URL); return its stdout."""
+    binary = shutil.which("chromium")
+    assert binary, "Debian's chromium is missing: `make test` installs it (tests/setup_chromium.sh)"
+    url = f"http://{USER}:{PASSWORD}@127.0.0.1:{port}{path}"
+    done = subprocess.run(
+        [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    return done.stdout.decode(errors="replace")
+
+
+@pytest.fixture
+def env_prefix(monkeypatch: pytest.MonkeyPatch, prefix: str) -> str:
+    monkeypatch.setenv("DUCTAPE_KEY_PREFIX", prefix)  # tests.handlers.calls_key reads it
+    return prefix
+
+
+def test_flower_shows_runs_by_event_with_secrets_masked(
+    procs: Processes, ductape: Ductape, env_prefix: str, tmp_path: Path
+) -> None:
+    worker = procs.worker()
+    port = free_port()
+    procs.flower(port, f"{USER}:{PASSWORD}")
+    # Flower learns of tasks from worker events as they happen: wait until it hears this worker.
+    hostname = f"w1-{env_prefix}@"
+    wait_for(
+        lambda: hostname in get(port, "/workers?json=1")[1],
+        60,
+        "Flower to receive the worker's events",
+    )
+
+    token = ductape.sessions.start(
+        "user-session", {"user": {"id": "user_123", "email": "secret@example.com"}}
+    )
+    sealed = ductape.job.schedule(
+        env="dev",
+        product_tag="tests",
+        event="echo",
+        input={"userId": "$Session{user}{id}", "email": "$Session{user}{email}"},
+        session={"tag": "user-session", "token": token},
+    )
+    plain = ductape.job.schedule(
+        env="dev", product_tag="tests", event="echo", input={"note": "plain-visible"}
+    )
+    runs = {}
+    for handle in (sealed, plain):
+        job = wait_for(
+            lambda h=handle: (j := ductape.job.get(h.job_id)).status == JobStatus.COMPLETED and j,
+            60,
+            "the jobs to complete",
+        )
+        runs[handle.job_id] = job.last_run_id
+    sealed_run, plain_run = runs[sealed.job_id], runs[plain.job_id]
+
+    tasks = wait_for(
+        lambda: (
+            (t := api_tasks(port))
+            and all(t.get(r, {}).get("state") == "SUCCESS" for r in runs.values())
+            and t
+        ),
+        60,
+        "Flower to show both runs as succeeded",
+    )
+    assert tasks[sealed_run]["name"] == tasks[plain_run]["name"] == "tests.echo"
+    assert tasks[sealed_run]["args"] == "{'userId': '***', 'email': '***'}"
+    assert tasks[sealed_run]["result"] == "'***'"
+    assert "plain-visible" in tasks[plain_run]["args"]  # only session values are masked
+
+    # The tasks page, as a browser renders it (rows are drawn by script from /tasks/datatable).
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    dom = wait_for(
+        lambda: (
+            (d := chromium(port, "/tasks", tmp_path / "profile", "--dump-dom"))
+            and sealed_run in d
+            and plain_run in d
+            and d
+        ),
+        90,
+        "the tasks page to list both runs",
+    )
+    (OUTPUT / "tasks.html").write_text(dom)
+    chromium(port, "/tasks", tmp_path / "profile", f"--screenshot={OUTPUT / 'tasks.png'}")
+    assert (OUTPUT / "tasks.png").stat().st_size > 10_000
+    assert 'href="/tasks?name=tests.echo">tests.echo</a>' in dom
+    assert "{'userId': '***', 'email': '***'}" in dom.replace("&#x27;", "'").replace("&#39;", "'")
+    assert "plain-visible" in dom
+
+    detail = chromium(port, f"/task/{sealed_run}", tmp_path / "profile", "--dump-dom")
+    (OUTPUT / "task.html").write_text(detail)
+    assert "tests.echo" in detail and "***" in detail
+
+    # No secret anywhere: not the token (nor its JWT or payload part), not the session values.
+    jwt = token.split(":", 1)[1]
+    secrets = ["secret@example.com", "user_123", token, jwt, jwt.split(".")[1]]
+    seen = {
+        "tasks page": dom,
+        "task page": detail,
+        "api/tasks": json.dumps(tasks),
+        "api/task/info": get(port, f"/api/task/info/{sealed_run}")[1],
+        "tasks/datatable": get(port, "/tasks/datatable?draw=1&start=0&length=100&search%5Bvalue%5D=")[1],
+        "worker log": procs.log(worker),
+    }
+    # Flower serves /metrics without auth (for Prometheus): counts by task name and worker only.
+    status, metrics = get(port, "/metrics", auth=None)
+    assert status == 200 and 'task="tests.echo"' in metrics
+    seen["metrics"] = metrics
+    for where, text in seen.items():
+        for secret in secrets:
+            assert secret not in text, f"a secret ({secret[:6]}...) shows in the {where}"
+
+    # Closed without credentials, or with wrong ones.
+    for path in ("/", "/tasks", "/api/tasks", "/tasks/datatable", f"/task/{sealed_run}", "/workers"):
+        assert get(port, path, auth=None)[0] == 401, path
+    assert get(port, "/api/tasks", auth=(USER, "wrong"))[0] == 401
