@@ -49,9 +49,9 @@ worker: $(STAMP) ## a worker for every env (REDIS_URL, DUCTAPE_* from the enviro
 beat: $(STAMP) ## the Redis-backed beat (one leader; start more as standbys)
 	$(CELERY) beat --loglevel INFO -S beat.RedisScheduler
 
-flower: $(STAMP) ## Flower with basic auth from FLOWER_BASIC_AUTH (user:password)
+flower: $(STAMP) ## Flower, with basic auth read from FLOWER_BASIC_AUTH (user:password)
 	@test -n "$$FLOWER_BASIC_AUTH" || { echo "set FLOWER_BASIC_AUTH=user:password"; exit 2; }
-	$(CELERY) flower --basic-auth="$$FLOWER_BASIC_AUTH"
+	$(CELERY) flower
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .demo build *.egg-info tests/output

@@ -10,6 +10,8 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from ductape_jobs import timing
 from ductape_jobs.models import JobSpec, run_id_for
 from ductape_jobs.settings import Settings
@@ -141,7 +143,7 @@ class BeatEngine:
         )
 
     def _message(self, run_id: str, spec: JobSpec | None, entry: DueEntry, now_ms: int) -> Message:
-        if spec is None:  # the job is gone; the claim script drops its stale index entry
+        if spec is None:  # the job is gone or unreadable; the claim script drops its index entry
             return Message(self.store.keys.job(entry.job_id), "")
         # Released when due, so the message carries no ETA (nominal <= now).
         return self.messages.build(run_id, spec, min(entry.due_ms, now_ms), now_ms)
@@ -153,7 +155,12 @@ class BeatEngine:
         if cached is not None and cached[0] == entry.spec_json:
             self._specs.move_to_end(entry.job_id)
             return cached[1]
-        spec = JobSpec.model_validate_json(entry.spec_json)
+        try:
+            spec = JobSpec.model_validate_json(entry.spec_json)
+        except ValidationError:
+            # One unreadable record must not stall every other schedule: the claim drops it.
+            log.error("job %s has an unreadable record; taking it off the schedule", entry.job_id)
+            return None
         self._specs[entry.job_id] = (entry.spec_json, spec)
         if len(self._specs) > SPEC_CACHE_SIZE:
             self._specs.popitem(last=False)

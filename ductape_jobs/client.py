@@ -104,7 +104,7 @@ class JobClient:
         return self._run(self._flows.pause(job_id))
 
     def resume(self, job_id: str) -> JobRecord:
-        """Put a paused job back on its schedule; a missed slot runs once, then back on phase."""
+        """Put a paused job back on its schedule; slots missed while paused are skipped, phase kept."""
         return self._run(self._flows.resume(job_id))
 
     def trigger(self, job_id: str) -> str:

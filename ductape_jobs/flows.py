@@ -234,7 +234,7 @@ class JobFlows:
         return (yield from self._change("pause", job_id))
 
     def resume(self, job_id: str) -> Flow[JobRecord]:
-        """Put a paused job back on its schedule; a missed slot runs once, then back on phase."""
+        """Put a paused job back on its schedule; slots missed while paused are skipped, phase kept."""
         job = yield from self.get(job_id)
         if job.status != JobStatus.PAUSED:
             raise JobStateError(

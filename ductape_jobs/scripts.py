@@ -74,7 +74,14 @@ for i = 0, n - 1 do
   else
     local job = prefix .. ':job:' .. id
     local st = redis.call('HMGET', job, 'status', 'next_run_ms', 'runs_done', 'recurring', 'fp')
-    if st[1] == 'scheduled' and st[2] == score and st[3] == done then
+    if message == '' then
+      -- the job is gone or its record is unreadable: never retried on every tick, never pushed
+      redis.call('ZREM', KEYS[2], member)
+      if st[1] == 'scheduled' then
+        redis.call('HSET', job, 'status', 'failed', 'next_run_ms', '', 'updated_ms', now,
+          'last_error', 'beat could not read this job record; it was taken off the schedule')
+      end
+    elseif st[1] == 'scheduled' and st[2] == score and st[3] == done then
       local run = prefix .. ':run:' .. run_id
       redis.call('HSET', run, 'job_id', id, 'nominal_ms', nominal, 'status', 'queued',
         'attempts', 0, 'queued_ms', now)

@@ -56,7 +56,7 @@ class Settings(BaseModel):
     min_every_ms: int = Field(default=1_000, ge=1)
     max_retries: int = 25
     backoff_cap_s: int = 300
-    beat_lock_ttl_ms: int = Field(default=10_000, ge=500)
+    beat_lock_ttl_ms: int = Field(default=5_000, ge=500)
     beat_batch: int = Field(default=1_000, ge=1)
     beat_max_sleep_ms: int = Field(default=1_000, ge=10)
     runs_kept: int = Field(default=100, ge=1)

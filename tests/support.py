@@ -114,9 +114,12 @@ class Processes:
         return self._spawn(args, "beat", self.env(**extra))
 
     def flower(self, port: int, basic_auth: str, **extra: str) -> subprocess.Popen[bytes]:
-        """Start Flower on 127.0.0.1:``port`` with basic auth (user:password) and wait until it listens."""
-        args = ["flower", f"--port={port}", "--address=127.0.0.1", f"--basic-auth={basic_auth}"]
-        proc = self._spawn(args, "flower", self.env(**extra))
+        """Start Flower on 127.0.0.1:``port`` with basic auth (user:password) and wait until it listens.
+
+        The credentials go through FLOWER_BASIC_AUTH, as `make flower` and compose pass them.
+        """
+        args = ["flower", f"--port={port}", "--address=127.0.0.1"]
+        proc = self._spawn(args, "flower", self.env(FLOWER_BASIC_AUTH=basic_auth, **extra))
         wait_for(lambda: proc.poll() is not None or _listens(port), 60, f"flower on port {port}")
         if proc.poll() is not None:
             raise AssertionError(f"flower exited early:\n{self.log(proc)}")

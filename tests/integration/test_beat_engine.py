@@ -479,3 +479,20 @@ def test_2500_due_entries_in_batches_of_1000_are_each_released_once(
     due = due_members(store)
     assert len(due) == 1_250 and set(due.values()) == {at + MIN}
     assert engine.tick(at + MIN).released == 1_250 and len(queues.messages()) == 3_750
+
+
+def test_an_unreadable_job_record_is_taken_off_the_schedule_without_stalling_others(
+    store: Store, settings: Settings, celery_app: Celery
+):
+    broken = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN})
+    healthy = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN, "limit": 2})
+    store.redis.hset(store.keys.job(broken), "spec", '{"not": "a spec"}')
+    engine, queues = engine_for(store, settings, celery_app)
+
+    report = engine.tick(T0 + MIN)
+    assert report.released == 1 and queues.nominal(healthy) == [T0 + MIN]
+    assert queues.nominal(broken) == []
+    state = job_state(store, broken)
+    assert state["status"] == "failed" and "could not read" in state["last_error"]
+    assert f"j:{broken}" not in due_members(store)
+    assert engine.tick(T0 + 2 * MIN).released == 1  # the healthy schedule goes on

@@ -46,7 +46,9 @@ def test_compose_keeps_redis_durable_and_flower_closed() -> None:
     redis_cmd = spec["redis"]["command"]
     assert redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
     assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "noeviction"
-    assert any("--basic-auth" in part for part in spec["flower"]["command"])
+    auth = spec["flower"]["environment"]["FLOWER_BASIC_AUTH"]
+    assert auth.startswith("${FLOWER_BASIC_AUTH:?"), "compose must refuse to start Flower without auth"
+    assert not any("basic-auth" in part for part in spec["flower"]["command"]), "keep the password off argv"
 
 
 def test_ci_runs_make_test() -> None:
