@@ -1,0 +1,182 @@
+"""Where a bench run happens: one Redis for ours and theirs, key prefixes, real processes.
+
+With ``REDIS_URL`` set the bench uses that server (and deletes only its own prefixes);
+otherwise it starts a private Valkey without AOF, so figures measure the code, not fsync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+from ductape_jobs.embedded import EmbeddedRedis
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def wait_for(check: Callable[[], T], timeout_s: float, what: str, poll_s: float = 0.01) -> T:
+    """Poll ``check`` until it returns something truthy; raise at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {got!r})")
+        time.sleep(poll_s)
+
+
+@dataclass
+class Bench:
+    """One bench run: the server, a run id for key prefixes, and the processes started."""
+
+    url: str
+    embedded: EmbeddedRedis | None
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    log_dir: Path = RESULTS / "logs"
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls) -> Iterator[Bench]:
+        """The server named by REDIS_URL, or a private one stopped at the end."""
+        embedded = None
+        url = os.environ.get("REDIS_URL")
+        if not url:
+            embedded = EmbeddedRedis.start(appendonly=False)
+            url = embedded.url
+        bench = cls(url, embedded)
+        bench.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            yield bench
+        finally:
+            bench.stop_all()
+            if embedded is not None:
+                embedded.stop()
+
+    @property
+    def where(self) -> str:
+        """The server, for the report (no password)."""
+        info = self.client().info("server")
+        kind = "embedded valkey" if self.embedded else "REDIS_URL"
+        name = "valkey" if "valkey_version" in info else "redis"
+        version = info.get("valkey_version") or info.get("redis_version")
+        return f"{kind} ({name} {version})"
+
+    def prefix(self, name: str) -> str:
+        """A key prefix private to this run and figure."""
+        return f"bench-{self.run_id}-{name}"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A fresh client on the bench server."""
+        return redis.Redis.from_url(self.url, **kwargs)
+
+    def drop(self, prefix: str) -> int:
+        """Delete every key under ``prefix`` (ours, the broker's and RedBeat's)."""
+        client = self.client()
+        dropped = 0
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}:*", count=10_000):
+            batch.append(key)
+            if len(batch) >= 5_000:
+                dropped += client.unlink(*batch)
+                batch.clear()
+        if batch:
+            dropped += client.unlink(*batch)
+        client.close()
+        return dropped
+
+    # -- processes --------------------------------------------------------------------------
+
+    def spawn(self, app: str, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+        """Start ``celery -A app ...`` in its own process group, logging to results/logs."""
+        full_env = {
+            **os.environ,
+            "REDIS_URL": self.url,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            **env,
+        }
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", app, *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        proc.log_path = log.name  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """Stop one process we started (and its pool children): TERM, then KILL."""
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        """Stop every process this run started."""
+        for proc in list(self.procs):
+            self.stop(proc)
+
+    def check_alive(self, proc: subprocess.Popen[bytes]) -> None:
+        """Fail with the process log when it has died."""
+        if proc.poll() is not None:
+            log = Path(proc.log_path).read_text(errors="replace")[-3000:]  # type: ignore[attr-defined]
+            raise RuntimeError(f"process exited with {proc.returncode}:\n{log}")
+
+
+# -- counting what reaches Redis ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def round_trips() -> Iterator[list[int]]:
+    """Count client round trips made in this process (one per command, one per pipeline)."""
+    conn_cls = redis.connection.AbstractConnection
+    original = conn_cls.send_packed_command
+    counter = [0]
+
+    def counted(self: Any, command: Any, check_health: bool = True) -> None:
+        counter[0] += 1
+        original(self, command, check_health)
+
+    conn_cls.send_packed_command = counted  # type: ignore[method-assign]
+    try:
+        yield counter
+    finally:
+        conn_cls.send_packed_command = original  # type: ignore[method-assign]
+
+
+def command_calls(client: redis.Redis) -> dict[str, int]:
+    """Server-side calls per command (INFO commandstats; commands run inside Lua count too)."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def calls_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Commands called between two snapshots, excluding INFO itself."""
+    out = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0) > 0}
+    out.pop("info", None)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))

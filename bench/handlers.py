@@ -1,0 +1,32 @@
+"""The no-op handler our workers run in the end-to-end figure: one INCR, like the plain task."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import redis
+
+from ductape_jobs import RunContext, handler
+
+PRODUCT = "bench"
+_client: redis.Redis | None = None
+
+
+def counter_key(prefix: str) -> str:
+    """Where both no-op tasks count completed runs, under the run's key prefix."""
+    return f"{prefix}:bench:count"
+
+
+def _db() -> redis.Redis:
+    # Created lazily, so each prefork child opens its own connection after the fork.
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    return _client
+
+
+@handler("noop", product_tag=PRODUCT)
+def noop(input: dict[str, Any], ctx: RunContext) -> None:
+    """Counts the run and does nothing else."""
+    _db().incr(counter_key(os.environ["DUCTAPE_KEY_PREFIX"]))
