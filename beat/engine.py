@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
+from beat.lost import LostRuns
 from ductape_jobs import timing
 from ductape_jobs.models import JobSpec, run_id_for
 from ductape_jobs.settings import Settings
@@ -46,6 +47,7 @@ class TickReport:
     sleep_ms: int = 0
     lateness_ms: list[int] = field(default_factory=list)
     releases: list[Release] = field(default_factory=list)
+    resent: int = 0  # runs whose lost message was sent again (beat.lost)
 
 
 class BeatEngine:
@@ -58,6 +60,7 @@ class BeatEngine:
         self.instance = instance
         self.token: str | None = None
         self._specs: OrderedDict[str, tuple[str, JobSpec]] = OrderedDict()
+        self.lost = LostRuns(store, settings, messages)
 
     # -- leadership -------------------------------------------------------------------------
 
@@ -106,6 +109,7 @@ class BeatEngine:
             report.releases += [r for r in (self._release(c, now_ms) for c in claimed) if r is not None]
             if len(entries) < batch:
                 break
+        report.resent = self.lost.sweep(now_ms)
         report.sleep_ms = self._sleep_ms(now_ms)
         return report
 

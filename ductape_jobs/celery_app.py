@@ -32,6 +32,11 @@ def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
             "global_keyprefix": keys.broker_prefix,
             # Kept well above the ETA horizon so a held ETA message is never redelivered.
             "visibility_timeout": settings.visibility_timeout_s,
+            # kombu puts messages held unacked past the visibility timeout (a dead worker's runs)
+            # back on their queues only every ~100 s by default (10 s x throttle 10); sweep every
+            # few seconds so a dead worker's runs come back soon after the timeout.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),
+            "unacked_restore_throttle": 1,
             "socket_timeout": settings.socket_timeout_s,
             "socket_connect_timeout": settings.socket_timeout_s,
         },

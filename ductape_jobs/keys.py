@@ -42,6 +42,12 @@ class Keys:
         return f"{self.prefix}:due"
 
     @property
+    def inflight(self) -> str:
+        """ZSET: runs handed to Celery and not finished, by when each last moved (ms); beat sends
+        a run again when its message is in no queue and held by no worker (lost in a crash)."""
+        return f"{self.prefix}:inflight"
+
+    @property
     def dead(self) -> str:
         """ZSET: dead-lettered run ids by failure time."""
         return f"{self.prefix}:dead"
@@ -74,3 +80,8 @@ class Keys:
     def broker_prefix(self) -> str:
         """Prefix kombu puts before every broker key (queues, unacked), to isolate deployments."""
         return f"{self.prefix}:broker:"
+
+    @property
+    def broker_unacked(self) -> str:
+        """HASH (kombu's): messages workers hold unacknowledged, by delivery tag."""
+        return f"{self.broker_prefix}unacked"

@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -76,7 +77,7 @@ class Repeat(_Frozen):
     )
     tz: str | None = None
     misfire: Literal["skip", "run_all"] = "skip"
-    catchup_ms: int = Field(default=0, ge=0)
+    catchup_ms: int = Field(default=0, ge=0, strict=True)  # strict: "0" is a wrong type, not 0
 
     @model_validator(mode="before")
     @classmethod
@@ -163,21 +164,25 @@ class Repeat(_Frozen):
 class SessionRef(_Frozen):
     """A session to resolve ``$Session{...}`` placeholders from (seed: ISession)."""
 
-    tag: str = Field(min_length=1, max_length=128)
+    tag: str = Field(min_length=1, max_length=128, strict=True)
     token: SecretStr
 
 
 class JobRequest(_Frozen):
     """What a caller asks for (seed: IJobProcessorInput); validated up front."""
 
-    env: str = Field(pattern=SLUG)
-    product_tag: str = Field(validation_alias=AliasChoices("product_tag", "product"), pattern=SLUG)
-    event: str = Field(pattern=SLUG)
+    # strict: pydantic would otherwise take bytes for a str (b"dev" -> "dev") and bytes keys in
+    # input; a wrong type is refused, never converted.
+    env: str = Field(pattern=SLUG, strict=True)
+    product_tag: str = Field(
+        validation_alias=AliasChoices("product_tag", "product"), pattern=SLUG, strict=True
+    )
+    event: str = Field(pattern=SLUG, strict=True)
     start_at: int | float | str | datetime = 0
     retries: int = Field(default=0, ge=0, le=25)
-    input: dict[str, Any] = Field(default_factory=dict)
-    app: str | None = Field(default=None, pattern=SLUG)
-    cache: str | None = Field(default=None, pattern=SLUG)
+    input: dict[StrictStr, Any] = Field(default_factory=dict, strict=True)
+    app: str | None = Field(default=None, pattern=SLUG, strict=True)
+    cache: str | None = Field(default=None, pattern=SLUG, strict=True)
     session: SessionRef | None = None
     repeat: Repeat | None = None
 

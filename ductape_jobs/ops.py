@@ -31,6 +31,7 @@ SCRIPT_NAMES = (
     "FINISH_RUN",
     "CHANGE_STATE",
     "ADD_RUN",
+    "RESEND_RUN",
     "ACQUIRE_LOCK",
     "RENEW_LOCK",
 )
@@ -119,7 +120,8 @@ def create_jobs(keys: Keys, jobs: Sequence[NewJob], now_ms: int) -> Flow[list[tu
 def _create_call(k: Keys, job: NewJob, now_ms: int) -> Eval:
     fp_key = k.fingerprint(job.spec.fingerprint()) if job.dedupe else k.fingerprint("-")
     queue = job.message.queue_key if job.message is not None else k.fingerprint("-")
-    keys = [k.job(job.job_id), k.jobs, k.due, queue, k.run(job.run_id or "-"), k.job_runs(job.job_id), fp_key]
+    run_key, runs_key = k.run(job.run_id or "-"), k.job_runs(job.job_id)
+    keys = [k.job(job.job_id), k.jobs, k.due, queue, run_key, runs_key, fp_key, k.inflight]
     args: list[Any] = [
         job.job_id,
         job.spec.model_dump_json(),
@@ -201,6 +203,13 @@ def add_run(
     keys: Keys, action: str, job_id: str, run_id: str, now_ms: int, message: Message
 ) -> Flow[tuple[str, str | None]]:
     """Trigger an extra run or redrive a dead one, pushing its message in the same step."""
-    touched = [keys.job(job_id), keys.run(run_id), keys.job_runs(job_id), message.queue_key, keys.dead]
+    touched = [
+        keys.job(job_id),
+        keys.run(run_id),
+        keys.job_runs(job_id),
+        message.queue_key,
+        keys.dead,
+        keys.inflight,
+    ]
     args = [action, job_id, run_id, now_ms, message.payload]
     return verdict((yield from one(Eval("ADD_RUN", touched, args))))

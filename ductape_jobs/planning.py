@@ -24,6 +24,7 @@ from ductape_jobs.store import NewJob
 _LAST_MS = 253_402_300_799_999
 _JSON_FIX = "use only objects with string keys, arrays, strings, finite numbers, true/false and null"
 _JSON_SCALARS = (str, int, float, bool, type(None))
+_NOT_UNICODE = "text that is not valid Unicode (a lone surrogate, e.g. '\\ud800')"
 
 
 def plan_job(req: JobRequest, settings: Settings, sessions: Sessions, now_ms: int, job_id: str) -> NewJob:
@@ -149,14 +150,29 @@ def _check_json_shape(value: Any, limit: int) -> None:
                             f"{_path(crumbs)} has the key {reprlib.repr(key)} ({type(key).__name__}); "
                             f"{_JSON_FIX}",
                         )
+                    if not _is_unicode(key):
+                        raise JobValidationError(
+                            "input", f"{_path(crumbs)} has a key {_NOT_UNICODE}; {_JSON_FIX}"
+                        )
                     stack.append((child, level + 1, (crumbs, key)))
             else:
                 stack.extend((child, level + 1, (crumbs, i)) for i, child in enumerate(item))
+        elif isinstance(item, str) and not _is_unicode(item):
+            raise JobValidationError("input", f"{_path(crumbs)} is {_NOT_UNICODE}; {_JSON_FIX}")
         elif not isinstance(item, _JSON_SCALARS) or (isinstance(item, float) and not math.isfinite(item)):
             raise JobValidationError(
                 "input",
                 f"{_path(crumbs)} is {reprlib.repr(item)} ({type(item).__name__}), not JSON; {_JSON_FIX}",
             )
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` can be stored: a lone surrogate ('\\ud800') has no UTF-8 form."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _path(crumbs: Any) -> str:

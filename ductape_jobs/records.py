@@ -65,6 +65,17 @@ class Dispatch:
 
 
 @dataclass(frozen=True)
+class InFlight:
+    """A run handed to Celery and not finished, as read from the in-flight index."""
+
+    run_id: str
+    moved_ms: int  # when it was last sent, started or retried
+    status: str | None  # None when the run record is gone
+    attempts: str
+    queued_ms: int  # when its message was last pushed onto its queue
+
+
+@dataclass(frozen=True)
 class Started:
     """The outcome of BEGIN_RUN: ``run`` (go), ``done``, ``skip`` or ``busy``."""
 

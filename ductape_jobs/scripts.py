@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # Create a job; with a fingerprint, return the live job that has it instead (dedupe).
 # A run due now is recorded and its Celery message pushed in the same step.
-# KEYS: job, jobs, due, queue, run, job_runs, fp
+# KEYS: job, jobs, due, queue, run, job_runs, fp, inflight
 # ARGV: job_id, spec, status, recurring, next_run_ms, anchor_ms, runs_done, now_ms,
 #       run_id, nominal_ms, due_ms, due_member, dedupe, message
 CREATE_JOB = """
@@ -29,6 +29,7 @@ if ARGV[9] ~= '' then
     'attempts', 0, 'queued_ms', ARGV[8])
   redis.call('ZADD', KEYS[6], ARGV[10], ARGV[9])
   redis.call('LPUSH', KEYS[4], ARGV[14])
+  redis.call('ZADD', KEYS[8], ARGV[8], ARGV[9])
   redis.call('HSET', KEYS[1], 'last_run_id', ARGV[9])
 end
 if ARGV[11] ~= '' then redis.call('ZADD', KEYS[3], ARGV[11], ARGV[12]) end
@@ -38,7 +39,7 @@ return {1, ARGV[1]}
 # Beat: claim a batch of due entries, advance their schedules and push their Celery messages,
 # each item only if its job is unchanged since beat read it. Refused whole when the caller's
 # fencing token is no longer the lock's (a leader that stalled past its lock sends nothing).
-# KEYS: beat_lock, due
+# KEYS: beat_lock, due, inflight
 # ARGV: prefix, fence, now_ms, runs_kept, then 8 per item:
 #   member, expected_score, expected_runs_done, run_id, nominal_ms, new_next_ms ('' = none),
 #   queue_key, message
@@ -65,6 +66,7 @@ for i = 0, n - 1 do
       redis.call('HSET', run, 'status', 'queued', 'queued_ms', now)
       redis.call('ZREM', KEYS[2], member)
       redis.call('LPUSH', queue, message)
+      redis.call('ZADD', KEYS[3], now, id)
       local job = prefix .. ':job:' .. redis.call('HGET', run, 'job_id')
       if redis.call('HGET', job, 'recurring') == '0' and redis.call('HGET', run, 'manual') ~= '1' then
         redis.call('HSET', job, 'status', 'queued', 'updated_ms', now)
@@ -89,6 +91,7 @@ for i = 0, n - 1 do
       redis.call('ZADD', runs, nominal, run_id)
       if redis.call('ZCARD', runs) > kept then redis.call('ZREMRANGEBYRANK', runs, 0, -kept-1) end
       redis.call('LPUSH', queue, message)
+      redis.call('ZADD', KEYS[3], now, run_id)
       redis.call('HSET', job, 'runs_done', tonumber(done) + 1, 'last_run_id', run_id,
         'next_run_ms', new_next, 'updated_ms', now)
       if st[4] == '0' then
@@ -112,23 +115,31 @@ return claimed
 """
 
 # Worker: start a run unless it already finished, is cancelled, or another delivery holds it.
-# KEYS: run, job   ARGV: now_ms, lease_ms
+# KEYS: run, job, inflight   ARGV: now_ms, lease_ms, run_id
 # Returns {'run', attempts, spec, nominal_ms, manual} | {'done'} | {'skip'} | {'busy', wait_ms}
 BEGIN_RUN = """
 local run = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'started_ms', 'nominal_ms', 'manual')
 local job = redis.call('HMGET', KEYS[2], 'status', 'spec', 'recurring')
-if not run[1] or not job[2] then return {'skip'} end
+if not run[1] or not job[2] then
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  return {'skip'}
+end
 local status, now, lease = run[1], tonumber(ARGV[1]), tonumber(ARGV[2])
-if status == 'completed' or status == 'failed' or status == 'skipped' then return {'done'} end
+if status == 'completed' or status == 'failed' or status == 'skipped' then
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  return {'done'}
+end
 if status == 'running' and tonumber(run[3]) + lease > now then
   return {'busy', tostring(tonumber(run[3]) + lease - now)}
 end
 if job[1] == 'cancelled' then
   redis.call('HSET', KEYS[1], 'status', 'skipped', 'finished_ms', now)
+  redis.call('ZREM', KEYS[3], ARGV[3])
   return {'skip'}
 end
 local attempts = tonumber(run[2] or '0') + 1
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'started_ms', now)
+redis.call('ZADD', KEYS[3], now, ARGV[3])
 redis.call('HSET', KEYS[2], 'attempts', attempts, 'updated_ms', now)
 -- A manual (triggered) run is extra: it never moves a one-off's status, or the one-off's own
 -- scheduled run would be dropped by beat as no longer 'scheduled'.
@@ -137,7 +148,7 @@ return {'run', attempts, job[2], run[4], run[5] or ''}
 """
 
 # Worker: record the outcome of one attempt, fenced by the attempt number.
-# KEYS: run, job, due, dead
+# KEYS: run, job, due, dead, inflight
 # ARGV: attempt, now_ms, outcome ('completed' | 'retry' | 'retry_due' | 'failed'),
 #       result_json, error, traceback, cached, retention_s, due_ms, run_id
 FINISH_RUN = """
@@ -154,6 +165,7 @@ if outcome == 'completed' then
   redis.call('HSET', KEYS[2], 'result', ARGV[4])
   redis.call('HDEL', KEYS[2], 'last_error')
   if one_off then redis.call('HSET', KEYS[2], 'status', 'completed') end
+  redis.call('ZREM', KEYS[5], ARGV[10])
   return 1
 end
 redis.call('HSET', KEYS[1], 'error', ARGV[5], 'traceback', ARGV[6], 'finished_ms', now)
@@ -163,13 +175,17 @@ if outcome == 'failed' then
   redis.call('ZADD', KEYS[4], now, ARGV[10])
   redis.call('HINCRBY', KEYS[2], 'failed_runs', 1)  -- read by beat's metrics (store.failed_runs)
   if one_off then redis.call('HSET', KEYS[2], 'status', 'failed') end
+  redis.call('ZREM', KEYS[5], ARGV[10])
 else
   redis.call('HSET', KEYS[1], 'status', 'retrying')
   if outcome == 'retry_due' then
     redis.call('ZADD', KEYS[3], ARGV[9], 'r:' .. ARGV[10])
+    redis.call('ZREM', KEYS[5], ARGV[10])  -- in the due index until beat hands it back
     if one_off then redis.call('HSET', KEYS[2], 'status', 'scheduled') end
-  elseif one_off then
-    redis.call('HSET', KEYS[2], 'status', 'queued')
+  else
+    redis.call('HSET', KEYS[1], 'queued_ms', now)  -- Celery sends the retry next
+    redis.call('ZADD', KEYS[5], now, ARGV[10])
+    if one_off then redis.call('HSET', KEYS[2], 'status', 'queued') end
   end
 end
 return 1
@@ -207,7 +223,7 @@ return {'ok'}
 """
 
 # Add one extra run now (trigger) or re-queue a dead-lettered one (redrive), with its message.
-# KEYS: job, run, job_runs, queue, dead
+# KEYS: job, run, job_runs, queue, dead, inflight
 # ARGV: action ('trigger' | 'redrive'), job_id, run_id, now_ms, message
 ADD_RUN = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -230,7 +246,25 @@ else
   end
 end
 redis.call('LPUSH', KEYS[4], ARGV[5])
+redis.call('ZADD', KEYS[6], now, ARGV[3])
 return {'ok'}
+"""
+
+# Beat: send a run's message again when it was lost (in no queue, held by no worker), only if
+# the run has not moved since beat looked; a finished run just leaves the in-flight index.
+# KEYS: run, inflight, queue   ARGV: run_id, now_ms, expected_status, expected_attempts, message
+# Returns 1 when sent, 0 when not.
+RESEND_RUN = """
+local st = redis.call('HMGET', KEYS[1], 'status', 'attempts')
+if not st[1] or st[1] == 'completed' or st[1] == 'failed' or st[1] == 'skipped' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+if st[1] ~= ARGV[3] or (st[2] or '0') ~= ARGV[4] then return 0 end
+redis.call('LPUSH', KEYS[3], ARGV[5])
+redis.call('HSET', KEYS[1], 'queued_ms', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
 """
 
 # Beat leadership. A new leader takes the next fencing token; CLAIM_DUE checks it.

@@ -19,10 +19,10 @@ from ductape_jobs import ops
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobSpec, RunRecord
 from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, unreachable
-from ductape_jobs.records import Claim, Dispatch, DueEntry, NewJob, Started, opt, text
+from ductape_jobs.records import Claim, Dispatch, DueEntry, InFlight, NewJob, Started, opt, text
 
 __all__ = ["Claim", "Dispatch", "DueEntry", "NewJob", "Started", "Store", "guarded"]
-from ductape_jobs.wire import Message
+from ductape_jobs.wire import Message, run_id_of
 
 T = TypeVar("T")
 
@@ -221,7 +221,7 @@ class Store:
                 c.message.queue_key,
                 c.message.payload,
             ]
-        got = _call(self._claim, keys=[self.keys.beat_lock, self.keys.due], args=args)
+        got = _call(self._claim, keys=[self.keys.beat_lock, self.keys.due, self.keys.inflight], args=args)
         if got and int(got[0]) == -1:
             return None
         return [claims[int(i) - 1] for i in got]
@@ -248,11 +248,78 @@ class Store:
                 pipe.lpush(m.queue_key, m.payload)
             _guard(pipe.execute)
 
+    # -- lost messages (beat) ----------------------------------------------------------------
+
+    def unmoved_runs(self, before_ms: int, limit: int) -> list[InFlight]:
+        """In-flight runs that have not moved since before_ms, oldest first, with their state."""
+        rows: list[Any] = _guard(
+            lambda: self.redis.zrangebyscore(self.keys.inflight, "-inf", before_ms, 0, limit, withscores=True)
+        )
+        if not rows:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for member, _ in rows:
+                pipe.hmget(self.keys.run(text(member)), "status", "attempts", "queued_ms")
+            states: list[Any] = _guard(pipe.execute)
+        return [
+            InFlight(
+                text(m),
+                int(score),
+                None if st is None else text(st),
+                text(attempts or b"0"),
+                int(queued or 0),
+            )
+            for (m, score), (st, attempts, queued) in zip(rows, states, strict=True)
+        ]
+
+    def head_queued_ms(self, queue_key: str) -> int | None:
+        """When the message next out of a queue was pushed: None for an empty queue, 0 when unknown."""
+        head = _guard(lambda: self.redis.lindex(queue_key, -1))
+        if head is None:
+            return None
+        try:
+            run_id = run_id_of(json.loads(head))
+        except ValueError:
+            return 0
+        if run_id is None:
+            return 0
+        return int(_guard(lambda: self.redis.hget(self.keys.run(run_id), "queued_ms")) or 0)
+
+    def held_run_ids(self) -> set[str]:
+        """Runs whose messages workers hold unacknowledged (kombu's unacked hash)."""
+        held: set[str] = set()
+        with guarded():
+            for _, value in self.redis.hscan_iter(self.keys.broker_unacked, count=500):
+                try:
+                    run_id = run_id_of(json.loads(value)[0])  # kombu stores [message, exchange, key]
+                except (ValueError, LookupError, TypeError):
+                    continue
+                if run_id is not None:
+                    held.add(run_id)
+        return held
+
+    def touch_runs(self, run_ids: Sequence[str], now_ms: int) -> None:
+        """Look at these runs again later (those still in flight: XX adds none back)."""
+        if run_ids:
+            _guard(lambda: self.redis.zadd(self.keys.inflight, dict.fromkeys(run_ids, now_ms), xx=True))
+
+    def forget_runs(self, run_ids: Sequence[str]) -> None:
+        """Drop finished or vanished runs from the in-flight index."""
+        if run_ids:
+            _guard(lambda: self.redis.zrem(self.keys.inflight, *run_ids))
+
+    def resend(self, run: InFlight, message: Message, now_ms: int) -> bool:
+        """Push a lost run's message again, if the run has not moved since ``run`` was read."""
+        keys = [self.keys.run(run.run_id), self.keys.inflight, message.queue_key]
+        args = [run.run_id, now_ms, run.status or "", run.attempts, message.payload]
+        return bool(_call(self._scripts["RESEND_RUN"], keys=keys, args=args))
+
     # -- worker -----------------------------------------------------------------------------
 
     def begin_run(self, run_id: str, job_id: str, now_ms: int, lease_ms: int) -> Started:
         """Mark a run started unless it is finished, cancelled or held by another delivery."""
-        got = _call(self._begin, keys=[self.keys.run(run_id), self.keys.job(job_id)], args=[now_ms, lease_ms])
+        keys = [self.keys.run(run_id), self.keys.job(job_id), self.keys.inflight]
+        got = _call(self._begin, keys=keys, args=[now_ms, lease_ms, run_id])
         verdict = text(got[0])
         if verdict == "busy":
             return Started("busy", wait_ms=int(text(got[1])))
@@ -286,7 +353,7 @@ class Store:
         outcome_args = [outcome, result_json, error, traceback, int(cached)]
         got = _call(
             self._finish,
-            keys=[k.run(run_id), k.job(job_id), k.due, k.dead],
+            keys=[k.run(run_id), k.job(job_id), k.due, k.dead, k.inflight],
             args=[attempt, now_ms, *outcome_args, retention_s, opt(due_ms), run_id],
         )
         return bool(got)

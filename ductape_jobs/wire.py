@@ -14,6 +14,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from celery import Celery
 from kombu.serialization import dumps
@@ -33,6 +34,13 @@ class Message:
 
     queue_key: str
     payload: str
+
+
+def run_id_of(envelope: Any) -> str | None:
+    """The run id a broker message (a decoded envelope as kombu stores it) carries, if any."""
+    headers = envelope.get("headers") if isinstance(envelope, dict) else None
+    run_id = headers.get("id") if isinstance(headers, dict) else None
+    return run_id if isinstance(run_id, str) else None
 
 
 class MessageBuilder:

@@ -100,3 +100,18 @@ def bounce(input: dict[str, Any], ctx: RunContext) -> None:
     """Records, then fails with the (session-derived) address in its message."""
     record("bounce", input, ctx)
     raise RuntimeError(f"mailbox {input['email']} does not exist")
+
+
+@handler("work", product_tag=PRODUCT)
+def work(input: dict[str, Any], ctx: RunContext) -> str:
+    """Does ``input['ms']`` of work, then records: a run killed mid-work leaves no record."""
+    time.sleep(float(input.get("ms", 0)) / 1000)
+    record("work", input, ctx)
+    return "worked"
+
+
+@handler("echo", product_tag="other")
+def other_echo(input: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Product "other"'s ``echo``: same event name as tests/echo, its own record."""
+    record("other_echo", input, ctx)
+    return {"echo": input}

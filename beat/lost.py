@@ -1,0 +1,76 @@
+"""Runs whose Celery message was lost, sent again: beat's safety net under at-least-once delivery.
+
+kombu's Redis transport pops a message (BRPOP) before it records it as unacknowledged, so a
+worker killed in between loses the message: its run stays queued with no message anywhere and
+would never run. Every run handed to Celery sits in the in-flight index until it finishes,
+scored by when it last moved (sent, started, retried). A run that has not moved for a while,
+whose message is neither waiting in its queue nor held by a worker, is sent again under the
+same run id; a copy that turns out to be spare is skipped by the worker (BEGIN_RUN).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ductape_jobs.records import InFlight
+from ductape_jobs.settings import Settings
+from ductape_jobs.store import Store
+from ductape_jobs.wire import Message, MessageBuilder
+
+log = logging.getLogger("beat")
+
+FINISHED = ("completed", "failed", "skipped")
+LOST_AFTER_MAX_MS = 60_000  # never wait longer than this to look at a run that has not moved
+
+
+class LostRuns:
+    """Finds in-flight runs whose message is gone and sends them again."""
+
+    def __init__(self, store: Store, settings: Settings, messages: MessageBuilder) -> None:
+        self.store = store
+        self.messages = messages
+        self.batch = settings.beat_batch
+        # A worker holds a message it runs in kombu's unacked hash for up to the visibility
+        # timeout; a run unmoved for that long (or a minute) is worth a look.
+        self.after_ms = min(settings.visibility_timeout_s * 1000, LOST_AFTER_MAX_MS)
+        self.every_ms = max(self.after_ms // 4, 500)
+        self._next_ms = 0
+
+    def sweep(self, now_ms: int) -> int:
+        """Send again the runs whose message was lost (looks every every_ms); how many were sent."""
+        if now_ms < self._next_ms:
+            return 0
+        self._next_ms = now_ms + self.every_ms
+        runs = self.store.unmoved_runs(now_ms - self.after_ms, self.batch)
+        live = [run for run in runs if run.status is not None and run.status not in FINISHED]
+        dispatches = {d.run_id: d for d in self.store.dispatches([run.run_id for run in live])}
+        self.store.forget_runs([run.run_id for run in runs if run.run_id not in dispatches])
+
+        heads: dict[str, int | None] = {}
+        waiting: list[str] = []
+        suspects: list[tuple[InFlight, Message]] = []
+        for run in live:
+            dispatch = dispatches.get(run.run_id)
+            if dispatch is None:
+                continue
+            message = self.messages.build(run.run_id, dispatch.spec, dispatch.nominal_ms, now_ms)
+            if message.queue_key not in heads:
+                heads[message.queue_key] = self.store.head_queued_ms(message.queue_key)
+            head_ms = heads[message.queue_key]
+            # Queues are FIFO: while the next message out was pushed no later than this run's,
+            # this run's message may still be behind it.
+            if head_ms is not None and head_ms <= run.queued_ms:
+                waiting.append(run.run_id)
+            else:
+                suspects.append((run, message))
+        held = self.store.held_run_ids() if suspects else set()
+        waiting += [run.run_id for run, _ in suspects if run.run_id in held]
+        self.store.touch_runs(waiting, now_ms)
+        sent = [
+            run.run_id
+            for run, message in suspects
+            if run.run_id not in held and self.store.resend(run, message, now_ms)
+        ]
+        if sent:
+            log.warning("sent %d run(s) again whose message was lost: %s", len(sent), ", ".join(sent[:5]))
+        return len(sent)

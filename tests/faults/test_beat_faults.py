@@ -1,0 +1,163 @@
+"""Beat leaders killed, racing and stalled: no occurrence doubled, none missing beyond the misfire policy."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import pytest
+import redis
+
+from ductape_jobs import Ductape
+from ductape_jobs.models import job_id_of
+from tests.faults.conftest import Report, executions, lock_holder, nominal, now_ms
+from tests.support import Processes, wait_for
+
+pytestmark = pytest.mark.faults
+
+SHORT_LOCK = {"DUCTAPE_BEAT_LOCK_TTL_MS": "1500"}
+EVERY_MS = 1_000
+
+
+@dataclass
+class Tally:
+    """What the schedules' executions add up to against the misfire policy."""
+
+    runs: int  # executions recorded by the handler
+    lost: int  # schedules short of their limit, or a slot missing outside the outage
+    duplicated: int  # a run id executed twice, or two executions of one slot
+    skipped: int  # slots the 'skip' policy collapsed into a late run during the outage
+    late_runs: int  # schedules that ran one late run for their missed slots
+
+
+def schedule_every(ductape: Ductape, count: int, limit: int) -> dict[str, int]:
+    """``count`` schedules every second with ``limit`` runs; job id -> its phase anchor (ms)."""
+    start = now_ms() + 1_500
+    handles = ductape.job.schedule_many(
+        [
+            {
+                "env": "dev",
+                "product_tag": "tests",
+                "event": "echo",
+                "start_at": start + (i % 10) * 97,
+                "input": {"i": i},
+                "repeat": {"every": EVERY_MS, "limit": limit},
+            }
+            for i in range(count)
+        ]
+    )
+    return {h.job_id: round(h.scheduled_at.timestamp() * 1000) for h in handles}
+
+
+def finished(r: redis.Redis, prefix: str, job_ids: list[str], limit: int) -> bool:
+    """Every schedule completed with ``limit`` runs, and every run executed."""
+    with r.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hmget(f"{prefix}:job:{job_id}", "status", "runs_done")
+        rows = pipe.execute()
+    done = all(s == b"completed" and int(n) == limit for s, n in rows)
+    return done and sum(executions(r, "echo").values()) >= len(job_ids) * limit
+
+
+def tally(r: redis.Redis, anchors: dict[str, int], limit: int, outage: tuple[int, int]) -> Tally:
+    """Count executions per schedule; a slot may be missing only inside the outage window."""
+    ran = executions(r, "echo")
+    slots: dict[str, list[int]] = defaultdict(list)
+    for run_id in ran:
+        slots[job_id_of(run_id)].append(nominal(run_id))
+    lost = duplicated = skipped = late = 0
+    for job_id, anchor in anchors.items():
+        times = sorted(slots.get(job_id, []))
+        duplicated += len(times) - len(set(times))
+        assert all((t - anchor) % EVERY_MS == 0 for t in times), (job_id, times)  # on phase
+        missing = sorted(set(range(times[0], times[-1] + 1, EVERY_MS)) - set(times)) if times else []
+        # 'skip': the first overdue slot runs late and the ones after it inside the outage are
+        # skipped; a slot missing outside the outage is lost.
+        lost += sum(1 for m in missing if not outage[0] < m <= outage[1])
+        lost += max(limit - len(set(times)), 0)
+        skipped += len(missing)
+        late += bool(missing)
+    duplicated += sum(n - 1 for n in ran.values())
+    return Tally(sum(ran.values()), lost, duplicated, skipped, late)
+
+
+def test_killed_leader_standby_takes_over(
+    procs: Processes, ductape: Ductape, r: redis.Redis, env_prefix: str, report: Report
+):
+    count, limit = 200, 8
+    procs.worker(concurrency=3)
+    leader = procs.beat(**SHORT_LOCK)
+    wait_for(lambda: lock_holder(r, env_prefix) == leader.pid, 30, "the first beat to lead")
+    standby = procs.beat(**SHORT_LOCK)
+    anchors = schedule_every(ductape, count, limit)
+    wait_for(lambda: sum(executions(r, "echo").values()) >= 3 * count, 60, "three rounds under the leader")
+
+    killed_ms = now_ms()
+    procs.kill(leader)
+    wait_for(lambda: lock_holder(r, env_prefix) == standby.pid, 20, "the standby to take over")
+    took_over_ms = now_ms()
+    wait_for(lambda: finished(r, env_prefix, list(anchors), limit), 90, "every schedule to reach its limit")
+
+    t = tally(r, anchors, limit, (killed_ms, took_over_ms + EVERY_MS))
+    report(
+        "3 beat leader SIGKILLed, standby takes over",
+        t.runs,
+        1,
+        t.lost,
+        t.duplicated,
+        schedules=count,
+        skipped_by_misfire_policy=t.skipped,
+        late_runs=t.late_runs,
+        outage_ms=took_over_ms - killed_ms,
+    )
+    assert t.lost == 0 and t.duplicated == 0
+    assert t.runs == count * limit
+    assert standby.poll() is None
+
+
+def test_two_beats_together_and_a_stalled_leader(
+    procs: Processes, ductape: Ductape, r: redis.Redis, env_prefix: str, report: Report
+):
+    count, limit = 100, 10
+    procs.worker(concurrency=3)
+    beats = [procs.beat(**SHORT_LOCK), procs.beat(**SHORT_LOCK)]  # racing for the lock from the start
+    anchors = schedule_every(ductape, count, limit)
+    wait_for(lambda: sum(executions(r, "echo").values()) >= 3 * count, 60, "three rounds")
+
+    holder = lock_holder(r, env_prefix)
+    leader = next(b for b in beats if b.pid == holder)
+    other = next(b for b in beats if b.pid != holder)
+    stopped_ms = now_ms()
+    procs.signal(leader, signal.SIGSTOP)  # frozen holding its lock and fencing token
+    wait_for(lambda: lock_holder(r, env_prefix) == other.pid, 20, "the other beat to take over")
+    took_over_ms = now_ms()
+    before = sum(executions(r, "echo").values())
+    wait_for(
+        lambda: sum(executions(r, "echo").values()) >= before + count, 30, "a round under the new leader"
+    )
+    procs.signal(leader, signal.SIGCONT)  # wakes mid-tick, believing it leads
+    wait_for(lambda: finished(r, env_prefix, list(anchors), limit), 90, "every schedule to reach its limit")
+    time.sleep(1.0)  # give the resumed beat every chance to release something twice
+    wait_for(
+        lambda: "lost the leader lock" in procs.log(leader) or "fenced out" in procs.log(leader),
+        15,
+        "the resumed beat to notice it lost the lock",
+    )
+
+    t = tally(r, anchors, limit, (stopped_ms, took_over_ms + EVERY_MS))
+    report(
+        "4 two beats at once + leader SIGSTOPped past its TTL",
+        t.runs,
+        2,
+        t.lost,
+        t.duplicated,
+        schedules=count,
+        skipped_by_misfire_policy=t.skipped,
+        late_runs=t.late_runs,
+        stall_ms=took_over_ms - stopped_ms,
+    )
+    assert t.duplicated == 0 and t.lost == 0
+    assert t.runs == count * limit
+    assert all(b.poll() is None for b in beats)

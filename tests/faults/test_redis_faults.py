@@ -1,0 +1,248 @@
+"""Redis killed and restarted under load, and Redis unreachable when a job is scheduled."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from ductape_jobs import BackendUnavailableError, Ductape, Settings
+from ductape_jobs.embedded import EmbeddedRedis
+from ductape_jobs.models import job_id_of
+from tests.faults.conftest import Report, executions, lock_holder, nominal, now_ms
+from tests.support import Processes, wait_for
+
+pytestmark = pytest.mark.faults
+
+FAST = {
+    "DUCTAPE_BEAT_LOCK_TTL_MS": "1500",
+    "DUCTAPE_VISIBILITY_TIMEOUT_S": "3",
+    "DUCTAPE_RUN_LEASE_S": "2",
+}
+
+
+def deployment(server: EmbeddedRedis, prefix: str, **overrides: Any) -> Ductape:
+    """A client on the private server."""
+    settings = Settings(
+        redis_url=server.url,
+        key_prefix=prefix,
+        handlers=("tests.handlers",),
+        require_handler=False,
+        **overrides,
+    )
+    return Ductape(settings=settings)
+
+
+def job_state(r: redis.Redis, prefix: str, job_id: str) -> dict[str, str]:
+    """The stored fields that must survive a restart."""
+    raw = r.hgetall(f"{prefix}:job:{job_id}")
+    return {
+        k.decode(): v.decode()
+        for k, v in raw.items()
+        if k.decode() in ("spec", "status", "runs_done", "next_run_ms")
+    }
+
+
+def test_redis_restart_mid_stream_keeps_everything_and_reconnects(
+    private_redis: EmbeddedRedis,
+    private_procs: Processes,
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    report: Report,
+):
+    monkeypatch.setenv("DUCTAPE_KEY_PREFIX", prefix)
+    ductape = deployment(private_redis, prefix, socket_timeout_s=2)
+    r = redis.Redis.from_url(private_redis.url)
+    worker = private_procs.worker(concurrency=2, **FAST)
+    beat = private_procs.beat(**FAST)
+    wait_for(lambda: lock_holder(r, prefix) == beat.pid, 30, "beat to lead")
+
+    base = {"env": "dev", "product_tag": "tests", "event": "echo"}
+    endless = ductape.job.schedule(**base, input={"k": "endless"}, repeat={"every": 1000})
+    limited = ductape.job.schedule(**base, input={"k": "limited"}, repeat={"every": 1000, "limit": 8})
+    far = ductape.job.schedule(**base, input={"k": "far"}, start_at=now_ms() + 3_600_000)
+    cron = ductape.job.schedule(**base, input={"k": "cron"}, repeat={"cron": "0 0 1 1 *", "limit": 3})
+    paused = ductape.job.schedule(
+        **base, input={"k": "paused"}, repeat={"every": 60_000}, start_at=now_ms() + 60_000
+    )
+    ductape.job.pause(paused.job_id)
+    poison = ductape.job.schedule(env="dev", product_tag="tests", event="flaky", retries=0, input={})
+    wait_for(lambda: len(ductape.job.failed()) == 1, 30, "the poison job to be dead-lettered")
+    wait_for(lambda: ductape.job.get(limited.job_id).runs_done >= 3, 30, "three runs of the limited schedule")
+    operations = 6
+
+    still = [far.job_id, cron.job_id, paused.job_id, poison.job_id]
+    moving = [endless.job_id, limited.job_id]
+    before = {j: job_state(r, prefix, j) for j in still + moving}
+    dead_before = r.zrange(f"{prefix}:dead", 0, -1, withscores=True)
+    due_before = {
+        m: s for m, s in r.zrange(f"{prefix}:due", 0, -1, withscores=True) if m.decode()[2:] in still
+    }
+
+    private_redis.kill()  # SIGKILL: only what the AOF holds comes back
+    time.sleep(2.0)  # down long enough for worker, beat and client to notice
+    with pytest.raises(BackendUnavailableError):
+        ductape.job.schedule(**base, input={"k": "while down"})
+    private_redis.launch()
+    restarted_ms = now_ms()
+
+    after = {j: job_state(r, prefix, j) for j in still + moving}
+    assert {j: after[j] for j in still} == {j: before[j] for j in still}
+    for j in moving:  # progress made before the kill is kept; the limit still holds
+        assert int(after[j]["runs_done"]) >= int(before[j]["runs_done"])
+    assert int(after[limited.job_id]["runs_done"]) <= 8
+    assert r.zrange(f"{prefix}:dead", 0, -1, withscores=True) == dead_before
+    assert {
+        m: s for m, s in r.zrange(f"{prefix}:due", 0, -1, withscores=True) if m in due_before
+    } == due_before
+    assert [d.run_id for d in ductape.job.failed()] == [ductape.job.get(poison.job_id).last_run_id]
+
+    # No manual step: the same worker and beat pick up where they were, the client reconnects.
+    after_restart = ductape.job.schedule(**base, input={"k": "after restart"})
+    operations += 1
+    try:
+        wait_for(
+            lambda: ductape.job.get(after_restart.job_id).status.value == "completed",
+            60,
+            "a job scheduled after",
+        )
+    except AssertionError:
+        tails = {p.pid: private_procs.log(p)[-3000:] for p in (worker, beat)}
+        raise AssertionError(f"{ductape.job.get(after_restart.job_id)!r}\n{tails}") from None
+    wait_for(
+        lambda: any(
+            job_id_of(run) == endless.job_id and nominal(run) > restarted_ms for run in executions(r, "echo")
+        ),
+        60,
+        "the endless schedule to run again after the restart",
+    )
+
+    def limited_runs() -> list[str]:
+        return [run for run in executions(r, "echo") if job_id_of(run) == limited.job_id]
+
+    deadline = time.monotonic() + 60
+    while len(limited_runs()) < 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ran = executions(r, "echo")
+    assert worker.poll() is None and beat.poll() is None
+    duplicated = sum(n - 1 for n in ran.values())
+    lost = 8 - len(limited_runs())
+    report(
+        "5 Redis SIGKILLed and restarted (AOF)",
+        operations + len(ran),
+        1,
+        lost,
+        duplicated,
+        survived=len(still) + len(moving),
+        dead_letters_kept=len(dead_before),
+    )
+    assert duplicated == 0 and lost == 0
+    assert ductape.job.get(limited.job_id).runs_done == 8
+    ductape.close()
+    r.close()
+
+
+def snapshot(r: redis.Redis, prefix: str) -> dict[str, Any]:
+    """Every key under the prefix with its type and content."""
+    out: dict[str, Any] = {}
+    for key in r.scan_iter(match=f"{prefix}:*"):
+        kind = r.type(key).decode()
+        value: Any = {
+            "hash": lambda k: r.hgetall(k),
+            "zset": lambda k: r.zrange(k, 0, -1, withscores=True),
+            "list": lambda k: r.lrange(k, 0, -1),
+            "set": lambda k: sorted(r.smembers(k)),
+            "string": lambda k: r.get(k),
+        }[kind](key)
+        out[key.decode()] = (kind, value)
+    return out
+
+
+REQUESTS: list[dict[str, Any]] = [
+    {"env": "dev", "product_tag": "tests", "event": "echo", "input": {"now": True}},
+    {"env": "dev", "product_tag": "tests", "event": "echo", "start_at": 4_102_444_800, "input": {}},
+    {"env": "dev", "product_tag": "tests", "event": "echo", "input": {}, "repeat": {"every": 5000}},
+    {"env": "dev", "product_tag": "tests", "event": "echo", "input": {}, "repeat": {"cron": "*/5 * * * *"}},
+]
+
+
+def test_schedule_while_redis_is_down_fails_fast_and_writes_nothing(
+    private_redis: EmbeddedRedis, prefix: str, report: Report
+):
+    timeout_s = 1.0
+    bound_s = 2 * timeout_s + 1  # one timed-out attempt, with room for a slow machine
+    ductape = deployment(private_redis, prefix, socket_timeout_s=timeout_s)
+    r = redis.Redis.from_url(private_redis.url)
+    ductape.job.schedule(REQUESTS[0])  # a warm connection pool, as a running producer has
+    before = snapshot(r, prefix)
+    refused = 0
+    slowest_s = 0.0
+
+    # Down: nothing listens (connection refused).
+    private_redis.kill()
+    for request in REQUESTS:
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailableError) as err:
+            ductape.job.schedule(request)
+        slowest_s = max(slowest_s, time.monotonic() - started)
+        assert "REDIS_URL" in str(err.value) and private_redis.url not in str(err.value)
+        refused += 1
+    with pytest.raises(BackendUnavailableError):
+        ductape.job.schedule_many(REQUESTS)
+    refused += 1
+    private_redis.launch()
+    assert snapshot(r, prefix) == before
+
+    # Hung: the server accepts connections but never answers (SIGSTOP), so each call times out.
+    assert private_redis.proc is not None
+    ductape.job.schedule(REQUESTS[0])
+    before = snapshot(r, prefix)
+    private_redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        for request in REQUESTS[1:]:
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailableError):
+                ductape.job.schedule(request)
+            slowest_s = max(slowest_s, time.monotonic() - started)
+            refused += 1
+    finally:
+        private_redis.proc.send_signal(signal.SIGCONT)
+    # A command the stopped server had already received runs when it wakes: atomically, so a
+    # job is there whole or not at all, never in part.
+    wait_for(lambda: r.ping(), 10, "the server to answer again")
+    new = {k: v for k, v in snapshot(r, prefix).items() if before.get(k) != v}
+    half = half_written(new, prefix)
+    report(
+        "6 schedule() while Redis is down / hung",
+        refused,
+        2,
+        0,
+        0,
+        half_written=len(half),
+        slowest_s=round(slowest_s, 2),
+        landed_after_timeout=sum(1 for k in new if k.startswith(f"{prefix}:job:")),
+    )
+    assert not half, half
+    assert slowest_s <= bound_s, f"a refused schedule() took {slowest_s:.1f}s, over {bound_s}s"
+    ductape.close()
+    r.close()
+
+
+def half_written(changed: dict[str, Any], prefix: str) -> list[str]:
+    """Job keys among ``changed`` without the rest of what CREATE_JOB writes with them."""
+    problems = []
+    jobs_index = changed.get(f"{prefix}:jobs", ("zset", []))[1]
+    indexed = {m.decode() for m, _ in jobs_index}
+    for key, (_, fields) in changed.items():
+        if not key.startswith(f"{prefix}:job:"):
+            continue
+        job_id = key.rsplit(":", 1)[1]
+        if not {b"spec", b"status", b"created_ms"} <= set(fields) or job_id not in indexed:
+            problems.append(key)
+        run_id = fields.get(b"last_run_id")
+        if run_id and f"{prefix}:run:{run_id.decode()}" not in changed:
+            problems.append(f"{key} (run {run_id.decode()})")
+    return problems
