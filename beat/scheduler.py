@@ -50,8 +50,9 @@ class RedisScheduler(celery_beat.Scheduler):
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """One engine tick; returns seconds until the next one."""
+        started_ms = now_ms()
         try:
-            report = self.engine.tick(now_ms())
+            report = self.engine.tick(started_ms)
         except Exception:
             log.exception("beat tick failed; retrying")
             return 1.0
@@ -59,7 +60,9 @@ class RedisScheduler(celery_beat.Scheduler):
             log.info("released %d run(s)", report.released)
         if self.metrics is not None:
             self.metrics.observe(report)
-        return report.sleep_ms / 1000
+        # The engine's sleep is measured from the tick's start; a long tick must not make the
+        # next one late by its own length, so take the time spent off it.
+        return max(report.sleep_ms - (now_ms() - started_ms), 0) / 1000
 
     def _renew_loop(self) -> None:
         # The lock is renewed on its own timer so a long tick cannot let it lapse; fencing in

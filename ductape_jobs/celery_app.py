@@ -42,8 +42,9 @@ def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost about as much as the run itself on a no-op; Flower turns them on
+        # (enable_events) while it watches, and DUCTAPE_TASK_EVENTS=true keeps them on.
+        worker_send_task_events=settings.task_events,
         worker_hijack_root_logger=False,
         beat_scheduler="beat:RedisScheduler",
         timezone="UTC",

@@ -27,6 +27,7 @@ T = TypeVar("T")
 SCRIPT_NAMES = (
     "CREATE_JOB",
     "CLAIM_DUE",
+    "READ_DUE",
     "BEGIN_RUN",
     "FINISH_RUN",
     "CHANGE_STATE",

@@ -283,3 +283,30 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[2] == '0' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
+
+# Beat: read a batch of due entries with what deciding them needs, in one round trip.
+# KEYS: due   ARGV: prefix, until_ms, limit
+# Returns 6 per entry: member, due_ms, job_id, spec, runs_done, anchor_ms ('' when missing).
+READ_DUE = """
+local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+local out = {}
+for i = 1, #rows, 2 do
+  local member = rows[i]
+  local id = string.sub(member, 3)
+  local job_id = id
+  if string.sub(member, 1, 1) == 'r' then
+    job_id = redis.call('HGET', ARGV[1] .. ':run:' .. id, 'job_id') or ''
+  end
+  local st = {false, false, false}
+  if job_id ~= '' then
+    st = redis.call('HMGET', ARGV[1] .. ':job:' .. job_id, 'spec', 'runs_done', 'anchor_ms')
+  end
+  out[#out+1] = member
+  out[#out+1] = rows[i+1]
+  out[#out+1] = job_id
+  out[#out+1] = st[1] or ''
+  out[#out+1] = st[2] or '0'
+  out[#out+1] = st[3] or '0'
+end
+return out
+"""

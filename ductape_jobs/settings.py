@@ -46,6 +46,7 @@ class Settings(BaseModel):
     handlers: tuple[str, ...] = ()
     worker_envs: tuple[str, ...] = ()  # empty: a worker serves every env
     require_handler: bool = True
+    task_events: bool = False  # Flower switches them on while it watches; always-on costs ~2x
     caches: dict[str, CacheConfig] = Field(default_factory=dict)
     sessions: dict[str, dict[str, Any]] = Field(default_factory=dict, repr=False)
     horizon_ms: int = Field(default=60_000, ge=1_000)

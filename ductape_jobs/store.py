@@ -160,41 +160,22 @@ class Store:
         return [None if status is None else int(failed or 0) for status, failed in rows]
 
     def due_entries(self, until_ms: int, limit: int) -> list[DueEntry]:
-        """Due-index members with score <= until_ms, with their job state: two round trips."""
-        rows: list[Any] = _guard(
-            lambda: self.redis.zrangebyscore(self.keys.due, "-inf", until_ms, 0, limit, withscores=True)
-        )
-        if not rows:
-            return []
-        members = [(text(m), int(score)) for m, score in rows]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for member, _ in members:
-                if member.startswith("r:"):
-                    pipe.hget(self.keys.run(member[2:]), "job_id")
-                else:
-                    pipe.hmget(self.keys.job(member[2:]), "spec", "runs_done", "anchor_ms")
-            states = _guard(pipe.execute)
-        pairs = zip(members, states, strict=True)
-        retry_jobs = [text(state) for (m, _), state in pairs if m.startswith("r:") and state]
-        retry_specs = dict(zip(retry_jobs, self._specs(retry_jobs), strict=True))
+        """Due-index members with score <= until_ms, with their job state: one round trip."""
+        flat = _call(self._scripts["READ_DUE"], keys=[self.keys.due], args=[self.keys.prefix, until_ms, limit])
         entries = []
-        for (member, due_ms), state in zip(members, states, strict=True):
-            if member.startswith("r:"):
-                job_id = text(state) if state else ""
-                spec_json = retry_specs.get(job_id)
-                entries.append(DueEntry(member, due_ms, job_id, spec_json, 0, 0, run_id=member[2:]))
-            else:
-                spec, done, anchor = state
-                entries.append(
-                    DueEntry(
-                        member,
-                        due_ms,
-                        member[2:],
-                        text(spec) if spec else None,
-                        int(done or 0),
-                        int(anchor or 0),
-                    )
+        for i in range(0, len(flat), 6):
+            member, score, job_id, spec, done, anchor = (text(v) for v in flat[i : i + 6])
+            entries.append(
+                DueEntry(
+                    member,
+                    int(float(score)),
+                    job_id,
+                    spec or None,
+                    int(done or 0),
+                    int(anchor or 0),
+                    run_id=member[2:] if member.startswith("r:") else None,
                 )
+            )
         return entries
 
     def _specs(self, job_ids: Sequence[str]) -> list[str | None]:

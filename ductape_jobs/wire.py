@@ -13,11 +13,9 @@ import base64
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from celery import Celery
-from kombu.serialization import dumps
 
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobSpec, ms_to_datetime
@@ -44,45 +42,61 @@ def run_id_of(envelope: Any) -> str | None:
 
 
 class MessageBuilder:
-    """Builds the message that runs ``run_id`` of a job on its env's queue."""
+    """Builds the message that runs ``run_id`` of a job on its env's queue.
+
+    Celery's headers and properties for a (task, queue) pair are made once by Celery itself and
+    kept as a template; each message copies them and fills in what differs: the run id, the ETA,
+    the argsrepr and a fresh delivery tag. That keeps building off beat's hot path.
+    """
 
     def __init__(self, app: Celery, settings: Settings) -> None:
         self.app = app
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.hostname = "ductape-jobs"
+        self._templates: dict[tuple[str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def build(self, run_id: str, spec: JobSpec, nominal_ms: int, now_ms: int) -> Message:
         """The message for one run; it carries an ETA only when the run is not yet due."""
         queue = self.settings.queue_for(spec.env)
-        eta: datetime | None = ms_to_datetime(nominal_ms) if nominal_ms > now_ms else None
+        task = task_name(spec.product_tag, spec.event)
+        template = self._templates.get((task, queue)) or self._template(task, queue)
+        eta = ms_to_datetime(nominal_ms) if nominal_ms > now_ms else None
         shown = redact(spec.input, [tuple(p) for p in spec.redact_paths]) if spec.redact_paths else spec.input
-        headers, properties, body, _ = self.app.amqp.create_task_message(
-            run_id,
-            task_name(spec.product_tag, spec.event),
-            [run_id],
-            {},
-            eta=eta,
+        headers = dict(template[0])
+        headers.update(
+            id=run_id,
+            root_id=run_id,
+            eta=None if eta is None else eta.isoformat(),
             argsrepr=repr(shown)[:ARGSREPR_MAX],
-            kwargsrepr="{}",
-            origin=self.hostname,
-            ignore_result=True,
-            create_sent_event=False,
         )
-        content_type, content_encoding, raw = dumps(body, serializer="json")
-        properties = dict(properties)
-        properties.update(
+        properties = dict(template[1])
+        properties.update(correlation_id=run_id, delivery_tag=str(uuid.uuid4()))
+        body = json.dumps([[run_id], {}, EMBED], separators=(", ", ": "))
+        envelope = {
+            "body": base64.b64encode(body.encode()).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": properties,
+        }
+        return Message(self.keys.broker_prefix + queue, json.dumps(envelope))
+
+    def _template(self, task: str, queue: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        headers, properties, _, _ = self.app.amqp.create_task_message(
+            "-", task, ["-"], {}, kwargsrepr="{}", origin=self.hostname, ignore_result=True,
+            create_sent_event=False,
+        )  # fmt: skip
+        props = dict(properties)
+        props.update(
             delivery_mode=2,
             delivery_info={"exchange": "", "routing_key": queue},
             priority=0,
             body_encoding="base64",
-            delivery_tag=str(uuid.uuid4()),
         )
-        envelope = {
-            "body": base64.b64encode(raw if isinstance(raw, bytes) else raw.encode()).decode(),
-            "content-encoding": content_encoding,
-            "content-type": content_type,
-            "headers": headers,
-            "properties": properties,
-        }
-        return Message(self.keys.broker_prefix + queue, json.dumps(envelope, default=str))
+        self._templates[(task, queue)] = (dict(headers), props)
+        return self._templates[(task, queue)]
+
+
+# Celery protocol 2's third body element: no callbacks, errbacks, chain or chord.
+EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}

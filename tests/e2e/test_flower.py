@@ -85,7 +85,7 @@ def env_prefix(monkeypatch: pytest.MonkeyPatch, prefix: str) -> str:
 def test_flower_shows_runs_by_event_with_secrets_masked(
     procs: Processes, ductape: Ductape, env_prefix: str, tmp_path: Path
 ) -> None:
-    worker = procs.worker()
+    worker = procs.worker(DUCTAPE_TASK_EVENTS="true")  # not waiting for Flower's enable_events timer
     port = free_port()
     procs.flower(port, f"{USER}:{PASSWORD}")
     # Flower learns of tasks from worker events as they happen: wait until it hears this worker.

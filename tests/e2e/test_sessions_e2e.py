@@ -217,7 +217,7 @@ def error_texts(exc: BaseException) -> str:
 def test_seed_example_runs_with_full_values_and_nothing_secret_is_kept(
     procs: Processes, ductape: Ductape, settings: Settings, r: redis.Redis, env_prefix: str
 ) -> None:
-    worker = procs.worker()
+    worker = procs.worker(DUCTAPE_TASK_EVENTS="true")
     data = user_data()
     token = ductape.sessions.start("user-session", data)
     assert token.startswith("user-session:")
@@ -274,7 +274,7 @@ def test_seed_example_runs_with_full_values_and_nothing_secret_is_kept(
 def test_recurring_job_keeps_running_after_its_token_expired(
     procs: Processes, ductape: Ductape, r: redis.Redis, env_prefix: str
 ) -> None:
-    worker = procs.worker()
+    worker = procs.worker(DUCTAPE_TASK_EVENTS="true")
     beat = procs.beat()
     data = user_data()
     token = ductape.sessions.start("user-session", data, expiry=2)
@@ -415,7 +415,7 @@ def test_bare_jwt_with_the_tag_given_separately(ductape: Ductape) -> None:
 def test_cache_entries_are_per_session_values(
     procs: Processes, ductape: Ductape, r: redis.Redis, env_prefix: str
 ) -> None:
-    procs.worker()
+    procs.worker(DUCTAPE_TASK_EVENTS="true")
     alice, bob = user_data(), user_data()
 
     def run(data: dict[str, Any]) -> Any:
@@ -440,7 +440,7 @@ def test_cache_entries_are_per_session_values(
 def test_a_failing_handler_does_not_leak_session_values(
     procs: Processes, ductape: Ductape, settings: Settings, r: redis.Redis, env_prefix: str
 ) -> None:
-    worker = procs.worker()
+    worker = procs.worker(DUCTAPE_TASK_EVENTS="true")
     data = user_data()
     token = ductape.sessions.start("user-session", data)
     with EventTap(settings) as tap:
@@ -500,7 +500,7 @@ def test_redis_password_stays_out_of_worker_and_beat_logs(
         admin.close()
         url = f"redis://:{password}@127.0.0.1:{server.port}/0"
         procs = Processes(url, prefix, tmp_path_factory.mktemp("pw-procs"))
-        worker, beat = procs.worker(), procs.beat()
+        worker, beat = procs.worker(DUCTAPE_TASK_EVENTS="true"), procs.beat()
         settings = Settings(redis_url=url, key_prefix=prefix, handlers=("tests.handlers",))
         with Ductape(settings=settings) as ductape:
             handle = ductape.job.schedule(env="dev", product_tag="tests", event="echo", input={"n": 1},

@@ -1,0 +1,49 @@
+"""Our broker messages are the ones Celery itself would send (checked against Celery, not a copy)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from kombu.serialization import dumps
+
+from ductape_jobs.celery_app import create_app
+from ductape_jobs.models import JobSpec, ms_to_datetime
+from ductape_jobs.settings import Settings
+from ductape_jobs.wire import MessageBuilder
+
+SPEC = JobSpec(env="prd", product_tag="billing", event="process_payment", retries=1,
+               input={"orderId": "order_456", "amount": 99.99}, created_ms=0)  # fmt: skip
+
+
+def celery_message(app, run_id: str, eta_ms: int | None, argsrepr: str):
+    headers, properties, body, _ = app.amqp.create_task_message(
+        run_id, "billing.process_payment", [run_id], {}, eta=ms_to_datetime(eta_ms), argsrepr=argsrepr,
+        kwargsrepr="{}", origin="ductape-jobs", ignore_result=True, create_sent_event=False,
+    )  # fmt: skip
+    return headers, properties, dumps(body, serializer="json")[2]
+
+
+def test_message_matches_what_celery_builds_with_and_without_eta() -> None:
+    settings = Settings(key_prefix="w")
+    app = create_app(settings)
+    builder = MessageBuilder(app, settings)
+    for nominal_ms, now_ms in ((1_000, 5_000), (9_000, 5_000)):
+        run_id = f"job1:{nominal_ms}"
+        message = builder.build(run_id, SPEC, nominal_ms, now_ms)
+        envelope = json.loads(message.payload)
+        eta = nominal_ms if nominal_ms > now_ms else None
+        headers, properties, body = celery_message(app, run_id, eta, repr(SPEC.input))
+        assert envelope["headers"] == headers
+        assert base64.b64decode(envelope["body"]).decode() == body
+        assert envelope["properties"]["correlation_id"] == properties["correlation_id"] == run_id
+        assert envelope["properties"]["delivery_info"] == {"exchange": "", "routing_key": "w.prd"}
+        assert envelope["properties"]["body_encoding"] == "base64"
+        assert message.queue_key == "w:broker:w.prd"
+
+
+def test_each_message_has_its_own_delivery_tag() -> None:
+    settings = Settings(key_prefix="w")
+    builder = MessageBuilder(create_app(settings), settings)
+    tags = {json.loads(builder.build("job1:1", SPEC, 1, 1).payload)["properties"]["delivery_tag"] for _ in range(50)}
+    assert len(tags) == 50
