@@ -110,9 +110,7 @@ class Repeat(_Frozen):
         if info.field_name == "every" and number < 1:
             raise ValueError(f"must be a positive interval in milliseconds, got {value!r}")
         if info.field_name == "limit" and number < 1:
-            raise ValueError(
-                f"must be at least 1 (it counts every run, the first included), got {value!r}"
-            )
+            raise ValueError(f"must be at least 1 (it counts every run, the first included), got {value!r}")
         return number
 
     @field_validator("end_date", mode="before")
@@ -139,14 +137,20 @@ class Repeat(_Frozen):
     @property
     def is_empty(self) -> bool:
         """``{}`` or all-empty means no repeat."""
-        return self.cron is None and self.every is None and self.limit is None and (
-            self.end_date is None and self.tz is None
+        return (
+            self.cron is None
+            and self.every is None
+            and self.limit is None
+            and self.end_date is None
+            and self.tz is None
         )
 
     @property
     def end_ms(self) -> int | None:
         """The inclusive end instant in epoch ms."""
-        return None if self.end_date is None else int(self.end_date)
+        # Typed with every spelling a caller may pass; the _end validator already made it epoch ms.
+        assert self.end_date is None or isinstance(self.end_date, int)
+        return self.end_date
 
     def to_rule(self) -> timing.Rule:
         """The normalized rule the occurrence maths works on."""
@@ -211,7 +215,9 @@ class JobRequest(_Frozen):
     @property
     def start_ms(self) -> int:
         """Earliest run time in epoch ms; 0 means now."""
-        return int(self.start_at)  # type: ignore[arg-type]  # the validator made it ms
+        # Typed with every spelling a caller may pass; the _start validator already made it epoch ms.
+        assert isinstance(self.start_at, int)
+        return self.start_at
 
     @classmethod
     def parse(cls, data: object) -> JobRequest:

@@ -31,7 +31,8 @@ def plan_job(req: JobRequest, settings: Settings, sessions: Sessions, now_ms: in
     """Check the request against the settings and decide its first run; raises JobValidationError."""
     if req.env not in settings.envs:
         raise JobValidationError(
-            "env", f"{req.env!r} is not a configured environment; use one of {list(settings.envs)} (DUCTAPE_ENVS)"
+            "env",
+            f"{req.env!r} is not a configured environment; use one of {list(settings.envs)} (DUCTAPE_ENVS)",
         )
     if req.cache is not None and req.cache not in settings.caches:
         known = sorted(settings.caches) or "none configured"
@@ -62,8 +63,15 @@ def _plan_once(job_id: str, spec: JobSpec, settings: Settings, now_ms: int) -> N
     run_at_ms = max(spec.start_ms, now_ms)
     if run_at_ms - now_ms <= settings.horizon_ms:
         return NewJob(
-            job_id, spec, JobStatus.QUEUED, False, None, run_at_ms, 1,
-            run_id=run_id_for(job_id, run_at_ms), nominal_ms=run_at_ms,
+            job_id,
+            spec,
+            JobStatus.QUEUED,
+            False,
+            None,
+            run_at_ms,
+            1,
+            run_id=run_id_for(job_id, run_at_ms),
+            nominal_ms=run_at_ms,
         )
     return NewJob(job_id, spec, JobStatus.SCHEDULED, False, run_at_ms, run_at_ms, 0, due_ms=run_at_ms)
 
@@ -101,13 +109,23 @@ def _plan_repeat(job_id: str, spec: JobSpec, rule: timing.Rule, settings: Settin
             "(86400000 = 24 h): give a shorter interval, or limit: 1",
         )
     if first_ms > now_ms:
-        return NewJob(job_id, spec, JobStatus.SCHEDULED, True, first_ms, first_ms, 0, due_ms=first_ms, dedupe=True)
+        return NewJob(
+            job_id, spec, JobStatus.SCHEDULED, True, first_ms, first_ms, 0, due_ms=first_ms, dedupe=True
+        )
     # Due now: the first run is released here, as beat would release it, and the schedule advanced.
     next_ms = timing.next_run_ms(rule, first_ms, first_ms, 1, now_ms)
     status = JobStatus.SCHEDULED if next_ms is not None else JobStatus.COMPLETED
     return NewJob(
-        job_id, spec, status, True, next_ms, first_ms, 1,
-        run_id=run_id_for(job_id, first_ms), nominal_ms=first_ms, due_ms=next_ms,
+        job_id,
+        spec,
+        status,
+        True,
+        next_ms,
+        first_ms,
+        1,
+        run_id=run_id_for(job_id, first_ms),
+        nominal_ms=first_ms,
+        due_ms=next_ms,
         dedupe=next_ms is not None,
     )
 
@@ -188,7 +206,8 @@ def _session_fields(req: JobRequest, sessions: Sessions, settings: Settings, now
     if req.session is None:
         if has_placeholders(req.input):
             raise SessionError(
-                "session", "input has $Session{...} placeholders but no session was given; pass session={tag, token}"
+                "session",
+                "input has $Session{...} placeholders but no session was given; pass session={tag, token}",
             )
         return {"input": req.input}
     data = sessions.verify(req.session.tag, req.session.token.get_secret_value(), now_s=now_ms / 1000)

@@ -94,7 +94,9 @@ class Registry:
 default_registry = Registry()
 
 
-def handler(event: str, *, product_tag: str, registry: Registry | None = None) -> Callable[[HandlerFn], HandlerFn]:
+def handler(
+    event: str, *, product_tag: str, registry: Registry | None = None
+) -> Callable[[HandlerFn], HandlerFn]:
     """Register ``fn(input, ctx)`` as the handler of ``event`` for ``product_tag``."""
 
     def register(fn: HandlerFn) -> HandlerFn:

@@ -105,9 +105,7 @@ class Settings(BaseModel):
         return tuple(self.queue_for(env) for env in (self.worker_envs or self.envs))
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``REDIS_URL`` and ``DUCTAPE_*`` variables, then ``overrides``."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}

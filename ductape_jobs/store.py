@@ -161,7 +161,9 @@ class Store:
 
     def due_entries(self, until_ms: int, limit: int) -> list[DueEntry]:
         """Due-index members with score <= until_ms, with their job state: one round trip."""
-        flat = _call(self._scripts["READ_DUE"], keys=[self.keys.due], args=[self.keys.prefix, until_ms, limit])
+        flat = _call(
+            self._scripts["READ_DUE"], keys=[self.keys.due], args=[self.keys.prefix, until_ms, limit]
+        )
         entries = []
         for i in range(0, len(flat), 6):
             member, score, job_id, spec, done, anchor = (text(v) for v in flat[i : i + 6])

@@ -40,7 +40,9 @@ def main() -> int:
         "REDIS_URL": url,
         "DUCTAPE_KEY_PREFIX": prefix,
         "DUCTAPE_HANDLERS": "examples.handlers",
-        "DUCTAPE_SESSIONS": json.dumps({"user-session": {"secret": secrets.token_urlsafe(32), "expiry_s": 600}}),
+        "DUCTAPE_SESSIONS": json.dumps(
+            {"user-session": {"secret": secrets.token_urlsafe(32), "expiry_s": 600}}
+        ),
         "PYTHONPATH": str(ROOT),
     }
     procs: list[subprocess.Popen[bytes]] = []
@@ -128,7 +130,9 @@ def watch(ductape: Ductape, jobs: dict[str, Any], timeout_s: float) -> None:
         if line != shown:
             say(line)
             shown = line
-        if (done == len(one_offs) and all(runs[t] >= expected[t] for t in fast)) or time.monotonic() > deadline:
+        if (
+            done == len(one_offs) and all(runs[t] >= expected[t] for t in fast)
+        ) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     for title, record in records.items():

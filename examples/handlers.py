@@ -15,7 +15,7 @@ log = logging.getLogger("examples")
 class WelcomeEmail(BaseModel):
     """The Quick Example's input, validated before the handler sees it."""
 
-    userId: str  # noqa: N815 - the seed's wire name
+    userId: str  # the seed's wire name
     email: str
 
 

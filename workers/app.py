@@ -41,14 +41,14 @@ def build_app(settings: Settings | None = None, registry: Registry | None = None
     envs = settings.worker_envs or settings.envs
     seen: dict[str, Any] = {"hostname": None, "at": 0.0}
 
-    @worker_ready.connect(weak=False)
+    # Connected by call, not as decorators: Celery is untyped, and a decorator would erase these
+    # functions' types.
     def announce(sender: Any = None, **_: Any) -> None:
         # Producers refuse events no worker serves: publish ours, with the envs we consume.
         seen["hostname"], seen["at"] = getattr(sender, "hostname", "worker"), time.monotonic()
         store.register_worker(seen["hostname"], [h.pair for h in registry], list(envs), now_ms())
         log.info("serving %d event(s) for envs %s", len(registry), ",".join(envs))
 
-    @heartbeat_sent.connect(weak=False)
     def still_here(sender: Any = None, **_: Any) -> None:
         # Refreshed on Celery's own heartbeat, so seen_ms tells a live worker from one long gone.
         if seen["hostname"] is None or time.monotonic() - seen["at"] < SEEN_EVERY_S:
@@ -59,13 +59,14 @@ def build_app(settings: Settings | None = None, registry: Registry | None = None
         except Exception:  # noqa: BLE001 - a missed refresh only ages seen_ms; the next one retries
             log.warning("could not refresh this worker's registration; will retry")
 
-    app.ductape_store = store  # type: ignore[attr-defined]
-    app.ductape_settings = settings  # type: ignore[attr-defined]
+    worker_ready.connect(announce, weak=False)
+    heartbeat_sent.connect(still_here, weak=False)
+    app.ductape_store = store
+    app.ductape_settings = settings
     return app
 
 
 def _register_task(app: Celery, runner: Runner, entry: Handler) -> None:
-    @app.task(name=entry.task_name, bind=True, acks_late=True, ignore_result=True)
     def run(self: Task, run_id: str) -> Any:
         outcome = runner.execute(run_id)
         if outcome.kind in ("retry", "busy") and outcome.retry_in_s is not None:
@@ -76,6 +77,9 @@ def _register_task(app: Celery, runner: Runner, entry: Handler) -> None:
             # Already recorded and dead-lettered; raising lets Celery and Flower show the failure.
             raise HandlerError(outcome.error or "failed")
         return outcome.result
+
+    # Registered by call, not as a decorator, so ``run`` keeps its types (Celery is untyped).
+    app.task(name=entry.task_name, bind=True, acks_late=True, ignore_result=True)(run)
 
 
 app = build_app()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -33,11 +34,18 @@ def env_prefix(monkeypatch: pytest.MonkeyPatch, prefix: str) -> str:
     return prefix
 
 
-def test_immediate_job_runs_once_with_its_input_and_context(procs: Processes, ductape: Ductape, r, env_prefix):
+def test_immediate_job_runs_once_with_its_input_and_context(
+    procs: Processes, ductape: Ductape, r, env_prefix
+):
     procs.worker()
     handle = ductape.job.schedule(
-        env="prd", product_tag="tests", event="echo", start_at=0, retries=3,
-        input={"userId": "user_123", "email": "john@example.com"}, app="web",
+        env="prd",
+        product_tag="tests",
+        event="echo",
+        start_at=0,
+        retries=3,
+        input={"userId": "user_123", "email": "john@example.com"},
+        app="web",
     )
     assert handle.status == JobStatus.QUEUED and not handle.recurring
     job = finished(ductape, handle.job_id, JobStatus.COMPLETED)
@@ -45,9 +53,14 @@ def test_immediate_job_runs_once_with_its_input_and_context(procs: Processes, du
     assert job.attempts == 1
     [call] = calls(r, "echo")
     assert call["input"] == {"userId": "user_123", "email": "john@example.com"}
-    assert (call["job_id"], call["env"], call["product_tag"], call["event"], call["app"], call["attempt"]) == (
-        handle.job_id, "prd", "tests", "echo", "web", 1,
-    )
+    assert (
+        call["job_id"],
+        call["env"],
+        call["product_tag"],
+        call["event"],
+        call["app"],
+        call["attempt"],
+    ) == (handle.job_id, "prd", "tests", "echo", "web", 1)
     assert call["run_id"] == job.last_run_id and call["run_id"].startswith(handle.job_id + ":")
     [run] = ductape.job.runs(handle.job_id)
     assert run.status == RunStatus.COMPLETED and run.started_ms and run.finished_ms
@@ -57,8 +70,16 @@ def test_dict_and_model_forms_are_accepted(procs: Processes, ductape: Ductape, e
     from ductape_jobs import JobRequest
 
     procs.worker()
-    a = ductape.job.schedule({"env": "dev", "product_tag": "tests", "event": "echo", "start_at": 0,
-                              "retries": 0, "input": {"n": 1}})
+    a = ductape.job.schedule(
+        {
+            "env": "dev",
+            "product_tag": "tests",
+            "event": "echo",
+            "start_at": 0,
+            "retries": 0,
+            "input": {"n": 1},
+        }
+    )
     b = ductape.job.schedule(JobRequest(env="dev", product="tests", event="echo", input={"n": 2}))
     assert finished(ductape, a.job_id, JobStatus.COMPLETED).result == {"echo": {"n": 1}}
     assert finished(ductape, b.job_id, JobStatus.COMPLETED).result == {"echo": {"n": 2}}
@@ -81,7 +102,7 @@ def test_retries_back_off_then_dead_letter(procs: Processes, ductape: Ductape, r
     job = finished(ductape, handle.job_id, JobStatus.FAILED)
     attempts = calls(r, "flaky")
     assert [c["attempt"] for c in attempts] == [1, 2, 3]
-    gaps = [b["at_ms"] - a["at_ms"] for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b["at_ms"] - a["at_ms"] for a, b in itertools.pairwise(attempts)]
     assert gaps[0] >= 900 and gaps[1] >= 1900 and gaps[1] > gaps[0]  # 1 s then 2 s
     assert job.attempts == 3 and "boom on attempt 3" in (job.last_error or "")
     [dead] = ductape.job.failed()
@@ -91,8 +112,9 @@ def test_retries_back_off_then_dead_letter(procs: Processes, ductape: Ductape, r
 
 def test_retry_that_succeeds_completes(procs: Processes, ductape: Ductape, r, env_prefix):
     procs.worker()
-    handle = ductape.job.schedule(env="dev", product_tag="tests", event="flaky", retries=3,
-                                  input={"succeed_on": 2})
+    handle = ductape.job.schedule(
+        env="dev", product_tag="tests", event="flaky", retries=3, input={"succeed_on": 2}
+    )
     job = finished(ductape, handle.job_id, JobStatus.COMPLETED)
     assert job.result == "ok" and job.attempts == 2 and ductape.job.failed() == []
 
@@ -125,8 +147,9 @@ def test_env_queues_are_separate(procs: Processes, ductape: Ductape, r, env_pref
 
 def test_typed_handler_receives_a_validated_model(procs: Processes, ductape: Ductape, r, env_prefix):
     procs.worker()
-    ok = ductape.job.schedule(env="dev", product_tag="tests", event="typed", retries=3,
-                              input={"user_id": "u1", "email": "a@b.c"})
+    ok = ductape.job.schedule(
+        env="dev", product_tag="tests", event="typed", retries=3, input={"user_id": "u1", "email": "a@b.c"}
+    )
     assert finished(ductape, ok.job_id, JobStatus.COMPLETED).result == {"user": "u1"}
     assert calls(r, "typed")[0]["input"] == {"type": "Signup", "user_id": "u1", "email": "a@b.c"}
     bad = ductape.job.schedule(env="dev", product_tag="tests", event="typed", retries=3, input={"user_id": 1})
@@ -135,7 +158,9 @@ def test_typed_handler_receives_a_validated_model(procs: Processes, ductape: Duc
     assert "ValidationError" in (job.last_error or "")
 
 
-def test_unknown_event_is_refused_once_workers_registered(procs: Processes, settings: Settings, r, env_prefix):
+def test_unknown_event_is_refused_once_workers_registered(
+    procs: Processes, settings: Settings, r, env_prefix
+):
     procs.worker()
     strict = Ductape(settings=settings.model_copy(update={"require_handler": True}))
     before = set(r.keys(f"{settings.key_prefix}:*"))

@@ -20,7 +20,7 @@ def makefile_commands() -> dict[str, list[str]]:
     for target in ("worker", "beat", "flower"):
         recipe = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", text, re.M)
         assert recipe, f"Makefile has a {target} target"
-        line = [x for x in recipe.group(1).splitlines() if "$(CELERY)" in x][0]
+        line = next(x for x in recipe.group(1).splitlines() if "$(CELERY)" in x)
         line = line.strip().replace("$(CELERY)", celery.group(1)).replace("$$", "$")
         out[target] = shlex.split(line)
     return out
@@ -31,7 +31,9 @@ def compose_commands() -> dict[str, list[str]]:
     services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
     out = {}
     for name in ("worker", "beat", "flower"):
-        out[name] = [re.sub(r"\$\{(\w+)(?::[?-][^}]*)?\}", r"$\1", part) for part in services[name]["command"]]
+        out[name] = [
+            re.sub(r"\$\{(\w+)(?::[?-][^}]*)?\}", r"$\1", part) for part in services[name]["command"]
+        ]
     return out
 
 

@@ -45,5 +45,8 @@ def test_message_matches_what_celery_builds_with_and_without_eta() -> None:
 def test_each_message_has_its_own_delivery_tag() -> None:
     settings = Settings(key_prefix="w")
     builder = MessageBuilder(create_app(settings), settings)
-    tags = {json.loads(builder.build("job1:1", SPEC, 1, 1).payload)["properties"]["delivery_tag"] for _ in range(50)}
+    tags = {
+        json.loads(builder.build("job1:1", SPEC, 1, 1).payload)["properties"]["delivery_tag"]
+        for _ in range(50)
+    }
     assert len(tags) == 50
