@@ -55,7 +55,6 @@ class Settings(BaseModel):
     max_input_bytes: int = Field(default=256 * 1024, ge=2)
     max_input_depth: int = Field(default=32, ge=1)
     min_every_ms: int = Field(default=1_000, ge=1)
-    max_retries: int = 25
     backoff_cap_s: int = 300
     beat_lock_ttl_ms: int = Field(default=5_000, ge=500)
     beat_batch: int = Field(default=1_000, ge=1)

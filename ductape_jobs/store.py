@@ -350,11 +350,6 @@ class Store:
         """Cache a successful result for ttl_ms."""
         _guard(lambda: self.redis.set(key, result_json, px=ttl_ms))
 
-    def scan_keys(self) -> Iterator[str]:
-        """Every key under this deployment's prefix (for tests and doctor)."""
-        for key in self.redis.scan_iter(match=f"{self.keys.prefix}:*", count=1000):
-            yield text(key)
-
 
 def _call(script: Any, keys: list[str], args: list[Any]) -> Any:
     return _guard(lambda: script(keys=keys, args=args))
