@@ -1,8 +1,9 @@
 """The Redis-backed beat: ``celery -A workers beat`` (or ``-S beat.RedisScheduler``).
 
-Owns: leader election with fencing, releasing due runs from the Redis due index to Celery, and
-re-publishing runs claimed but never confirmed. ``engine`` never imports Celery (it takes the
-time and a dispatch callable); ``scheduler`` is the thin Celery adapter. Talks to Redis only
+Owns: leader election with fencing, releasing due runs from the Redis due index to Celery (claim,
+advance and message push in one script per batch), and sending again runs whose message was lost
+(``lost``). ``engine`` never imports Celery (it takes the time and a message builder);
+``scheduler`` is the thin Celery adapter, ``metrics`` its Prometheus endpoint. Talks to Redis only
 through ``ductape_jobs.store``.
 """
 

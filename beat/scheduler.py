@@ -33,7 +33,13 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
         self.settings: Settings = getattr(app, "ductape_settings", None) or Settings.from_env()
         self.store = Store(connect(self.settings), Keys(self.settings.key_prefix))
         instance = f"{socket.gethostname()}:{os.getpid()}"
-        self.engine = BeatEngine(self.store, self.settings, MessageBuilder(app, self.settings), instance)
+        self.engine = BeatEngine(
+            self.store,
+            self.settings,
+            MessageBuilder(app, self.settings),
+            instance,
+            record_releases=self.settings.metrics_port is not None,
+        )
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self.metrics: BeatMetrics | None = None
