@@ -108,9 +108,8 @@ class BeatEngine:
             entries = self.store.due_entries(now_ms, batch)
             if not entries:
                 break
-            claimed = self.store.claim(
-                self.token or "", [self._decide(e, now_ms) for e in entries], now_ms, self.settings.runs_kept
-            )
+            decided = (self._decide(e, now_ms) for e in entries)  # decided as the claims stream out
+            claimed = self.store.claim(self.token or "", decided, now_ms, self.settings.runs_kept)
             if claimed is None:  # a newer leader exists: we were stalled past our lock
                 report.fenced_out, self.token = True, None
                 log.warning("beat %s was fenced out; standing by", self.instance)

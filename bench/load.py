@@ -1,6 +1,6 @@
-"""Loading stored schedules fast (pipelines, untimed): ours through CREATE_JOB, RedBeat's entries.
+"""Loading stored schedules fast (pipelines, untimed): ours through CREATE_JOBS, RedBeat's entries.
 
-Ours go through the library's own ``Store.create_jobs`` (the CREATE_JOB script), so the records
+Ours go through the library's own ``Store.create_jobs`` (the CREATE_JOBS script), so the records
 are exactly what ``schedule()`` writes; only planning is done once, from a template, and copied.
 RedBeat's are ``RedBeatSchedulerEntry`` objects written the way ``entry.save()`` writes them,
 many per round trip instead of one.

@@ -3,8 +3,9 @@
 ``celery -A bench.plain_app worker`` and ``celery -A bench.plain_app beat -S ...`` read
 ``REDIS_URL``, ``BENCH_PREFIX`` and ``BENCH_DELIVERY``; the bench process builds its own with
 ``make_app``. Celery's defaults are kept (what a user gets), except that there is no result
-backend, as in ours. ``BENCH_DELIVERY=ours`` gives it our delivery settings instead (late acks,
-prefetch 1, task events), to tell the cost of those settings from the cost of our code.
+backend, as in ours. ``BENCH_DELIVERY=ours`` gives it our workers' delivery defaults instead
+(late acks, prefetch 2, no task events), to tell the cost of those settings from the cost of our
+code.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from celery import Celery
 from celery.signals import worker_ready
 
 from bench.handlers import counter_key
+from ductape_jobs.settings import Settings
 
 QUEUE = "plain"
 TASK = "bench.plain.noop"
@@ -31,11 +33,11 @@ def redbeat_prefix(prefix: str) -> str:
     return f"{prefix}:rb:"
 
 
-OUR_DELIVERY = {
+OUR_DELIVERY = {  # our workers' defaults (ductape_jobs/celery_app.py, settings.py)
     "task_acks_late": True,
     "task_reject_on_worker_lost": True,
-    "worker_prefetch_multiplier": 1,
-    "worker_send_task_events": True,
+    "worker_prefetch_multiplier": Settings().prefetch_multiplier,
+    "worker_send_task_events": Settings().task_events,
 }
 
 
@@ -59,6 +61,7 @@ def make_app(redis_url: str, prefix: str, *, redbeat_lock: bool = True, delivery
     )
     if delivery == "ours":
         app.conf.update(OUR_DELIVERY)
+
     counter = counter_key(prefix)
     client: list[redis.Redis] = []
 

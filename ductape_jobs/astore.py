@@ -13,7 +13,7 @@ import redis.asyncio as aredis
 
 from ductape_jobs import ops
 from ductape_jobs.keys import Keys
-from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, unreachable
+from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, Stream, unreachable
 
 T = TypeVar("T")
 
@@ -31,6 +31,8 @@ class AsyncStore:
         try:
             batch = next(flow)
             while True:
+                if isinstance(batch, Stream):  # no overlap to gain on one event loop: one pipeline
+                    batch = Batch(tuple(batch.calls))
                 batch = flow.send(await self._send(batch))
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]

@@ -23,7 +23,7 @@ def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
         # worker dies; run ids make the redelivery harmless (store.begin_run).
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        worker_prefetch_multiplier=settings.prefetch_multiplier,
         task_time_limit=settings.run_lease_s,
         task_queues=[_queue(settings.queue_for(env)) for env in settings.envs],
         task_default_queue=settings.queue_for(settings.envs[0]),

@@ -9,8 +9,9 @@ sync and async connections the same way.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any, TypeVar
 
 import redis
@@ -25,7 +26,7 @@ from ductape_jobs.wire import Message
 T = TypeVar("T")
 
 SCRIPT_NAMES = (
-    "CREATE_JOB",
+    "CREATE_JOBS",
     "CLAIM_DUE",
     "READ_DUE",
     "BEGIN_RUN",
@@ -70,7 +71,15 @@ class Batch:
         return len(self.calls) == 1 and not self.transaction
 
 
-Flow = Generator[Batch, list[Any], T]
+@dataclass(frozen=True)
+class Stream:
+    """Calls for one round trip, built while they are sent: the server runs each while the next
+    is built (the sync store streams them; the asyncio store sends them as one pipeline)."""
+
+    calls: Iterator[Eval]
+
+
+Flow = Generator[Batch | Stream, list[Any], T]
 
 
 def send(*calls: Call | Eval, transaction: bool = False) -> Flow[list[Any]]:
@@ -109,21 +118,48 @@ def unreachable(exc: Exception) -> BackendUnavailableError:
 
 
 def create_jobs(keys: Keys, jobs: Sequence[NewJob], now_ms: int) -> Flow[list[tuple[str, bool]]]:
-    """Write jobs (each with its first run or due entry) atomically each, in one round trip.
+    """Write jobs (each with its first run or due entry) in one round trip.
 
     Returns (job_id, created) per job; created is False when a live recurring job with the
-    same fingerprint exists, and job_id is then that job's.
+    same fingerprint exists (or comes earlier in the batch), and job_id is then that job's.
     """
-    rows = yield from send(*(_create_call(keys, job, now_ms) for job in jobs))
-    return [(text(job_id), bool(created)) for created, job_id in rows]
+    twins = dict((yield from create_rows(keys, (create_args(keys, job) for job in jobs), now_ms)))
+    return [(twins[i], False) if i in twins else (job.job_id, True) for i, job in enumerate(jobs)]
 
 
-def _create_call(k: Keys, job: NewJob, now_ms: int) -> Eval:
-    fp_key = k.fingerprint(job.spec.fingerprint()) if job.dedupe else k.fingerprint("-")
-    queue = job.message.queue_key if job.message is not None else k.fingerprint("-")
-    run_key, runs_key = k.run(job.run_id or "-"), k.job_runs(job.job_id)
-    keys = [k.job(job.job_id), k.jobs, k.due, queue, run_key, runs_key, fp_key, k.inflight]
-    args: list[Any] = [
+def create_rows(keys: Keys, rows: Iterable[Sequence[Any]], now_ms: int) -> Flow[list[tuple[int, str]]]:
+    """Write jobs given as CREATE_JOBS rows (see ``create_args``), streamed in calls of
+    ``scripts.CREATE_BATCH`` jobs, each call atomic. Rows are built as the calls go out.
+
+    Returns (index, twin_job_id) for each job not written because a live recurring job with the
+    same fingerprint exists (or comes earlier in the batch).
+    """
+    touched = [keys.jobs, keys.due, keys.inflight]
+
+    def calls() -> Iterator[Eval]:
+        rows_left = iter(rows)
+        while chunk := list(islice(rows_left, scripts.CREATE_BATCH)):
+            args: list[Any] = [keys.prefix, now_ms]
+            for row in chunk:
+                args += row
+            yield Eval("CREATE_JOBS", touched, args)
+
+    replies = yield Stream(calls())
+    return [
+        (chunk * scripts.CREATE_BATCH + int(twins[at]) - 1, text(twins[at + 1]))
+        for chunk, twins in enumerate(replies)
+        for at in range(0, len(twins), 2)
+    ]
+
+
+# Where a row of CREATE_JOBS arguments holds what differs between jobs of one shape (flows.py).
+ROW_JOB_ID, ROW_SPEC, ROW_RUN_ID, ROW_MESSAGE = 0, 1, 7, 12
+
+
+def create_args(k: Keys, job: NewJob) -> tuple[Any, ...]:
+    """One job's row of CREATE_JOBS arguments (the order of the script's per-job ARGV)."""
+    message = job.message
+    return (
         job.job_id,
         job.spec.model_dump_json(),
         job.status.value,
@@ -131,15 +167,13 @@ def _create_call(k: Keys, job: NewJob, now_ms: int) -> Eval:
         opt(job.next_run_ms),
         job.anchor_ms,
         job.runs_done,
-        now_ms,
         job.run_id or "",
         opt(job.nominal_ms),
         opt(job.due_ms),
-        f"j:{job.job_id}",
-        int(job.dedupe),
-        job.message.payload if job.message is not None else "",
-    ]
-    return Eval("CREATE_JOB", keys, args)
+        k.fingerprint(job.spec.fingerprint()) if job.dedupe else "",
+        "" if message is None else message.queue_key,
+        "" if message is None else message.payload,
+    )
 
 
 def anchor_ms(keys: Keys, job_id: str) -> Flow[int]:

@@ -11,24 +11,38 @@ import hmac
 import json
 import math
 import reprlib
+from collections.abc import Callable
 from typing import Any
 
 from ductape_jobs import timing
 from ductape_jobs.errors import JobValidationError, SessionError
 from ductape_jobs.models import JobRequest, JobSpec, JobStatus, ms_to_datetime, run_id_for
-from ductape_jobs.sessions import Sessions, has_placeholders, redact, resolve_placeholders, seal
+from ductape_jobs.sessions import OPENER, Sessions, has_placeholders, redact, resolve_placeholders, seal
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import NewJob
+from ductape_jobs.wire import Message
 
 # The last instant a datetime holds (9999-12-31T23:59:59.999Z): a run after it cannot be shown.
 _LAST_MS = 253_402_300_799_999
 _JSON_FIX = "use only objects with string keys, arrays, strings, finite numbers, true/false and null"
 _JSON_SCALARS = (str, int, float, bool, type(None))
+Build = Callable[[str, JobSpec, int, int], Message]  # run_id, spec, nominal_ms, now_ms -> message
+_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _NOT_UNICODE = "text that is not valid Unicode (a lone surrogate, e.g. '\\ud800')"
 
 
-def plan_job(req: JobRequest, settings: Settings, sessions: Sessions, now_ms: int, job_id: str) -> NewJob:
-    """Check the request against the settings and decide its first run; raises JobValidationError."""
+def plan_job(
+    req: JobRequest,
+    settings: Settings,
+    sessions: Sessions,
+    now_ms: int,
+    job_id: str,
+    build: Build | None = None,
+) -> NewJob:
+    """Check the request against the settings and decide its first run; raises JobValidationError.
+
+    With ``build`` (``MessageBuilder.build``), a run due now comes with its Celery message.
+    """
     if req.env not in settings.envs:
         raise JobValidationError(
             "env",
@@ -39,27 +53,35 @@ def plan_job(req: JobRequest, settings: Settings, sessions: Sessions, now_ms: in
         raise JobValidationError(
             "cache", f"{req.cache!r} is not a configured cache (known: {known}); add it to DUCTAPE_CACHES"
         )
-    check_input(req.input, settings)
-    spec_fields = _session_fields(req, sessions, settings, now_ms)
+    input_json = check_input(req.input, settings)
+    spec_fields = _session_fields(req, input_json, sessions, settings, now_ms)
     rule = req.repeat.to_rule() if req.repeat is not None else None
-    spec = JobSpec(
-        env=req.env,
-        product_tag=req.product_tag,
-        event=req.event,
-        retries=req.retries,
-        app=req.app,
-        cache=req.cache,
-        start_ms=req.start_ms,
-        rule=None if rule is None else rule.__dict__.copy(),
-        created_ms=now_ms,
-        **spec_fields,
+    spec = JobSpec.model_validate(
+        {
+            "env": req.env,
+            "product_tag": req.product_tag,
+            "event": req.event,
+            "retries": req.retries,
+            "app": req.app,
+            "cache": req.cache,
+            "start_ms": req.start_ms,
+            "rule": None if rule is None else rule.__dict__.copy(),
+            "created_ms": now_ms,
+            **spec_fields,
+        }
     )
     if rule is None:
-        return _plan_once(job_id, spec, settings, now_ms)
-    return _plan_repeat(job_id, spec, rule, settings, now_ms)
+        return _plan_once(job_id, spec, settings, now_ms, build)
+    return _plan_repeat(job_id, spec, rule, settings, now_ms, build)
 
 
-def _plan_once(job_id: str, spec: JobSpec, settings: Settings, now_ms: int) -> NewJob:
+def _first_run(job_id: str, spec: JobSpec, at_ms: int, now_ms: int, build: Build | None) -> dict[str, Any]:
+    run_id = run_id_for(job_id, at_ms)
+    message = None if build is None else build(run_id, spec, at_ms, now_ms)
+    return {"run_id": run_id, "nominal_ms": at_ms, "message": message}
+
+
+def _plan_once(job_id: str, spec: JobSpec, settings: Settings, now_ms: int, build: Build | None) -> NewJob:
     run_at_ms = max(spec.start_ms, now_ms)
     if run_at_ms - now_ms <= settings.horizon_ms:
         return NewJob(
@@ -70,13 +92,14 @@ def _plan_once(job_id: str, spec: JobSpec, settings: Settings, now_ms: int) -> N
             None,
             run_at_ms,
             1,
-            run_id=run_id_for(job_id, run_at_ms),
-            nominal_ms=run_at_ms,
+            **_first_run(job_id, spec, run_at_ms, now_ms, build),
         )
     return NewJob(job_id, spec, JobStatus.SCHEDULED, False, run_at_ms, run_at_ms, 0, due_ms=run_at_ms)
 
 
-def _plan_repeat(job_id: str, spec: JobSpec, rule: timing.Rule, settings: Settings, now_ms: int) -> NewJob:
+def _plan_repeat(
+    job_id: str, spec: JobSpec, rule: timing.Rule, settings: Settings, now_ms: int, build: Build | None
+) -> NewJob:
     if rule.every_ms is not None and rule.every_ms < settings.min_every_ms:
         raise JobValidationError(
             "repeat.every",
@@ -123,35 +146,44 @@ def _plan_repeat(job_id: str, spec: JobSpec, rule: timing.Rule, settings: Settin
         next_ms,
         first_ms,
         1,
-        run_id=run_id_for(job_id, first_ms),
-        nominal_ms=first_ms,
+        **_first_run(job_id, spec, first_ms, now_ms, build),
         due_ms=next_ms,
         dedupe=next_ms is not None,
     )
 
 
-def check_input(value: dict[str, Any], settings: Settings) -> None:
-    """Input must be JSON, at most max_input_bytes serialized and max_input_depth deep."""
+def check_input(value: dict[str, Any], settings: Settings) -> str:
+    """Input must be JSON, at most max_input_bytes serialized and max_input_depth deep; its JSON."""
     _check_json_shape(value, settings.max_input_depth)
     try:
-        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+        text = _COMPACT.encode(value)  # ASCII (escaped), so its length is its size in bytes
     except (TypeError, ValueError) as exc:  # _check_json_shape should have caught it first
         raise JobValidationError("input", f"must be JSON-serializable: {exc}; {_JSON_FIX}") from None
-    if size > settings.max_input_bytes:
+    if len(text) > settings.max_input_bytes:
         raise JobValidationError(
             "input",
-            f"is {size} bytes serialized; the limit is {settings.max_input_bytes} (DUCTAPE_MAX_INPUT_BYTES); "
-            "store large data elsewhere and pass a reference",
+            f"is {len(text)} bytes serialized; the limit is {settings.max_input_bytes} "
+            "(DUCTAPE_MAX_INPUT_BYTES); store large data elsewhere and pass a reference",
         )
+    return text
 
 
 def _check_json_shape(value: Any, limit: int) -> None:
     """Refuse what JSON cannot carry as is, or nesting past ``limit``, naming where (no recursion)."""
+    if _flat(value):
+        return
     # Each entry carries its path as a (parent, step) chain, turned into text only for a message.
+    # Exact built-in types take the quick branches; anything else (subclasses) is looked at closely.
     stack: list[tuple[Any, int, Any]] = [(value, 1, None)]
     while stack:
         item, level, crumbs = stack.pop()
-        if isinstance(item, dict | list | tuple):
+        kind = type(item)
+        if kind is str:
+            if not item.isascii() and not _is_unicode(item):
+                raise JobValidationError("input", f"{_path(crumbs)} is {_NOT_UNICODE}; {_JSON_FIX}")
+        elif kind is int or kind is bool or item is None:
+            continue
+        elif isinstance(item, dict | list | tuple):
             if level > limit:
                 raise JobValidationError(
                     "input",
@@ -160,18 +192,8 @@ def _check_json_shape(value: Any, limit: int) -> None:
                 )
             if isinstance(item, dict):
                 for key, child in item.items():
-                    if not isinstance(key, str):
-                        # json.dumps would quietly turn the key into a string: the handler would
-                        # get different data than was scheduled.
-                        raise JobValidationError(
-                            "input",
-                            f"{_path(crumbs)} has the key {reprlib.repr(key)} ({type(key).__name__}); "
-                            f"{_JSON_FIX}",
-                        )
-                    if not _is_unicode(key):
-                        raise JobValidationError(
-                            "input", f"{_path(crumbs)} has a key {_NOT_UNICODE}; {_JSON_FIX}"
-                        )
+                    if type(key) is not str or not key.isascii():
+                        _check_key(key, crumbs)
                     stack.append((child, level + 1, (crumbs, key)))
             else:
                 stack.extend((child, level + 1, (crumbs, i)) for i, child in enumerate(item))
@@ -182,6 +204,37 @@ def _check_json_shape(value: Any, limit: int) -> None:
                 "input",
                 f"{_path(crumbs)} is {reprlib.repr(item)} ({type(item).__name__}), not JSON; {_JSON_FIX}",
             )
+
+
+def _flat(value: Any) -> bool:
+    """Whether value is a dict of ASCII keys to plain scalars (most inputs): nothing to refuse."""
+    if type(value) is not dict:
+        return False
+    for key, item in value.items():
+        if type(key) is not str or not key.isascii():
+            return False
+        kind = type(item)
+        if kind is str:
+            if not item.isascii():
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is not int and kind is not bool and item is not None:
+            return False
+    return True
+
+
+def _check_key(key: Any, crumbs: Any) -> None:
+    if not isinstance(key, str):
+        # json.dumps would quietly turn the key into a string: the handler would get different
+        # data than was scheduled.
+        raise JobValidationError(
+            "input",
+            f"{_path(crumbs)} has the key {reprlib.repr(key)} ({type(key).__name__}); {_JSON_FIX}",
+        )
+    if not _is_unicode(key):
+        raise JobValidationError("input", f"{_path(crumbs)} has a key {_NOT_UNICODE}; {_JSON_FIX}")
 
 
 def _is_unicode(text: str) -> bool:
@@ -201,10 +254,13 @@ def _path(crumbs: Any) -> str:
     return "input" + "".join(reversed(steps))
 
 
-def _session_fields(req: JobRequest, sessions: Sessions, settings: Settings, now_ms: int) -> dict[str, Any]:
+def _session_fields(
+    req: JobRequest, input_json: str, sessions: Sessions, settings: Settings, now_ms: int
+) -> dict[str, Any]:
     """Resolve $Session{...} placeholders; only the masked input and a sealed copy are kept."""
     if req.session is None:
-        if has_placeholders(req.input):
+        # A placeholder shows in the input's JSON as is; only then is the input walked.
+        if OPENER in input_json and has_placeholders(req.input):
             raise SessionError(
                 "session",
                 "input has $Session{...} placeholders but no session was given; pass session={tag, token}",

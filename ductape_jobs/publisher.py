@@ -1,6 +1,6 @@
 """Sending runs to Celery outside the atomic scripts: a deliberate re-send of existing runs.
 
-Normal hand-over happens inside CREATE_JOB, CLAIM_DUE and ADD_RUN (see wire.py); this is for
+Normal hand-over happens inside CREATE_JOBS, CLAIM_DUE and ADD_RUN (see wire.py); this is for
 operators and tests that need to deliver a run's message again (workers skip finished runs).
 """
 

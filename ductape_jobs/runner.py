@@ -68,7 +68,12 @@ class Runner:
         settings: Settings,
         clock_ms: Callable[[], int],
         vault: Vault | None = None,
+        *,
+        defer_finish: bool = False,
     ) -> None:
+        """``defer_finish``: send a completed run's record without waiting for Redis's reply
+        (workers: the reply is read before the next run; see ``Store.finish_run``)."""
+        self.defer_finish = defer_finish
         self.store = store
         self.registry = registry
         self.settings = settings
@@ -162,6 +167,7 @@ class Runner:
             cached=cached,
             retention_s=self.settings.run_retention_s,
             due_ms=due_ms,
+            wait=not (self.defer_finish and outcome == "completed"),
         )
 
 

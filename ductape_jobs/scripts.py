@@ -7,34 +7,63 @@ Status words are the values of models.JobStatus and models.RunStatus.
 
 from __future__ import annotations
 
-# Create a job; with a fingerprint, return the live job that has it instead (dedupe).
-# A run due now is recorded and its Celery message pushed in the same step.
-# KEYS: job, jobs, due, queue, run, job_runs, fp, inflight
-# ARGV: job_id, spec, status, recurring, next_run_ms, anchor_ms, runs_done, now_ms,
-#       run_id, nominal_ms, due_ms, due_member, dedupe, message
-CREATE_JOB = """
-if ARGV[13] == '1' then
-  local existing = redis.call('GET', KEYS[7])
-  if existing then return {0, existing} end
-  redis.call('SET', KEYS[7], ARGV[1])
+# Create a batch of jobs; a job with a fingerprint whose live twin exists is not written, and
+# the twin's id is returned for it instead (dedupe, also between jobs of the same batch).
+# A run due now is recorded and its Celery message pushed in the same step. Index and queue
+# entries are written with one command per key for the whole batch (at most CREATE_BATCH jobs).
+# KEYS: jobs, due, inflight
+# ARGV: prefix, now_ms, then 13 per job:
+#   job_id, spec, status, recurring, next_run_ms, anchor_ms, runs_done,
+#   run_id ('' = none), nominal_ms, due_ms ('' = none), fp_key ('' = no dedupe), queue_key, message
+# Returns {index, twin_job_id, ...} (1-based) for the jobs not written because of a twin.
+CREATE_JOBS = """
+local prefix, now = ARGV[1], ARGV[2]
+local twins, created, due, inflight, queued, queues = {}, {}, {}, {}, {}, {}
+for b = 3, #ARGV, 13 do
+  local id, run_id, fp = ARGV[b], ARGV[b+7], ARGV[b+10]
+  local twin = fp ~= '' and redis.call('GET', fp)
+  if twin then
+    twins[#twins+1] = (b - 3) / 13 + 1
+    twins[#twins+1] = twin
+  else
+    if fp ~= '' then redis.call('SET', fp, id) end
+    local job = prefix .. ':job:' .. id
+    redis.call('HSET', job, 'spec', ARGV[b+1], 'status', ARGV[b+2], 'recurring', ARGV[b+3],
+      'next_run_ms', ARGV[b+4], 'anchor_ms', ARGV[b+5], 'runs_done', ARGV[b+6], 'attempts', 0,
+      'created_ms', now, 'updated_ms', now, 'fp', fp, 'last_run_id', run_id)
+    created[#created+1] = now
+    created[#created+1] = id
+    if run_id ~= '' then
+      local nominal = ARGV[b+8]
+      redis.call('HSET', prefix .. ':run:' .. run_id, 'job_id', id, 'nominal_ms', nominal,
+        'status', 'queued', 'attempts', 0, 'queued_ms', now)
+      redis.call('ZADD', prefix .. ':runs:' .. id, nominal, run_id)
+      inflight[#inflight+1] = now
+      inflight[#inflight+1] = run_id
+      local queue = ARGV[b+11]
+      if queue ~= '' then
+        local messages = queued[queue]
+        if not messages then
+          messages = {}
+          queued[queue] = messages
+          queues[#queues+1] = queue
+        end
+        messages[#messages+1] = ARGV[b+12]
+      end
+    end
+    if ARGV[b+9] ~= '' then
+      due[#due+1] = ARGV[b+9]
+      due[#due+1] = 'j:' .. id
+    end
+  end
 end
-local fp = ''
-if ARGV[13] == '1' then fp = KEYS[7] end
-redis.call('HSET', KEYS[1], 'spec', ARGV[2], 'status', ARGV[3], 'recurring', ARGV[4],
-  'next_run_ms', ARGV[5], 'anchor_ms', ARGV[6], 'runs_done', ARGV[7], 'attempts', 0,
-  'created_ms', ARGV[8], 'updated_ms', ARGV[8], 'fp', fp)
-redis.call('ZADD', KEYS[2], ARGV[8], ARGV[1])
-if ARGV[9] ~= '' then
-  redis.call('HSET', KEYS[5], 'job_id', ARGV[1], 'nominal_ms', ARGV[10], 'status', 'queued',
-    'attempts', 0, 'queued_ms', ARGV[8])
-  redis.call('ZADD', KEYS[6], ARGV[10], ARGV[9])
-  redis.call('LPUSH', KEYS[4], ARGV[14])
-  redis.call('ZADD', KEYS[8], ARGV[8], ARGV[9])
-  redis.call('HSET', KEYS[1], 'last_run_id', ARGV[9])
-end
-if ARGV[11] ~= '' then redis.call('ZADD', KEYS[3], ARGV[11], ARGV[12]) end
-return {1, ARGV[1]}
+if #created > 0 then redis.call('ZADD', KEYS[1], unpack(created)) end
+if #due > 0 then redis.call('ZADD', KEYS[2], unpack(due)) end
+if #inflight > 0 then redis.call('ZADD', KEYS[3], unpack(inflight)) end
+for _, queue in ipairs(queues) do redis.call('LPUSH', queue, unpack(queued[queue])) end
+return twins
 """
+CREATE_BATCH = 1_000  # jobs per CREATE_JOBS call: bounds its unpack() sizes and its run time
 
 # Beat: claim a batch of due entries, advance their schedules and push their Celery messages,
 # each item only if its job is unchanged since beat read it. Refused whole when the caller's

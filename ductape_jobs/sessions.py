@@ -32,7 +32,7 @@ _SEAL_INFO = b"ductape-jobs/seal/v1"
 
 _PLACEHOLDER = re.compile(r"\$Session((?:\{[^{}]*\})+)")
 _STEP = re.compile(r"\{([^{}]*)\}")
-_OPENER = "$Session{"
+OPENER = "$Session{"
 _DESCEND = object()
 
 
@@ -257,7 +257,7 @@ class Resolution:
 def has_placeholders(value: object) -> bool:
     """Whether any string value, at any depth, contains a $Session{ placeholder."""
     if isinstance(value, str):
-        return _OPENER in value
+        return OPENER in value
     if isinstance(value, Mapping):
         return any(has_placeholders(item) for item in value.values())
     if isinstance(value, (list, tuple)):
@@ -270,7 +270,7 @@ def resolve_placeholders(value: Mapping[str, Any], data: Mapping[str, Any]) -> R
     paths: list[Path] = []
 
     def visit(item: Any, path: Path) -> Any:
-        if not path or not isinstance(item, str) or _OPENER not in item:
+        if not path or not isinstance(item, str) or OPENER not in item:
             return _DESCEND
         paths.append(path)
         return _resolve_string(item, path, data)
@@ -344,7 +344,7 @@ def _resolve_string(text: str, path: Path, data: Mapping[str, Any]) -> Any:
     matches = list(_PLACEHOLDER.finditer(text))
     # A placeholder followed by "{" has an unclosed step: "$Session{user}{id".
     unclosed = any(text.startswith("{", match.end()) for match in matches)
-    if unclosed or text.count(_OPENER) != len(matches):
+    if unclosed or text.count(OPENER) != len(matches):
         raise SessionError(
             field_name,
             "malformed $Session placeholder: every step must be a closed {...} without "

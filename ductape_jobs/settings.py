@@ -52,6 +52,9 @@ class Settings(BaseModel):
     horizon_ms: int = Field(default=60_000, ge=1_000)
     visibility_timeout_s: int = Field(default=3_600, ge=1)
     run_lease_s: int = Field(default=300, ge=1)
+    # Messages each worker process reserves ahead of the one it runs (Celery's prefetch multiplier):
+    # 2 keeps a process fed between runs; 1 is fairer when handlers run for a long time.
+    prefetch_multiplier: int = Field(default=2, ge=1)
     max_input_bytes: int = Field(default=256 * 1024, ge=2)
     max_input_depth: int = Field(default=32, ge=1)
     min_every_ms: int = Field(default=1_000, ge=1)

@@ -9,22 +9,31 @@ are passed in, never read here.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, TypeVar, cast
 
+import hiredis
 import redis
 
-from ductape_jobs import ops
+from ductape_jobs import ops, scripts
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobSpec, RunRecord
-from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, unreachable
+from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, Stream, unreachable
 from ductape_jobs.records import Claim, Dispatch, DueEntry, InFlight, NewJob, Started, opt, text
 
 __all__ = ["Claim", "Dispatch", "DueEntry", "NewJob", "Started", "Store", "guarded"]
 from ductape_jobs.wire import Message, run_id_of
 
 T = TypeVar("T")
+CLAIM_CHUNK = 250  # claims per CLAIM_DUE call: small enough to overlap, large enough to batch
+log = logging.getLogger("ductape_jobs.store")
 
 
 class Store:
@@ -38,15 +47,132 @@ class Store:
             self._scripts[n] for n in ("CLAIM_DUE", "BEGIN_RUN", "FINISH_RUN")
         )
         self._acquire, self._renew = self._scripts["ACQUIRE_LOCK"], self._scripts["RENEW_LOCK"]
+        self._local = threading.local()
+
+    def _eval(self, script: Any, keys: list[str], args: list[Any], *, defer: bool = False) -> Any:
+        """Run a registered script on this thread's own connection, packed by hiredis and read
+        directly: redis-py's per-command layers cost about as much as the round trip on a small
+        machine, and workers and beat make these calls on every run. Its retries are kept.
+
+        With ``defer`` the command is sent and its reply left to be read before this thread's
+        next command (None is returned): for an idempotent write whose reply nobody waits on.
+        """
+        held = self._held()
+        conn = held.conn
+        packed = [hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))]
+        # Deferred only once this connection has run the script: a NOSCRIPT reply read later
+        # would leave the command undone until this thread's next call.
+        defer = defer and script.sha in held.loaded
+
+        def attempt() -> Any:
+            conn.send_packed_command(packed, check_health=False)
+            return None if defer else conn.read_response()
+
+        with guarded():
+            self._settle(held)
+            _drop_if_stale(conn)
+            try:
+                reply = conn.retry.call_with_retry(attempt, lambda _: conn.disconnect())
+            except redis.exceptions.NoScriptError:  # a new or restarted server: load, then once more
+                self.redis.script_load(script.script)
+                reply = conn.retry.call_with_retry(attempt, lambda _: conn.disconnect())
+            except redis.ResponseError:
+                raise  # the reply was read whole: the connection is still in step
+            except BaseException:
+                conn.disconnect()
+                raise
+            if defer:
+                held.pending = (script, packed)
+            else:
+                held.loaded.add(script.sha)
+            return reply
+
+    def _settle(self, held: _Held) -> None:
+        """Read the reply a deferred command left on this thread's connection.
+
+        Sent whole before the caller moved on, the command has reached Redis; it is sent again
+        only when its reply can't be read (connection trouble) or the server lost its scripts.
+        """
+        if held.pending is None:
+            return
+        script, packed = held.pending
+        held.pending = None
+        conn = held.conn
+        try:
+            conn.read_response()
+            return
+        except redis.exceptions.NoScriptError:
+            self.redis.script_load(script.script)
+        except redis.ResponseError as exc:
+            log.error("a deferred %s failed in Redis: %s", _script_name(script), exc)
+            return
+        except REDIS_DOWN:
+            conn.disconnect()
+        except BaseException:
+            conn.disconnect()
+            raise
+
+        def again() -> Any:
+            conn.send_packed_command(packed, check_health=False)
+            return conn.read_response()
+
+        conn.retry.call_with_retry(again, lambda _: conn.disconnect())
+
+    def _held(self) -> _Held:
+        """This thread's connection (taken from the pool once, so ``close()`` still ends it)."""
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is None or held.pid != os.getpid():  # new thread, or a forked pool child
+            pool = self.redis.connection_pool
+            held = _Held(os.getpid(), pool.get_connection())
+            # When its thread (or greenlet) ends, the connection goes back to the pool, closed, so
+            # a reply still unread there can never reach the connection's next user.
+            weakref.finalize(held, _give_back, pool, held.conn)
+            self._local.held = held
+        return held
 
     def run(self, flow: Flow[T]) -> T:
         """Drive a flow from ops.py (or flows.py): send each batch it yields, hand back the replies."""
         try:
             batch = next(flow)
             while True:
-                batch = flow.send(self._send(batch))
+                replies = self._stream(batch) if isinstance(batch, Stream) else self._send(batch)
+                batch = flow.send(replies)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
+
+    def _stream(self, stream: Stream) -> list[Any]:
+        """Send each script call as soon as it is built, then read all replies: one round trip,
+        with the server running each call while the client builds the next."""
+        pool = self.redis.connection_pool
+        sent: list[tuple[str, tuple[Any, ...]]] = []  # (script name, command)
+        replies: list[Any] = []
+        with guarded():
+            conn: Any = pool.get_connection()  # redis-py's Connection: its send/read calls are untyped
+            try:
+                for call in stream.calls:
+                    script = self._scripts[call.script]
+                    command = ("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args)
+                    conn.send_packed_command([hiredis.pack_command(command)], check_health=False)
+                    sent.append((call.script, command))
+                for _ in sent:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:  # the rest are read, so the connection stays in step
+                        replies.append(exc)
+            except BaseException:
+                conn.disconnect()  # a half-sent or half-read stream leaves the connection unusable
+                raise
+            finally:
+                pool.release(conn)
+            for at, reply in enumerate(replies):
+                if isinstance(reply, redis.exceptions.NoScriptError):
+                    # The server lost its script cache (a restart): nothing of this call ran.
+                    name, command = sent[at]
+                    self.redis.script_load(self._scripts[name].script)
+                    replies[at] = cast(Any, self.redis).execute_command(*command)
+                elif isinstance(reply, redis.ResponseError):
+                    raise reply
+        return replies
 
     def _send(self, batch: Batch) -> list[Any]:
         with guarded():
@@ -124,16 +250,18 @@ class Store:
 
     def acquire_lock(self, instance: str, ttl_ms: int) -> tuple[bool, str]:
         """Become beat leader if nobody is; returns (acquired, token held now)."""
-        got = _call(self._acquire, keys=[self.keys.beat_lock, self.keys.beat_fence], args=[instance, ttl_ms])
+        got = self._eval(
+            self._acquire, keys=[self.keys.beat_lock, self.keys.beat_fence], args=[instance, ttl_ms]
+        )
         return bool(int(got[0])), text(got[1])
 
     def renew_lock(self, token: str, ttl_ms: int) -> bool:
         """Extend our leadership; False when the lock is someone else's (or gone)."""
-        return bool(_call(self._renew, keys=[self.keys.beat_lock], args=[token, ttl_ms]))
+        return bool(self._eval(self._renew, keys=[self.keys.beat_lock], args=[token, ttl_ms]))
 
     def release_lock(self, token: str) -> bool:
         """Step down, if we still lead."""
-        return bool(_call(self._renew, keys=[self.keys.beat_lock], args=[token, 0]))
+        return bool(self._eval(self._renew, keys=[self.keys.beat_lock], args=[token, 0]))
 
     def next_due_ms(self) -> int | None:
         """The earliest due time in the index, or None when it is empty."""
@@ -161,7 +289,7 @@ class Store:
 
     def due_entries(self, until_ms: int, limit: int) -> list[DueEntry]:
         """Due-index members with score <= until_ms, with their job state: one round trip."""
-        flat = _call(
+        flat = self._eval(
             self._scripts["READ_DUE"], keys=[self.keys.due], args=[self.keys.prefix, until_ms, limit]
         )
         entries = []
@@ -188,26 +316,36 @@ class Store:
                 pipe.hget(self.keys.job(job_id), "spec")
             return [text(v) if v else None for v in _guard(pipe.execute)]
 
-    def claim(self, fence: str, claims: Sequence[Claim], now_ms: int, runs_kept: int) -> list[Claim] | None:
-        """Claim, advance and push messages atomically; the claims that held, or None when fenced out."""
-        if not claims:
-            return []
-        args: list[Any] = [self.keys.prefix, fence, now_ms, runs_kept]
-        for c in claims:
-            args += [
-                c.entry.member,
-                c.entry.due_ms,
-                c.entry.runs_done,
-                c.run_id,
-                c.nominal_ms,
-                opt(c.new_next_ms),
-                c.message.queue_key,
-                c.message.payload,
-            ]
-        got = _call(self._claim, keys=[self.keys.beat_lock, self.keys.due, self.keys.inflight], args=args)
-        if got and int(got[0]) == -1:
+    def claim(self, fence: str, claims: Iterable[Claim], now_ms: int, runs_kept: int) -> list[Claim] | None:
+        """Claim, advance and push messages atomically, in CLAIM_DUE calls of ``CLAIM_CHUNK``
+        claims streamed in one round trip: each call goes out as soon as its claims are decided
+        (``claims`` may be lazy), so the server runs one while beat decides the next. The claims
+        that held, or None when fenced out (a call refused by the fence claims nothing)."""
+        chunks: list[list[Claim]] = []
+        touched = [self.keys.beat_lock, self.keys.due, self.keys.inflight]
+
+        def calls() -> Iterator[ops.Eval]:
+            rest = iter(claims)
+            while chunk := list(islice(rest, CLAIM_CHUNK)):
+                chunks.append(chunk)
+                args: list[Any] = [self.keys.prefix, fence, now_ms, runs_kept]
+                for c in chunk:
+                    args += [
+                        c.entry.member,
+                        c.entry.due_ms,
+                        c.entry.runs_done,
+                        c.run_id,
+                        c.nominal_ms,
+                        opt(c.new_next_ms),
+                        c.message.queue_key,
+                        c.message.payload,
+                    ]
+                yield ops.Eval("CLAIM_DUE", touched, args)
+
+        replies = self._stream(Stream(calls()))
+        if any(got and int(got[0]) == -1 for got in replies):
             return None
-        return [claims[int(i) - 1] for i in got]
+        return [chunk[int(i) - 1] for chunk, got in zip(chunks, replies, strict=True) for i in got]
 
     def dispatches(self, run_ids: Sequence[str]) -> list[Dispatch]:
         """Load what building a message needs for these runs (two round trips)."""
@@ -295,14 +433,14 @@ class Store:
         """Push a lost run's message again, if the run has not moved since ``run`` was read."""
         keys = [self.keys.run(run.run_id), self.keys.inflight, message.queue_key]
         args = [run.run_id, now_ms, run.status or "", run.attempts, message.payload]
-        return bool(_call(self._scripts["RESEND_RUN"], keys=keys, args=args))
+        return bool(self._eval(self._scripts["RESEND_RUN"], keys=keys, args=args))
 
     # -- worker -----------------------------------------------------------------------------
 
     def begin_run(self, run_id: str, job_id: str, now_ms: int, lease_ms: int) -> Started:
         """Mark a run started unless it is finished, cancelled or held by another delivery."""
         keys = [self.keys.run(run_id), self.keys.job(job_id), self.keys.inflight]
-        got = _call(self._begin, keys=keys, args=[now_ms, lease_ms, run_id])
+        got = self._eval(self._begin, keys=keys, args=[now_ms, lease_ms, run_id])
         verdict = text(got[0])
         if verdict == "busy":
             return Started("busy", wait_ms=int(text(got[1])))
@@ -330,16 +468,25 @@ class Store:
         cached: bool = False,
         retention_s: int = 86_400,
         due_ms: int | None = None,
+        wait: bool = True,
     ) -> bool:
-        """Record one attempt's outcome; False when a newer attempt owns the run."""
+        """Record one attempt's outcome; False when a newer attempt owns the run.
+
+        ``wait=False`` sends it without waiting for the reply (True is returned): a worker's run
+        is recorded by the time its Celery ack is sent, one round trip sooner. Only for
+        'completed', which is safe to send twice should the reply be lost.
+        """
+        if not wait and outcome != "completed":
+            raise ValueError("only a 'completed' outcome is sent without waiting")
         k = self.keys
         outcome_args = [outcome, result_json, error, traceback, int(cached)]
-        got = _call(
+        got = self._eval(
             self._finish,
             keys=[k.run(run_id), k.job(job_id), k.due, k.dead, k.inflight],
             args=[attempt, now_ms, *outcome_args, retention_s, opt(due_ms), run_id],
+            defer=not wait,
         )
-        return bool(got)
+        return not wait or bool(got)
 
     def cached_result(self, key: str) -> str | None:
         """A live cached result (JSON), or None."""
@@ -349,10 +496,6 @@ class Store:
     def store_result(self, key: str, result_json: str, ttl_ms: int) -> None:
         """Cache a successful result for ttl_ms."""
         _guard(lambda: self.redis.set(key, result_json, px=ttl_ms))
-
-
-def _call(script: Any, keys: list[str], args: list[Any]) -> Any:
-    return _guard(lambda: script(keys=keys, args=args))
 
 
 def _guard(fn: Callable[[], T]) -> T:
@@ -368,3 +511,40 @@ def guarded() -> Iterator[None]:
         yield
     except REDIS_DOWN as exc:
         raise unreachable(exc) from None
+
+
+@dataclass
+class _Held:
+    """One thread's own connection, the scripts its server is known to hold, and the deferred
+    command whose reply is still to be read."""
+
+    pid: int
+    conn: Any  # redis-py's Connection: its send/read calls are untyped
+    pending: tuple[Any, list[bytes]] | None = None
+    loaded: set[str] = field(default_factory=set)  # shas run on this connection since it connected
+
+    def __post_init__(self) -> None:
+        self.conn.register_connect_callback(self.on_connect)  # kept weakly: a method of ours
+
+    def on_connect(self, _: Any) -> None:
+        """A new connection may be to a restarted server, which has lost its scripts."""
+        self.loaded.clear()
+
+
+def _give_back(pool: Any, conn: Any) -> None:
+    conn.disconnect()
+    pool.release(conn)
+
+
+def _drop_if_stale(conn: Any) -> None:
+    """Disconnect a connection with something to read though nothing is owed: the server closed
+    it (restarted) while it sat idle. The next send reconnects, as redis-py's pool does."""
+    try:
+        if conn.can_read(timeout=0):
+            conn.disconnect()
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        conn.disconnect()
+
+
+def _script_name(script: Any) -> str:
+    return next((name for name in ops.SCRIPT_NAMES if getattr(scripts, name) == script.script), "script")

@@ -34,7 +34,7 @@ def build_app(settings: Settings | None = None, registry: Registry | None = None
     app.conf.task_queues = [q for q in app.conf.task_queues if q.name in settings.served_queues()]
     store = Store(connect(settings), Keys(settings.key_prefix))
     vault = Vault(Sessions(session_types_from_config(settings.sessions)))
-    runner = Runner(store, registry, settings, now_ms, vault=vault)
+    runner = Runner(store, registry, settings, now_ms, vault=vault, defer_finish=True)
     for entry in registry:
         _register_task(app, runner, entry)
 

@@ -70,7 +70,7 @@ def schedule_one_by_one(bench: Bench, reps: int, n: int = 3_000) -> list[Row]:
 def schedule_batch(bench: Bench, reps: int, n: int = 10_000) -> list[Row]:
     """Figure 2: one ``schedule_many()`` of n jobs vs a loop of n ``apply_async()``, jobs/s."""
     ductape, plain, noop = _sides(bench, "f2")
-    batch = [REQUEST] * n
+    batch = [{**REQUEST, "input": {"n": i}} for i in range(n)]  # as a real batch: each its own input
     ours: list[float] = []
     theirs: list[float] = []
     kombu_batch: list[float] = []

@@ -232,7 +232,7 @@ def test_schedule_while_redis_is_down_fails_fast_and_writes_nothing(
 
 
 def half_written(changed: dict[str, Any], prefix: str) -> list[str]:
-    """Job keys among ``changed`` without the rest of what CREATE_JOB writes with them."""
+    """Job keys among ``changed`` without the rest of what CREATE_JOBS writes with them."""
     problems = []
     jobs_index = changed.get(f"{prefix}:jobs", ("zset", []))[1]
     indexed = {m.decode() for m, _ in jobs_index}

@@ -50,3 +50,14 @@ def test_each_message_has_its_own_delivery_tag() -> None:
         for _ in range(50)
     }
     assert len(tags) == 50
+
+
+def test_a_stand_in_input_and_awkward_text_still_make_celerys_message() -> None:
+    settings = Settings(key_prefix="w")
+    app = create_app(settings)
+    builder = MessageBuilder(app, settings)
+    given = {"q": 'say "hi" \\ \u00e9l\u00e8ve \U0001f600 %s %(x)s', "n": [1, None, 2.5]}
+    envelope = json.loads(builder.build("job2:9000", SPEC, 9_000, 5_000, input=given).payload)
+    headers, _, body = celery_message(app, "job2:9000", 9_000, repr(given))
+    assert envelope["headers"] == headers  # the stand-in input, not SPEC's, is shown
+    assert base64.b64decode(envelope["body"]).decode() == body
