@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -21,6 +22,7 @@ from ductape_jobs.wire import Message, MessageBuilder
 
 log = logging.getLogger("beat")
 
+PREPARE_AHEAD_MS = 250  # due runs are decided this far ahead, then sent at their due time
 SPEC_CACHE_SIZE = 4_096  # parsed specs kept between ticks; memory follows due runs, not schedules
 
 
@@ -71,6 +73,7 @@ class BeatEngine:
         self.instance = instance
         self.token: str | None = None
         self._specs: OrderedDict[str, tuple[str, JobSpec]] = OrderedDict()
+        self._prepared: list[Claim] = []  # decided ahead for the next due time (see _prepare)
         self.lost = LostRuns(store, settings, messages)
 
     # -- leadership -------------------------------------------------------------------------
@@ -100,29 +103,59 @@ class BeatEngine:
         """Release everything due at now_ms (in batches) and say how long to sleep."""
         report = TickReport()
         if not self.lead():
+            self._prepared = []
             report.sleep_ms = max(self.settings.beat_lock_ttl_ms // 4, 100)
             return report
         report.leader = True
+        ready = [c for c in self._prepared if c.nominal_ms <= now_ms]
+        if ready and now_ms - min(c.nominal_ms for c in ready) > PREPARE_AHEAD_MS:
+            self._prepared = []  # woke late: decide afresh, with the real time
+        elif ready:
+            self._prepared = [c for c in self._prepared if c.nominal_ms > now_ms]
+            if not self._hand_over(report, ready, now_ms):
+                return report
         batch = self.settings.beat_batch
         while True:
             entries = self.store.due_entries(now_ms, batch)
             if not entries:
                 break
             decided = (self._decide(e, now_ms) for e in entries)  # decided as the claims stream out
-            claimed = self.store.claim(self.token or "", decided, now_ms, self.settings.runs_kept)
-            if claimed is None:  # a newer leader exists: we were stalled past our lock
-                report.fenced_out, self.token = True, None
-                log.warning("beat %s was fenced out; standing by", self.instance)
+            if not self._hand_over(report, decided, now_ms):
                 return report
-            report.released += len(claimed)
-            report.lateness_ms += [max(now_ms - c.nominal_ms, 0) for c in claimed]
-            if self.record_releases:
-                report.releases += [r for r in (self._release(c, now_ms) for c in claimed) if r is not None]
             if len(entries) < batch:
                 break
         report.resent = self.lost.sweep(now_ms)
-        report.sleep_ms = self._sleep_ms(now_ms)
+        report.sleep_ms = self._prepare(now_ms)
         return report
+
+    def _hand_over(self, report: TickReport, claims: Iterable[Claim], now_ms: int) -> bool:
+        """Claim and send; False when fenced out (a newer leader exists: we stalled past our lock)."""
+        claimed = self.store.claim(self.token or "", claims, now_ms, self.settings.runs_kept)
+        if claimed is None:
+            report.fenced_out, self.token, self._prepared = True, None, []
+            log.warning("beat %s was fenced out; standing by", self.instance)
+            return False
+        report.released += len(claimed)
+        report.lateness_ms += [max(now_ms - c.nominal_ms, 0) for c in claimed]
+        if self.record_releases:
+            report.releases += [r for r in (self._release(c, now_ms) for c in claimed) if r is not None]
+        return True
+
+    def _prepare(self, now_ms: int) -> int:
+        """Decide ahead what falls due within PREPARE_AHEAD_MS (as if at its due time), so the
+        tick at that time only sends it; how long to sleep."""
+        cap = min(self.settings.beat_max_sleep_ms, self.settings.beat_lock_ttl_ms // 3)
+        next_due = self.store.next_due_ms()
+        if next_due is None:
+            return cap
+        if not self._prepared:
+            if next_due - now_ms > PREPARE_AHEAD_MS:  # wake up in time to decide ahead
+                return max(0, min(cap, next_due - now_ms - PREPARE_AHEAD_MS))
+            entries = self.store.due_entries(now_ms + PREPARE_AHEAD_MS, self.settings.beat_batch)
+            # Nothing is sent early: a claim holds only if its schedule is unchanged when it is
+            # sent at its due time, and carries the same message and next run as if decided then.
+            self._prepared = [self._decide(e, e.due_ms) for e in entries if e.due_ms > now_ms]
+        return max(0, min(cap, next_due - now_ms))
 
     def _decide(self, entry: DueEntry, now_ms: int) -> Claim:
         spec = self._spec(entry)
@@ -180,10 +213,3 @@ class BeatEngine:
         if len(self._specs) > SPEC_CACHE_SIZE:
             self._specs.popitem(last=False)
         return spec
-
-    def _sleep_ms(self, now_ms: int) -> int:
-        cap = min(self.settings.beat_max_sleep_ms, self.settings.beat_lock_ttl_ms // 3)
-        next_due = self.store.next_due_ms()
-        if next_due is None:
-            return cap
-        return max(0, min(cap, next_due - now_ms))

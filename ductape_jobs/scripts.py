@@ -76,7 +76,18 @@ CREATE_BATCH = 1_000  # jobs per CREATE_JOBS call: bounds its unpack() sizes and
 CLAIM_DUE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {-1} end
 local prefix, now, kept = ARGV[1], ARGV[3], tonumber(ARGV[4])
-local claimed = {}
+-- Queue pushes and index writes are collected and written once per key at the end: no item
+-- reads another item's entries (due-index members are distinct), and one LPUSH keeps the order.
+local claimed, inflight, rescheduled, queued, queues = {}, {}, {}, {}, {}
+local function push(queue, message)
+  local messages = queued[queue]
+  if not messages then
+    messages = {}
+    queued[queue] = messages
+    queues[#queues+1] = queue
+  end
+  messages[#messages+1] = message
+end
 local n = (#ARGV - 4) / 8
 for i = 0, n - 1 do
   local b = 4 + i * 8
@@ -94,8 +105,9 @@ for i = 0, n - 1 do
     elseif redis.call('ZSCORE', KEYS[2], member) == score then
       redis.call('HSET', run, 'status', 'queued', 'queued_ms', now)
       redis.call('ZREM', KEYS[2], member)
-      redis.call('LPUSH', queue, message)
-      redis.call('ZADD', KEYS[3], now, id)
+      push(queue, message)
+      inflight[#inflight+1] = now
+      inflight[#inflight+1] = id
       local job = prefix .. ':job:' .. redis.call('HGET', run, 'job_id')
       if redis.call('HGET', job, 'recurring') == '0' and redis.call('HGET', run, 'manual') ~= '1' then
         redis.call('HSET', job, 'status', 'queued', 'updated_ms', now)
@@ -119,8 +131,9 @@ for i = 0, n - 1 do
       local runs = prefix .. ':runs:' .. id
       redis.call('ZADD', runs, nominal, run_id)
       if redis.call('ZCARD', runs) > kept then redis.call('ZREMRANGEBYRANK', runs, 0, -kept-1) end
-      redis.call('LPUSH', queue, message)
-      redis.call('ZADD', KEYS[3], now, run_id)
+      push(queue, message)
+      inflight[#inflight+1] = now
+      inflight[#inflight+1] = run_id
       redis.call('HSET', job, 'runs_done', tonumber(done) + 1, 'last_run_id', run_id,
         'next_run_ms', new_next, 'updated_ms', now)
       if st[4] == '0' then
@@ -131,7 +144,8 @@ for i = 0, n - 1 do
         redis.call('ZREM', KEYS[2], member)
         if st[5] and st[5] ~= '' then redis.call('DEL', st[5]) end
       else
-        redis.call('ZADD', KEYS[2], new_next, member)
+        rescheduled[#rescheduled+1] = new_next
+        rescheduled[#rescheduled+1] = member
       end
       claimed[#claimed+1] = i + 1
     elseif st[1] ~= 'scheduled' then
@@ -140,6 +154,9 @@ for i = 0, n - 1 do
     end
   end
 end
+if #rescheduled > 0 then redis.call('ZADD', KEYS[2], unpack(rescheduled)) end
+if #inflight > 0 then redis.call('ZADD', KEYS[3], unpack(inflight)) end
+for _, queue in ipairs(queues) do redis.call('LPUSH', queue, unpack(queued[queue])) end
 return claimed
 """
 

@@ -497,3 +497,56 @@ def test_an_unreadable_job_record_is_taken_off_the_schedule_without_stalling_oth
     assert state["status"] == "failed" and "could not read" in state["last_error"]
     assert f"j:{broken}" not in due_members(store)
     assert engine.tick(T0 + 2 * MIN).released == 1  # the healthy schedule goes on
+
+
+# -- deciding ahead --------------------------------------------------------------------------
+
+
+def test_a_run_due_soon_is_decided_ahead_and_sent_only_at_its_time(
+    store: Store, settings: Settings, celery_app: Celery
+):
+    at = T0 + 2 * HOUR
+    job_id = schedule(store, settings, T0, start_at=at, repeat={"every": MIN})
+    engine, queues = engine_for(store, settings, celery_app)
+    early = engine.tick(at - 100)  # within PREPARE_AHEAD_MS: decided now, nothing sent
+    assert early.released == 0 and early.sleep_ms == 100 and queues.messages() == []
+    assert [c.run_id for c in engine._prepared] == [f"{job_id}:{at}"]
+    assert due_members(store) == {f"j:{job_id}": at}
+    report = engine.tick(at)
+    assert report.released == 1 and report.lateness_ms == [0]
+    [message] = queues.messages()
+    assert message["headers"]["id"] == f"{job_id}:{at}" and message["headers"]["eta"] is None
+    assert job_state(store, job_id)["next_run_ms"] == str(at + MIN)
+    assert engine.tick(at + MIN).released == 1  # and so on, each at its time
+    assert queues.run_ids == [f"{job_id}:{at}", f"{job_id}:{at + MIN}"]
+
+
+def test_a_schedule_changed_after_it_was_decided_ahead_is_not_sent(
+    store: Store, settings: Settings, celery_app: Celery
+):
+    at = T0 + 2 * HOUR
+    paused, kept = schedule_many(
+        store,
+        settings,
+        T0,
+        [{"start_at": at, "repeat": {"every": MIN}, "input": {"n": n}} for n in (1, 2)],
+    )
+    engine, queues = engine_for(store, settings, celery_app)
+    assert engine.tick(at - 200).released == 0
+    assert store.change_state("pause", paused, at - 100)[0] == "ok"
+    report = engine.tick(at)
+    assert report.released == 1 and queues.run_ids == [f"{kept}:{at}"]
+    assert job_state(store, paused)["status"] == "paused" and f"j:{paused}" not in due_members(store)
+
+
+def test_a_late_wake_decides_afresh_with_the_real_time(store: Store, settings: Settings, celery_app: Celery):
+    at = T0 + 2 * HOUR
+    job_id = schedule(store, settings, T0, start_at=at, repeat={"every": MIN})  # misfire: skip
+    engine, queues = engine_for(store, settings, celery_app)
+    engine.tick(at - 100)
+    late = at + 10 * MIN + 5  # the beat slept through ten slots
+    report = engine.tick(late)
+    assert report.released == 1 and report.lateness_ms == [10 * MIN + 5]
+    # Decided at `late`, not as prepared: the skipped slots are not queued up behind it.
+    assert job_state(store, job_id)["next_run_ms"] == str(at + 11 * MIN)
+    assert queues.run_ids == [f"{job_id}:{at}"]
