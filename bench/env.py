@@ -96,6 +96,14 @@ class Bench:
                 batch.clear()
         if batch:
             dropped += client.unlink(*batch)
+        # UNLINK frees in a background thread: let it finish, or the next measurement shares a
+        # core with it (a million dropped schedules keep that thread busy for seconds).
+        wait_for(
+            lambda: not client.info("memory").get("lazyfree_pending_objects", 0),
+            120,
+            f"the server to free {prefix}'s keys",
+            poll_s=0.05,
+        )
         client.close()
         return dropped
 
