@@ -1,10 +1,10 @@
 """The Redis-backed beat: ``celery -A workers beat`` (or ``-S beat.RedisScheduler``).
 
 Owns: leader election with fencing, releasing due runs from the Redis due index to Celery (claim,
-advance and message push in one script per batch), and sending again runs whose message was lost
-(``lost``). ``engine`` never imports Celery (it takes the time and a message builder);
-``scheduler`` is the thin Celery adapter, ``metrics`` its Prometheus endpoint. Talks to Redis only
-through ``ductape_jobs.store``.
+advance and message push atomic per claim script, decided up to 250 ms ahead), and sending again
+runs whose message was lost (``lost``). ``engine`` never imports Celery (it takes the time and a
+message builder); ``scheduler`` is the thin Celery adapter, ``metrics`` its Prometheus endpoint.
+Talks to Redis only through ``ductape_jobs.store``.
 """
 
 from __future__ import annotations

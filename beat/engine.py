@@ -1,7 +1,8 @@
 """Beat's work, free of Celery: lead, claim what is due, hand it over, advance the schedules.
 
-Claiming, advancing and pushing the Celery message are one Lua script per batch (store.claim),
-so the engine only decides: the next run time of each due schedule and the message to send.
+Claiming, advancing and pushing the Celery message are atomic in each claim script (store.claim
+streams them, 250 claims each), so the engine only decides: the next run time of each due
+schedule and the message to send, for runs due within PREPARE_AHEAD_MS ahead of their time.
 """
 
 from __future__ import annotations

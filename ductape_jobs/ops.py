@@ -82,6 +82,13 @@ class Stream:
 Flow = Generator[Batch | Stream, list[Any], T]
 
 
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of up to ``size`` items, taken from ``items`` only as each list is asked for."""
+    rest = iter(items)
+    while chunk := list(islice(rest, size)):
+        yield chunk
+
+
 def send(*calls: Call | Eval, transaction: bool = False) -> Flow[list[Any]]:
     """Send commands in one round trip; their replies, in order (no round trip for none)."""
     if not calls:
@@ -137,8 +144,7 @@ def create_rows(keys: Keys, rows: Iterable[Sequence[Any]], now_ms: int) -> Flow[
     touched = [keys.jobs, keys.due, keys.inflight]
 
     def calls() -> Iterator[Eval]:
-        rows_left = iter(rows)
-        while chunk := list(islice(rows_left, scripts.CREATE_BATCH)):
+        for chunk in batched(rows, scripts.CREATE_BATCH):
             args: list[Any] = [keys.prefix, now_ms]
             for row in chunk:
                 args += row

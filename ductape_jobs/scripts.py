@@ -7,6 +7,27 @@ Status words are the values of models.JobStatus and models.RunStatus.
 
 from __future__ import annotations
 
+# Shared by the batch scripts: writes collected while items are handled, then made once per key.
+# push() groups Celery messages by queue list; one LPUSH per queue keeps their order.
+_BATCHED_WRITES = """
+local queued, queues = {}, {}
+local function push(queue, message)
+  local messages = queued[queue]
+  if not messages then
+    messages = {}
+    queued[queue] = messages
+    queues[#queues+1] = queue
+  end
+  messages[#messages+1] = message
+end
+local function push_all()
+  for _, queue in ipairs(queues) do redis.call('LPUSH', queue, unpack(queued[queue])) end
+end
+local function add_all(key, pairs)
+  if #pairs > 0 then redis.call('ZADD', key, unpack(pairs)) end
+end
+"""
+
 # Create a batch of jobs; a job with a fingerprint whose live twin exists is not written, and
 # the twin's id is returned for it instead (dedupe, also between jobs of the same batch).
 # A run due now is recorded and its Celery message pushed in the same step. Index and queue
@@ -16,9 +37,11 @@ from __future__ import annotations
 #   job_id, spec, status, recurring, next_run_ms, anchor_ms, runs_done,
 #   run_id ('' = none), nominal_ms, due_ms ('' = none), fp_key ('' = no dedupe), queue_key, message
 # Returns {index, twin_job_id, ...} (1-based) for the jobs not written because of a twin.
-CREATE_JOBS = """
+CREATE_JOBS = (
+    _BATCHED_WRITES
+    + """
 local prefix, now = ARGV[1], ARGV[2]
-local twins, created, due, inflight, queued, queues = {}, {}, {}, {}, {}, {}
+local twins, created, due, inflight = {}, {}, {}, {}
 for b = 3, #ARGV, 13 do
   local id, run_id, fp = ARGV[b], ARGV[b+7], ARGV[b+10]
   local twin = fp ~= '' and redis.call('GET', fp)
@@ -40,16 +63,7 @@ for b = 3, #ARGV, 13 do
       redis.call('ZADD', prefix .. ':runs:' .. id, nominal, run_id)
       inflight[#inflight+1] = now
       inflight[#inflight+1] = run_id
-      local queue = ARGV[b+11]
-      if queue ~= '' then
-        local messages = queued[queue]
-        if not messages then
-          messages = {}
-          queued[queue] = messages
-          queues[#queues+1] = queue
-        end
-        messages[#messages+1] = ARGV[b+12]
-      end
+      if ARGV[b+11] ~= '' then push(ARGV[b+11], ARGV[b+12]) end
     end
     if ARGV[b+9] ~= '' then
       due[#due+1] = ARGV[b+9]
@@ -57,12 +71,13 @@ for b = 3, #ARGV, 13 do
     end
   end
 end
-if #created > 0 then redis.call('ZADD', KEYS[1], unpack(created)) end
-if #due > 0 then redis.call('ZADD', KEYS[2], unpack(due)) end
-if #inflight > 0 then redis.call('ZADD', KEYS[3], unpack(inflight)) end
-for _, queue in ipairs(queues) do redis.call('LPUSH', queue, unpack(queued[queue])) end
+add_all(KEYS[1], created)
+add_all(KEYS[2], due)
+add_all(KEYS[3], inflight)
+push_all()
 return twins
 """
+)
 CREATE_BATCH = 1_000  # jobs per CREATE_JOBS call: bounds its unpack() sizes and its run time
 
 # Beat: claim a batch of due entries, advance their schedules and push their Celery messages,
@@ -73,21 +88,14 @@ CREATE_BATCH = 1_000  # jobs per CREATE_JOBS call: bounds its unpack() sizes and
 #   member, expected_score, expected_runs_done, run_id, nominal_ms, new_next_ms ('' = none),
 #   queue_key, message
 # Returns the indexes (1-based) of the claimed items, or {-1} when fenced out.
-CLAIM_DUE = """
+CLAIM_DUE = (
+    _BATCHED_WRITES
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {-1} end
 local prefix, now, kept = ARGV[1], ARGV[3], tonumber(ARGV[4])
--- Queue pushes and index writes are collected and written once per key at the end: no item
--- reads another item's entries (due-index members are distinct), and one LPUSH keeps the order.
-local claimed, inflight, rescheduled, queued, queues = {}, {}, {}, {}, {}
-local function push(queue, message)
-  local messages = queued[queue]
-  if not messages then
-    messages = {}
-    queued[queue] = messages
-    queues[#queues+1] = queue
-  end
-  messages[#messages+1] = message
-end
+-- Queue pushes and index writes are made once per key at the end: no item reads another
+-- item's entries (due-index members are distinct).
+local claimed, inflight, rescheduled = {}, {}, {}
 local n = (#ARGV - 4) / 8
 for i = 0, n - 1 do
   local b = 4 + i * 8
@@ -154,11 +162,12 @@ for i = 0, n - 1 do
     end
   end
 end
-if #rescheduled > 0 then redis.call('ZADD', KEYS[2], unpack(rescheduled)) end
-if #inflight > 0 then redis.call('ZADD', KEYS[3], unpack(inflight)) end
-for _, queue in ipairs(queues) do redis.call('LPUSH', queue, unpack(queued[queue])) end
+add_all(KEYS[2], rescheduled)
+add_all(KEYS[3], inflight)
+push_all()
 return claimed
 """
+)
 
 # Worker: start a run unless it already finished, is cancelled, or another delivery holds it.
 # KEYS: run, job, inflight   ARGV: now_ms, lease_ms, run_id

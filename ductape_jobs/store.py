@@ -16,13 +16,12 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any, TypeVar, cast
 
 import hiredis
 import redis
 
-from ductape_jobs import ops, scripts
+from ductape_jobs import ops
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobSpec, RunRecord
 from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, Stream, unreachable
@@ -47,6 +46,7 @@ class Store:
             self._scripts[n] for n in ("CLAIM_DUE", "BEGIN_RUN", "FINISH_RUN")
         )
         self._acquire, self._renew = self._scripts["ACQUIRE_LOCK"], self._scripts["RENEW_LOCK"]
+        self._names = {script.sha: name for name, script in self._scripts.items()}  # for logs
         self._local = threading.local()
 
     def _eval(self, script: Any, keys: list[str], args: list[Any], *, defer: bool = False) -> Any:
@@ -104,7 +104,7 @@ class Store:
         except redis.exceptions.NoScriptError:
             self.redis.script_load(script.script)
         except redis.ResponseError as exc:
-            log.error("a deferred %s failed in Redis: %s", _script_name(script), exc)
+            log.error("a deferred %s failed in Redis: %s", self._names.get(script.sha, "script"), exc)
             return
         except REDIS_DOWN:
             conn.disconnect()
@@ -325,8 +325,7 @@ class Store:
         touched = [self.keys.beat_lock, self.keys.due, self.keys.inflight]
 
         def calls() -> Iterator[ops.Eval]:
-            rest = iter(claims)
-            while chunk := list(islice(rest, CLAIM_CHUNK)):
+            for chunk in ops.batched(claims, CLAIM_CHUNK):
                 chunks.append(chunk)
                 args: list[Any] = [self.keys.prefix, fence, now_ms, runs_kept]
                 for c in chunk:
@@ -544,7 +543,3 @@ def _drop_if_stale(conn: Any) -> None:
             conn.disconnect()
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         conn.disconnect()
-
-
-def _script_name(script: Any) -> str:
-    return next((name for name in ops.SCRIPT_NAMES if getattr(scripts, name) == script.script), "script")

@@ -92,12 +92,7 @@ def _run_ours(bench: Bench, schedules: int, duration_s: float) -> dict[str, Any]
     env = {"DUCTAPE_KEY_PREFIX": prefix, "DUCTAPE_HANDLERS": "bench.handlers"}
     schedule_file = str(bench.log_dir / f"{prefix}.schedule")
     proc = bench.spawn("workers", ["beat", "--loglevel", "WARNING", "-s", schedule_file], env, "f6-ours-beat")
-    ready = _wait_ready(bench, proc, f"{prefix}:beat:lock", start_ms)
-    lo, hi = _window(start_ms, duration_s)
-    _sleep_until(hi + 1_500, bench, proc)
-    bench.stop(proc)
-    consumer.stop.set()
-    consumer.join()
+    ready, lo, hi = _watch(bench, proc, consumer, f"{prefix}:beat:lock", start_ms, duration_s)
     late: list[float] = []
     runs: list[str] = []
     for at, message in consumer.seen:
@@ -134,12 +129,7 @@ def _run_redbeat(bench: Bench, schedules: int, duration_s: float) -> dict[str, A
         {"BENCH_PREFIX": prefix},
         "f6-redbeat",
     )
-    ready = _wait_ready(bench, proc, f"{redbeat_prefix(prefix)}:lock", start_ms)
-    lo, hi = _window(start_ms, duration_s)
-    _sleep_until(hi + 1_500, bench, proc)
-    bench.stop(proc)
-    consumer.stop.set()
-    consumer.join()
+    ready, lo, hi = _watch(bench, proc, consumer, f"{redbeat_prefix(prefix)}:lock", start_ms, duration_s)
     late = []
     for at, message in consumer.seen:
         due = message["headers"].get(DUE_HEADER)
@@ -150,6 +140,20 @@ def _run_redbeat(bench: Bench, schedules: int, duration_s: float) -> dict[str, A
     # RedBeat's next due time is the send time + 1 s, so a late run delays every later one.
     expected = schedules * (hi - lo) // 1000
     return {"late": late, "recorded": [], "expected": expected, "ready_before_ms": ready}
+
+
+def _watch(
+    bench: Bench, proc: Any, consumer: Arrivals, lock_key: str, start_ms: int, duration_s: float
+) -> tuple[int, int, int]:
+    """Let a beat run through the measured window, then stop it and the consumer; returns how
+    long before the first due time it led, and the window of due times measured."""
+    ready = _wait_ready(bench, proc, lock_key, start_ms)
+    lo, hi = _window(start_ms, duration_s)
+    _sleep_until(hi + 1_500, bench, proc)
+    bench.stop(proc)
+    consumer.stop.set()
+    consumer.join()
+    return ready, lo, hi
 
 
 def _wait_ready(bench: Bench, proc: Any, lock_key: str, start_ms: int) -> int:

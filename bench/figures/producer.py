@@ -36,22 +36,41 @@ def _sides(bench: Bench, name: str) -> tuple[Ductape, Any, Any]:
     return ductape, plain, noop
 
 
-def schedule_one_by_one(bench: Bench, reps: int, n: int = 3_000) -> list[Row]:
-    """Figure 1: ``schedule()`` in a loop vs ``apply_async()`` in a loop, one producer, jobs/s."""
-    ductape, plain, noop = _sides(bench, "f1")
-    ours: list[float] = []
-    theirs: list[float] = []
+def _rates(
+    bench: Bench,
+    reps: int,
+    n: int,
+    sides: tuple[Ductape, Any],
+    ours: Callable[[], object],
+    theirs: Callable[[], object],
+    *more: Callable[[], object],
+) -> list[list[float]]:
+    """Jobs/s of each way of producing n jobs, per repetition: ours and theirs alternate who goes
+    first, ``more`` follow; both sides' keys are dropped after each repetition, then closed."""
+    ductape, plain = sides
+    rates: list[list[float]] = [[] for _ in range(2 + len(more))]
     for rep in range(reps):
-        pair = [
-            lambda: ours.append(n / timed(lambda: [ductape.job.schedule(**REQUEST) for _ in range(n)])),
-            lambda: theirs.append(n / timed(lambda: [noop.apply_async() for _ in range(n)])),
-        ]
-        for run in pair if rep % 2 == 0 else reversed(pair):  # alternate who goes first
-            run()
+        pair = [(0, ours), (1, theirs)]
+        for at, run in [*(pair if rep % 2 == 0 else reversed(pair)), *enumerate(more, 2)]:
+            rates[at].append(n / timed(run))
         bench.drop(ductape.settings.key_prefix)
         bench.drop(plain.conf.bench_prefix)
     ductape.close()
     plain.close()
+    return rates
+
+
+def schedule_one_by_one(bench: Bench, reps: int, n: int = 3_000) -> list[Row]:
+    """Figure 1: ``schedule()`` in a loop vs ``apply_async()`` in a loop, one producer, jobs/s."""
+    ductape, plain, noop = _sides(bench, "f1")
+    ours, theirs = _rates(
+        bench,
+        reps,
+        n,
+        (ductape, plain),
+        lambda: [ductape.job.schedule(**REQUEST) for _ in range(n)],
+        lambda: [noop.apply_async() for _ in range(n)],
+    )
     return [
         row(
             "1 schedule() one by one",
@@ -71,9 +90,6 @@ def schedule_batch(bench: Bench, reps: int, n: int = 10_000) -> list[Row]:
     """Figure 2: one ``schedule_many()`` of n jobs vs a loop of n ``apply_async()``, jobs/s."""
     ductape, plain, noop = _sides(bench, "f2")
     batch = [{**REQUEST, "input": {"n": i}} for i in range(n)]  # as a real batch: each its own input
-    ours: list[float] = []
-    theirs: list[float] = []
-    kombu_batch: list[float] = []
 
     def celery_batched() -> None:
         # kombu 5.7's Producer.batch(): the best a Celery user can do; shown, not the target.
@@ -81,18 +97,15 @@ def schedule_batch(bench: Bench, reps: int, n: int = 10_000) -> list[Row]:
             for _ in range(n):
                 noop.apply_async(producer=producer)
 
-    for rep in range(reps):
-        pair = [
-            lambda: ours.append(n / timed(lambda: ductape.job.schedule_many(batch))),
-            lambda: theirs.append(n / timed(lambda: [noop.apply_async() for _ in range(n)])),
-        ]
-        for run in pair if rep % 2 == 0 else reversed(pair):
-            run()
-        kombu_batch.append(n / timed(celery_batched))
-        bench.drop(ductape.settings.key_prefix)
-        bench.drop(plain.conf.bench_prefix)
-    ductape.close()
-    plain.close()
+    ours, theirs, kombu_batch = _rates(
+        bench,
+        reps,
+        n,
+        (ductape, plain),
+        lambda: ductape.job.schedule_many(batch),
+        lambda: [noop.apply_async() for _ in range(n)],
+        celery_batched,
+    )
     return [
         row(
             "2 schedule_many(10,000) in one call",
