@@ -308,7 +308,7 @@ class JobSpec(_Frozen):
         return None if self.rule is None else timing.Rule(**self.rule)
 
     def fingerprint(self) -> str:
-        """What makes two recurring jobs the same schedule (DESIGN.md section 3)."""
+        """What makes two recurring jobs the same schedule (docs/design.md section 4)."""
         same = self.model_dump(
             include={"env", "product_tag", "event", "app", "input", "rule", "input_digest"}
         )

@@ -36,7 +36,7 @@ class CacheConfig(BaseModel):
 
 
 class Settings(BaseModel):
-    """Everything configurable, with the defaults DESIGN.md names."""
+    """Everything configurable, with the defaults docs/design.md section 10 names."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

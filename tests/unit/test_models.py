@@ -1,4 +1,4 @@
-"""Unit tests for request validation (DESIGN.md sections 2 and 3) and for Settings.
+"""Unit tests for request validation (docs/design.md sections 3 and 4) and for Settings.
 
 Pure: no Redis. Each refusal is one JobValidationError naming the field, showing the bad value
 and saying what to do instead; each acceptance checks the value the model converted it to.
