@@ -105,10 +105,17 @@ for i = 0, n - 1 do
   local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
   if kind == 'r' then
     local run = prefix .. ':run:' .. id
-    local status = redis.call('HGET', run, 'status')
-    if status ~= 'retrying' or message == '' then
+    local rs = redis.call('HMGET', run, 'status', 'job_id', 'manual')
+    local job = prefix .. ':job:' .. (rs[2] or '')
+    local js = redis.call('HMGET', job, 'status', 'recurring')
+    if rs[1] ~= 'retrying' or message == '' or not js[1] then
       -- another delivery already ran it (or the run or its job is gone): a stale entry that
       -- would otherwise be read again on every tick, with beat never sleeping
+      redis.call('ZREM', KEYS[2], member)
+    elseif js[1] == 'cancelled' then
+      -- cancelled while its retry waited here: the run ends skipped and is never sent, so the
+      -- cancel is not undone by the claim below setting the one-off's status back to queued
+      redis.call('HSET', run, 'status', 'skipped', 'finished_ms', now)
       redis.call('ZREM', KEYS[2], member)
     elseif redis.call('ZSCORE', KEYS[2], member) == score then
       redis.call('HSET', run, 'status', 'queued', 'queued_ms', now)
@@ -116,8 +123,7 @@ for i = 0, n - 1 do
       push(queue, message)
       inflight[#inflight+1] = now
       inflight[#inflight+1] = id
-      local job = prefix .. ':job:' .. redis.call('HGET', run, 'job_id')
-      if redis.call('HGET', job, 'recurring') == '0' and redis.call('HGET', run, 'manual') ~= '1' then
+      if js[2] == '0' and rs[3] ~= '1' then
         redis.call('HSET', job, 'status', 'queued', 'updated_ms', now)
       end
       claimed[#claimed+1] = i + 1
@@ -131,6 +137,8 @@ for i = 0, n - 1 do
       if st[1] == 'scheduled' then
         redis.call('HSET', job, 'status', 'failed', 'next_run_ms', '', 'updated_ms', now,
           'last_error', 'beat could not read this job record; it was taken off the schedule')
+        -- a failed schedule is no live twin: scheduling it again must create a new one
+        if st[5] and st[5] ~= '' then redis.call('DEL', st[5]) end
       end
     elseif st[1] == 'scheduled' and st[2] == score and st[3] == done then
       local run = prefix .. ':run:' .. run_id
@@ -247,10 +255,12 @@ return 1
 """
 
 # Cancel, pause or resume a job, conditional on its current status.
+# A one-off whose run waits in the due index for a retry cannot be paused (its run has started;
+# cancel it instead): pausing it would leave the retry entry to undo the pause.
 # KEYS: job, due   ARGV: action, job_id, now_ms, next_ms (resume), expected_runs_done (resume)
-# Returns {'ok'} or {'refused', current_status}
+# Returns {'ok'}, {'refused', current_status} or {'missing'}
 CHANGE_STATE = """
-local st = redis.call('HMGET', KEYS[1], 'status', 'fp', 'runs_done')
+local st = redis.call('HMGET', KEYS[1], 'status', 'fp', 'runs_done', 'recurring')
 if not st[1] then return {'missing'} end
 local action, member, now = ARGV[1], 'j:' .. ARGV[2], ARGV[3]
 if action == 'cancel' then
@@ -262,6 +272,7 @@ if action == 'cancel' then
   if st[2] and st[2] ~= '' then redis.call('DEL', st[2]) end
 elseif action == 'pause' then
   if st[1] ~= 'scheduled' then return {'refused', st[1]} end
+  if st[4] == '0' and st[3] ~= '0' then return {'refused', 'retrying'} end
   redis.call('HSET', KEYS[1], 'status', 'paused', 'updated_ms', now)
   redis.call('ZREM', KEYS[2], member)
 elseif action == 'resume' then

@@ -452,6 +452,42 @@ def test_stale_retry_entry_is_dropped_not_spun_on(store: Store, settings: Settin
     assert due_members(store) == {} and report.sleep_ms > 0
 
 
+def _park_a_retry(store: Store, settings: Settings) -> tuple[str, str, int]:
+    """A one-off whose first attempt failed with a backoff longer than the horizon."""
+    job_id = schedule(store, settings, T0, start_at=0, retries=10)
+    run_id = f"{job_id}:{T0}"
+    started = store.begin_run(run_id, job_id, T0, 300_000)
+    retry_at = T0 + 5 * MIN
+    assert store.finish_run(run_id, job_id, started.attempt, T0 + 10, "retry_due", error="x", due_ms=retry_at)
+    assert job_state(store, job_id)["status"] == "scheduled"
+    return job_id, run_id, retry_at
+
+
+def test_cancel_while_a_retry_waits_in_the_due_index_is_not_undone_by_beat(
+    store: Store, settings: Settings, celery_app: Celery
+):
+    job_id, run_id, retry_at = _park_a_retry(store, settings)
+    assert store.change_state("cancel", job_id, T0 + 20) == ("ok", None)
+    engine, queues = engine_for(store, settings, celery_app)
+    pushed = len(queues.messages())
+    assert engine.tick(retry_at).released == 0 and len(queues.messages()) == pushed
+    assert job_state(store, job_id)["status"] == "cancelled"
+    assert store.redis.hget(store.keys.run(run_id), "status") == b"skipped"
+    assert due_members(store) == {}
+    assert store.begin_run(run_id, job_id, retry_at + 1, 300_000).verdict != "run"
+
+
+def test_pausing_a_one_off_whose_retry_waits_is_refused_and_changes_nothing(
+    store: Store, settings: Settings, celery_app: Celery
+):
+    job_id, run_id, retry_at = _park_a_retry(store, settings)
+    assert store.change_state("pause", job_id, T0 + 20) == ("refused", "retrying")
+    engine, queues = engine_for(store, settings, celery_app)
+    pushed = len(queues.messages())
+    assert engine.tick(retry_at).released == 1 and queues.run_ids[pushed:] == [run_id]
+    assert job_state(store, job_id)["status"] == "queued"
+
+
 # -- batches --------------------------------------------------------------------------------------
 
 
@@ -497,6 +533,9 @@ def test_an_unreadable_job_record_is_taken_off_the_schedule_without_stalling_oth
     assert state["status"] == "failed" and "could not read" in state["last_error"]
     assert f"j:{broken}" not in due_members(store)
     assert engine.tick(T0 + 2 * MIN).released == 1  # the healthy schedule goes on
+    # a failed schedule is no live twin: the same request makes a new schedule
+    again = schedule(store, settings, T0 + 2 * MIN, start_at=T0 + MIN, repeat={"every": MIN})
+    assert again != broken
 
 
 # -- deciding ahead --------------------------------------------------------------------------
