@@ -20,6 +20,7 @@ from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions, session_types_from_config
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
+from workers.flower_guard import guard_flower
 
 log = logging.getLogger("workers")
 
@@ -61,6 +62,7 @@ def build_app(settings: Settings | None = None, registry: Registry | None = None
 
     worker_ready.connect(announce, weak=False)
     heartbeat_sent.connect(still_here, weak=False)
+    guard_flower(app)
     app.ductape_store = store
     app.ductape_settings = settings
     return app
