@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +45,15 @@ class Processes:
     log_dir: Path
     running: list[subprocess.Popen[bytes]] = field(default_factory=list)
     count: int = 0
+    # How to run ``celery`` and from where: this checkout's by default; an installed one's
+    # (tests/e2e/test_install.py) with ``overrides`` of the environment (None removes a variable).
+    celery: list[str] = field(default_factory=lambda: [sys.executable, "-m", "celery"])
+    cwd: Path = ROOT
+    overrides: dict[str, str | None] = field(default_factory=dict)
 
-    def env(self, **extra: str) -> dict[str, str]:
-        """The environment the processes get."""
-        env = {
+    def env(self, **extra: str | None) -> dict[str, str]:
+        """The environment the processes get (a None value removes the variable)."""
+        env: dict[str, str | None] = {
             **os.environ,
             "REDIS_URL": self.redis_url,
             "DUCTAPE_KEY_PREFIX": self.prefix,
@@ -56,15 +65,20 @@ class Processes:
             "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
         }
+        env.update(self.overrides)
         env.update(extra)
-        return env
+        return {name: value for name, value in env.items() if value is not None}
+
+    def start(self, args: list[str], name: str, **extra: str | None) -> subprocess.Popen[bytes]:
+        """Start ``celery -A workers <args>`` (output in its log) without waiting for anything."""
+        return self._spawn(args, name, self.env(**extra))
 
     def _spawn(self, args: list[str], name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
         self.count += 1
         log = open(self.log_dir / f"{name}-{self.count}.log", "wb")  # noqa: SIM115 - lives with the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", *args],
-            cwd=ROOT,
+            [*self.celery, "-A", "workers", *args],
+            cwd=self.cwd,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -107,18 +121,21 @@ class Processes:
                 raise AssertionError(f"worker exited early:\n{self.log(proc)}")
         return proc
 
-    def beat(self, **extra: str) -> subprocess.Popen[bytes]:
-        """Start a beat with our Redis scheduler."""
+    def beat(self, *more: str, **extra: str) -> subprocess.Popen[bytes]:
+        """Start a beat with our Redis scheduler (``more``: further arguments, e.g. ``-S``)."""
         sched = str(self.log_dir / f"beat-{self.count + 1}.schedule")
-        args = ["beat", "--loglevel", "INFO", "-s", sched]
+        args = ["beat", "--loglevel", "INFO", "-s", sched, *more]
         return self._spawn(args, "beat", self.env(**extra))
 
-    def flower(self, port: int, basic_auth: str, **extra: str) -> subprocess.Popen[bytes]:
-        """Start Flower on 127.0.0.1:``port`` with basic auth (user:password) and wait until it listens.
+    def flower(
+        self, port: int, basic_auth: str, address: str | None = "127.0.0.1", **extra: str
+    ) -> subprocess.Popen[bytes]:
+        """Start Flower on ``port`` with basic auth (user:password) and wait until it listens.
 
-        The credentials go through FLOWER_BASIC_AUTH, as `make flower` and compose pass them.
+        The credentials go through FLOWER_BASIC_AUTH, as `make flower` and compose pass them;
+        ``address=None`` leaves the address to Flower's (our) default.
         """
-        args = ["flower", f"--port={port}", "--address=127.0.0.1"]
+        args = ["flower", f"--port={port}"] + ([f"--address={address}"] if address else [])
         proc = self._spawn(args, "flower", self.env(FLOWER_BASIC_AUTH=basic_auth, **extra))
         wait_for(lambda: proc.poll() is not None or _listens(port), 60, f"flower on port {port}")
         if proc.poll() is not None:
@@ -153,12 +170,56 @@ class Processes:
                 self.kill(proc)
 
 
+def http_get(port: int, path: str, auth: tuple[str, str] | None) -> tuple[int, str]:
+    """Status and body of a GET to 127.0.0.1:``port``, with basic auth unless ``auth`` is None."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def flower_refusal(procs: Processes, **env: str | None) -> str:
+    """Start Flower with ``env`` and no working credentials; check it exits 2 naming the fix; its log."""
+    port = free_port()
+    proc = procs.start(["flower", f"--port={port}"], "flower", **{"FLOWER_BASIC_AUTH": None, **env})
+    wait_for(lambda: proc.poll() is not None, 60, "Flower to refuse to start")
+    log = procs.log(proc)
+    assert proc.returncode == 2, log
+    assert "Flower refuses to start" in log and "FLOWER_BASIC_AUTH=user:password" in log, log
+    assert "Visit me" not in log and not listening_addresses(port), "Flower listened before refusing"
+    return log
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now (the OS picks it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of every TCP socket listening on ``port`` (IPv4 and IPv6), from /proc."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            for row in list(rows)[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, port_hex = local.split(":")
+                if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                    found.add(str(ipaddress.ip_address(_kernel_order(address, width))))
+    return found
+
+
+def _kernel_order(address: str, width: int) -> bytes:
+    """/proc/net's hex address as network-order bytes (the kernel prints each 32-bit word host-order)."""
+    raw = bytes.fromhex(address)
+    assert len(raw) == width, address
+    return b"".join(raw[i : i + 4][::-1] for i in range(0, width, 4))
 
 
 def _listens(port: int) -> bool:

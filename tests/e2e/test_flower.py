@@ -2,24 +2,31 @@
 
 Checks that runs show up under their event names, that session-derived arguments are masked,
 that no secret reaches any page or API reply, and that Flower refuses requests without
-credentials. The screenshot and DOM are kept under tests/output/flower/.
+credentials. The screenshot and DOM are kept under tests/output/flower/. Flower started as the
+README says (``celery -A workers flower``, what `make flower` and compose run) refuses to start
+without credentials and listens on 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ductape_jobs import Ductape, JobStatus
-from tests.support import ROOT, Processes, free_port, wait_for
+from tests.support import (
+    ROOT,
+    Processes,
+    flower_refusal,
+    free_port,
+    http_get,
+    listening_addresses,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -43,15 +50,7 @@ CHROMIUM_FLAGS = [
 
 def get(port: int, path: str, auth: tuple[str, str] | None = (USER, PASSWORD)) -> tuple[int, str]:
     """Status and body of a GET to Flower, with basic auth unless ``auth`` is None."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    if auth is not None:
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
+    return http_get(port, path, auth)
 
 
 def api_tasks(port: int) -> dict[str, Any]:
@@ -179,3 +178,22 @@ def test_flower_shows_runs_by_event_with_secrets_masked(
     for path in ("/", "/tasks", "/api/tasks", "/tasks/datatable", f"/task/{sealed_run}", "/workers"):
         assert get(port, path, auth=None)[0] == 401, path
     assert get(port, "/api/tasks", auth=(USER, "wrong"))[0] == 401
+
+
+def test_flower_refuses_to_start_without_credentials(procs: Processes) -> None:
+    assert "no credentials" in flower_refusal(procs)
+    # Half a credential is none: an empty password is refused too, without echoing the entry.
+    log = flower_refusal(procs, FLOWER_BASIC_AUTH="admin:")
+    assert "entry 1 is not user:password" in log and "admin" not in log
+
+
+def test_flower_listens_on_loopback_unless_told(procs: Processes) -> None:
+    port = free_port()
+    procs.flower(port, f"{USER}:{PASSWORD}", address=None)  # no --address, no FLOWER_ADDRESS
+    assert listening_addresses(port) == {"127.0.0.1"}
+    assert get(port, "/", auth=None)[0] == 401
+    assert get(port, "/")[0] == 200
+    # Told otherwise, it listens where it is told (compose tells it 0.0.0.0 inside the container).
+    port = free_port()
+    procs.flower(port, f"{USER}:{PASSWORD}", address=None, FLOWER_ADDRESS="0.0.0.0")
+    assert listening_addresses(port) == {"0.0.0.0"}
