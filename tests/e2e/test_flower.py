@@ -10,6 +10,7 @@ without credentials and listens on 127.0.0.1 unless told otherwise.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -185,6 +186,15 @@ def test_flower_refuses_to_start_without_credentials(procs: Processes) -> None:
     # Half a credential is none: an empty password is refused too, without echoing the entry.
     log = flower_refusal(procs, FLOWER_BASIC_AUTH="admin:")
     assert "entry 1 is not user:password" in log and "admin" not in log
+
+
+def test_make_flower_refuses_to_start_without_credentials() -> None:
+    # `make flower` runs the README's command (compose too: tests/unit/test_deploy.py); no check
+    # of its own stands in front of the app's.
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+    done = subprocess.run(["make", "-s", "flower"], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    assert done.returncode != 0
+    assert b"Flower refuses to start: no credentials; set FLOWER_BASIC_AUTH=user:password" in done.stderr
 
 
 def test_flower_listens_on_loopback_unless_told(procs: Processes) -> None:

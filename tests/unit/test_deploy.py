@@ -1,12 +1,21 @@
-"""compose.yaml and the Makefile start the same processes with the same commands."""
+"""compose.yaml, the Makefile and the Dockerfile start the same processes the same way.
+
+The Dockerfile installs the wheel as the install test does (tests/install.py); compose keeps
+Flower closed and on the host's loopback.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
 
+import pytest
 import yaml
+
+from tests.install import APP_FILES, BUILD, INSTALL, SOURCES, command
+from workers.flower_guard import credentials_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,3 +64,91 @@ def test_compose_keeps_redis_durable_and_flower_closed() -> None:
 
 def test_ci_runs_make_test() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's stages, each a list of (INSTRUCTION, arguments), comments dropped."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        instruction, _, args = line.strip().partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append([])
+        stages[-1].append((instruction.upper(), args.strip()))
+    return stages
+
+
+def copied(stage: list[tuple[str, str]]) -> list[str]:
+    """What a stage's COPY lines take from the build context (not from other stages)."""
+    out = []
+    for instruction, args in stage:
+        if instruction == "COPY" and not args.startswith("--from"):
+            out += shlex.split(args)[:-1]
+    return out
+
+
+def pip_commands(stage: list[tuple[str, str]]) -> list[list[str]]:
+    """Every pip command a stage's RUN lines make (each ``&&`` part on its own)."""
+    parts = [shlex.split(part) for kind, args in stage if kind == "RUN" for part in args.split("&&")]
+    return [part for part in parts if part and part[0] in ("pip", "pip3", "python", "python3")]
+
+
+def test_dockerfile_installs_the_wheel_as_the_install_test_does() -> None:
+    build, final = dockerfile_stages()
+    assert build[0][1].endswith(" AS build") and final[0][1] == build[0][1].removesuffix(" AS build")
+    # The wheel is built from exactly the sources the install test builds it from...
+    assert sorted(copied(build)) == sorted(SOURCES)
+    assert pip_commands(build) == [command(BUILD, ["pip"], wheels="/wheels", src=".")]
+    # ...and the image installs that wheel alone (no sources, no extras), as the test does in a
+    # fresh venv; --no-cache-dir only keeps pip's cache out of the image.
+    assert ("COPY", "--from=build /wheels /wheels") in final
+    [install] = pip_commands(final)
+    assert [a for a in install if a != "--no-cache-dir"] == command(INSTALL, ["pip"], wheels="/wheels")
+    assert sorted(copied(final)) == sorted(APP_FILES)
+    # The app files are importable from anywhere, as the test puts them on PYTHONPATH.
+    workdir = next(args for kind, args in final if kind == "WORKDIR")
+    env = dict(part.split("=", 1) for kind, args in final if kind == "ENV" for part in shlex.split(args))
+    assert env["PYTHONPATH"] == workdir
+    assert env["DUCTAPE_HANDLERS"].split(".")[0] in APP_FILES
+    cmd = next(args for kind, args in final if kind == "CMD")
+    assert json.loads(cmd) == makefile_commands()["worker"]
+
+
+def test_compose_publishes_flower_on_loopback_only() -> None:
+    flower = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["flower"]
+    # Inside its container Flower must listen beyond loopback for the port to be published at all;
+    # the host side is 127.0.0.1 only.
+    assert flower["environment"]["FLOWER_ADDRESS"] == "0.0.0.0"
+    assert flower["ports"] and all(port.startswith("127.0.0.1:") for port in flower["ports"])
+
+
+@pytest.mark.parametrize(
+    ("basic_auth", "oauth", "problem"),
+    [
+        ([], "", "no credentials"),
+        (["admin:"], "", "entry 1 is not user:password"),
+        (["admin:pw", ":pw"], "", "entry 2 is not user:password"),
+        (["admin"], "", "entry 1 is not user:password"),
+        (["admin:pw"], "", None),
+        (["a:b", "c:d:e"], "", None),
+        ([], ".*@example.com", None),  # Flower's OAuth login closes it too
+    ],
+)
+def test_flower_credentials_that_leave_it_open_are_refused(
+    basic_auth: list[str], oauth: str, problem: str | None
+) -> None:
+    found = credentials_problem(basic_auth, oauth)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and problem in found and "FLOWER_BASIC_AUTH=user:password" in found
+        assert not any(entry and entry in found for entry in basic_auth)  # never echoes a secret
+
+
+def test_readme_shows_the_install_recipe() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for template in (BUILD, INSTALL):
+        line = " ".join(command(template, ["pip"], wheels="wheels", src="."))
+        assert re.search(rf"^{re.escape(line)}(\s+#.*)?$", readme, re.M), line
