@@ -8,6 +8,7 @@ environment's ``celery``, in a directory outside this checkout that holds only t
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -144,6 +145,10 @@ def test_a_clean_install_runs_the_quick_example(
     assert job.result == {"sent_to": "user_123"} and job.spec.retries == 3
     [record] = ductape.job.runs(job_id)
     assert record.status == RunStatus.COMPLETED and record.attempts == 1
+    # The installed CLI reads the same record.
+    cli = [str(install.venv / "bin" / "ductape-jobs"), "show", job_id, "--json"]
+    shown = run(cli, cwd=install.app, env=installed.env())
+    assert json.loads(shown)["status"] == "completed", shown
     wait_for(
         lambda: f'"{record.run_id}"' in (body := http_get(port, "/api/tasks", AUTH)[1]) and "SUCCESS" in body,
         60,
