@@ -1,8 +1,8 @@
 """Flower's settings, read from the working directory by ``celery -A workers flower``.
 
 Authentication is not set here: ``--basic-auth`` comes from FLOWER_BASIC_AUTH, and the workers
-app itself (``workers/flower_guard.py``) refuses to start Flower without it and binds it to
-127.0.0.1 unless told otherwise, with or without this file.
+app itself (``ductape_jobs/flower_guard.py``) refuses to start Flower without it and binds it
+to 127.0.0.1 unless told otherwise, with or without this file.
 """
 
 # The task list shows each run under its event (the task name, ``<product_tag>.<event>``) with

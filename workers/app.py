@@ -13,6 +13,7 @@ from celery.signals import heartbeat_sent, worker_ready
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.client import connect, now_ms
 from ductape_jobs.errors import HandlerError
+from ductape_jobs.flower_guard import guard_flower
 from ductape_jobs.keys import Keys
 from ductape_jobs.registry import Handler, Registry, load_handlers
 from ductape_jobs.runner import Runner
@@ -20,7 +21,6 @@ from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions, session_types_from_config
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
-from workers.flower_guard import guard_flower
 
 log = logging.getLogger("workers")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ductape_jobs.flower_guard import credentials_problem
 from tests.install import APP_FILES, BUILD, INSTALL, SOURCES, command
-from workers.flower_guard import credentials_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,7 @@
-"""Flower on this app is never open: it needs credentials, and it listens on loopback unless told.
+"""Flower on the workers app is never open: it needs credentials; it listens on loopback unless told.
 
-``celery -A workers flower`` imports this app before Flower reads its options. Flower then reads
+``celery -A workers flower`` imports the app (``workers.app`` calls ``guard_flower``) before
+Flower reads its options. Flower then reads
 them all (``FLOWER_*`` variables, the ``--conf`` file, the command line) and, before it binds its
 port, calls the app's ``loader.import_default_modules()``, which sends Celery's
 ``import_modules`` signal: the check runs there. So it holds however Flower is started (README,
