@@ -23,6 +23,10 @@ class SessionError(JobValidationError):
     """A session token or a $Session{...} placeholder could not be used."""
 
 
+class RetiredKeyError(SessionError):
+    """Sealed data names a key no longer in its session type's key ring: it can never be opened."""
+
+
 class UnknownEventError(JobValidationError):
     """No worker has registered a handler for the (product_tag, event) pair."""
 

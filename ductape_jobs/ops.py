@@ -176,10 +176,16 @@ def create_args(k: Keys, job: NewJob) -> tuple[Any, ...]:
         job.run_id or "",
         opt(job.nominal_ms),
         opt(job.due_ms),
-        k.fingerprint(job.spec.fingerprint()) if job.dedupe else "",
+        _fingerprints(k, job) if job.dedupe else "",
         "" if message is None else message.queue_key,
         "" if message is None else message.payload,
     )
+
+
+def _fingerprints(k: Keys, job: NewJob) -> str:
+    """The job's fingerprint key, then its twins' under older session keys, one per line."""
+    older = (job.spec.model_copy(update={"input_digest": d}) for d in job.older_digests)
+    return "\n".join(k.fingerprint(spec.fingerprint()) for spec in (job.spec, *older))
 
 
 def anchor_ms(keys: Keys, job_id: str) -> Flow[int]:

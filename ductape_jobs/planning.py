@@ -6,8 +6,6 @@ Pure: the clock and ids come in as arguments, so every rule here is unit-tested 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import json
 import math
 import reprlib
@@ -17,7 +15,8 @@ from typing import Any
 from ductape_jobs import timing
 from ductape_jobs.errors import JobValidationError, SessionError
 from ductape_jobs.models import JobRequest, JobSpec, JobStatus, ms_to_datetime, run_id_for
-from ductape_jobs.sessions import OPENER, Sessions, has_placeholders, redact, resolve_placeholders, seal
+from ductape_jobs.sealed import seal_input
+from ductape_jobs.sessions import OPENER, Sessions, has_placeholders, redact, resolve_placeholders
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import NewJob
 from ductape_jobs.wire import Message
@@ -28,6 +27,7 @@ _JSON_FIX = "use only objects with string keys, arrays, strings, finite numbers,
 _JSON_SCALARS = (str, int, float, bool, type(None))
 Build = Callable[[str, JobSpec, int, int], Message]  # run_id, spec, nominal_ms, now_ms -> message
 _COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_OLDER_DIGESTS = "older_digests"  # not a JobSpec field: NewJob carries it to the dedupe check
 _NOT_UNICODE = "text that is not valid Unicode (a lone surrogate, e.g. '\\ud800')"
 
 
@@ -55,6 +55,7 @@ def plan_job(
         )
     input_json = check_input(req.input, settings)
     spec_fields = _session_fields(req, input_json, sessions, settings, now_ms)
+    older_digests = spec_fields.pop(_OLDER_DIGESTS, ())
     rule = req.repeat.to_rule() if req.repeat is not None else None
     spec = JobSpec.model_validate(
         {
@@ -71,8 +72,10 @@ def plan_job(
         }
     )
     if rule is None:
-        return _plan_once(job_id, spec, settings, now_ms, build)
-    return _plan_repeat(job_id, spec, rule, settings, now_ms, build)
+        plan = _plan_once(job_id, spec, settings, now_ms, build)
+    else:
+        plan = _plan_repeat(job_id, spec, rule, settings, now_ms, build)
+    return dataclasses.replace(plan, older_digests=older_digests) if older_digests else plan
 
 
 def _first_run(job_id: str, spec: JobSpec, at_ms: int, now_ms: int, build: Build | None) -> dict[str, Any]:
@@ -271,14 +274,16 @@ def _session_fields(
     check_input(resolution.value, settings)
     if not resolution.session_paths:
         return {"input": resolution.value}
-    secret = sessions.secret_for(req.session.tag)
+    ring = sessions.ring(req.session.tag)
     canonical = json.dumps(resolution.value, sort_keys=True, separators=(",", ":"))
+    digest, *older = ring.digests(canonical)
     return {
         "input": redact(resolution.value, resolution.session_paths),
         "redact_paths": [list(p) for p in resolution.session_paths],
         "session_tag": req.session.tag,
-        "sealed": seal(resolution.value, secret),
-        "input_digest": hmac.new(secret.encode(), canonical.encode(), hashlib.sha256).hexdigest(),
+        "sealed": seal_input(ring, resolution.value, resolution.session_values),
+        "input_digest": digest,
+        _OLDER_DIGESTS: tuple(older),
     }
 
 

@@ -29,6 +29,9 @@ class NewJob:
     message: Message | None = None
     due_ms: int | None = None  # a time for beat to release the job at
     dedupe: bool = False
+    # The input digest under the session key ring's older keys: a twin scheduled before the
+    # newest key came in is still found (dedupe) after a rotation.
+    older_digests: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

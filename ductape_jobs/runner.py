@@ -16,9 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ductape_jobs.errors import RetiredKeyError
 from ductape_jobs.models import JobSpec, job_id_of
 from ductape_jobs.registry import Registry, RunContext
-from ductape_jobs.sealed import Vault, scrub
+from ductape_jobs.scrub import Scrubber
+from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
@@ -111,16 +113,18 @@ class Runner:
         if handler is None:
             error = f"no handler for {spec.product_tag}/{spec.event} on this worker; check DUCTAPE_HANDLERS"
             return self._fail(ctx, error, "", retryable=False)
-        hidden: list[str] = []  # session values, kept out of error texts
+        hidden = Scrubber()  # session values, kept out of error texts
         try:
-            given = self.vault.open_input(spec)
-            hidden = self.vault.session_values(spec, given)
-            result = handler(given, ctx)
+            opened = self.vault.open(spec)
+            hidden = opened.hidden
+            result = handler(opened.input, ctx)
             result_json = self.vault.seal_result(spec, json.dumps(_plain(result), default=str))
+        except RetiredKeyError as exc:  # sealed under a key that left the ring: no run can open it
+            return self._set_aside(ctx, f"{type(exc).__name__}: {exc}")
         except ValidationError as exc:  # the input does not fit the handler's model: retrying won't help
-            return self._fail(ctx, scrub(_error_text(exc), hidden), scrub(_trace(), hidden), retryable=False)
+            return self._fail(ctx, _error_text(exc, hidden), _trace(hidden), retryable=False)
         except Exception as exc:  # noqa: BLE001 - any handler failure is recorded, never lost
-            return self._fail(ctx, scrub(_error_text(exc), hidden), scrub(_trace(), hidden), retryable=True)
+            return self._fail(ctx, _error_text(exc, hidden), _trace(hidden), retryable=True)
         self._finish(ctx, "completed", result_json=result_json)
         if cache_key is not None:
             self.store.store_result(cache_key, result_json, self.settings.caches[spec.cache or ""].ttl_ms)
@@ -143,6 +147,12 @@ class Runner:
         log.warning("run %s failed after %d attempt(s): %s", ctx.run_id, ctx.attempt, error)
         self._finish(ctx, "failed", error=error, trace=trace)
         return Outcome("failed", error=error)
+
+    def _set_aside(self, ctx: RunContext, reason: str) -> Outcome:
+        outcome = self._fail(ctx, reason, "", retryable=False)
+        # Every later run would fail the same way: the schedule stops here, with the reason.
+        self.store.change_state("set_aside", ctx.job_id, self.clock_ms())
+        return outcome
 
     def _finish(
         self,
@@ -175,9 +185,10 @@ def _plain(result: Any) -> Any:
     return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
 
 
-def _error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+def _error_text(exc: BaseException, hidden: Scrubber) -> str:
+    # Scrubbed before it is cut: a cut first could leave part of a value the scrub can't see.
+    return hidden.clip(f"{type(exc).__name__}: {exc}", MAX_ERROR_CHARS)
 
 
-def _trace() -> str:
-    return traceback.format_exc()[-MAX_TRACEBACK_CHARS:]
+def _trace(hidden: Scrubber) -> str:
+    return hidden.clip(traceback.format_exc(), MAX_TRACEBACK_CHARS, keep_end=True)

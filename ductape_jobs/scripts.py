@@ -35,7 +35,9 @@ end
 # KEYS: jobs, due, inflight
 # ARGV: prefix, now_ms, then 13 per job:
 #   job_id, spec, status, recurring, next_run_ms, anchor_ms, runs_done,
-#   run_id ('' = none), nominal_ms, due_ms ('' = none), fp_key ('' = no dedupe), queue_key, message
+#   run_id ('' = none), nominal_ms, due_ms ('' = none), fp_keys ('' = no dedupe), queue_key, message
+# fp_keys: the job's fingerprint key, then its twins' under older session keys, one per line;
+# a twin under any of them is found, only the first is written.
 # Returns {index, twin_job_id, ...} (1-based) for the jobs not written because of a twin.
 CREATE_JOBS = (
     _BATCHED_WRITES
@@ -43,8 +45,12 @@ CREATE_JOBS = (
 local prefix, now = ARGV[1], ARGV[2]
 local twins, created, due, inflight = {}, {}, {}, {}
 for b = 3, #ARGV, 13 do
-  local id, run_id, fp = ARGV[b], ARGV[b+7], ARGV[b+10]
-  local twin = fp ~= '' and redis.call('GET', fp)
+  local id, run_id = ARGV[b], ARGV[b+7]
+  local fp, twin = '', false
+  for key in string.gmatch(ARGV[b+10], '[^\\n]+') do
+    if fp == '' then fp = key end
+    twin = twin or redis.call('GET', key)
+  end
   if twin then
     twins[#twins+1] = (b - 3) / 13 + 1
     twins[#twins+1] = twin
@@ -195,7 +201,8 @@ end
 if status == 'running' and tonumber(run[3]) + lease > now then
   return {'busy', tostring(tonumber(run[3]) + lease - now)}
 end
-if job[1] == 'cancelled' then
+-- A schedule set aside as failed (its sealed input can no longer be opened) runs no more.
+if job[1] == 'cancelled' or (job[1] == 'failed' and job[3] == '1') then
   redis.call('HSET', KEYS[1], 'status', 'skipped', 'finished_ms', now)
   redis.call('ZREM', KEYS[3], ARGV[3])
   return {'skip'}
@@ -254,7 +261,8 @@ end
 return 1
 """
 
-# Cancel, pause or resume a job, conditional on its current status.
+# Cancel, pause or resume a job, or set it aside as failed (a worker found that no run of it
+# can ever succeed), conditional on its current status.
 # A one-off whose run waits in the due index for a retry cannot be paused (its run has started;
 # cancel it instead): pausing it would leave the retry entry to undo the pause.
 # KEYS: job, due   ARGV: action, job_id, now_ms, next_ms (resume), expected_runs_done (resume)
@@ -263,11 +271,12 @@ CHANGE_STATE = """
 local st = redis.call('HMGET', KEYS[1], 'status', 'fp', 'runs_done', 'recurring')
 if not st[1] then return {'missing'} end
 local action, member, now = ARGV[1], 'j:' .. ARGV[2], ARGV[3]
-if action == 'cancel' then
+if action == 'cancel' or action == 'set_aside' then
   if st[1] == 'completed' or st[1] == 'failed' or st[1] == 'cancelled' then
     return {'refused', st[1]}
   end
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'next_run_ms', '', 'updated_ms', now)
+  local status = action == 'cancel' and 'cancelled' or 'failed'
+  redis.call('HSET', KEYS[1], 'status', status, 'next_run_ms', '', 'updated_ms', now)
   redis.call('ZREM', KEYS[2], member)
   if st[2] and st[2] ~= '' then redis.call('DEL', st[2]) end
 elseif action == 'pause' then

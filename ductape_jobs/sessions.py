@@ -1,14 +1,15 @@
-"""Session tokens and $Session{...} placeholders: issue, verify, resolve, redact, seal.
+"""Session tokens and $Session{...} placeholders: issue, verify, resolve, redact.
 
 Pure logic: no I/O, no Redis, no settings; time is an argument (`now_s`).
 Nothing here puts a token, a secret or a session value into an error message or a repr.
+Keys rotate through each session type's key ring (``keyring``).
 """
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -16,19 +17,21 @@ from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
 import jwt
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ductape_jobs.errors import SessionError
+from ductape_jobs.keyring import KeyRing, check_secret, seal, unseal
+
+__all__ = ["KeyRing", "seal", "unseal"]  # re-exported: sealing lives in keyring
 
 Path = tuple[str | int, ...]
 
 _ALGORITHM = "HS256"
-# HS256 wants a 256-bit key; PyJWT only warns below that, we refuse up front instead.
-_MIN_SECRET_BYTES = 32
-_CONFIG_KEYS = frozenset({"secret", "expiry_s"})
-_SEAL_INFO = b"ductape-jobs/seal/v1"
+_CONFIG_KEYS = frozenset({"secret", "secrets", "expiry_s"})
+# Tokens longer than this are refused before any decoding: ours are a few hundred bytes plus the
+# session data, and a forged 50 MB token must not cost seconds of CPU.
+MAX_TOKEN_CHARS = 8 * 1024
+# Clock skew allowed between the process that issued a token and the one that checks it.
+LEEWAY_S = 30
 
 _PLACEHOLDER = re.compile(r"\$Session((?:\{[^{}]*\})+)")
 _STEP = re.compile(r"\{([^{}]*)\}")
@@ -38,19 +41,6 @@ _DESCEND = object()
 
 def _is_whole_number(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_secret(secret: object, tag: str) -> str:
-    if not isinstance(secret, str):
-        raise SessionError(f"sessions.{tag}.secret", "the secret must be a string")
-    size = len(secret.encode("utf-8"))
-    if size < _MIN_SECRET_BYTES:
-        raise SessionError(
-            f"sessions.{tag}.secret",
-            f"the secret is {size} bytes; HS256 needs at least {_MIN_SECRET_BYTES} "
-            "(try `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)",
-        )
-    return secret
 
 
 def _check_expiry(expiry_s: object, field_name: str) -> int:
@@ -71,23 +61,44 @@ def _show_tag(tag: object) -> str:
 
 @dataclass(frozen=True)
 class SessionType:
-    """A configured session type: signing secret and default expiry."""
+    """A configured session type: its key ring (newest first) and its longest expiry.
+
+    Give one ``secret`` or a ``secrets`` ring; ``secret`` then reads as the newest key.
+    """
 
     tag: str
-    secret: str = field(repr=False)
+    secret: str = field(default="", repr=False)
     expiry_s: int = 3600
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.tag, str) or not self.tag:
             raise SessionError("sessions", "a session tag must be a non-empty string")
-        _check_secret(self.secret, self.tag)
+        if self.secret and self.secrets:
+            raise SessionError(
+                f"sessions.{self.tag}", "give either secret or secrets (a key ring, newest first), not both"
+            )
+        if not self.secret and not self.secrets:
+            raise SessionError(f"sessions.{self.tag}.secret", "the session type has no secret")
+        if self.secrets:
+            if isinstance(self.secrets, str) or not isinstance(self.secrets, (list, tuple)):
+                raise SessionError(f"sessions.{self.tag}.secrets", "must be a list of secrets, newest first")
+            object.__setattr__(self, "secrets", tuple(self.secrets))
+        else:
+            object.__setattr__(self, "secrets", (check_secret(self.secret, f"sessions.{self.tag}.secret"),))
+        object.__setattr__(self, "secret", KeyRing(self.tag, self.secrets).newest)
         _check_expiry(self.expiry_s, f"sessions.{self.tag}.expiry_s")
+
+    @property
+    def ring(self) -> KeyRing:
+        """The key ring of this type."""
+        return KeyRing(self.tag, self.secrets)
 
 
 def session_types_from_config(
     raw: Mapping[str, Mapping[str, object]],
 ) -> dict[str, SessionType]:
-    """Build session types from {"<tag>": {"secret": ..., "expiry_s": ...}}."""
+    """Build session types from {"<tag>": {"secret" | "secrets": ..., "expiry_s": ...}}."""
     if not isinstance(raw, Mapping):
         raise SessionError(
             "sessions",
@@ -110,11 +121,16 @@ def session_types_from_config(
                 f"sessions.{tag}",
                 f"session type {tag!r} has unknown settings {unknown}; allowed: {sorted(_CONFIG_KEYS)}",
             )
-        if "secret" not in entry:
-            raise SessionError(f"sessions.{tag}.secret", "the session type has no secret")
+        secrets = entry.get("secrets", ())
+        if not isinstance(secrets, list | tuple):
+            raise SessionError(f"sessions.{tag}.secrets", "must be a list of secrets, newest first")
+        secret = entry.get("secret", "")
+        if not isinstance(secret, str):
+            check_secret(secret, f"sessions.{tag}.secret")
         types[tag] = SessionType(
             tag=tag,
-            secret=_check_secret(entry["secret"], tag),
+            secret=str(secret),
+            secrets=tuple(secrets),
             expiry_s=_check_expiry(entry.get("expiry_s", 3600), f"sessions.{tag}.expiry_s"),
         )
     return types
@@ -137,6 +153,7 @@ class Sessions:
                     f"keyed as {key!r} but its tag is {session_type.tag!r}",
                 )
         self._types = dict(types)
+        self._rings: dict[str, KeyRing] = {}
 
     def __repr__(self) -> str:
         return f"Sessions(tags={sorted(self._types)!r})"
@@ -151,8 +168,12 @@ class Sessions:
         return session_type
 
     def secret_for(self, tag: str) -> str:
-        """The signing secret of a configured session type, e.g. to seal() resolved input."""
+        """The newest secret of a configured session type (what new tokens and seals use)."""
         return self._type(tag).secret
+
+    def ring(self, tag: str) -> KeyRing:
+        """The key ring of a configured session type: seal under its newest key, open under any."""
+        return self._rings.setdefault(tag, self._type(tag).ring)
 
     def start(
         self,
@@ -163,7 +184,8 @@ class Sessions:
         expiry_s: int | None = None,
         now_s: float | None = None,
     ) -> str:
-        """Issue a "<tag>:<jwt>" token carrying data, valid for expiry seconds (the type's default)."""
+        """Issue a "<tag>:<jwt>" token carrying data, valid for expiry seconds (the type's default,
+        which is also the longest allowed)."""
         session_type = self._type(tag)
         if not isinstance(data, Mapping):
             raise SessionError("session.data", "session data must be an object (a mapping)")
@@ -171,23 +193,40 @@ class Sessions:
             raise SessionError("session.expiry", "give expiry or its older name expiry_s, not both")
         chosen = expiry if expiry is not None else expiry_s
         lifetime = _check_expiry(session_type.expiry_s if chosen is None else chosen, "session.expiry")
+        if lifetime > session_type.expiry_s:
+            raise SessionError(
+                "session.expiry",
+                f"{lifetime}s is longer than session type {tag!r} allows ({session_type.expiry_s}s); "
+                "give a shorter expiry or raise the type's expiry_s",
+            )
         issued = int(time.time() if now_s is None else now_s)
         claims = {"tag": tag, "data": dict(data), "iat": issued, "exp": issued + lifetime}
+        ring = self.ring(tag)
         try:
-            body = jwt.encode(claims, session_type.secret, algorithm=_ALGORITHM)
+            body = jwt.encode(claims, ring.newest, algorithm=_ALGORITHM, headers={"kid": ring.ids[0]})
         except (TypeError, ValueError):
             raise SessionError(
                 "session.data",
                 "session data must be JSON: string keys; string, number, boolean, "
                 "null, list or object values",
             ) from None
+        except jwt.PyJWTError:
+            raise SessionError(f"sessions.{tag}.secret", "PyJWT refused the signing secret") from None
         return f"{tag}:{body}"
 
     def verify(self, tag: str, token: str, *, now_s: float | None = None) -> dict[str, Any]:
-        """Check a "<tag>:<jwt>" or bare JWT (signature, expiry, tag); return data."""
+        """Check a "<tag>:<jwt>" or bare JWT (size, signature, tag, exp, nbf, iat); return data."""
         session_type = self._type(tag)
         if not isinstance(token, str) or not token:
             raise SessionError("session.token", "the session token must be a non-empty string")
+        if len(token) > MAX_TOKEN_CHARS:
+            # Refused before any decoding: the cost of a refusal does not grow with the token.
+            raise SessionError(
+                "session.token",
+                f"the token is longer than {MAX_TOKEN_CHARS} characters; keep session data small",
+            )
+        if not token.isascii():
+            raise SessionError("session.token", "malformed token: expected '<tag>:<jwt>' or a bare HS256 JWT")
         # A JWT never contains ':', so anything before the last one is the tag prefix.
         prefix, colon, body = token.rpartition(":")
         if not body:
@@ -198,60 +237,110 @@ class Sessions:
                 "session.tag",
                 f"the token was issued for {known}, not {tag!r}; check session.tag",
             )
-        # `from None`: PyJWT's own exceptions are not promised to stay token-free.
-        try:
-            claims = jwt.decode(
-                body,
-                session_type.secret,
-                algorithms=[_ALGORITHM],
-                options={
-                    "require": ["exp"],
-                    "verify_exp": False,  # checked below against now_s
-                    "verify_iat": False,
-                    "verify_nbf": False,
-                    "verify_aud": False,
-                    "verify_iss": False,
-                },
-            )
-        except jwt.InvalidSignatureError:
-            raise SessionError(
-                "session.token",
-                "signature does not match: the token was tampered with or not "
-                f"signed with the secret of session type {tag!r}",
-            ) from None
-        except jwt.MissingRequiredClaimError:
-            raise SessionError("session.token", "the token has no expiry (exp claim)") from None
-        except jwt.InvalidTokenError:
-            raise SessionError(
-                "session.token",
-                "malformed token: expected '<tag>:<jwt>' or a bare HS256 JWT",
-            ) from None
-        exp = claims["exp"]
-        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
-            raise SessionError("session.token", "the token's expiry (exp claim) is not a number")
-        now = time.time() if now_s is None else now_s
-        if now >= exp:
-            raise SessionError(
-                "session.token",
-                f"the session expired {int(now - exp)}s ago; start a new session",
-            )
-        if "tag" in claims and claims["tag"] != tag:
+        claims = _decode(body, self.ring(tag))
+        if claims.get("tag") != tag:
             raise SessionError(
                 "session.tag",
-                f"the token was issued for another session type, not {tag!r}",
+                f"the token was not issued for session type {tag!r} (its tag claim is missing or another)",
             )
+        _check_times(claims, time.time() if now_s is None else now_s, session_type.expiry_s)
         data = claims.get("data")
         if not isinstance(data, dict):
             raise SessionError("session.token", "the token carries no session data object")
         return data
 
 
+def _decode(body: str, ring: KeyRing) -> dict[str, Any]:
+    """The verified claims of a JWT signed by any key of the ring (the one its kid names)."""
+    malformed = SessionError("session.token", "malformed token: expected '<tag>:<jwt>' or a bare HS256 JWT")
+    # `from None` throughout: PyJWT's own exceptions are not promised to stay token-free.
+    try:
+        kid = jwt.get_unverified_header(body).get("kid")
+    except jwt.PyJWTError:
+        raise malformed from None
+    if kid is None:
+        candidates = list(ring.secrets)  # issued before key rings: any key may have signed it
+    else:
+        secret = ring.by_id(kid) if isinstance(kid, str) else None
+        if secret is None:
+            raise SessionError(
+                "session.token",
+                f"the token was signed with a key that is not in the key ring of session type {ring.tag!r} "
+                "(removed after a rotation?); start a new session",
+            )
+        candidates = [secret]
+    for secret in candidates:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                body,
+                secret,
+                algorithms=[_ALGORITHM],
+                options={
+                    "require": ["exp"],
+                    # checked by _check_times against now_s, stricter than PyJWT's
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                    "verify_aud": False,
+                    "verify_iss": False,
+                },
+            )
+            return claims
+        except jwt.InvalidSignatureError:
+            continue
+        except jwt.MissingRequiredClaimError:
+            raise SessionError("session.token", "the token has no expiry (exp claim)") from None
+        except jwt.PyJWTError:
+            raise malformed from None
+    raise SessionError(
+        "session.token",
+        "signature does not match: the token was tampered with or not "
+        f"signed with a secret of session type {ring.tag!r}",
+    )
+
+
+def _check_times(claims: Mapping[str, Any], now: float, longest_s: int) -> None:
+    """exp in (now, now + the type's expiry]; nbf and iat, when present, not ahead of now."""
+    exp = _claim_time(claims, "exp", "expiry")
+    if exp is None:
+        raise SessionError("session.token", "the token has no expiry (exp claim)")
+    if now >= exp:
+        raise SessionError("session.token", f"the session expired {int(now - exp)}s ago; start a new session")
+    if exp > now + longest_s + LEEWAY_S:
+        raise SessionError(
+            "session.token",
+            f"the token's expiry is further ahead than this session type allows ({longest_s}s); "
+            "it was not issued by start() with this key ring",
+        )
+    nbf = _claim_time(claims, "nbf", "not-before time")
+    if nbf is not None and nbf > now + LEEWAY_S:
+        raise SessionError(
+            "session.token", f"the token is not valid for another {int(nbf - now)}s (nbf claim)"
+        )
+    iat = _claim_time(claims, "iat", "issue time")
+    if iat is not None and iat > now + LEEWAY_S:
+        raise SessionError(
+            "session.token", f"the token claims to be issued {int(iat - now)}s in the future (iat claim)"
+        )
+
+
+def _claim_time(claims: Mapping[str, Any], name: str, what: str) -> float | None:
+    value = claims.get(name)
+    if value is None and name not in claims:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise SessionError("session.token", f"the token's {what} ({name} claim) is not a finite number")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Resolution:
-    """Input with $Session{...} placeholders replaced, and where session values went."""
+    """Input with $Session{...} placeholders replaced, where session values went, and which."""
 
     value: dict[str, Any]
     session_paths: tuple[Path, ...]
+    # The session data each placeholder took, in order (what error texts are scrubbed of).
+    session_values: tuple[Any, ...] = field(default=(), compare=False)
 
 
 def has_placeholders(value: object) -> bool:
@@ -268,14 +357,16 @@ def has_placeholders(value: object) -> bool:
 def resolve_placeholders(value: Mapping[str, Any], data: Mapping[str, Any]) -> Resolution:
     """Replace each $Session{a}{b}... in string values by data's value at that path."""
     paths: list[Path] = []
+    taken: list[Any] = []
 
     def visit(item: Any, path: Path) -> Any:
         if not path or not isinstance(item, str) or OPENER not in item:
             return _DESCEND
         paths.append(path)
-        return _resolve_string(item, path, data)
+        return _resolve_string(item, path, data, taken)
 
-    return Resolution(value=_rebuild(dict(value), (), visit), session_paths=tuple(paths))
+    resolved = _rebuild(dict(value), (), visit)
+    return Resolution(value=resolved, session_paths=tuple(paths), session_values=tuple(taken))
 
 
 def redact(value: Mapping[str, Any], paths: Iterable[Path], mask: str = "***") -> dict[str, Any]:
@@ -288,37 +379,6 @@ def redact(value: Mapping[str, Any], paths: Iterable[Path], mask: str = "***") -
 
     result: dict[str, Any] = _rebuild(dict(value), (), visit)
     return result
-
-
-def seal(obj: Any, secret: str) -> str:
-    """Encrypt and authenticate the JSON of obj with a key derived from secret."""
-    try:
-        plain = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError):
-        raise SessionError("sealed", "only JSON values can be sealed") from None
-    return _fernet(secret).encrypt(plain.encode("utf-8")).decode("ascii")
-
-
-def unseal(token: str, secret: str) -> Any:
-    """Decrypt a seal() token; a wrong secret or any tampering raises SessionError."""
-    fernet = _fernet(secret)
-    if not isinstance(token, str):
-        raise SessionError("sealed", "a sealed value must be a string")
-    try:
-        return json.loads(fernet.decrypt(token).decode("utf-8"))
-    except (InvalidToken, ValueError):
-        raise SessionError(
-            "sealed", "cannot open the sealed value: wrong secret, or it was altered"
-        ) from None
-
-
-def _fernet(secret: str) -> Fernet:
-    if not isinstance(secret, str) or not secret:
-        raise SessionError("secret", "the sealing secret must be a non-empty string")
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SEAL_INFO).derive(
-        secret.encode("utf-8")
-    )
-    return Fernet(base64.urlsafe_b64encode(key))
 
 
 def _field(path: Path) -> str:
@@ -339,7 +399,7 @@ def _rebuild(item: Any, path: Path, visit: Callable[[Any, Path], Any]) -> Any:
     return copy.deepcopy(item)
 
 
-def _resolve_string(text: str, path: Path, data: Mapping[str, Any]) -> Any:
+def _resolve_string(text: str, path: Path, data: Mapping[str, Any], taken: list[Any]) -> Any:
     field_name = _field(path)
     matches = list(_PLACEHOLDER.finditer(text))
     # A placeholder followed by "{" has an unclosed step: "$Session{user}{id".
@@ -352,10 +412,13 @@ def _resolve_string(text: str, path: Path, data: Mapping[str, Any]) -> Any:
         )
     if len(matches) == 1 and matches[0].group(0) == text:
         # A whole-string placeholder keeps its JSON type; copied so data isn't aliased.
-        return copy.deepcopy(_lookup(matches[0], data, field_name))
+        whole = copy.deepcopy(_lookup(matches[0], data, field_name))
+        taken.append(whole)
+        return whole
 
     def embed(match: re.Match[str]) -> str:
         found = _lookup(match, data, field_name)
+        taken.append(found)
         if isinstance(found, str):
             return found
         try:
