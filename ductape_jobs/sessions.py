@@ -265,8 +265,8 @@ def _decode(body: str, ring: KeyRing) -> dict[str, Any]:
         if secret is None:
             raise SessionError(
                 "session.token",
-                f"the token was signed with a key that is not in the key ring of session type {ring.tag!r} "
-                "(removed after a rotation?); start a new session",
+                f"signature does not match: the token names a key that is not in the key ring of "
+                f"session type {ring.tag!r} (removed after a rotation?); start a new session",
             )
         candidates = [secret]
     for secret in candidates:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from ductape_jobs.errors import SessionError
 from ductape_jobs.models import JobSpec
 from ductape_jobs.runner import cache_digest
-from ductape_jobs.sealed import Vault, scrub
+from ductape_jobs.sealed import Vault, seal_input
 from ductape_jobs.sessions import (
     Resolution,
     Sessions,
@@ -209,7 +209,10 @@ def test_token_passed_as_tag_is_not_echoed(sessions: Sessions, token: str) -> No
 
 
 def _signed(claims: dict[str, Any], secret: str = USER_SECRET) -> str:
-    return jwt.encode(claims, secret, algorithm="HS256")
+    return jwt.encode({"tag": "user-session", **claims}, secret, algorithm="HS256")
+
+
+_SOON = int(NOW) + 60
 
 
 @pytest.mark.parametrize(
@@ -220,13 +223,13 @@ def _signed(claims: dict[str, Any], secret: str = USER_SECRET) -> str:
         "user-session:aaaaaaaa.bbbbbbbb.cccccccc",
         "user-session:",
         "user-session:eyJhbGciOiJIUzI1NiJ9.%%%%%%%%%%%%.sig-sig-sig",
-        "user-session:" + jwt.encode({"data": {}, "exp": 2_000_000_000}, "", algorithm="none"),
-        "user-session:" + _signed({"data": {}, "exp": 2_000_000_000})[:-5],
+        "user-session:" + jwt.encode({"data": {}, "exp": _SOON}, "", algorithm="none"),
+        "user-session:" + _signed({"data": {}, "exp": _SOON})[:-5],
         "user-session:" + _signed({"data": {"a": 1}}),
-        "user-session:" + _signed({"data": ["not", "a", "dict"], "exp": 2_000_000_000}),
-        "user-session:" + _signed({"exp": 2_000_000_000}),
+        "user-session:" + _signed({"data": ["not", "a", "dict"], "exp": _SOON}),
+        "user-session:" + _signed({"exp": _SOON}),
         "user-session:" + _signed({"data": {}, "exp": "tomorrow"}),
-        "user-session:" + jwt.encode({"data": {}, "exp": 2_000_000_000}, USER_SECRET * 2, algorithm="HS512"),
+        "user-session:" + jwt.encode({"data": {}, "exp": _SOON}, USER_SECRET * 2, algorithm="HS512"),
     ],
 )
 def test_malformed_tokens(sessions: Sessions, bad: str) -> None:
@@ -648,7 +651,7 @@ def _sealed_spec(sessions: Sessions, data: dict[str, Any], **extra: Any) -> JobS
         input=redact(value.value, value.session_paths),
         redact_paths=[list(p) for p in value.session_paths],
         session_tag="user-session",
-        sealed=seal(value.value, sessions.secret_for("user-session")),
+        sealed=seal_input(sessions.ring("user-session"), value.value, value.session_values),
         input_digest=json.dumps(value.value, sort_keys=True),  # any per-value digest will do here
         **extra,
     )  # fmt: skip
@@ -664,8 +667,17 @@ def test_vault_opens_input_seals_results_and_scrubs(sessions: Sessions) -> None:
     assert vault.open_result(spec, json.loads(stored)) == {"sent": "alice@example.com"}
     # A client without the secret gets the sealed form back, not an error.
     assert Vault(Sessions({})).open_result(spec, json.loads(stored)) == json.loads(stored)
-    hidden = vault.session_values(spec, opened)
-    assert scrub("RuntimeError: no mailbox 'alice@example.com'", hidden) == "RuntimeError: no mailbox '***'"
+    hidden = vault.open(spec).hidden
+    assert hidden.scrub("RuntimeError: no mailbox 'alice@example.com'") == "RuntimeError: no mailbox '***'"
+
+
+def test_vault_opens_seals_made_before_key_rings(sessions: Sessions) -> None:
+    # Then the seal was the bare Fernet token of the input, without a key id or session values.
+    spec = _sealed_spec(sessions, DATA)
+    legacy = spec.model_copy(update={"sealed": seal({"to": "alice@example.com", "n": 1}, USER_SECRET)})
+    opened = Vault(sessions).open(legacy)
+    assert opened.input == {"to": "alice@example.com", "n": 1}
+    assert opened.hidden.scrub("to ALICE@example.com") == "to ***"
 
 
 def test_vault_leaves_plain_jobs_alone(sessions: Sessions) -> None:
@@ -675,12 +687,16 @@ def test_vault_leaves_plain_jobs_alone(sessions: Sessions) -> None:
     assert vault.seal_result(spec, '{"r": 1}') == '{"r": 1}'
     assert vault.shown_result(spec, '{"r": 1}') == {"r": 1}
     assert vault.open_result(spec, {"$sealed": "x"}) == {"$sealed": "x"}
-    assert vault.session_values(spec, {"a": 1}) == []
+    assert not vault.open(spec).hidden
 
 
-def test_session_values_skip_short_ones_so_tracebacks_stay_readable(sessions: Sessions) -> None:
+def test_short_session_values_are_masked_only_as_whole_tokens(sessions: Sessions) -> None:
     spec = _sealed_spec(sessions, {"user": {"email": {"id": 7, "name": "Bob Smith", "ok": True}}})
-    assert Vault(sessions).session_values(spec, Vault(sessions).open_input(spec)) == ["Bob Smith"]
+    hidden = Vault(sessions).open(spec).hidden
+    assert hidden.scrub('File "h.py", line 7, in run: no user Bob Smith (id 7) of 1776') == (
+        'File "h.py", line ***, in run: no user *** (id ***) of 1776'
+    )
+    assert hidden.scrub("ok: True") == "ok: True"  # booleans carry one bit and are left alone
 
 
 def test_cache_digest_tells_sealed_jobs_of_different_users_apart(sessions: Sessions) -> None:
