@@ -98,7 +98,7 @@ REFUSED: dict[str, tuple[Callable[[], str], str, str]] = {
     "kid not a string": (
         lambda: hand_signed({"alg": "HS256", "kid": 12}, valid()),
         "session.token",
-        "key ring",
+        "malformed",
     ),
     "no kid, unknown key": (lambda: signed(valid(), OTHER), "session.token", "signature does not match"),
     "alg none": (
