@@ -169,9 +169,7 @@ def _fold(text: str) -> str:
 
 
 def _whole_token(form: str) -> str:
-    left = r"(?<!\w)" if re.match(r"\w", form[0]) else ""
-    right = r"(?!\w)" if re.match(r"\w", form[-1]) else ""
-    return left + re.escape(form) + right
+    return r"(?<!\w)" + re.escape(form) + r"(?!\w)"
 
 
 def _mask(text: str, spans: list[tuple[int, int]]) -> str:
