@@ -32,6 +32,8 @@ _ESCAPES: tuple[_Escape, ...] = (
     lambda s: json.dumps(s)[1:-1],
     lambda s: json.dumps(s, ensure_ascii=False)[1:-1],
 )
+# A second level: an escaped value inside a message that is itself shown as a repr or JSON.
+_AGAIN: tuple[_Escape, ...] = (_ESCAPES[0], _ESCAPES[1], _ESCAPES[4])
 
 
 def text_forms(value: object) -> set[str]:
@@ -42,12 +44,14 @@ def text_forms(value: object) -> set[str]:
         return {str(value), repr(value), json.dumps(value)}
     if not isinstance(value, str) or not value:
         return set()
-    bases = {value, value.lower(), value.upper(), value.casefold(), value.title(), value.swapcase()}
+    # Other letter cases match by IGNORECASE; these bases are for what case changes in escapes
+    # ("Ë" is \u00cb, "ë" \u00eb) and in length ("ß".upper() is "SS").
+    bases = {value, value.lower(), value.upper(), value.casefold()}
     found = set(bases)
     for base in bases:
         once = {escape(base) for escape in _ESCAPES} - {base}
         found |= once
-        found |= {escape(form) for form in once for escape in _ESCAPES}
+        found |= {escape(form) for form in once for escape in _AGAIN}
     return found
 
 
@@ -64,99 +68,95 @@ def leaves(node: object, out: list[object]) -> None:
 
 
 class Scrubber:
-    """Masks every text form of a set of session values."""
+    """Masks every text form of a set of session values (compiled at the first text to scrub)."""
 
     def __init__(self, values: Iterable[object] = ()) -> None:
-        """Collect the forms of each value; the short ones match only as whole tokens."""
-        long_forms: set[str] = set()
-        alternatives: dict[str, str] = {}
-        for value in values:
-            short = len(str(value)) < SHORT_CHARS
-            for form in text_forms(value):
-                if not short:
-                    long_forms.add(form)
-                    alternatives[form] = re.escape(form)
-                elif form not in alternatives:
-                    alternatives[form] = _whole_token(form)
-        ordered = sorted(alternatives, key=len, reverse=True)  # the longest form at a spot wins
-        self._pattern = (
-            re.compile("(?=(" + "|".join(alternatives[f] for f in ordered) + "))", re.IGNORECASE)
-            if ordered
-            else None
-        )
-        self._fragments = sorted({_fold(f) for f in long_forms}, key=len, reverse=True)
+        """Keep the values; most runs succeed and never need their forms."""
+        self._values = [v for v in values if text_forms(v)] if values else []
+        self._compiled: _Compiled | None = None
 
     def __repr__(self) -> str:
         return "Scrubber(...)"
 
     def __bool__(self) -> bool:
-        return self._pattern is not None
+        return bool(self._values)
 
     def scrub(self, text: str) -> str:
         """``text`` with every form of every value, and every cut-off piece of one, masked."""
-        if self._pattern is None:
+        if not self._values:
             return text
+        if self._compiled is None:
+            self._compiled = _Compiled(self._values)
         for _ in range(_ROUNDS):
-            spans = self._spans(text)
-            if not spans:
+            masked = self._compiled.pieces(self._compiled.whole(text))
+            if masked == text:
                 break
-            text = _mask(text, spans)
+            text = masked
         return text
 
     def clip(self, text: str, limit: int, *, keep_end: bool = False) -> str:
         """At most ``limit`` characters of ``text`` (its start, or its end), scrubbed before the
         cut; the cut end is scrubbed again, so no piece of a value is left at it."""
-        if self._pattern is None:
+        if not self._values:
             return text[-limit:] if keep_end else text[:limit]
         window = text[-limit * PRE_CUT :] if keep_end else text[: limit * PRE_CUT]
         clean = self.scrub(window)
         cut = clean[-limit:] if keep_end else clean[:limit]
         return cut if cut == clean else self.scrub(cut)
 
-    def _spans(self, text: str) -> list[tuple[int, int]]:
-        assert self._pattern is not None
+
+class _Compiled:
+    """The forms of some values: one pattern for whole forms, an index for cut-off pieces."""
+
+    def __init__(self, values: Iterable[object]) -> None:
+        alternatives: dict[str, str] = {}
+        long_forms: set[str] = set()
+        for value in values:
+            short = len(str(value)) < SHORT_CHARS
+            for form in text_forms(value):
+                key = form.lower()  # forms alike but for case are one alternative (IGNORECASE)
+                if not short:
+                    long_forms.add(_fold(form))
+                    alternatives[key] = re.escape(form)
+                elif key not in alternatives:
+                    alternatives[key] = r"(?<!\w)" + re.escape(form) + r"(?!\w)"
+        ordered = sorted(alternatives.values(), key=len, reverse=True)  # the longest form wins
+        self._pattern = re.compile("(?=(" + "|".join(ordered) + "))", re.IGNORECASE)
+        # Pieces are found by the 3 characters at the cut: its last before, its first after.
+        self._heads: dict[str, list[tuple[int, str]]] = {}  # -> (length, form): form[:length]
+        self._tails: dict[str, list[tuple[int, str]]] = {}  # -> (length, form): form[-length:]
+        for form in long_forms:
+            for k in range(FRAGMENT_CHARS, len(form)):
+                self._heads.setdefault(form[k - FRAGMENT_CHARS : k], []).append((k, form))
+                start = len(form) - k
+                self._tails.setdefault(form[start : start + FRAGMENT_CHARS], []).append((k, form))
+        for table in (self._heads, self._tails):
+            for found in table.values():
+                found.sort(reverse=True)  # longest first: the first that fits is the one
+
+    def whole(self, text: str) -> str:
+        """``text`` with every whole form masked (overlapping ones as one)."""
         spans = [(m.start(), m.start() + len(m.group(1))) for m in self._pattern.finditer(text)]
-        if self._fragments:
-            folded = _fold(text)
-            cuts = [(m.start(), m.end()) for m in _ELLIPSIS.finditer(text)]
-            for before, after in [(0, 0), *cuts, (len(text), len(text))]:
-                spans += self._pieces(folded, before, after)
-        return [span for span in spans if span[1] > span[0]]
+        return _mask(text, spans)
 
-    def _pieces(self, folded: str, before: int, after: int) -> list[tuple[int, int]]:
-        """A value's longest prefix ending at ``before`` and longest suffix starting at ``after``."""
-        head = max((_prefix_at(folded, before, form) for form in self._fragments), default=0)
-        tail = max((_suffix_at(folded, after, form) for form in self._fragments), default=0)
-        return [(before - head, before), (after, after + tail)]
-
-
-def _prefix_at(folded: str, end: int, form: str) -> int:
-    """The length of the longest prefix of ``form`` (at least FRAGMENT_CHARS) that ``folded`` has
-    just before ``end``; 0 if none."""
-    if end < FRAGMENT_CHARS:
-        return 0
-    last = folded[end - 1]
-    best = 0
-    at = form.find(last, FRAGMENT_CHARS - 1)
-    while at != -1 and at + 1 <= end:
-        if folded.endswith(form[: at + 1], 0, end):
-            best = at + 1
-        at = form.find(last, at + 1)
-    return best
-
-
-def _suffix_at(folded: str, start: int, form: str) -> int:
-    """The length of the longest suffix of ``form`` (at least FRAGMENT_CHARS) that ``folded`` has
-    from ``start`` on; 0 if none."""
-    if start >= len(folded):
-        return 0
-    first = folded[start]
-    at = form.find(first)
-    while at != -1 and len(form) - at >= FRAGMENT_CHARS:
-        if folded.startswith(form[at:], start):
-            return len(form) - at
-        at = form.find(first, at + 1)
-    return 0
+    def pieces(self, text: str) -> str:
+        """``text`` with each form's prefix before a cut or an ellipsis masked, and its suffix after."""
+        if not self._heads:
+            return text
+        folded = _fold(text)
+        spans: list[tuple[int, int]] = []
+        cuts = [(m.start(), m.end()) for m in _ELLIPSIS.finditer(text)]
+        for before, after in [(0, 0), *cuts, (len(text), len(text))]:
+            heads = self._heads.get(folded[before - FRAGMENT_CHARS : before], ()) if before else ()
+            for k, form in heads:
+                if before >= k and folded[before - k : before] == form[:k]:
+                    spans.append((before - k, before))
+                    break
+            for k, form in self._tails.get(folded[after : after + FRAGMENT_CHARS], ()):
+                if folded[after : after + k] == form[len(form) - k :]:
+                    spans.append((after, after + k))
+                    break
+        return _mask(text, spans)
 
 
 def _fold(text: str) -> str:
@@ -166,10 +166,6 @@ def _fold(text: str) -> str:
     if len(lowered) == len(text):
         return lowered
     return "".join(low if len(low := c.lower()) == 1 else c for c in text)
-
-
-def _whole_token(form: str) -> str:
-    return r"(?<!\w)" + re.escape(form) + r"(?!\w)"
 
 
 def _mask(text: str, spans: list[tuple[int, int]]) -> str:
