@@ -115,3 +115,39 @@ def other_echo(input: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     """Product "other"'s ``echo``: same event name as tests/echo, its own record."""
     record("other_echo", input, ctx)
     return {"echo": input}
+
+
+class Card(BaseModel):
+    """A model the session values do not fit: pydantic quotes (and shortens) them in its error."""
+
+    number: int
+    cvv: int
+    holder: int
+
+
+@handler("leak", product_tag=PRODUCT)
+def leak(input: dict[str, Any], ctx: RunContext) -> Any:
+    """Shows the session values in ``input['v']`` the way ``input['how']`` names, by raising."""
+    v, how = input["v"], input["how"]
+    record("leak", {"how": how, "run_id": ctx.run_id}, ctx)  # not the values: those stay sealed
+    if how == "return":
+        return {"v": v, "repr": repr(v), "json": json.dumps(v)}
+    if how == "pydantic":
+        Card.model_validate({"number": v["long"], "cvv": v["short"], "holder": v["quoted"]})
+    if how == "chained":
+        try:
+            raise KeyError(v["email"])
+        except KeyError as exc:
+            raise RuntimeError(f"no account for {v['quoted']!r}") from exc
+    shown = {
+        "str": lambda: " ".join(str(x) for x in v.values()),
+        "repr": lambda: repr(v),
+        "json": lambda: json.dumps(v),
+        "json unicode": lambda: json.dumps(v, ensure_ascii=False),
+        "upper": lambda: str(v).upper(),
+        "repr of repr": lambda: repr(repr(v)),
+        "args": lambda: v,  # ValueError({...}): its str is the dict's repr
+        "past the cut": lambda: "x" * 1985 + f" {v['email']} {v['long']}",
+        "past the traceback cut": lambda: f"{v['long']} {v['email']} " + "y" * 8000,
+    }[how]()
+    raise ValueError(shown)

@@ -74,7 +74,8 @@ def runs(obj: Context, job_id: str, limit: int, as_json: bool) -> None:
     """A job's recent runs, newest first."""
     found = obj.ductape.job.runs(job_id, limit=limit)
     if as_json:
-        echo_json([run_json(r) for r in found])
+        sealed = bool(found) and obj.ductape.job.get(job_id).spec.sealed is not None
+        echo_json([run_json(r, sealed) for r in found])
     elif found:
         click.echo(runs_table(found))
     else:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import click
 
 from ductape_jobs.models import JobRecord, RunRecord, ScheduleHandle
+from ductape_jobs.scrub import MASK
 
 # scheme://user:password@host -> scheme://user:***@host, for URLs we did not see coming.
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@", re.IGNORECASE)
@@ -105,15 +106,21 @@ def one_line(text: str | None, width: int = 60) -> str:
 
 
 def job_json(job: JobRecord) -> dict[str, Any]:
-    """A job for scripts: the record as the library returns it, without the sealed input."""
+    """A job for scripts: the record as the library returns it, without the sealed input (and a
+    sealed result masked: it holds what the handler made of session values)."""
     data = job.model_dump(mode="json", exclude={"spec": {"sealed"}})
+    if job.spec.sealed is not None and data["result"] is not None:
+        data["result"] = MASK
     data["next_run_at"] = None if job.next_run_at is None else job.next_run_at.isoformat()
     return data
 
 
-def run_json(run: RunRecord) -> dict[str, Any]:
-    """A run for scripts."""
-    return run.model_dump(mode="json")
+def run_json(run: RunRecord, sealed: bool = False) -> dict[str, Any]:
+    """A run for scripts; the result masked when its job is ``sealed`` (has session values)."""
+    data = run.model_dump(mode="json")
+    if sealed and data["result"] is not None:
+        data["result"] = MASK
+    return data
 
 
 def handle_json(handle: ScheduleHandle) -> dict[str, Any]:
@@ -161,10 +168,14 @@ def job_detail(job: JobRecord) -> str:
         ("created", when(job.created_ms)),
         ("updated", when(job.updated_ms)),
         ("input", json.dumps(spec.input, default=str)),
-        ("result", "-" if job.result is None else json.dumps(job.result, default=str)),
+        ("result", "-" if job.result is None else _result_text(job)),
     ]
     width = max(len(name) for name, _ in fields)
     return "\n".join(f"{name.ljust(width)}  {'-' if value is None else value}" for name, value in fields)
+
+
+def _result_text(job: JobRecord) -> str:
+    return MASK if job.spec.sealed is not None else json.dumps(job.result, default=str)
 
 
 def runs_table(runs: Sequence[RunRecord]) -> str:

@@ -17,7 +17,6 @@ from ductape_jobs.errors import RetiredKeyError, SessionError
 from ductape_jobs.keyring import KeyRing, key_id
 from ductape_jobs.models import JobRequest
 from ductape_jobs.planning import plan_job
-from ductape_jobs.settings import Settings
 from ductape_jobs.sessions import (
     LEEWAY_S,
     MAX_TOKEN_CHARS,
@@ -26,6 +25,7 @@ from ductape_jobs.sessions import (
     seal,
     session_types_from_config,
 )
+from ductape_jobs.settings import Settings
 
 OLD = "old-secret-0123456789abcdefghijklmnopqrs"
 NEW = "new-secret-0123456789abcdefghijklmnopqrs"
