@@ -147,7 +147,7 @@ def leak(input: dict[str, Any], ctx: RunContext) -> Any:
         "upper": lambda: str(v).upper(),
         "repr of repr": lambda: repr(repr(v)),
         "args": lambda: v,  # ValueError({...}): its str is the dict's repr
-        "past the cut": lambda: "x" * 1985 + f" {v['email']} {v['long']}",
+        "past the cut": lambda: "x" * 1975 + f" {v['email']} {v['long']}",
         "past the traceback cut": lambda: f"{v['long']} {v['email']} " + "y" * 8000,
     }[how]()
     raise ValueError(shown)
