@@ -226,7 +226,7 @@ class Sessions:
                 f"the token is longer than {MAX_TOKEN_CHARS} characters; keep session data small",
             )
         if not token.isascii():
-            raise SessionError("session.token", "malformed token: expected '<tag>:<jwt>' or a bare HS256 JWT")
+            raise _malformed()
         # A JWT never contains ':', so anything before the last one is the tag prefix.
         prefix, colon, body = token.rpartition(":")
         if not body:
@@ -250,14 +250,17 @@ class Sessions:
         return data
 
 
+def _malformed() -> SessionError:
+    return SessionError("session.token", "malformed token: expected '<tag>:<jwt>' or a bare HS256 JWT")
+
+
 def _decode(body: str, ring: KeyRing) -> dict[str, Any]:
     """The verified claims of a JWT signed by any key of the ring (the one its kid names)."""
-    malformed = SessionError("session.token", "malformed token: expected '<tag>:<jwt>' or a bare HS256 JWT")
     # `from None` throughout: PyJWT's own exceptions are not promised to stay token-free.
     try:
         kid = jwt.get_unverified_header(body).get("kid")
     except jwt.PyJWTError:
-        raise malformed from None
+        raise _malformed() from None
     if kid is None:
         candidates = list(ring.secrets)  # issued before key rings: any key may have signed it
     else:
@@ -291,7 +294,7 @@ def _decode(body: str, ring: KeyRing) -> dict[str, Any]:
         except jwt.MissingRequiredClaimError:
             raise SessionError("session.token", "the token has no expiry (exp claim)") from None
         except jwt.PyJWTError:
-            raise malformed from None
+            raise _malformed() from None
     raise SessionError(
         "session.token",
         "signature does not match: the token was tampered with or not "

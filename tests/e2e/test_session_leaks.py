@@ -149,7 +149,9 @@ def test_no_session_value_reaches_redis_logs_events_or_the_cli(
         trace = d.traceback or ""
         assert len(trace) <= 8_000
         # Scrubbed first, then cut: that run's values are masked before its last 8,000 characters.
-        assert "***" in trace or (how_of[d.job_id] == "past the traceback cut" and trace.startswith("y")), trace
+        assert "***" in trace or (how_of[d.job_id] == "past the traceback cut" and trace.startswith("y")), (
+            trace
+        )
 
     stored = every_key(r, env_prefix)
     assert any(k.startswith(f"{env_prefix}:broker:") for k in stored), "the broker's keys were not scanned"
