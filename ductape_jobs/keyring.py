@@ -102,9 +102,9 @@ class KeyRing:
         if secret is None:
             raise RetiredKeyError(
                 "sealed",
-                f"sealed under key {kid[:12]!r}, which is no longer in the key ring of session type "
-                f"{self.tag!r} (ring: {list(self.ids)}); put that secret back in the ring to run it, "
-                "or schedule the job again with a new session",
+                f"sealed under key {kid[:12]!r}, which is not in this key ring of session type "
+                f"{self.tag!r} (ring: {list(self.ids)}): removed, or not deployed here yet; put that "
+                "secret back in the ring to run such jobs, or schedule them again with a new session",
             )
         return unseal(token, secret)
 

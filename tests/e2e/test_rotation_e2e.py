@@ -97,7 +97,7 @@ def test_a_rotation_keeps_sealed_jobs_running_and_a_removed_key_sets_them_aside_
     )
     reason = stopped.last_error or ""
     assert reason.startswith("RetiredKeyError: sealed: sealed under key") and key_id(OLD) in reason, reason
-    assert "no longer in the key ring of session type 'user-session'" in reason
+    assert "not in this key ring of session type 'user-session'" in reason
     assert stopped.next_run_ms is None
     # The new job runs on; meanwhile the old one is neither retried nor run again.
     settled = len(echo_calls(r, new_job))
