@@ -15,6 +15,7 @@ from ductape_jobs.errors import (
     JobNotFoundError,
     JobStateError,
     JobValidationError,
+    RetiredKeyError,
     SessionError,
     UnknownEventError,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "JobStatus",
     "JobValidationError",
     "Repeat",
+    "RetiredKeyError",
     "RunContext",
     "RunRecord",
     "RunStatus",
