@@ -36,14 +36,20 @@ _ESCAPES: tuple[_Escape, ...] = (
 _AGAIN: tuple[_Escape, ...] = (_ESCAPES[0], _ESCAPES[1], _ESCAPES[4])
 
 
+def _shown(value: object) -> bool:
+    # Booleans and nulls carry one bit each; masking every "True" and "None" would garble every
+    # traceback. Empty strings cannot be found.
+    return (isinstance(value, int | float) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value != ""
+    )
+
+
 def text_forms(value: object) -> set[str]:
     """How a session value can be written in an error text (letter case aside: matched in any)."""
-    if value is None or isinstance(value, bool):
-        return set()  # one bit each; masking every "True" and "None" would garble every traceback
-    if isinstance(value, int | float):
-        return {str(value), repr(value), json.dumps(value)}
-    if not isinstance(value, str) or not value:
+    if not _shown(value):
         return set()
+    if not isinstance(value, str):
+        return {str(value), repr(value), json.dumps(value)}
     # Other letter cases match by IGNORECASE; these bases are for what case changes in escapes
     # ("Ë" is \u00cb, "ë" \u00eb) and in length ("ß".upper() is "SS").
     bases = {value, value.lower(), value.upper(), value.casefold()}
@@ -72,7 +78,7 @@ class Scrubber:
 
     def __init__(self, values: Iterable[object] = ()) -> None:
         """Keep the values; most runs succeed and never need their forms."""
-        self._values = [v for v in values if text_forms(v)] if values else []
+        self._values = [v for v in values if _shown(v)] if values else []
         self._compiled: _Compiled | None = None
 
     def __repr__(self) -> str:
