@@ -18,11 +18,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ductape_jobs.cli.context import EXIT_PROBLEMS, EXIT_UNAVAILABLE, Context, json_option, pass_context
-from ductape_jobs.cli.output import echo_json, mask_url, note, password_of, redact, span
+from ductape_jobs.cli.output import echo_json, note, printable, redact, say, span
 from ductape_jobs.client import now_ms
 from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
+from ductape_jobs.urls import mask_url, url_secrets
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 PROBLEMS = (WARN, FAIL)
@@ -105,7 +106,7 @@ def check_redis(client: redis.Redis, settings: Settings, timeout_s: float) -> Fi
     except redis.RedisError as exc:  # refused, timed out, wrong password, or not a Redis at all
         detail = f"cannot reach {mask_url(settings.url)} within {timeout_s:g} s: {type(exc).__name__}: {exc}"
         fix = "start Redis, or point --redis-url / REDIS_URL at it (host, port, password; rediss:// for TLS)"
-        return Finding("redis", FAIL, redact(detail, [password_of(settings.url)]), fix)
+        return Finding("redis", FAIL, redact(detail, url_secrets(settings.url)), fix)
     elapsed = (time.monotonic() - started) * 1000
     server = info.get("server_name") or "redis"
     version = info.get("valkey_version") or info.get("redis_version") or "?"
@@ -287,7 +288,7 @@ def doctor(obj: Context, timeout: float, as_json: bool) -> None:
             }
         )
     else:
-        click.echo(render(findings, settings))
+        say(render(findings, settings))
     if not reached:
         note("error: Redis is unreachable, so doctor could not run the other checks")
         raise click.exceptions.Exit(EXIT_UNAVAILABLE)
@@ -297,13 +298,14 @@ def doctor(obj: Context, timeout: float, as_json: bool) -> None:
 
 def render(findings: list[Finding], settings: Settings) -> str:
     """The report for people: one line per check, a fix under each problem."""
-    width = max(len(f.check) for f in findings)
+    width = max(len(printable(f.check)) for f in findings)
     lines = [f"doctor: {mask_url(settings.url)}, key prefix {settings.key_prefix!r}"]
     for f in findings:
         mark = f.status.upper() if f.status in PROBLEMS else f.status
-        lines.append(f"{mark:<5} {f.check.ljust(width)}  {f.detail}")
+        # Worker names, the leader's token and Redis's errors come from outside: one line each.
+        lines.append(f"{mark:<5} {printable(f.check).ljust(width)}  {printable(f.detail)}")
         if f.fix and f.status != OK:
-            lines.append(f"{'':<5} {'':<{width}}  fix: {f.fix}")
+            lines.append(f"{'':<5} {'':<{width}}  fix: {printable(f.fix)}")
     problems = [f.check for f in findings if f.status in PROBLEMS]
     lines.append(f"{len(problems)} problem(s): {', '.join(problems)}" if problems else "healthy")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from ductape_jobs.cli.output import (
     note,
     run_json,
     runs_table,
+    say,
     stamp,
 )
 from ductape_jobs.models import JobStatus
@@ -45,7 +46,7 @@ def list_jobs(
     if as_json:
         echo_json([job_json(j) for j in found])
     elif found:
-        click.echo(jobs_table(found))
+        say(jobs_table(found))
     else:
         note("no jobs match")
 
@@ -60,7 +61,7 @@ def show(obj: Context, job_id: str, as_json: bool) -> None:
     if as_json:
         echo_json(job_json(job))
     else:
-        click.echo(job_detail(job))
+        say(job_detail(job))
 
 
 @click.command()
@@ -77,7 +78,7 @@ def runs(obj: Context, job_id: str, limit: int, as_json: bool) -> None:
         sealed = bool(found) and obj.ductape.job.get(job_id).spec.sealed is not None
         echo_json([run_json(r, sealed) for r in found])
     elif found:
-        click.echo(runs_table(found))
+        say(runs_table(found))
     else:
         note(f"job {job_id} has no runs yet")
 
@@ -93,7 +94,7 @@ def upcoming(obj: Context, job_id: str, count: int, as_json: bool) -> None:
     if as_json:
         echo_json([t.isoformat() for t in times])
     elif times:
-        click.echo("\n".join(stamp(t) for t in times))
+        say("\n".join(stamp(t) for t in times))
     else:
         note(f"job {job_id} has no upcoming runs")
 
@@ -110,7 +111,7 @@ def failed(obj: Context, limit: int, as_json: bool) -> None:
     if as_json:
         echo_json([run_json(r) for r in found])
     elif found:
-        click.echo(runs_table(found))
+        say(runs_table(found))
     else:
         note("no failed runs")
 
@@ -125,7 +126,7 @@ def _state_command(action: str, summary: str) -> click.Command:
         if as_json:
             echo_json(job_json(job))
         else:
-            click.echo(f"job {job.job_id}: {job.status.value}")
+            say(f"job {job.job_id}: {job.status.value}")
 
     return command
 
@@ -140,7 +141,7 @@ def trigger(obj: Context, job_id: str, as_json: bool) -> None:
     if as_json:
         echo_json({"job_id": job_id, "run_id": run_id})
     else:
-        click.echo(run_id)
+        say(run_id)
 
 
 @click.command()
@@ -153,7 +154,7 @@ def redrive(obj: Context, run_id: str, as_json: bool) -> None:
     if as_json:
         echo_json({"run_id": again})
     else:
-        click.echo(again)
+        say(again)
 
 
 def register(group: click.Group) -> None:

@@ -19,7 +19,7 @@ from ductape_jobs.cli.context import (
     EXIT_USAGE,
     Context,
 )
-from ductape_jobs.cli.output import password_of, redact
+from ductape_jobs.cli.output import printable, redact
 from ductape_jobs.errors import (
     BackendUnavailableError,
     DuctapeError,
@@ -27,6 +27,7 @@ from ductape_jobs.errors import (
     JobStateError,
     JobValidationError,
 )
+from ductape_jobs.urls import url_secrets
 
 EPILOG = """\b
 Exit codes (stable, for scripts):
@@ -111,13 +112,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
-def _fail(message: str, code: int, secrets: list[str | None]) -> int:
-    text = " ".join(redact(message, secrets).split())  # one line, whatever the message held
+def _fail(message: str, code: int, secrets: list[str]) -> int:
+    # One line whatever the message held, and nothing a terminal would act on.
+    text = printable(" ".join(redact(message, secrets).split()))
     click.echo(f"error: {text}", file=sys.stderr)
     return code
 
 
-def _secrets(args: list[str]) -> list[str | None]:
+def _secrets(args: list[str]) -> list[str]:
     """Passwords the output must never show: REDIS_URL's and --redis-url's."""
     urls = [os.environ.get("REDIS_URL")]
     for i, arg in enumerate(args):
@@ -125,4 +127,4 @@ def _secrets(args: list[str]) -> list[str | None]:
             urls.append(args[i + 1])
         elif arg.startswith("--redis-url="):
             urls.append(arg.split("=", 1)[1])
-    return [password_of(url) for url in urls]
+    return [secret for url in urls for secret in url_secrets(url)]

@@ -8,38 +8,44 @@ import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
 from ductape_jobs.models import JobRecord, RunRecord, ScheduleHandle
 from ductape_jobs.scrub import MASK
+from ductape_jobs.urls import mask_url
 
-# scheme://user:password@host -> scheme://user:***@host, for URLs we did not see coming.
-_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@", re.IGNORECASE)
-
-
-def mask_url(url: str) -> str:
-    """A Redis URL fit to print: the password replaced by ``***``."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+# What a terminal acts on instead of showing: C0 and C1 controls (ESC starts escape sequences, and
+# U+009B is a one-character CSI), DEL, the Unicode line and paragraph separators, and the bidi
+# marks, overrides and isolates that reorder what follows them.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-def password_of(url: str | None) -> str | None:
-    """The password in a URL, if it has one."""
-    if not url:
-        return None
-    try:
-        return urlsplit(url).password or None
-    except ValueError:
-        return None
+def printable(text: str, keep: str = "") -> str:
+    """``text`` safe to print on a terminal: each control character shown as an escape (``\\x1b``).
+
+    ``keep`` lists the characters let through (a report's own newlines).
+    """
+    return _UNSAFE.sub(lambda m: m.group() if m.group() in keep else _escaped(m.group()), text)
 
 
-def redact(text: str, secrets: Iterable[str | None]) -> str:
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def say(text: str) -> None:
+    """Print a report for people on stdout, with its own newlines and nothing a terminal acts on."""
+    click.echo(printable(text, keep="\n"))
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
     """``text`` with URL passwords and every given secret masked."""
     text = mask_url(text)
-    for secret in secrets:
+    # Longest first, so a secret that contains another is masked whole.
+    for secret in sorted(secrets, key=len, reverse=True):
         if secret:
-            text = text.replace(secret, "***")
+            text = text.replace(secret, MASK)
     return text
 
 
@@ -50,12 +56,15 @@ def echo_json(value: Any) -> None:
 
 def note(message: str) -> None:
     """A remark for people, on stderr so that stdout stays clean for pipes."""
-    click.echo(message, file=sys.stderr)
+    click.echo(printable(message, keep="\n"), file=sys.stderr)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """Plain text columns, left aligned, two spaces apart."""
-    cells = [[str(h) for h in headers], *[["-" if v is None else str(v) for v in row] for row in rows]]
+    cells = [
+        [str(h) for h in headers],
+        *[["-" if v is None else printable(str(v)) for v in row] for row in rows],
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
@@ -102,7 +111,7 @@ def one_line(text: str | None, width: int = 60) -> str:
     if not text:
         return "-"
     first = text.strip().splitlines()[0] if text.strip() else "-"
-    return first if len(first) <= width else first[: width - 3] + "..."
+    return printable(first if len(first) <= width else first[: width - 3] + "...")
 
 
 def job_json(job: JobRecord) -> dict[str, Any]:
@@ -171,7 +180,9 @@ def job_detail(job: JobRecord) -> str:
         ("result", "-" if job.result is None else _result_text(job)),
     ]
     width = max(len(name) for name, _ in fields)
-    return "\n".join(f"{name.ljust(width)}  {'-' if value is None else value}" for name, value in fields)
+    return "\n".join(
+        f"{name.ljust(width)}  {'-' if value is None else printable(str(value))}" for name, value in fields
+    )
 
 
 def _result_text(job: JobRecord) -> str:

@@ -10,7 +10,7 @@ from typing import IO, Any
 import click
 
 from ductape_jobs.cli.context import Context, json_option, pass_context
-from ductape_jobs.cli.output import echo_json, handle_json, handles_table, note, stamp
+from ductape_jobs.cli.output import echo_json, handle_json, handles_table, note, say, stamp
 from ductape_jobs.client import Ductape
 from ductape_jobs.errors import DuctapeError, JobValidationError
 from ductape_jobs.models import ScheduleHandle
@@ -81,7 +81,7 @@ def schedule(
         if as_json:
             echo_json([handle_json(h) for h in handles])
         elif handles:
-            click.echo(handles_table(handles))
+            say(handles_table(handles))
         return
     if not isinstance(data, dict):
         raise JobValidationError(
@@ -91,7 +91,7 @@ def schedule(
     if as_json:
         echo_json(handle_json(handle))
     else:
-        click.echo(_sentence(handle))
+        say(_sentence(handle))
 
 
 def schedule_list(
@@ -127,7 +127,7 @@ def schedule_list(
             if as_json:
                 echo_json([handle_json(h) for h in handles])
             else:
-                click.echo(handles_table(handles))
+                say(handles_table(handles))
         raise
     fresh = sum(h.created for h in handles)
     if not as_json:
