@@ -36,7 +36,10 @@ from ductape_jobs import timing
 from ductape_jobs.errors import JobValidationError, SessionError
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-_SLUG_FIX = "use letters, digits, '_', '.' or '-', starting with a letter or digit, at most 128 characters"
+SLUG_FIX = "use letters, digits, '_', '.' or '-', starting with a letter or digit, at most 128 characters"
+# Celery names its own tasks celery.* (celery.chord_unlock, celery.backend_cleanup, ...); a task
+# of ours there would replace one of them in the worker.
+CELERY_NAMESPACE = "celery."
 
 
 class JobStatus(StrEnum):
@@ -195,6 +198,12 @@ class JobRequest(_Frozen):
     def _one_product_spelling(cls, data: object) -> object:
         return _one_spelling(data, "product_tag", "product", "product_tag")
 
+    @field_validator("product_tag")
+    @classmethod
+    def _not_celery(cls, value: str) -> str:
+        check_task_namespace(value)
+        return value
+
     @field_validator("start_at", mode="before")
     @classmethod
     def _start(cls, value: object) -> object:
@@ -258,7 +267,7 @@ def validation_error(exc: ValidationError, data: Any) -> JobValidationError:
     elif first["type"] == "missing":
         message = "is required"
     elif first["type"] == "string_pattern_mismatch":
-        message = f"{_short(first.get('input'))} is not a valid tag; {_SLUG_FIX}"
+        message = f"{_short(first.get('input'))} is not a valid tag; {SLUG_FIX}"
     elif first["type"] != "value_error":
         shown = "<secret>" if secretive else _short(first.get("input"))
         message = f"{message} (got {shown})"
@@ -370,6 +379,28 @@ class ScheduleHandle(_Frozen):
 def ms_to_datetime(value_ms: int | None) -> datetime | None:
     """Epoch ms to an aware UTC datetime (None stays None)."""
     return None if value_ms is None else datetime.fromtimestamp(value_ms / 1000, tz=UTC)
+
+
+def task_name(product_tag: str, event: str) -> str:
+    """The Celery task of an event: ``<product_tag>.<event>``, or ``<product_tag>:<event>`` when the
+    product tag holds a dot.
+
+    One name per pair: a slug never holds ':', so a name with one splits there, and a name without
+    one came from a dotless product tag, which ends at its first dot (``billing.refund``/``notify``
+    is ``billing.refund:notify``, ``billing``/``refund.notify`` is ``billing.refund.notify``).
+    """
+    return f"{product_tag}{':' if '.' in product_tag else '.'}{event}"
+
+
+def check_task_namespace(product_tag: str, field: str = "product_tag") -> None:
+    """Refuse a product tag whose tasks would be named in Celery's own ``celery.*`` namespace."""
+    if f"{product_tag}.".startswith(CELERY_NAMESPACE):
+        raise JobValidationError(
+            field,
+            f"{_short(product_tag)} is reserved: its tasks would be named {CELERY_NAMESPACE}<event>, "
+            "where Celery keeps its own tasks (celery.chord_unlock, celery.backend_cleanup, ...); "
+            "choose another product tag",
+        )
 
 
 def run_id_for(job_id: str, nominal_ms: int) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ductape_jobs.errors import JobValidationError
-from ductape_jobs.models import ms_to_datetime
+from ductape_jobs.models import SLUG, SLUG_FIX, check_task_namespace, ms_to_datetime, task_name
 
 HandlerFn = Callable[..., Any]
 
@@ -71,6 +72,11 @@ class Registry:
 
     def add(self, product_tag: str, event: str, fn: HandlerFn) -> Handler:
         """Register fn; registering a different function for the same pair is an error."""
+        for name, value in (("product_tag", product_tag), ("event", event)):
+            # Task names are one per pair only for slugs (models.task_name), as schedule() takes.
+            if not isinstance(value, str) or not re.fullmatch(SLUG, value):
+                raise JobValidationError(f"handler.{name}", f"{value!r} is not a valid tag; {SLUG_FIX}")
+        check_task_namespace(product_tag, "handler.product_tag")
         existing = self.handlers.get((product_tag, event))
         if existing is not None and existing.fn is not fn:
             raise JobValidationError(
@@ -116,11 +122,6 @@ def load_handlers(modules: Iterable[str], registry: Registry | None = None) -> R
                 "settings.handlers", f"cannot import handler module {name!r}: {exc}; fix DUCTAPE_HANDLERS"
             ) from exc
     return registry or default_registry
-
-
-def task_name(product_tag: str, event: str) -> str:
-    """The Celery task name of an event: ``<product_tag>.<event>``."""
-    return f"{product_tag}.{event}"
 
 
 def _input_model(fn: HandlerFn) -> type[BaseModel] | None:

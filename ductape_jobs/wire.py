@@ -19,8 +19,7 @@ from typing import Any
 from celery import Celery
 
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobSpec, ms_to_datetime
-from ductape_jobs.registry import task_name
+from ductape_jobs.models import JobSpec, ms_to_datetime, task_name
 from ductape_jobs.sessions import redact
 from ductape_jobs.settings import Settings
 
