@@ -45,3 +45,14 @@ class BackendUnavailableError(DuctapeError, ConnectionError):
 
 class HandlerError(DuctapeError):
     """A handler raised; carried into the run record and the dead-letter store."""
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A caller's value for a message: its repr, cut to ``limit``; a huge number by its size."""
+    # repr() of an int past 4,300 digits raises ValueError (CPython's conversion limit), and a
+    # message must never fail while it names the value.
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        digits = int(value.bit_length() * 0.30103) + 1
+        return f"{'-' if value < 0 else ''}<a number of about {digits} digits>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

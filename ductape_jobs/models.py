@@ -33,10 +33,15 @@ from pydantic import (
 )
 
 from ductape_jobs import timing
-from ductape_jobs.errors import JobValidationError, SessionError
+from ductape_jobs.errors import JobValidationError, SessionError, shown
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 SLUG_FIX = "use letters, digits, '_', '.' or '-', starting with a letter or digit, at most 128 characters"
+# Upper bounds of the numeric fields, so that no number is too large to store, read back or show
+# (CPython cannot even print an int past 4,300 digits): repeat.every, limit and catchup_ms hold
+# in a signed 64-bit integer; start_at and endDate end at the year 9999 (timing.MAX_MS).
+MAX_INT = 2**63 - 1
+MAX_RETRIES = 25
 # Celery names its own tasks celery.* (celery.chord_unlock, celery.backend_cleanup, ...); a task
 # of ours there would replace one of them in the worker.
 CELERY_NAMESPACE = "celery."
@@ -80,7 +85,7 @@ class Repeat(_Frozen):
     )
     tz: str | None = None
     misfire: Literal["skip", "run_all"] = "skip"
-    catchup_ms: int = Field(default=0, ge=0, strict=True)  # strict: "0" is a wrong type, not 0
+    catchup_ms: int = Field(default=0, ge=0, le=MAX_INT, strict=True)  # strict: "0" is not 0
 
     @model_validator(mode="before")
     @classmethod
@@ -106,14 +111,18 @@ class Repeat(_Frozen):
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"must be a whole number, got {value!r}")
+            raise ValueError(f"must be a whole number, got {shown(value)}")
         if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
-            raise ValueError(f"must be a whole number, got {value!r}")
+            raise ValueError(f"must be a whole number, got {shown(value)}")
         number = int(value)
+        if number > MAX_INT:
+            raise ValueError(f"must be at most {MAX_INT} (2**63 - 1), got {shown(value)}")
         if info.field_name == "every" and number < 1:
-            raise ValueError(f"must be a positive interval in milliseconds, got {value!r}")
+            raise ValueError(f"must be a positive interval in milliseconds, got {shown(value)}")
         if info.field_name == "limit" and number < 1:
-            raise ValueError(f"must be at least 1 (it counts every run, the first included), got {value!r}")
+            raise ValueError(
+                f"must be at least 1 (it counts every run, the first included), got {shown(value)}"
+            )
         return number
 
     @field_validator("end_date", mode="before")
@@ -186,7 +195,7 @@ class JobRequest(_Frozen):
     )
     event: str = Field(pattern=SLUG, strict=True)
     start_at: int | float | str | datetime = 0
-    retries: int = Field(default=0, ge=0, le=25)
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
     input: dict[StrictStr, Any] = Field(default_factory=dict, strict=True)
     app: str | None = Field(default=None, pattern=SLUG, strict=True)
     cache: str | None = Field(default=None, pattern=SLUG, strict=True)
@@ -212,8 +221,8 @@ class JobRequest(_Frozen):
     @field_validator("retries", mode="before")
     @classmethod
     def _retries(cls, value: object) -> object:
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 25:
-            raise ValueError(f"must be a whole number of extra attempts 0..25, got {_short(value)}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+            raise ValueError(f"must be a whole number of extra attempts 0..{MAX_RETRIES}, got {shown(value)}")
         return value
 
     @field_validator("repeat", mode="after")
@@ -246,7 +255,7 @@ def _one_spelling(data: object, name: str, alias: str, field: str) -> object:
     if isinstance(data, dict) and name in data and alias in data:
         raise JobValidationError(
             field,
-            f"given twice, as {name}={_short(data[name])} and {alias}={_short(data[alias])}; keep one",
+            f"given twice, as {name}={shown(data[name])} and {alias}={shown(data[alias])}; keep one",
         )
     return data
 
@@ -267,10 +276,10 @@ def validation_error(exc: ValidationError, data: Any) -> JobValidationError:
     elif first["type"] == "missing":
         message = "is required"
     elif first["type"] == "string_pattern_mismatch":
-        message = f"{_short(first.get('input'))} is not a valid tag; {SLUG_FIX}"
+        message = f"{shown(first.get('input'))} is not a valid tag; {SLUG_FIX}"
     elif first["type"] != "value_error":
-        shown = "<secret>" if secretive else _short(first.get("input"))
-        message = f"{message} (got {shown})"
+        got = "<secret>" if secretive else shown(first.get("input"))
+        message = f"{message} (got {got})"
     return (SessionError if secretive else JobValidationError)(field, message)
 
 
@@ -285,11 +294,6 @@ def _unknown_field_message(loc: list[str]) -> str:
     close = difflib.get_close_matches(loc[-1], known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"is not a known field (known: {', '.join(known)}){hint}"
-
-
-def _short(value: object, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class JobSpec(_Frozen):
@@ -397,7 +401,7 @@ def check_task_namespace(product_tag: str, field: str = "product_tag") -> None:
     if f"{product_tag}.".startswith(CELERY_NAMESPACE):
         raise JobValidationError(
             field,
-            f"{_short(product_tag)} is reserved: its tasks would be named {CELERY_NAMESPACE}<event>, "
+            f"{shown(product_tag)} is reserved: its tasks would be named {CELERY_NAMESPACE}<event>, "
             "where Celery keeps its own tasks (celery.chord_unlock, celery.backend_cleanup, ...); "
             "choose another product tag",
         )

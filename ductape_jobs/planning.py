@@ -103,12 +103,7 @@ def _plan_once(job_id: str, spec: JobSpec, settings: Settings, now_ms: int, buil
 def _plan_repeat(
     job_id: str, spec: JobSpec, rule: timing.Rule, settings: Settings, now_ms: int, build: Build | None
 ) -> NewJob:
-    if rule.every_ms is not None and rule.every_ms < settings.min_every_ms:
-        raise JobValidationError(
-            "repeat.every",
-            f"{rule.every_ms} ms is below the minimum of {settings.min_every_ms} ms; it is in milliseconds "
-            "(86400000 = 24 h); DUCTAPE_MIN_EVERY_MS sets the minimum",
-        )
+    _check_rate(rule, settings)
     if rule.end_ms is not None and rule.end_ms < now_ms:
         raise JobValidationError(
             "repeat.endDate",
@@ -153,6 +148,24 @@ def _plan_repeat(
         due_ms=next_ms,
         dedupe=next_ms is not None,
     )
+
+
+def _check_rate(rule: timing.Rule, settings: Settings) -> None:
+    """No repeat, by interval or by cron, runs more often than DUCTAPE_MIN_EVERY_MS allows."""
+    if rule.every_ms is not None and rule.every_ms < settings.min_every_ms:
+        raise JobValidationError(
+            "repeat.every",
+            f"{rule.every_ms} ms is below the minimum of {settings.min_every_ms} ms; it is in milliseconds "
+            "(86400000 = 24 h); DUCTAPE_MIN_EVERY_MS sets the minimum",
+        )
+    gap_ms = None if rule.cron is None else timing.cron_min_gap_ms(rule.cron)
+    if gap_ms is not None and gap_ms < settings.min_every_ms:
+        raise JobValidationError(
+            "repeat.cron",
+            f"{rule.cron!r} runs as often as every {gap_ms} ms, below the minimum of "
+            f"{settings.min_every_ms} ms; run it less often (fewer values in its seconds or minutes "
+            "field); DUCTAPE_MIN_EVERY_MS sets the minimum",
+        )
 
 
 def check_input(value: dict[str, Any], settings: Settings) -> str:

@@ -6,6 +6,7 @@ takes `now_ms`. All instants are UTC epoch milliseconds. Must not import Redis, 
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import dataclass
@@ -16,12 +17,13 @@ from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
-from ductape_jobs.errors import JobValidationError
+from ductape_jobs.errors import JobValidationError, shown
 
 SECONDS_MS_BOUNDARY = 100_000_000_000  # numbers below are Unix seconds, at/above are ms
 
-# The last instant a datetime can hold (9999-12-31T23:59:59.999Z).
-_MAX_MS = 253_402_300_799_999
+# The last instant a datetime can hold (9999-12-31T23:59:59.999Z); also the bound of every other
+# millisecond quantity a request holds (repeat.every, repeat.catchup_ms).
+MAX_MS = 253_402_300_799_999
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _ONE_S = timedelta(seconds=1)
@@ -37,40 +39,37 @@ _HOST_ZONE_PREFIXES = ("right/", "posix/")
 _CRON_FIELD = re.compile(r"\S+", re.ASCII)
 # H (hashed) needs a hash_id and R (random) differs per parse: neither is a fixed schedule.
 _HASHED_OR_RANDOM = re.compile(r"^[hr](\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE)
+# A cron listing every value of every field one by one (0,1,...,59 for seconds) is about 530
+# characters long.
+MAX_CRON_CHARS = 1_000
 _CRON_HELP = "fields are minute hour day-of-month month day-of-week, e.g. '*/15 * * * *'"
 # Any fixed start works: without a year field a cron repeats within 400 years, and its longest
 # gap (a weekday-pinned Feb 29) stays inside croniter's 50-year search.
 _FIRE_CHECK_FROM = datetime(2000, 1, 1)  # noqa: DTZ001 - croniter walks local wall time here
 
 
-def _shown(value: object) -> str:
-    """Repr of a caller's value, cut short so a huge input cannot flood a message."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def parse_instant_ms(value: object, field: str) -> int:
     """Read a start_at/endDate value as UTC epoch ms (0 stays 0, meaning now)."""
     if isinstance(value, bool):
-        raise JobValidationError(field, f"{value!r} is a boolean, not a time; {_INSTANT_FIX}")
+        raise JobValidationError(field, f"{shown(value)} is a boolean, not a time; {_INSTANT_FIX}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise JobValidationError(field, f"{value!r} is not a finite number; {_INSTANT_FIX}")
+        raise JobValidationError(field, f"{shown(value)} is not a finite number; {_INSTANT_FIX}")
     if isinstance(value, (int, float)):
         if value < 0:
-            raise JobValidationError(field, f"{value!r} is negative; {_INSTANT_FIX}")
+            raise JobValidationError(field, f"{shown(value)} is negative; {_INSTANT_FIX}")
         # round() keeps float seconds to the ms (1.5 -> 1500) despite binary fractions.
         ms = round(value * 1000) if value < SECONDS_MS_BOUNDARY else round(value)
-        if ms > _MAX_MS:
+        if ms > MAX_MS:
             raise JobValidationError(
                 field,
-                f"{value!r} is after the year 9999; use epoch milliseconds or seconds",
+                f"{shown(value)} is after the year 9999; use epoch milliseconds or seconds",
             )
         return ms
     if isinstance(value, str):
         return _iso_to_ms(value, field)
     if isinstance(value, datetime):
         return _datetime_to_ms(value, field)
-    raise JobValidationError(field, f"{_shown(value)} ({type(value).__name__}) is not a time; {_INSTANT_FIX}")
+    raise JobValidationError(field, f"{shown(value)} ({type(value).__name__}) is not a time; {_INSTANT_FIX}")
 
 
 def _iso_to_ms(value: str, field: str) -> int:
@@ -84,11 +83,11 @@ def _iso_to_ms(value: str, field: str) -> int:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise JobValidationError(field, f"{_shown(value)} is not an ISO-8601 time; {_INSTANT_FIX}") from None
-    return _datetime_to_ms(parsed, field, shown=_shown(value))
+        raise JobValidationError(field, f"{shown(value)} is not an ISO-8601 time; {_INSTANT_FIX}") from None
+    return _datetime_to_ms(parsed, field, as_given=shown(value))
 
 
-def _datetime_to_ms(value: datetime, field: str, shown: str | None = None) -> int:
+def _datetime_to_ms(value: datetime, field: str, as_given: str | None = None) -> int:
     """Convert a datetime to epoch ms; naive means UTC."""
     if value.utcoffset() is None:
         value = value.replace(tzinfo=UTC)
@@ -99,7 +98,7 @@ def _datetime_to_ms(value: datetime, field: str, shown: str | None = None) -> in
     if ms < 0:
         raise JobValidationError(
             field,
-            f"{shown or _shown(value)} is before 1970-01-01T00:00:00Z; {_INSTANT_FIX}",
+            f"{as_given or shown(value)} is before 1970-01-01T00:00:00Z; {_INSTANT_FIX}",
         )
     return ms
 
@@ -108,14 +107,14 @@ def parse_zone(name: object, field: str = "repeat.tz") -> ZoneInfo:
     """Load an IANA time zone by name."""
     fix = "use a name like 'America/New_York' or 'UTC'"
     if not isinstance(name, str):
-        raise JobValidationError(field, f"{_shown(name)} is not a zone name; {fix}")
+        raise JobValidationError(field, f"{shown(name)} is not a zone name; {fix}")
     if name in _HOST_ZONES or name.startswith(_HOST_ZONE_PREFIXES):
         raise JobValidationError(field, f"{name!r} depends on the host's zone files; {fix}")
     try:
         return ZoneInfo(name)
     except (KeyError, ValueError, OSError):
         # ZoneInfoNotFoundError is a KeyError; malformed keys ('', '../x') are ValueErrors.
-        raise JobValidationError(field, f"{_shown(name)} is not an IANA time zone; {fix}") from None
+        raise JobValidationError(field, f"{shown(name)} is not an IANA time zone; {fix}") from None
 
 
 @dataclass(frozen=True)
@@ -125,42 +124,81 @@ class _Cron:
     expr: str
     # A '*' or stepped hour follows elapsed time, so it runs in both passes of a repeated hour.
     both_passes: bool
+    min_gap_s: int  # shortest wall-clock gap between two runs (_min_gap_s)
+
+
+def _cron(expr: str, field: str) -> _Cron:
+    """A cron string parsed, through a cache keyed by its normalized form."""
+    if len(expr) > MAX_CRON_CHARS:
+        raise JobValidationError(
+            field,
+            f"{shown(expr)} is {len(expr)} characters long; a cron expression has at most "
+            f"{MAX_CRON_CHARS} (list fewer values, or use ranges and steps: '*/5', '9-17')",
+        )
+    # Normalized before the cache, so spacing variants of one expression share one entry.
+    return _parse_cron(" ".join(_CRON_FIELD.findall(expr)), field)
 
 
 @lru_cache(maxsize=512)
 def _parse_cron(expr: str, field: str) -> _Cron:
-    """Check a cron string's syntax (not whether it ever fires)."""
-    fields = _CRON_FIELD.findall(expr)
+    """Check a normalized cron string's syntax (not whether it ever fires)."""
+    fields = expr.split(" ") if expr else []
     if len(fields) == 1 and fields[0].startswith("@"):
         raise JobValidationError(
             field,
-            f"{_shown(expr)} is an alias; write it as 5 fields, e.g. '0 0 * * *' for @daily",
+            f"{shown(expr)} is an alias; write it as 5 fields, e.g. '0 0 * * *' for @daily",
         )
     if len(fields) not in (5, 6):
         raise JobValidationError(
             field,
-            f"{_shown(expr)} has {len(fields)} fields; use 5 (minute hour day-of-month month "
+            f"{shown(expr)} has {len(fields)} fields; use 5 (minute hour day-of-month month "
             "day-of-week, e.g. '0 9 * * *') or 6 with seconds first (e.g. '30 0 9 * * *')",
         )
     for part in (p for f in fields for p in f.split(",")):
         if _HASHED_OR_RANDOM.match(part):
             raise JobValidationError(
                 field,
-                f"{_shown(expr)} uses H/R (hashed or random) values; write explicit numbers",
+                f"{shown(expr)} uses H/R (hashed or random) values; write explicit numbers",
             )
-    normalized = " ".join(fields)
     try:
-        croniter.expand(normalized, second_at_beginning=True)
+        expanded, _ = croniter.expand(expr, second_at_beginning=True)
     except (CroniterError, TypeError, ValueError) as exc:
         # Some croniter errors wrap a whole traceback: keep only a short first line.
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         detail = f" ({reason})" if reason and len(reason) < 160 and "Traceback" not in reason else ""
         raise JobValidationError(
             field,
-            f"{_shown(expr)} is not a valid cron expression{detail}; {_CRON_HELP}",
+            f"{shown(expr)} is not a valid cron expression{detail}; {_CRON_HELP}",
         ) from None
     hour = fields[1] if len(fields) == 5 else fields[2]
-    return _Cron(expr=normalized, both_passes=hour == "*" or "/" in hour)
+    return _Cron(
+        expr=expr, both_passes=hour == "*" or "/" in hour, min_gap_s=_min_gap_s(expanded, len(fields))
+    )
+
+
+def _min_gap_s(expanded: list[list[int | str]], n_fields: int) -> int:
+    """The shortest wall-clock gap between two runs, from the hour, minute and second values.
+
+    A day's run times are the hours x minutes x seconds product in order; the shortest gap is
+    between two neighbours at one level with the finer levels at their extremes (10:59:59 to
+    11:00:00). Any two consecutive days are taken to match, so a cron that skips days gets a bound
+    at or below its real gap, never above it.
+    """
+    # croniter.expand lists minute, hour, day, month, weekday, then second; '*' stands for all.
+    seconds = _values(expanded[5], 60) if n_fields == 6 else [0]
+    levels = ((seconds, 1), (_values(expanded[0], 60), 60), (_values(expanded[1], 24), 3600))
+    gaps, spread = [], 0  # spread: how far the finer levels reach within one value of this one
+    for values, unit in levels:
+        steps = [later - earlier for earlier, later in itertools.pairwise(values)]
+        if steps:
+            gaps.append(min(steps) * unit - spread)
+        spread += (values[-1] - values[0]) * unit
+    gaps.append(86_400 - spread)  # the day's last run to the next day's first
+    return min(gaps)
+
+
+def _values(field: list[int | str], size: int) -> list[int]:
+    return list(range(size)) if field == ["*"] else sorted(int(v) for v in field)
 
 
 class _WallClock:
@@ -178,17 +216,27 @@ class _WallClock:
 def validate_cron(expr: object, field: str = "repeat.cron") -> str:
     """Check a cron expression (5 fields, or 6 with seconds first) and return it normalized."""
     if not isinstance(expr, str):
-        raise JobValidationError(field, f"{_shown(expr)} is not a cron string; {_CRON_HELP}")
-    cron = _parse_cron(expr, field)
+        raise JobValidationError(field, f"{shown(expr)} is not a cron string; {_CRON_HELP}")
+    cron = _cron(expr, field)
     try:
         _WallClock(cron, _FIRE_CHECK_FROM).after(_FIRE_CHECK_FROM)
     except CroniterBadDateError:
         raise JobValidationError(
             field,
-            f"{_shown(expr)} never fires (no such date, e.g. 31 February); "
+            f"{shown(expr)} never fires (no such date, e.g. 31 February); "
             "check the day-of-month and month fields",
         ) from None
     return cron.expr
+
+
+def cron_min_gap_ms(expr: str) -> int:
+    """The shortest gap between two runs of a (valid) cron on the wall clock, in ms.
+
+    Exact when every day matches, and a lower bound otherwise. A clock change can bring two runs of
+    a zoned cron closer once (a run moved to the end of a spring-forward gap, or a repeated hour run
+    twice); that is the DST rule at work, not the cron's rate, and is not counted.
+    """
+    return _cron(expr, "repeat.cron").min_gap_s * 1000
 
 
 @dataclass(frozen=True)
@@ -207,11 +255,11 @@ class Rule:
         if (self.cron is None) == (self.every_ms is None):
             raise JobValidationError("repeat", "set exactly one of cron and every_ms")
         if self.every_ms is not None and self.every_ms <= 0:
-            raise JobValidationError("repeat.every", f"{self.every_ms!r} must be a positive ms interval")
+            raise JobValidationError("repeat.every", f"{shown(self.every_ms)} must be a positive ms interval")
         if self.limit is not None and self.limit < 1:
-            raise JobValidationError("repeat.limit", f"{self.limit!r} must be 1 or more")
+            raise JobValidationError("repeat.limit", f"{shown(self.limit)} must be 1 or more")
         if self.catchup_ms < 0:
-            raise JobValidationError("repeat.catchup_ms", f"{self.catchup_ms!r} must be >= 0")
+            raise JobValidationError("repeat.catchup_ms", f"{shown(self.catchup_ms)} must be >= 0")
 
 
 def _offset(moment: datetime) -> timedelta:
@@ -284,7 +332,7 @@ def _next_run_s(cron: _Cron, zone: ZoneInfo, after_s: int) -> int:
 
 def cron_next_ms(expr: str, tz: str, after_ms: int, *, inclusive: bool = False) -> int | None:
     """First run instant > after_ms (>= when inclusive) of a cron in a zone, DST rules applied."""
-    cron = _parse_cron(expr, "repeat.cron")
+    cron = _cron(expr, "repeat.cron")
     zone = parse_zone(tz)
     # Runs fall on whole seconds, so ">= after_ms" is "> the second before ceil(after_ms)".
     after_s = -(-after_ms // 1000) - 1 if inclusive else after_ms // 1000

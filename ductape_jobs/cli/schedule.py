@@ -24,6 +24,9 @@ Examples:
   ductape-jobs schedule jobs.json        # an object like the seed's, or a list of them
   some-generator | ductape-jobs schedule - --json
 """
+# A flag value longer than this is no number schedule() could take (ISO times are shorter too).
+_LONGEST_NUMBER = 40
+_HUGE = "a number too large to read (over 4,300 digits); every numeric field has a bound (see the README)"
 
 
 @click.command(epilog=EXAMPLES)
@@ -162,6 +165,8 @@ def _flags(
 
 
 def _number_or_text(value: str) -> int | float | str:
+    if len(value) > _LONGEST_NUMBER:
+        return value  # no time or count is this long: the library refuses it as text, by name
     for kind in (int, float):
         try:
             return kind(value)
@@ -178,6 +183,8 @@ def _json_flag(field: str, text: str) -> Any:
             field,
             f"--{field} is not valid JSON ({exc.msg} at column {exc.colno}); pass an object: '{{\"k\": 1}}'",
         ) from None
+    except ValueError:  # a number past CPython's 4,300-digit limit
+        raise JobValidationError(field, f"--{field} holds {_HUGE}") from None
 
 
 def _load(file: IO[str]) -> Any:
@@ -190,6 +197,8 @@ def _load(file: IO[str]) -> Any:
         ) from None
     except UnicodeDecodeError:
         raise JobValidationError("request", f"{name} is not UTF-8 text") from None
+    except ValueError:  # a number past CPython's 4,300-digit limit
+        raise JobValidationError("request", f"{name} holds {_HUGE}") from None
 
 
 def _sentence(handle: ScheduleHandle) -> str:
