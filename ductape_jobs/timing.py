@@ -332,7 +332,7 @@ def _next_run_s(cron: _Cron, zone: ZoneInfo, after_s: int) -> int:
 
 def cron_next_ms(expr: str, tz: str, after_ms: int, *, inclusive: bool = False) -> int | None:
     """First run instant > after_ms (>= when inclusive) of a cron in a zone, DST rules applied."""
-    cron = _cron(expr, "repeat.cron")
+    cron = _parse_cron(expr, "repeat.cron")  # a stored rule: validated and normalized already
     zone = parse_zone(tz)
     # Runs fall on whole seconds, so ">= after_ms" is "> the second before ceil(after_ms)".
     after_s = -(-after_ms // 1000) - 1 if inclusive else after_ms // 1000

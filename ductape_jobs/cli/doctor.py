@@ -299,14 +299,14 @@ def doctor(obj: Context, timeout: float, as_json: bool) -> None:
 def render(findings: list[Finding], settings: Settings) -> str:
     """The report for people: one line per check, a fix under each problem."""
     width = max(len(printable(f.check)) for f in findings)
-    lines = [f"doctor: {mask_url(settings.url)}, key prefix {settings.key_prefix!r}"]
+    lines = [f"doctor: {printable(mask_url(settings.url))}, key prefix {settings.key_prefix!r}"]
     for f in findings:
         mark = f.status.upper() if f.status in PROBLEMS else f.status
         # Worker names, the leader's token and Redis's errors come from outside: one line each.
         lines.append(f"{mark:<5} {printable(f.check).ljust(width)}  {printable(f.detail)}")
         if f.fix and f.status != OK:
             lines.append(f"{'':<5} {'':<{width}}  fix: {printable(f.fix)}")
-    problems = [f.check for f in findings if f.status in PROBLEMS]
+    problems = [printable(f.check) for f in findings if f.status in PROBLEMS]
     lines.append(f"{len(problems)} problem(s): {', '.join(problems)}" if problems else "healthy")
     return "\n".join(lines)
 
