@@ -17,7 +17,14 @@ from ductape_jobs.registry import Registry, RunContext
 from ductape_jobs.settings import Settings
 from ductape_jobs.wire import MessageBuilder
 
-slug = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,12}", fullmatch=True)
+# Mostly short tags over a tiny alphabet with dots, where collisions would show up if they could.
+slug = st.one_of(
+    st.from_regex(r"[ab][ab.]{0,5}", fullmatch=True),
+    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,12}", fullmatch=True),
+)
+dotted = st.builds(
+    lambda head, tail: f"{head}.{tail}", slug, st.from_regex(r"[A-Za-z0-9_.-]{0,8}", fullmatch=True)
+)
 
 
 def noop(input: dict[str, Any], ctx: RunContext) -> None:
@@ -33,7 +40,7 @@ def test_two_pairs_share_a_name_only_when_they_are_the_same_pair(p1: str, e1: st
     assert (task_name(p1, e1) == task_name(p2, e2)) == ((p1, e1) == (p2, e2))
 
 
-@given(slug.filter(lambda p: "." in p), slug)
+@given(dotted, slug)
 def test_a_dotted_product_is_split_from_its_event_by_a_colon(product: str, event: str) -> None:
     assert task_name(product, event).split(":") == [product, event]
 
