@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from beat.lost import LostRuns
+from beat.retention import Sweeper, SweepTotals
 from ductape_jobs import timing
 from ductape_jobs.models import JobSpec, run_id_for
 from ductape_jobs.settings import Settings
@@ -51,6 +52,7 @@ class TickReport:
     lateness_ms: list[int] = field(default_factory=list)
     releases: list[Release] = field(default_factory=list)
     resent: int = 0  # runs whose lost message was sent again (beat.lost)
+    swept: SweepTotals | None = None  # what the retention sweep removed, when it ran (beat.retention)
 
 
 class BeatEngine:
@@ -76,6 +78,7 @@ class BeatEngine:
         self._specs: OrderedDict[str, tuple[str, JobSpec]] = OrderedDict()
         self._prepared: list[Claim] = []  # decided ahead for the next due time (see _prepare)
         self.lost = LostRuns(store, settings, messages)
+        self.sweeper = Sweeper(store)
 
     # -- leadership -------------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class BeatEngine:
             if len(entries) < batch:
                 break
         report.resent = self.lost.sweep(now_ms)
+        report.swept = self.sweeper.sweep(now_ms)
         report.sleep_ms = self._prepare(now_ms)
         return report
 
@@ -192,6 +196,9 @@ class BeatEngine:
         )
 
     def _message(self, run_id: str, spec: JobSpec | None, entry: DueEntry, now_ms: int) -> Message:
+        if entry.spec_json is None:  # counted by the claim script (stats: due_vanished)
+            what = f"run {entry.run_id}" if entry.run_id else f"job {entry.job_id}"
+            log.warning("due entry %s: the %s record is gone (evicted?); dropping it", entry.member, what)
         if spec is None:  # the job is gone or unreadable; the claim script drops its index entry
             return Message(self.store.keys.job(entry.job_id), "")
         # Released when due, so the message carries no ETA (nominal <= now).

@@ -44,6 +44,7 @@ class LostRuns:
         runs = self.store.unmoved_runs(now_ms - self.after_ms, self.batch)
         live = [run for run in runs if run.status is not None and run.status not in FINISHED]
         dispatches = {d.run_id: d for d in self.store.dispatches([run.run_id for run in live])}
+        self.store.runs_gone([run.run_id for run in runs if run.status is None], now_ms)  # counted, logged
         self.store.forget_runs([run.run_id for run in runs if run.run_id not in dispatches])
 
         heads: dict[str, int | None] = {}

@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from beat.engine import TickReport
+from beat.health import HealthCollector
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.store import Store
 
@@ -57,6 +58,7 @@ class BeatMetrics:
         self._schedules: dict[str, Labels] = {}
         self._lock = threading.Lock()
         self.registry.register(_FailedRuns(store, self._known, is_leader))
+        self.registry.register(HealthCollector(store, is_leader))  # Redis memory, records that left
 
     def observe(self, report: TickReport) -> None:
         """Count what one tick released."""

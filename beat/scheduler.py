@@ -14,16 +14,15 @@ from wsgiref.simple_server import WSGIServer
 from celery import beat as celery_beat
 
 from beat.engine import BeatEngine
+from beat.health import RedisWatch
 from beat.metrics import BeatMetrics
 from ductape_jobs.client import connect, now_ms
 from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
-from ductape_jobs.store import Store
+from ductape_jobs.store import Retention, Store
 from ductape_jobs.wire import MessageBuilder
 
 log = logging.getLogger("beat")
-
-SAFE_POLICIES = ("noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl")
 
 
 # Celery ships no type information, so its Scheduler is Any to mypy.
@@ -32,7 +31,9 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self.settings: Settings = getattr(app, "ductape_settings", None) or Settings.from_env()
-        self.store = Store(connect(self.settings), Keys(self.settings.key_prefix))
+        keys, retention = Keys(self.settings.key_prefix), Retention.of(self.settings)
+        self.store = Store(connect(self.settings), keys, retention)
+        self.watch = RedisWatch(self.store)  # eviction policy, memory headroom, vanished records
         instance = f"{socket.gethostname()}:{os.getpid()}"
         self.engine = BeatEngine(
             self.store,
@@ -52,7 +53,6 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
         # Everything loaded so far (Celery, kombu, our modules) lives as long as the process:
         # keep it out of the collector's full passes, which otherwise stall a tick now and then.
         gc.freeze()
-        self._warn_if_evicting()
         self._renewer = threading.Thread(target=self._renew_loop, name="beat-lock", daemon=True)
         self._renewer.start()
         if self.settings.metrics_port is not None:
@@ -64,6 +64,7 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
         """One engine tick; returns seconds until the next one."""
         started_ms = now_ms()
         try:
+            self.watch.check(started_ms)
             report = self.engine.tick(started_ms)
         except Exception:
             log.exception("beat tick failed; retrying")
@@ -89,18 +90,6 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
                     log.warning("beat %s lost the leader lock; standing by", self.engine.instance)
             except Exception:  # noqa: BLE001
                 log.warning("could not renew the beat lock; will retry")
-
-    def _warn_if_evicting(self) -> None:
-        try:
-            policy = self.store.eviction_policy()
-        except Exception:  # noqa: BLE001
-            return
-        if policy is not None and policy not in SAFE_POLICIES:
-            log.warning(
-                "Redis maxmemory-policy is %r: it can evict schedules. Set maxmemory-policy "
-                "noeviction (CONFIG SET maxmemory-policy noeviction, and in redis.conf)",
-                policy,
-            )
 
     def sync(self) -> None:
         """Nothing to flush: every change is written to Redis as it happens."""

@@ -17,7 +17,7 @@ from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobRequest, ScheduleHandle
 from ductape_jobs.publisher import Publisher
 from ductape_jobs.settings import Settings
-from ductape_jobs.store import Store
+from ductape_jobs.store import Retention, Store
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -40,7 +40,7 @@ class Ductape(ClientCore):
 
     def _open(self) -> None:
         self.redis = connect(self.settings)
-        self.store = Store(self.redis, Keys(self.settings.key_prefix))
+        self.store = Store(self.redis, Keys(self.settings.key_prefix), Retention.of(self.settings))
         self.publisher = Publisher(self.store, self.messages)
         self.job = JobClient(self)
 

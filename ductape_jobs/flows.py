@@ -288,14 +288,18 @@ class JobFlows:
 
     def _add_run(self, action: str, job_id: str, run_id: str, now: int, what: str) -> Flow[str]:
         message = self._messages.build(run_id, (yield from self.get(job_id)).spec, now, now)
-        got = yield from ops.add_run(self._keys, action, job_id, run_id, now, message)
+        kept = self._settings.runs_kept
+        got = yield from ops.add_run(self._keys, action, job_id, run_id, now, message, runs_kept=kept)
         self._refused(*got, what, action)
         return run_id
 
     def _change(
         self, action: str, job_id: str, next_ms: int | None = None, runs_done: int = 0
     ) -> Flow[JobRecord]:
-        got = yield from ops.change_state(self._keys, action, job_id, now_ms(), next_ms, runs_done)
+        retention = self._settings.job_retention_s
+        got = yield from ops.change_state(
+            self._keys, action, job_id, now_ms(), next_ms, runs_done, job_retention_s=retention
+        )
         self._refused(*got, job_id, action)
         return (yield from self.get(job_id))
 

@@ -53,6 +53,16 @@ class Keys:
         return f"{self.prefix}:dead"
 
     @property
+    def retired(self) -> str:
+        """ZSET: finished job ids by when their retention ends; beat's sweep removes them then."""
+        return f"{self.prefix}:retired"
+
+    @property
+    def stats(self) -> str:
+        """HASH: counters of records that left (by retention, cap, or vanished), for doctor/metrics."""
+        return f"{self.prefix}:stats"
+
+    @property
     def events(self) -> str:
         """SET: ``product_tag/event`` pairs some worker has registered."""
         return f"{self.prefix}:events"

@@ -36,6 +36,8 @@ SCRIPT_NAMES = (
     "RESEND_RUN",
     "ACQUIRE_LOCK",
     "RENEW_LOCK",
+    "RUN_GONE",
+    "SWEEP",
 )
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
@@ -239,17 +241,26 @@ def dead_run_ids(keys: Keys, limit: int) -> Flow[list[str]]:
 
 
 def change_state(
-    keys: Keys, action: str, job_id: str, now_ms: int, next_ms: int | None = None, runs_done: int = 0
+    keys: Keys,
+    action: str,
+    job_id: str,
+    now_ms: int,
+    next_ms: int | None = None,
+    runs_done: int = 0,
+    *,
+    job_retention_s: int,
 ) -> Flow[tuple[str, str | None]]:
-    """Cancel, pause or resume atomically; returns ('ok'|'refused'|'missing', status)."""
-    args = [action, job_id, now_ms, opt(next_ms), runs_done]
+    """Cancel, pause or resume atomically; returns ('ok'|'refused'|'missing', status).
+    A job this finishes leaves after ``job_retention_s``."""
+    args = [action, job_id, now_ms, opt(next_ms), runs_done, keys.prefix, job_retention_s]
     return verdict((yield from one(Eval("CHANGE_STATE", [keys.job(job_id), keys.due], args))))
 
 
 def add_run(
-    keys: Keys, action: str, job_id: str, run_id: str, now_ms: int, message: Message
+    keys: Keys, action: str, job_id: str, run_id: str, now_ms: int, message: Message, *, runs_kept: int
 ) -> Flow[tuple[str, str | None]]:
-    """Trigger an extra run or redrive a dead one, pushing its message in the same step."""
+    """Trigger an extra run or redrive a dead one, pushing its message in the same step
+    (a trigger trims the job's run records to ``runs_kept``)."""
     touched = [
         keys.job(job_id),
         keys.run(run_id),
@@ -258,5 +269,5 @@ def add_run(
         keys.dead,
         keys.inflight,
     ]
-    args = [action, job_id, run_id, now_ms, message.payload]
+    args = [action, job_id, run_id, now_ms, message.payload, keys.prefix, runs_kept]
     return verdict((yield from one(Eval("ADD_RUN", touched, args))))

@@ -35,6 +35,31 @@ class NewJob:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How long finished records stay (seconds) and how many dead letters are kept."""
+
+    job_s: int = 7 * 86_400
+    dead_s: int = 30 * 86_400
+    dead_max: int = 100_000
+
+    @classmethod
+    def of(cls, settings: Any) -> Retention:
+        """The retention a deployment's settings ask for."""
+        return cls(settings.job_retention_s, settings.dead_retention_s, settings.dead_max)
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What one sweep call removed (beat.retention)."""
+
+    jobs_expired: int  # finished jobs whose retention passed, deleted with their runs
+    dead_dropped: int  # dead letters past their retention or beyond the cap
+    retired: int  # finished jobs found without a retention (older data), given one now
+    jobs_vanished: int  # job index entries whose record was gone before its time
+    next_cursor: int  # where the next call looks in the jobs index (0: from the start)
+
+
+@dataclass(frozen=True)
 class DueEntry:
     """One member of the due index with what beat needs to release it."""
 

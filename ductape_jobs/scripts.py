@@ -28,6 +28,89 @@ local function add_all(key, pairs)
 end
 """
 
+# Shared by the scripts that finish a job, trim its runs or remove what left (the lifecycle;
+# README "Sizing Redis"). Keys are the ones keys.py builds from the prefix.
+_LIFECYCLE = """
+local FINISHED = {completed = true, failed = true, cancelled = true}
+local MARGIN_S = 3600  -- TTLs outlast the sweep's own deadline: a backstop when no beat runs
+local function job_of(run_id) return string.match(run_id, '^(.*):') end
+-- A finished job leaves after ttl seconds: beat's sweep deletes it, its runs and every entry
+-- pointing at them once its time in 'retired' passes. A dead-lettered run keeps its own TTL.
+local function retire(prefix, id, ttl, now)
+  local job, runs = prefix .. ':job:' .. id, prefix .. ':runs:' .. id
+  local keep = tonumber(ttl) + MARGIN_S
+  redis.call('EXPIRE', job, keep)
+  for _, run_id in ipairs(redis.call('ZRANGE', runs, 0, -1)) do
+    local run = prefix .. ':run:' .. run_id
+    if redis.call('HGET', run, 'status') ~= 'failed' then redis.call('EXPIRE', run, keep) end
+  end
+  redis.call('EXPIRE', runs, keep)
+  local fp = redis.call('HGET', job, 'fp')
+  if fp and fp ~= '' and redis.call('GET', fp) == id then redis.call('DEL', fp) end
+  redis.call('ZADD', prefix .. ':retired', tonumber(now) + tonumber(ttl) * 1000, id)
+end
+local function retire_if_finished(prefix, id, ttl, now)
+  if FINISHED[redis.call('HGET', prefix .. ':job:' .. id, 'status')] then retire(prefix, id, ttl, now) end
+end
+-- Keep a job's newest `kept` run records: older finished ones are deleted (a dead-lettered one
+-- now belongs to the dead letters; an unfinished one stays until it finishes). Bounded per call.
+local function trim_runs(prefix, runs, kept)
+  local excess = redis.call('ZCARD', runs) - tonumber(kept)
+  if excess <= 0 then return end
+  for _, run_id in ipairs(redis.call('ZRANGE', runs, 0, math.min(excess, 64) - 1)) do
+    local run = prefix .. ':run:' .. run_id
+    local status = redis.call('HGET', run, 'status')
+    if status == 'failed' then
+      redis.call('ZREM', runs, run_id)
+    elseif not status or status == 'completed' or status == 'skipped' then
+      redis.call('DEL', run)
+      redis.call('ZREM', runs, run_id)
+    end
+  end
+end
+-- Delete a job that left, its runs (not its dead letters) and every index entry pointing at them.
+local function drop(prefix, id)
+  local job, runs = prefix .. ':job:' .. id, prefix .. ':runs:' .. id
+  for _, run_id in ipairs(redis.call('ZRANGE', runs, 0, -1)) do
+    local run = prefix .. ':run:' .. run_id
+    if redis.call('HGET', run, 'status') ~= 'failed' then redis.call('DEL', run) end
+    redis.call('ZREM', prefix .. ':due', 'r:' .. run_id)
+    redis.call('ZREM', prefix .. ':inflight', run_id)
+  end
+  local fp = redis.call('HGET', job, 'fp')
+  if fp and fp ~= '' and redis.call('GET', fp) == id then redis.call('DEL', fp) end
+  redis.call('DEL', job, runs)
+  redis.call('ZREM', prefix .. ':jobs', id)
+  redis.call('ZREM', prefix .. ':retired', id)
+end
+-- A run whose record is gone while its job is not (evicted, deleted by hand): counted under
+-- `counter`, recorded again as a dead letter saying so (listed by failed(), can be redriven),
+-- and a one-off waiting on it fails with that reason instead of staying queued forever.
+-- Returns 1 when counted, 0 when the job left too (its retention passed: nothing was lost).
+local function run_vanished(prefix, run_id, now, job_ttl, dead_ttl, counter)
+  local id = job_of(run_id)
+  if not id then return 0 end
+  local job = prefix .. ':job:' .. id
+  local st = redis.call('HMGET', job, 'status', 'recurring')
+  if not st[1] then return 0 end
+  local why = 'its run record vanished from Redis (evicted, or deleted by hand); see ductape-jobs doctor'
+  local run = prefix .. ':run:' .. run_id
+  redis.call('HSET', run, 'job_id', id, 'nominal_ms', string.match(run_id, ':(%d+)m?$') or 0,
+    'status', 'failed', 'attempts', 0, 'error', why, 'finished_ms', now)
+  if string.sub(run_id, -1) == 'm' then redis.call('HSET', run, 'manual', '1') end
+  redis.call('EXPIRE', run, dead_ttl)
+  redis.call('ZADD', prefix .. ':dead', now, run_id)
+  redis.call('ZREM', prefix .. ':inflight', run_id)
+  redis.call('HINCRBY', prefix .. ':stats', counter, 1)
+  if st[2] == '0' and string.sub(run_id, -1) ~= 'm' and not FINISHED[st[1]] and st[1] ~= 'paused' then
+    redis.call('HSET', job, 'status', 'failed', 'next_run_ms', '', 'last_error', why, 'updated_ms', now)
+    redis.call('ZREM', prefix .. ':due', 'j:' .. id)
+    retire(prefix, id, job_ttl, now)
+  end
+  return 1
+end
+"""
+
 # Create a batch of jobs; a job with a fingerprint whose live twin exists is not written, and
 # the twin's id is returned for it instead (dedupe, also between jobs of the same batch).
 # A run due now is recorded and its Celery message pushed in the same step. Index and queue
@@ -90,21 +173,23 @@ CREATE_BATCH = 1_000  # jobs per CREATE_JOBS call: bounds its unpack() sizes and
 # each item only if its job is unchanged since beat read it. Refused whole when the caller's
 # fencing token is no longer the lock's (a leader that stalled past its lock sends nothing).
 # KEYS: beat_lock, due, inflight
-# ARGV: prefix, fence, now_ms, runs_kept, then 8 per item:
+# ARGV: prefix, fence, now_ms, runs_kept, job_retention_s, dead_retention_s, then 8 per item:
 #   member, expected_score, expected_runs_done, run_id, nominal_ms, new_next_ms ('' = none),
 #   queue_key, message
 # Returns the indexes (1-based) of the claimed items, or {-1} when fenced out.
 CLAIM_DUE = (
     _BATCHED_WRITES
+    + _LIFECYCLE
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {-1} end
 local prefix, now, kept = ARGV[1], ARGV[3], tonumber(ARGV[4])
+local job_ttl, dead_ttl = ARGV[5], ARGV[6]
 -- Queue pushes and index writes are made once per key at the end: no item reads another
 -- item's entries (due-index members are distinct).
 local claimed, inflight, rescheduled = {}, {}, {}
-local n = (#ARGV - 4) / 8
+local n = (#ARGV - 6) / 8
 for i = 0, n - 1 do
-  local b = 4 + i * 8
+  local b = 6 + i * 8
   local member, score, done = ARGV[b+1], ARGV[b+2], ARGV[b+3]
   local run_id, nominal, new_next = ARGV[b+4], ARGV[b+5], ARGV[b+6]
   local queue, message = ARGV[b+7], ARGV[b+8]
@@ -117,7 +202,9 @@ for i = 0, n - 1 do
     if rs[1] ~= 'retrying' or message == '' or not js[1] then
       -- another delivery already ran it (or the run or its job is gone): a stale entry that
       -- would otherwise be read again on every tick, with beat never sleeping
-      redis.call('ZREM', KEYS[2], member)
+      if redis.call('ZREM', KEYS[2], member) == 1 and not rs[1] then
+        run_vanished(prefix, id, now, job_ttl, dead_ttl, 'due_vanished')
+      end
     elseif js[1] == 'cancelled' then
       -- cancelled while its retry waited here: the run ends skipped and is never sent, so the
       -- cancel is not undone by the claim below setting the one-off's status back to queued
@@ -139,7 +226,9 @@ for i = 0, n - 1 do
     local st = redis.call('HMGET', job, 'status', 'next_run_ms', 'runs_done', 'recurring', 'fp')
     if message == '' then
       -- the job is gone or its record is unreadable: never retried on every tick, never pushed
-      redis.call('ZREM', KEYS[2], member)
+      if redis.call('ZREM', KEYS[2], member) == 1 and not st[1] then
+        redis.call('HINCRBY', prefix .. ':stats', 'due_vanished', 1)
+      end
       if st[1] == 'scheduled' then
         redis.call('HSET', job, 'status', 'failed', 'next_run_ms', '', 'updated_ms', now,
           'last_error', 'beat could not read this job record; it was taken off the schedule')
@@ -152,7 +241,7 @@ for i = 0, n - 1 do
         'attempts', 0, 'queued_ms', now)
       local runs = prefix .. ':runs:' .. id
       redis.call('ZADD', runs, nominal, run_id)
-      if redis.call('ZCARD', runs) > kept then redis.call('ZREMRANGEBYRANK', runs, 0, -kept-1) end
+      trim_runs(prefix, runs, kept)
       push(queue, message)
       inflight[#inflight+1] = now
       inflight[#inflight+1] = run_id
@@ -164,7 +253,7 @@ for i = 0, n - 1 do
       elseif new_next == '' then
         redis.call('HSET', job, 'status', 'completed')
         redis.call('ZREM', KEYS[2], member)
-        if st[5] and st[5] ~= '' then redis.call('DEL', st[5]) end
+        retire(prefix, id, job_ttl, now)
       else
         rescheduled[#rescheduled+1] = new_next
         rescheduled[#rescheduled+1] = member
@@ -220,10 +309,22 @@ return {'run', attempts, job[2], run[4], run[5] or ''}
 # Worker: record the outcome of one attempt, fenced by the attempt number.
 # KEYS: run, job, due, dead, inflight
 # ARGV: attempt, now_ms, outcome ('completed' | 'retry' | 'retry_due' | 'failed'),
-#       result_json, error, traceback, cached, retention_s, due_ms, run_id
-FINISH_RUN = """
+#       result_json, error, traceback, cached, retention_s, due_ms, run_id,
+#       prefix, job_retention_s, dead_retention_s
+FINISH_RUN = (
+    _LIFECYCLE
+    + """
 if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
 local now, outcome = ARGV[2], ARGV[3]
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  -- The job left while this run was out (its retention passed): the outcome goes on the run
+  -- alone, or the writes below would bring back a job record without its spec.
+  redis.call('HSET', KEYS[1], 'status', outcome == 'completed' and 'completed' or 'failed',
+    'finished_ms', now, 'error', ARGV[5])
+  redis.call('EXPIRE', KEYS[1], ARGV[8])
+  redis.call('ZREM', KEYS[5], ARGV[10])
+  return 1
+end
 local one_off = redis.call('HGET', KEYS[2], 'recurring') == '0'
   and redis.call('HGET', KEYS[1], 'manual') ~= '1'  -- a triggered run leaves the status alone
 redis.call('HSET', KEYS[2], 'last_run_id', ARGV[10], 'updated_ms', now)
@@ -236,6 +337,7 @@ if outcome == 'completed' then
   redis.call('HDEL', KEYS[2], 'last_error')
   if one_off then redis.call('HSET', KEYS[2], 'status', 'completed') end
   redis.call('ZREM', KEYS[5], ARGV[10])
+  retire_if_finished(ARGV[11], job_of(ARGV[10]), ARGV[12], now)
   return 1
 end
 redis.call('HSET', KEYS[1], 'error', ARGV[5], 'traceback', ARGV[6], 'finished_ms', now)
@@ -246,6 +348,8 @@ if outcome == 'failed' then
   redis.call('HINCRBY', KEYS[2], 'failed_runs', 1)  -- read by beat's metrics (store.failed_runs)
   if one_off then redis.call('HSET', KEYS[2], 'status', 'failed') end
   redis.call('ZREM', KEYS[5], ARGV[10])
+  redis.call('EXPIRE', KEYS[1], ARGV[13])  -- a dead letter's own retention (the sweep also caps them)
+  retire_if_finished(ARGV[11], job_of(ARGV[10]), ARGV[12], now)
 else
   redis.call('HSET', KEYS[1], 'status', 'retrying')
   if outcome == 'retry_due' then
@@ -260,14 +364,18 @@ else
 end
 return 1
 """
+)
 
 # Cancel, pause or resume a job, or set it aside as failed (a worker found that no run of it
 # can ever succeed), conditional on its current status.
 # A one-off whose run waits in the due index for a retry cannot be paused (its run has started;
 # cancel it instead): pausing it would leave the retry entry to undo the pause.
-# KEYS: job, due   ARGV: action, job_id, now_ms, next_ms (resume), expected_runs_done (resume)
+# KEYS: job, due   ARGV: action, job_id, now_ms, next_ms (resume), expected_runs_done (resume),
+#   prefix, job_retention_s
 # Returns {'ok'}, {'refused', current_status} or {'missing'}
-CHANGE_STATE = """
+CHANGE_STATE = (
+    _LIFECYCLE
+    + """
 local st = redis.call('HMGET', KEYS[1], 'status', 'fp', 'runs_done', 'recurring')
 if not st[1] then return {'missing'} end
 local action, member, now = ARGV[1], 'j:' .. ARGV[2], ARGV[3]
@@ -278,7 +386,7 @@ if action == 'cancel' or action == 'set_aside' then
   local status = action == 'cancel' and 'cancelled' or 'failed'
   redis.call('HSET', KEYS[1], 'status', status, 'next_run_ms', '', 'updated_ms', now)
   redis.call('ZREM', KEYS[2], member)
-  if st[2] and st[2] ~= '' then redis.call('DEL', st[2]) end
+  retire(ARGV[6], ARGV[2], ARGV[7], now)
 elseif action == 'pause' then
   if st[1] ~= 'scheduled' then return {'refused', st[1]} end
   if st[4] == '0' and st[3] ~= '0' then return {'refused', 'retrying'} end
@@ -288,7 +396,7 @@ elseif action == 'resume' then
   if st[1] ~= 'paused' or st[3] ~= ARGV[5] then return {'refused', st[1]} end
   if ARGV[4] == '' then
     redis.call('HSET', KEYS[1], 'status', 'completed', 'next_run_ms', '', 'updated_ms', now)
-    if st[2] and st[2] ~= '' then redis.call('DEL', st[2]) end
+    retire(ARGV[6], ARGV[2], ARGV[7], now)
   else
     redis.call('HSET', KEYS[1], 'status', 'scheduled', 'next_run_ms', ARGV[4], 'updated_ms', now)
     redis.call('ZADD', KEYS[2], ARGV[4], member)
@@ -296,11 +404,14 @@ elseif action == 'resume' then
 end
 return {'ok'}
 """
+)
 
 # Add one extra run now (trigger) or re-queue a dead-lettered one (redrive), with its message.
 # KEYS: job, run, job_runs, queue, dead, inflight
-# ARGV: action ('trigger' | 'redrive'), job_id, run_id, now_ms, message
-ADD_RUN = """
+# ARGV: action ('trigger' | 'redrive'), job_id, run_id, now_ms, message, prefix, runs_kept
+ADD_RUN = (
+    _LIFECYCLE
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 local now = ARGV[4]
@@ -309,6 +420,7 @@ if ARGV[1] == 'trigger' then
   redis.call('HSET', KEYS[2], 'job_id', ARGV[2], 'nominal_ms', now, 'status', 'queued',
     'attempts', 0, 'queued_ms', now, 'manual', '1')
   redis.call('ZADD', KEYS[3], now, ARGV[3])
+  trim_runs(ARGV[6], KEYS[3], ARGV[7])
 else
   if redis.call('HGET', KEYS[2], 'status') ~= 'failed' then
     return {'refused', redis.call('HGET', KEYS[2], 'status') or 'missing'}
@@ -316,14 +428,20 @@ else
   redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'queued_ms', now)
   redis.call('HDEL', KEYS[2], 'finished_ms')
   redis.call('ZREM', KEYS[5], ARGV[3])
+  redis.call('PERSIST', KEYS[2])  -- live again: no longer a dead letter's retention
   if redis.call('HGET', KEYS[1], 'recurring') == '0' and redis.call('HGET', KEYS[2], 'manual') ~= '1' then
     redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_ms', now)
+    -- the one-off is no longer finished: it stays until it finishes again
+    redis.call('PERSIST', KEYS[1])
+    redis.call('PERSIST', KEYS[3])
+    redis.call('ZREM', ARGV[6] .. ':retired', ARGV[2])
   end
 end
 redis.call('LPUSH', KEYS[4], ARGV[5])
 redis.call('ZADD', KEYS[6], now, ARGV[3])
 return {'ok'}
 """
+)
 
 # Beat: send a run's message again when it was lost (in no queue, held by no worker), only if
 # the run has not moved since beat looked; a finished run just leaves the in-flight index.
@@ -385,3 +503,61 @@ for i = 1, #rows, 2 do
 end
 return out
 """
+
+# Worker or beat: a run whose record is gone although its job is not (see run_vanished).
+# KEYS: none   ARGV: prefix, run_id, now_ms, job_retention_s, dead_retention_s
+# Returns 1 when the run vanished (counted), 0 when it exists or its job left too.
+RUN_GONE = (
+    _LIFECYCLE
+    + """
+local prefix, run_id = ARGV[1], ARGV[2]
+if redis.call('EXISTS', prefix .. ':run:' .. run_id) == 1 then return 0 end
+redis.call('ZREM', prefix .. ':inflight', run_id)
+return run_vanished(prefix, run_id, ARGV[3], ARGV[4], ARGV[5], 'runs_vanished')
+"""
+)
+
+# Beat (leader): remove what left, with bounded work per call. Finished jobs whose retention
+# passed go with their runs and index entries; dead letters past their retention or beyond the
+# cap are deleted and counted; a slice of the jobs index (from `cursor`) is checked for entries
+# whose record is gone (counted unless retired) and for finished jobs never retired.
+# KEYS: retired, dead, jobs, stats
+# ARGV: prefix, now_ms, limit, cursor, job_retention_s, dead_retention_s, dead_max
+# Returns {jobs_expired, dead_dropped, retired, jobs_vanished, next_cursor}
+SWEEP = (
+    _LIFECYCLE
+    + """
+local prefix, now, limit, cursor = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+for _, id in ipairs(expired) do drop(prefix, id) end
+if #expired > 0 then redis.call('HINCRBY', KEYS[4], 'jobs_expired', #expired) end
+
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[6]) * 1000, 'LIMIT', 0, limit)
+local over = redis.call('ZCARD', KEYS[2]) - #dead - tonumber(ARGV[7])
+if over > 0 then dead = redis.call('ZRANGE', KEYS[2], 0, #dead + math.min(over, limit) - 1) end
+for _, run_id in ipairs(dead) do
+  redis.call('DEL', prefix .. ':run:' .. run_id)
+  redis.call('ZREM', KEYS[2], run_id)
+end
+if #dead > 0 then redis.call('HINCRBY', KEYS[4], 'dead_dropped', #dead) end
+
+local ids = redis.call('ZRANGE', KEYS[3], cursor, cursor + limit - 1)
+local retired, vanished, removed = 0, 0, 0
+for _, id in ipairs(ids) do
+  local status = redis.call('HGET', prefix .. ':job:' .. id, 'status')
+  local waiting = redis.call('ZSCORE', KEYS[1], id)
+  if not status then
+    if not waiting then vanished = vanished + 1 end
+    drop(prefix, id)
+    removed = removed + 1
+  elseif FINISHED[status] and not waiting then
+    retire(prefix, id, ARGV[5], now)
+    retired = retired + 1
+  end
+end
+if vanished > 0 then redis.call('HINCRBY', KEYS[4], 'jobs_vanished', vanished) end
+local next_cursor = cursor + #ids - removed
+if #ids < limit then next_cursor = 0 end
+return {#expired, #dead, retired, vanished, next_cursor}
+"""
+)

@@ -63,7 +63,12 @@ class Settings(BaseModel):
     beat_batch: int = Field(default=1_000, ge=1)
     beat_max_sleep_ms: int = Field(default=1_000, ge=10)
     runs_kept: int = Field(default=100, ge=1)
-    run_retention_s: int = Field(default=7 * 86_400, ge=60)
+    # Lifecycle (README, "Sizing Redis"): how long finished records stay, then leave with their
+    # index entries. Seconds, so a soak test can shorten them; days in production.
+    run_retention_s: int = Field(default=7 * 86_400, ge=1)
+    job_retention_s: int = Field(default=7 * 86_400, ge=1)
+    dead_retention_s: int = Field(default=30 * 86_400, ge=1)
+    dead_max: int = Field(default=100_000, ge=1)
     socket_timeout_s: float = Field(default=5.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)  # beat's Prometheus endpoint
 

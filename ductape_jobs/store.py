@@ -25,9 +25,20 @@ from ductape_jobs import ops
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobSpec, RunRecord
 from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, Stream, unreachable
-from ductape_jobs.records import Claim, Dispatch, DueEntry, InFlight, NewJob, Started, opt, text
+from ductape_jobs.records import (
+    Claim,
+    Dispatch,
+    DueEntry,
+    InFlight,
+    NewJob,
+    Retention,
+    Started,
+    Swept,
+    opt,
+    text,
+)
 
-__all__ = ["Claim", "Dispatch", "DueEntry", "NewJob", "Started", "Store", "guarded"]
+__all__ = ["Claim", "Dispatch", "DueEntry", "NewJob", "Retention", "Started", "Store", "Swept", "guarded"]
 from ductape_jobs.wire import Message, run_id_of
 
 T = TypeVar("T")
@@ -38,9 +49,10 @@ log = logging.getLogger("ductape_jobs.store")
 class Store:
     """Job, run and schedule records of one deployment in one Redis."""
 
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, retention: Retention | None = None) -> None:
         self.redis = client
         self.keys = keys
+        self.retention = retention or Retention()
         self._scripts = ops.register_scripts(client)
         self._claim, self._begin, self._finish = (
             self._scripts[n] for n in ("CLAIM_DUE", "BEGIN_RUN", "FINISH_RUN")
@@ -229,13 +241,16 @@ class Store:
         self, action: str, job_id: str, now_ms: int, next_ms: int | None = None, runs_done: int = 0
     ) -> tuple[str, str | None]:
         """Cancel, pause or resume atomically; returns ('ok'|'refused'|'missing', status)."""
-        return self.run(ops.change_state(self.keys, action, job_id, now_ms, next_ms, runs_done))
+        flow = ops.change_state(
+            self.keys, action, job_id, now_ms, next_ms, runs_done, job_retention_s=self.retention.job_s
+        )
+        return self.run(flow)
 
     def add_run(
-        self, action: str, job_id: str, run_id: str, now_ms: int, message: Message
+        self, action: str, job_id: str, run_id: str, now_ms: int, message: Message, runs_kept: int = 100
     ) -> tuple[str, str | None]:
         """Trigger an extra run or redrive a dead one, pushing its message in the same step."""
-        return self.run(ops.add_run(self.keys, action, job_id, run_id, now_ms, message))
+        return self.run(ops.add_run(self.keys, action, job_id, run_id, now_ms, message, runs_kept=runs_kept))
 
     def register_worker(self, hostname: str, pairs: Sequence[str], envs: Sequence[str], now_ms: int) -> None:
         """Publish the events and envs a worker serves."""
@@ -327,7 +342,7 @@ class Store:
         def calls() -> Iterator[ops.Eval]:
             for chunk in ops.batched(claims, CLAIM_CHUNK):
                 chunks.append(chunk)
-                args: list[Any] = [self.keys.prefix, fence, now_ms, runs_kept]
+                args: list[Any] = [self.keys.prefix, fence, now_ms, runs_kept, *self._ttls]
                 for c in chunk:
                     args += [
                         c.entry.member,
@@ -443,6 +458,8 @@ class Store:
         verdict = text(got[0])
         if verdict == "busy":
             return Started("busy", wait_ms=int(text(got[1])))
+        if verdict == "skip":
+            self.runs_gone([run_id], now_ms)  # skipped because its record vanished? say so
         if verdict != "run":
             return Started(verdict)
         return Started(
@@ -482,10 +499,54 @@ class Store:
         got = self._eval(
             self._finish,
             keys=[k.run(run_id), k.job(job_id), k.due, k.dead, k.inflight],
-            args=[attempt, now_ms, *outcome_args, retention_s, opt(due_ms), run_id],
+            args=[attempt, now_ms, *outcome_args, retention_s, opt(due_ms), run_id, k.prefix, *self._ttls],
             defer=not wait,
         )
         return not wait or bool(got)
+
+    # -- lifecycle (the sweep and the counters of what left; README "Sizing Redis") ----------
+
+    @property
+    def _ttls(self) -> tuple[int, int]:
+        return self.retention.job_s, self.retention.dead_s
+
+    def runs_gone(self, run_ids: Sequence[str], now_ms: int) -> list[str]:
+        """Of these runs, those whose record vanished while their job is still here: each is
+        counted (``runs_vanished``), logged, and recorded as a dead letter saying so."""
+        gone = [
+            run_id
+            for run_id in run_ids
+            if self._eval(self._scripts["RUN_GONE"], [], [self.keys.prefix, run_id, now_ms, *self._ttls])
+        ]
+        if gone:
+            log.warning(
+                "%d run record(s) vanished from Redis (evicted, or deleted by hand?): %s; their one-off "
+                "jobs are marked failed and the runs are dead letters (ductape-jobs failed, doctor)",
+                len(gone),
+                ", ".join(gone[:5]),
+            )
+        return gone
+
+    def sweep(self, now_ms: int, limit: int, cursor: int) -> Swept:
+        """Remove finished jobs past their retention and dead letters past theirs or beyond the
+        cap, and check ``limit`` entries of the jobs index from ``cursor`` (one bounded script)."""
+        k, r = self.keys, self.retention
+        got = self._eval(
+            self._scripts["SWEEP"],
+            [k.retired, k.dead, k.jobs, k.stats],
+            [k.prefix, now_ms, limit, cursor, r.job_s, r.dead_s, r.dead_max],
+        )
+        return Swept(*(int(v) for v in got))
+
+    def counters(self) -> dict[str, int]:
+        """The lifecycle counters (``jobs_expired``, ``dead_dropped``, ``due_vanished``, ...)."""
+        got: dict[Any, Any] = _guard(lambda: self.redis.hgetall(self.keys.stats))
+        return {text(name): int(value) for name, value in got.items()}
+
+    def memory(self) -> tuple[int, int]:
+        """The server's used_memory and maxmemory in bytes (0: no limit)."""
+        info: dict[str, Any] = _guard(lambda: self.redis.info("memory"))
+        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
 
     def cached_result(self, key: str) -> str | None:
         """A live cached result (JSON), or None."""

@@ -20,7 +20,7 @@ from ductape_jobs.runner import Runner
 from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions, session_types_from_config
 from ductape_jobs.settings import Settings
-from ductape_jobs.store import Store
+from ductape_jobs.store import Retention, Store
 
 log = logging.getLogger("workers")
 
@@ -33,7 +33,7 @@ def build_app(settings: Settings | None = None, registry: Registry | None = None
     registry = load_handlers(settings.handlers, registry)
     app = create_app(settings, name="workers")
     app.conf.task_queues = [q for q in app.conf.task_queues if q.name in settings.served_queues()]
-    store = Store(connect(settings), Keys(settings.key_prefix))
+    store = Store(connect(settings), Keys(settings.key_prefix), Retention.of(settings))
     vault = Vault(Sessions(session_types_from_config(settings.sessions)))
     runner = Runner(store, registry, settings, now_ms, vault=vault, defer_finish=True)
     for entry in registry:

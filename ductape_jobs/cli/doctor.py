@@ -1,8 +1,9 @@
 """``doctor``: is this deployment able to run jobs, and if not, what to fix.
 
 Checks, each bounded in time: Redis reachable, an eviction policy that cannot drop schedules,
-AOF on, a live beat leader (its lock and TTL), and a live worker for every env (from the workers
-hash and how long ago each was seen).
+memory headroom, records that left (by retention, the dead-letter cap, or vanished), AOF on, a
+live beat leader (its lock and TTL), and a live worker for every env (from the workers hash and
+how long ago each was seen).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ductape_jobs import health
 from ductape_jobs.cli.context import EXIT_PROBLEMS, EXIT_UNAVAILABLE, Context, json_option, pass_context
 from ductape_jobs.cli.output import echo_json, note, printable, redact, say, span
 from ductape_jobs.client import now_ms
@@ -77,9 +79,12 @@ def probe(settings: Settings, timeout_s: float) -> tuple[list[Finding], list[Wor
         if reached.status != OK:
             return [reached], [], False
         workers = workers_seen(client, keys, now_ms())
+        store = Store(client, keys)
         findings = [
             reached,
-            check_eviction(Store(client, keys)),
+            check_eviction(store),
+            check_memory(store),
+            check_records(store),
             check_aof(client),
             *check_beat(client, keys, settings, now_ms()),
             *check_workers(client, keys, settings, workers),
@@ -115,22 +120,21 @@ def check_redis(client: redis.Redis, settings: Settings, timeout_s: float) -> Fi
 
 def check_eviction(store: Store) -> Finding:
     """An eviction policy that never drops job records or schedules (noeviction, volatile-*)."""
-    policy = store.eviction_policy()
-    if policy is None:
-        return Finding(
-            "eviction",
-            INFO,
-            "CONFIG GET is not allowed here (a managed Redis?); make sure "
-            "maxmemory-policy is noeviction in the provider's settings",
-        )
-    if policy == "noeviction" or policy.startswith("volatile-"):
-        return Finding("eviction", OK, f"maxmemory-policy is {policy}")
-    return Finding(
-        "eviction",
-        WARN,
-        f"maxmemory-policy is {policy}: when memory runs out Redis may evict job records and schedules",
-        "CONFIG SET maxmemory-policy noeviction, and set maxmemory-policy noeviction in redis.conf",
-    )
+    return _finding("eviction", health.eviction_verdict(store.eviction_policy()))
+
+
+def check_memory(store: Store) -> Finding:
+    """Headroom: used_memory well below maxmemory (and a maxmemory set at all)."""
+    return _finding("memory", health.memory_verdict(*store.memory()))
+
+
+def check_records(store: Store) -> Finding:
+    """What left Redis: by retention and the dead-letter cap, and what vanished before its time."""
+    return _finding("records", health.records_verdict(store.counters()))
+
+
+def _finding(check: str, verdict: health.Verdict) -> Finding:
+    return Finding(check, verdict.status, verdict.detail, verdict.fix)
 
 
 def check_aof(client: redis.Redis) -> Finding:

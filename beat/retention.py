@@ -1,0 +1,67 @@
+"""Removing what left: beat's sweep over finished jobs, dead letters and the jobs index.
+
+Finished jobs get their retention when they finish (the scripts put them in the ``retired``
+index with the time it ends, and give their keys a TTL as a backstop); this sweep, run by the
+leader about once a second with bounded work per call, deletes them then with their runs and
+every index entry pointing at them, trims the dead letters to their retention and cap (counting
+what it drops), and walks the jobs index a slice at a time for entries whose record is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ductape_jobs.store import Store, Swept
+
+log = logging.getLogger("beat")
+
+SWEEP_EVERY_MS = 1_000
+SWEEP_LIMIT = 250  # records per sweep call: keeps each call to about a millisecond of server time
+SWEEP_CALLS_MAX = 4  # calls per pass while a call comes back full (catching up)
+
+
+@dataclass
+class SweepTotals:
+    """What one pass removed, summed over its calls."""
+
+    jobs_expired: int = 0
+    dead_dropped: int = 0
+    retired: int = 0
+    jobs_vanished: int = 0
+
+    def add(self, got: Swept) -> None:
+        """Count one call's removals."""
+        self.jobs_expired += got.jobs_expired
+        self.dead_dropped += got.dead_dropped
+        self.retired += got.retired
+        self.jobs_vanished += got.jobs_vanished
+
+
+class Sweeper:
+    """Runs the sweep at most every SWEEP_EVERY_MS; keeps its place in the jobs index."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cursor = 0
+        self._next_ms = 0
+
+    def sweep(self, now_ms: int) -> SweepTotals | None:
+        """One pass when it is time (None otherwise): what it removed."""
+        if now_ms < self._next_ms:
+            return None
+        self._next_ms = now_ms + SWEEP_EVERY_MS
+        totals = SweepTotals()
+        for _ in range(SWEEP_CALLS_MAX):
+            got = self.store.sweep(now_ms, SWEEP_LIMIT, self.cursor)
+            self.cursor = got.next_cursor
+            totals.add(got)
+            if max(got.jobs_expired, got.dead_dropped) < SWEEP_LIMIT:
+                break
+        if totals.jobs_vanished:
+            log.warning(
+                "%d job record(s) vanished from Redis before their retention (evicted, or deleted by "
+                "hand?); their index entries were removed (counted as jobs_vanished, see doctor)",
+                totals.jobs_vanished,
+            )
+        return totals
