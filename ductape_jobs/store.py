@@ -86,7 +86,9 @@ class Store:
             try:
                 reply = conn.retry.call_with_retry(attempt, lambda _: conn.disconnect())
             except redis.exceptions.NoScriptError:  # a new or restarted server: load, then once more
-                self.redis.script_load(script.script)
+                # on this thread's own connection: a pool connection would stay open after it
+                conn.send_command("SCRIPT", "LOAD", script.script)
+                conn.read_response()
                 reply = conn.retry.call_with_retry(attempt, lambda _: conn.disconnect())
             except redis.ResponseError:
                 raise  # the reply was read whole: the connection is still in step
