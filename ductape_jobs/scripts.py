@@ -547,7 +547,8 @@ for _, id in ipairs(ids) do
   local status = redis.call('HGET', prefix .. ':job:' .. id, 'status')
   local waiting = redis.call('ZSCORE', KEYS[1], id)
   if not status then
-    if not waiting then vanished = vanished + 1 end
+    -- gone before its retention ended (a retired job's TTL outlasts it): evicted or deleted
+    if not waiting or tonumber(waiting) > now then vanished = vanished + 1 end
     drop(prefix, id)
     removed = removed + 1
   elseif FINISHED[status] and not waiting then
