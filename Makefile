@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CELERY := $(BIN)/celery -A workers
 export DUCTAPE_HANDLERS ?= examples.handlers
 
-.PHONY: help setup demo test test-unit test-e2e lint typecheck bench worker beat flower clean
+.PHONY: help setup demo test test-unit test-e2e lint typecheck bench soak worker beat flower clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ typecheck: $(STAMP) ## mypy --strict
 
 bench: $(STAMP) ## speed beside plain Celery and RedBeat, printed as ratios
 	$(BIN)/python -m bench
+
+soak: $(STAMP) ## ~3 min: memory flat under a steady mix, retention shortened (bench figure 8)
+	$(BIN)/python -m bench --only 8
 
 worker: $(STAMP) ## a worker for every env (REDIS_URL, DUCTAPE_* from the environment)
 	$(CELERY) worker --loglevel INFO

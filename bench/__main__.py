@@ -20,6 +20,8 @@ from bench.figures.e2e import end_to_end
 from bench.figures.lateness import lateness
 from bench.figures.memory import beat_memory
 from bench.figures.producer import schedule_batch, schedule_one_by_one
+from bench.figures.sizing import sizing
+from bench.figures.soak import soak
 from bench.report import Row, table, write_json
 
 NOTE = (
@@ -38,6 +40,8 @@ def _figures(quick: bool) -> dict[int, Callable[[Bench, int], list[Row]]]:
         4: beat_release,  # figure 7 (round trips, commands, Redis ceiling) is measured with it
         5: lambda bench, reps: beat_memory(bench, reps, large=large),
         6: lateness,
+        8: soak,  # minutes long: `make soak` runs it alone
+        9: sizing,
     }
 
 

@@ -30,3 +30,9 @@ def _db() -> redis.Redis:
 def noop(input: dict[str, Any], ctx: RunContext) -> None:
     """Counts the run and does nothing else."""
     _db().incr(counter_key(os.environ["DUCTAPE_KEY_PREFIX"]))
+
+
+@handler("fail", product_tag=PRODUCT)
+def fail(input: dict[str, Any], ctx: RunContext) -> None:
+    """Always fails: with its retries spent the run is dead-lettered (the soak's failing jobs)."""
+    raise RuntimeError("bench: failing on purpose")
