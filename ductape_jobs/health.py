@@ -48,7 +48,7 @@ def eviction_verdict(policy: str | None) -> Verdict:
         return Verdict("ok", f"maxmemory-policy is {policy} (finished records may leave before retention)")
     return Verdict(
         "warn",
-        f"maxmemory-policy is {policy}: when memory runs out Redis may evict job records and schedules",
+        f"maxmemory-policy is {policy!r}: when memory runs out Redis may evict job records and schedules",
         EVICTION_FIX,
     )
 
