@@ -40,7 +40,7 @@ class RedisWatch:
         try:
             verdicts = [
                 health.eviction_verdict(self.store.eviction_policy()),
-                health.memory_verdict(*self.store.memory()),
+                health.memory_verdict(self.store.memory()),
             ]
             counters = self.store.counters()
         except BackendUnavailableError:
@@ -67,15 +67,17 @@ class HealthCollector(Collector):
             return
         try:
             policy = self.store.eviction_policy()
-            used, maxmemory = self.store.memory()
+            memory = self.store.memory()
             counters = self.store.counters()
         except BackendUnavailableError:
             log.warning("metrics: Redis is unreachable; its memory and record counts left out of this scrape")
             return
-        yield GaugeMetricFamily("ductape_redis_used_memory_bytes", "Redis used_memory.", value=used)
-        yield GaugeMetricFamily(
-            "ductape_redis_maxmemory_bytes", "Redis maxmemory (0: no limit).", value=maxmemory
-        )
+        if memory is not None:
+            used, maxmemory = memory
+            yield GaugeMetricFamily("ductape_redis_used_memory_bytes", "Redis used_memory.", value=used)
+            yield GaugeMetricFamily(
+                "ductape_redis_maxmemory_bytes", "Redis maxmemory (0: no limit).", value=maxmemory
+            )
         if policy is not None:
             safe = 1.0 if health.eviction_safe(policy) else 0.0
             yield GaugeMetricFamily(

@@ -53,8 +53,11 @@ def eviction_verdict(policy: str | None) -> Verdict:
     )
 
 
-def memory_verdict(used: int, maxmemory: int) -> Verdict:
-    """Memory headroom: used_memory against maxmemory."""
+def memory_verdict(reading: tuple[int, int] | None) -> Verdict:
+    """Memory headroom: used_memory against maxmemory (None: INFO is not allowed here)."""
+    if reading is None:
+        return Verdict("info", "INFO memory is not allowed here; watch the provider's memory metrics")
+    used, maxmemory = reading
     if maxmemory <= 0:
         return Verdict(
             "info",

@@ -545,9 +545,12 @@ class Store:
         got: dict[Any, Any] = _guard(lambda: self.redis.hgetall(self.keys.stats))
         return {text(name): int(value) for name, value in got.items()}
 
-    def memory(self) -> tuple[int, int]:
-        """The server's used_memory and maxmemory in bytes (0: no limit)."""
-        info: dict[str, Any] = _guard(lambda: self.redis.info("memory"))
+    def memory(self) -> tuple[int, int] | None:
+        """The server's used_memory and maxmemory in bytes (0: no limit); None when INFO is not allowed."""
+        try:
+            info: dict[str, Any] = _guard(lambda: self.redis.info("memory"))
+        except redis.ResponseError:
+            return None
         return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
 
     def cached_result(self, key: str) -> str | None:

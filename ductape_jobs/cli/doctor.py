@@ -125,7 +125,7 @@ def check_eviction(store: Store) -> Finding:
 
 def check_memory(store: Store) -> Finding:
     """Headroom: used_memory well below maxmemory (and a maxmemory set at all)."""
-    return _finding("memory", health.memory_verdict(*store.memory()))
+    return _finding("memory", health.memory_verdict(store.memory()))
 
 
 def check_records(store: Store) -> Finding:

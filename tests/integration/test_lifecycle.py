@@ -266,7 +266,9 @@ def test_beat_rechecks_eviction_and_memory_and_doctor_and_metrics_show_them(pref
         watch = RedisWatch(store, every_ms=30_000)
         assert watch.check(T0) == []
         client.config_set("maxmemory-policy", "allkeys-lru")
-        used, _ = store.memory()
+        reading = store.memory()
+        assert reading is not None
+        used = reading[0]
         client.config_set("maxmemory", str(int(used * 1.1)))
         client.hset(Keys(prefix).stats, mapping={"runs_vanished": 2, "jobs_expired": 5})
         assert watch.check(T0 + 29_999) is None  # not yet time to look again
