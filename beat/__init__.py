@@ -2,8 +2,10 @@
 
 Owns: leader election with fencing, releasing due runs from the Redis due index to Celery (claim,
 advance and message push atomic per claim script, decided up to 250 ms ahead), and sending again
-runs whose message was lost (``lost``). ``engine`` never imports Celery (it takes the time and a
-message builder); ``scheduler`` is the thin Celery adapter, ``metrics`` its Prometheus endpoint.
+runs whose message was lost (``lost``), removing what left after its retention (``retention``),
+and watching Redis's eviction policy and memory headroom (``health``). ``engine`` never imports
+Celery (it takes the time and a message builder); ``scheduler`` is the thin Celery adapter,
+``metrics`` its Prometheus endpoint.
 Talks to Redis only through ``ductape_jobs.store``.
 """
 
