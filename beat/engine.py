@@ -12,12 +12,12 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pydantic import ValidationError
-
 from beat.lost import LostRuns
 from beat.retention import Sweeper, SweepTotals
 from ductape_jobs import timing
-from ductape_jobs.models import JobSpec, run_id_for
+from ductape_jobs.brief import JobBrief
+from ductape_jobs.models import run_id_for
+from ductape_jobs.records import reason
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Claim, DueEntry, Store
 from ductape_jobs.wire import Message, MessageBuilder
@@ -25,7 +25,9 @@ from ductape_jobs.wire import Message, MessageBuilder
 log = logging.getLogger("beat")
 
 PREPARE_AHEAD_MS = 250  # due runs are decided this far ahead, then sent at their due time
-SPEC_CACHE_SIZE = 4_096  # parsed specs kept between ticks; memory follows due runs, not schedules
+# Parsed briefs kept between ticks, by their stored size: a brief is at most about 1.5 KiB (its
+# argsrepr is cut at 1 KiB), so this holds thousands, and never a job's input.
+BRIEF_CACHE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class TickReport:
     releases: list[Release] = field(default_factory=list)
     resent: int = 0  # runs whose lost message was sent again (beat.lost)
     swept: SweepTotals | None = None  # what the retention sweep removed, when it ran (beat.retention)
+    set_aside: list[Claim] = field(default_factory=list)  # entries beat could not read or decide
+    runs_set_aside: int = 0  # in-flight runs the lost-run sweep could not read (beat.lost)
 
 
 class BeatEngine:
@@ -75,7 +79,8 @@ class BeatEngine:
         self.messages = messages
         self.instance = instance
         self.token: str | None = None
-        self._specs: OrderedDict[str, tuple[str, JobSpec]] = OrderedDict()
+        self._briefs: OrderedDict[str, tuple[str, JobBrief]] = OrderedDict()
+        self._brief_bytes = 0
         self._prepared: list[Claim] = []  # decided ahead for the next due time (see _prepare)
         self.lost = LostRuns(store, settings, messages)
         self.sweeper = Sweeper(store)
@@ -128,8 +133,10 @@ class BeatEngine:
                 return report
             if len(entries) < batch:
                 break
+        aside = self.lost.set_aside
         report.resent = self.lost.sweep(now_ms)
         report.swept = self.sweeper.sweep(now_ms)
+        report.runs_set_aside = self.lost.set_aside - aside
         report.sleep_ms = self._prepare(now_ms)
         return report
 
@@ -140,6 +147,12 @@ class BeatEngine:
             report.fenced_out, self.token, self._prepared = True, None, []
             log.warning("beat %s was fenced out; standing by", self.instance)
             return False
+        aside = [c for c in claimed if c.reason]
+        if aside:
+            claimed = [c for c in claimed if not c.reason]
+            report.set_aside += aside
+            for c in aside:
+                log.error("set aside %s: %s", c.entry.member, c.reason)
         report.released += len(claimed)
         report.lateness_ms += [max(now_ms - c.nominal_ms, 0) for c in claimed]
         if self.record_releases:
@@ -163,13 +176,26 @@ class BeatEngine:
         return max(0, min(cap, next_due - now_ms))
 
     def _decide(self, entry: DueEntry, now_ms: int) -> Claim:
-        spec = self._spec(entry)
+        """The claim for one entry; one beat cannot read or decide is set aside with the reason,
+        so that it never stops the tick (or comes first again on the next one)."""
+        try:
+            return self._decide_one(entry, now_ms)
+        except UnreadableRecordError as exc:
+            why = str(exc)
+        except Exception as exc:  # noqa: BLE001 - any failure of one entry is that entry's alone
+            why = reason("beat could not decide this job's next run", exc)
+        return Claim(entry, entry.run_id or "", entry.due_ms, None, self._unsent(entry), why)
+
+    def _decide_one(self, entry: DueEntry, now_ms: int) -> Claim:
+        brief = self._brief(entry)
+        if brief is None:  # the job is gone; the claim script drops its index entry
+            return Claim(entry, entry.run_id or "", entry.due_ms, None, self._unsent(entry))
         if entry.run_id is not None:  # a retry waiting out a long backoff
-            message = self._message(entry.run_id, spec, entry, now_ms)
+            message = self._message(entry.run_id, brief, entry, now_ms)
             return Claim(entry, entry.run_id, entry.due_ms, None, message)
         run_id = run_id_for(entry.job_id, entry.due_ms)
-        message = self._message(run_id, spec, entry, now_ms)
-        rule = None if spec is None else spec.timing_rule()
+        message = self._message(run_id, brief, entry, now_ms)
+        rule = brief.timing_rule()
         if rule is None:
             return Claim(entry, run_id, entry.due_ms, None, message)
         # The next run is fixed now, when this one is handed over (BullMQ's rule).
@@ -177,47 +203,58 @@ class BeatEngine:
         return Claim(entry, run_id, entry.due_ms, next_ms, message)
 
     def _release(self, claim: Claim, now_ms: int) -> Release | None:
-        entry, spec = claim.entry, self._spec(claim.entry)
-        if entry.run_id is not None or spec is None:
+        entry, brief = claim.entry, self._brief(claim.entry)
+        if entry.run_id is not None or brief is None:
             return None
-        rule = spec.timing_rule()
+        rule = brief.timing_rule()
         missed = 0
         if rule is not None:
             done, next_ms = entry.runs_done + 1, claim.new_next_ms
             missed = timing.missed_slots(rule, entry.anchor_ms, entry.due_ms, done, next_ms, now_ms)
         return Release(
             job_id=entry.job_id,
-            product_tag=spec.product_tag,
-            event=spec.event,
-            env=spec.env,
+            product_tag=brief.product_tag,
+            event=brief.event,
+            env=brief.env,
             recurring=rule is not None,
             lateness_ms=max(now_ms - claim.nominal_ms, 0),
             missed=missed,
         )
 
-    def _message(self, run_id: str, spec: JobSpec | None, entry: DueEntry, now_ms: int) -> Message:
-        if entry.spec_json is None:  # counted by the claim script (stats: due_vanished)
+    def _unsent(self, entry: DueEntry) -> Message:
+        if entry.brief_json is None:  # counted by the claim script (stats: due_vanished)
             what = f"run {entry.run_id}" if entry.run_id else f"job {entry.job_id}"
             log.warning("due entry %s: the %s record is gone (evicted?); dropping it", entry.member, what)
-        if spec is None:  # the job is gone or unreadable; the claim script drops its index entry
-            return Message(self.store.keys.job(entry.job_id), "")
-        # Released when due, so the message carries no ETA (nominal <= now).
-        return self.messages.build(run_id, spec, min(entry.due_ms, now_ms), now_ms)
+        return Message(self.store.keys.job(entry.job_id), "")
 
-    def _spec(self, entry: DueEntry) -> JobSpec | None:
-        if entry.spec_json is None:
+    def _message(self, run_id: str, brief: JobBrief, entry: DueEntry, now_ms: int) -> Message:
+        # Released when due, so the message carries no ETA (nominal <= now).
+        return self.messages.from_brief(run_id, brief, min(entry.due_ms, now_ms), now_ms)
+
+    def _brief(self, entry: DueEntry) -> JobBrief | None:
+        """The entry's brief, parsed once while it stays unchanged; raises when unreadable."""
+        stored = entry.brief_json
+        if stored is None:
             return None
-        cached = self._specs.get(entry.job_id)
-        if cached is not None and cached[0] == entry.spec_json:
-            self._specs.move_to_end(entry.job_id)
+        cached = self._briefs.get(entry.job_id)
+        if cached is not None and cached[0] == stored:
+            self._briefs.move_to_end(entry.job_id)
             return cached[1]
         try:
-            spec = JobSpec.model_validate_json(entry.spec_json)
-        except ValidationError:
-            # One unreadable record must not stall every other schedule: the claim drops it.
-            log.error("job %s has an unreadable record; taking it off the schedule", entry.job_id)
-            return None
-        self._specs[entry.job_id] = (entry.spec_json, spec)
-        if len(self._specs) > SPEC_CACHE_SIZE:
-            self._specs.popitem(last=False)
-        return spec
+            brief = JobBrief.read(stored)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise UnreadableRecordError(reason("beat could not read this job's record", exc)) from None
+        if stored.startswith("spec:"):  # a record older than briefs: its spec is too big to keep
+            return brief
+        if cached is not None:
+            self._brief_bytes -= len(cached[0])
+        self._briefs[entry.job_id] = (stored, brief)
+        self._brief_bytes += len(stored)
+        while self._brief_bytes > BRIEF_CACHE_BYTES and len(self._briefs) > 1:
+            _, (old, _) = self._briefs.popitem(last=False)
+            self._brief_bytes -= len(old)
+        return brief
+
+
+class UnreadableRecordError(Exception):
+    """A job record beat cannot read; its message is the reason the entry is set aside with."""

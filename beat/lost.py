@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from ductape_jobs.records import InFlight
+from ductape_jobs.records import Dispatch, InFlight, Unreadable
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
 from ductape_jobs.wire import Message, MessageBuilder
@@ -35,6 +35,7 @@ class LostRuns:
         self.after_ms = min(settings.visibility_timeout_s * 1000, LOST_AFTER_MAX_MS)
         self.every_ms = max(self.after_ms // 4, 500)
         self._next_ms = 0
+        self.set_aside = 0  # runs set aside so far (their job's record could not be read)
 
     def sweep(self, now_ms: int) -> int:
         """Send again the runs whose message was lost (looks every every_ms); how many were sent."""
@@ -43,7 +44,8 @@ class LostRuns:
         self._next_ms = now_ms + self.every_ms
         runs = self.store.unmoved_runs(now_ms - self.after_ms, self.batch)
         live = [run for run in runs if run.status is not None and run.status not in FINISHED]
-        dispatches = {d.run_id: d for d in self.store.dispatches([run.run_id for run in live])}
+        loaded = self.store.dispatches([run.run_id for run in live])
+        dispatches = {d.run_id: d for d in self._readable(loaded, now_ms)}
         self.store.runs_gone([run.run_id for run in runs if run.status is None], now_ms)  # counted, logged
         self.store.forget_runs([run.run_id for run in runs if run.run_id not in dispatches])
 
@@ -54,7 +56,7 @@ class LostRuns:
             dispatch = dispatches.get(run.run_id)
             if dispatch is None:
                 continue
-            message = self.messages.build(run.run_id, dispatch.spec, dispatch.nominal_ms, now_ms)
+            message = self.messages.from_brief(run.run_id, dispatch.brief, dispatch.nominal_ms, now_ms)
             if message.queue_key not in heads:
                 heads[message.queue_key] = self.store.head_queued_ms(message.queue_key)
             head_ms = heads[message.queue_key]
@@ -75,3 +77,13 @@ class LostRuns:
         if sent:
             log.warning("sent %d run(s) again whose message was lost: %s", len(sent), ", ".join(sent[:5]))
         return len(sent)
+
+    def _readable(self, loaded: list[Dispatch | Unreadable], now_ms: int) -> list[Dispatch]:
+        """The runs whose job could be read; each other one is set aside with its reason, so one
+        bad record never stops the sweep (it would fail on every pass)."""
+        for bad in loaded:
+            if isinstance(bad, Unreadable) and bad.run_id is not None:
+                log.error("set aside run %s: %s", bad.run_id, bad.reason)
+                self.store.set_aside_run(bad.run_id, bad.job_id, bad.reason, now_ms)
+                self.set_aside += 1
+        return [d for d in loaded if isinstance(d, Dispatch)]

@@ -13,9 +13,10 @@ from typing import Any, Unpack
 import redis.asyncio as aredis
 
 from ductape_jobs.astore import AsyncStore
-from ductape_jobs.flows import ClientCore, JobFilter, Jobs, Request, Runs, Times
+from ductape_jobs.flows import ClientCore, JobFilter, Request, Runs, SetAsides, Times
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobRequest, ScheduleHandle
+from ductape_jobs.records import JobList
 from ductape_jobs.settings import Settings
 
 POOL_SIZE = 64  # connections one client opens at most
@@ -86,7 +87,7 @@ class AsyncJobClient:
         """Awaitable ``JobClient.get``: the job's record, or JobNotFoundError."""
         return await self._run(self._flows.get(job_id))
 
-    async def list(self, **filters: Unpack[JobFilter]) -> Jobs:
+    async def list(self, **filters: Unpack[JobFilter]) -> JobList:
         """Awaitable ``JobClient.list``: jobs, newest first, filtered."""
         return await self._run(self._flows.list(**filters))
 
@@ -97,6 +98,10 @@ class AsyncJobClient:
     async def failed(self, limit: int = 100) -> Runs:
         """Awaitable ``JobClient.failed``: dead-lettered runs, newest first."""
         return await self._run(self._flows.failed(limit))
+
+    async def set_aside(self, limit: int = 100) -> SetAsides:
+        """Awaitable ``JobClient.set_aside``: jobs beat could not read or decide, newest first."""
+        return await self._run(self._flows.set_aside(limit))
 
     async def upcoming(self, job_id: str, n: int = 5) -> Times:
         """Awaitable ``JobClient.upcoming``: the next n run times."""

@@ -12,10 +12,11 @@ from typing import Any, Unpack
 import redis
 
 from ductape_jobs.errors import BackendUnavailableError
-from ductape_jobs.flows import ClientCore, JobFilter, Jobs, Request, Runs, Times, now_ms
+from ductape_jobs.flows import ClientCore, JobFilter, Request, Runs, SetAsides, Times, now_ms
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobRequest, ScheduleHandle
 from ductape_jobs.publisher import Publisher
+from ductape_jobs.records import JobList
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Retention, Store
 
@@ -79,8 +80,9 @@ class JobClient:
         """The job's record; JobNotFoundError when there is none."""
         return self._run(self._flows.get(job_id))
 
-    def list(self, **filters: Unpack[JobFilter]) -> Jobs:
-        """Jobs, newest first, filtered by env, product, event and status."""
+    def list(self, **filters: Unpack[JobFilter]) -> JobList:
+        """Jobs, newest first, filtered by env, product, event and status; records that can't be
+        read are skipped and reported in the list's ``unreadable``."""
         return self._run(self._flows.list(**filters))
 
     def runs(self, job_id: str, limit: int = 20) -> Runs:
@@ -90,6 +92,10 @@ class JobClient:
     def failed(self, limit: int = 100) -> Runs:
         """Dead-lettered runs, newest first."""
         return self._run(self._flows.failed(limit))
+
+    def set_aside(self, limit: int = 100) -> SetAsides:
+        """Jobs beat could not read or decide, newest first: each failed with the reason."""
+        return self._run(self._flows.set_aside(limit))
 
     def upcoming(self, job_id: str, n: int = 5) -> Times:
         """The next n run times (aware UTC datetimes), honouring limit, endDate and tz."""

@@ -39,6 +39,10 @@ class JobStateError(DuctapeError, ValueError):
     """The operation does not apply to the job in its current state."""
 
 
+class RecordUnreadableError(DuctapeError, ValueError):
+    """A stored record could not be read back (damaged, or written by an incompatible version)."""
+
+
 class BackendUnavailableError(DuctapeError, ConnectionError):
     """Redis (or the broker) could not be reached within the configured time."""
 

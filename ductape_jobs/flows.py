@@ -8,6 +8,7 @@ client drives these flows with ``Store.run`` and the async one with ``await Asyn
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,8 +17,15 @@ from datetime import datetime
 from typing import Any, TypedDict, cast
 
 from ductape_jobs import ops, timing
+from ductape_jobs.brief import JobBrief, argsrepr
 from ductape_jobs.celery_app import create_app
-from ductape_jobs.errors import JobNotFoundError, JobStateError, JobValidationError, UnknownEventError
+from ductape_jobs.errors import (
+    JobNotFoundError,
+    JobStateError,
+    JobValidationError,
+    RecordUnreadableError,
+    UnknownEventError,
+)
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import (
     JobRecord,
@@ -31,7 +39,7 @@ from ductape_jobs.models import (
 )
 from ductape_jobs.ops import Flow
 from ductape_jobs.planning import check_input, plan_job
-from ductape_jobs.records import NewJob
+from ductape_jobs.records import JobList, NewJob, SetAside, Unreadable
 from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import OPENER, Sessions, session_types_from_config
 from ductape_jobs.settings import Settings
@@ -41,6 +49,7 @@ Request = JobRequest | Mapping[str, Any]
 Jobs = list[JobRecord]
 Runs = list[RunRecord]
 Times = list[datetime]
+SetAsides = list[SetAside]
 
 
 class JobFilter(TypedDict, total=False):
@@ -194,6 +203,10 @@ class JobFlows:
         job = yield from ops.get_job(self._keys, job_id)
         if job is None:
             raise JobNotFoundError(f"no job {job_id!r} under key prefix {self._settings.key_prefix!r}")
+        if isinstance(job, Unreadable):
+            raise RecordUnreadableError(
+                f"job {job_id}: {job.reason}; cancel it (ductape-jobs cancel {job_id}) and schedule it again"
+            )
         return self._opened(job)
 
     def list(
@@ -204,13 +217,17 @@ class JobFlows:
         event: str | None = None,
         status: str | JobStatus | None = None,
         limit: int = 100,
-    ) -> Flow[Jobs]:
-        """Jobs, newest first, filtered by env, product, event and status."""
+    ) -> Flow[JobList]:
+        """Jobs, newest first, filtered by env, product, event and status; records that can't be
+        read are skipped and reported in the list's ``unreadable``."""
         wanted = {"env": env, "product_tag": product_tag, "event": event}
-        out: Jobs = []
+        out = JobList()
         ids = yield from ops.job_ids(self._keys, limit=max(limit * 10, 1000))
         for start in range(0, len(ids), 500):
             for job in (yield from ops.get_jobs(self._keys, ids[start : start + 500])):
+                if isinstance(job, Unreadable):
+                    out.unreadable.append(job)
+                    continue
                 if status is not None and job.status != JobStatus(status):
                     continue
                 if any(v is not None and getattr(job.spec, k) != v for k, v in wanted.items()):
@@ -230,6 +247,10 @@ class JobFlows:
     def _opened(self, job: JobRecord) -> JobRecord:
         # A session job's result is stored sealed; this client holds the secret to open it.
         return job.model_copy(update={"result": self._vault.open_result(job.spec, job.result)})
+
+    def set_aside(self, limit: int) -> Flow[SetAsides]:
+        """Jobs beat could not read or decide, newest first: each failed with the reason."""
+        return (yield from ops.set_aside(self._keys, limit))
 
     def failed(self, limit: int) -> Flow[Runs]:
         """Dead-lettered runs, newest first."""
@@ -366,6 +387,8 @@ class _Shape:
     row_template: tuple[Any, ...]
     spec_head: str
     spec_tail: str
+    brief_head: str
+    brief_tail: str
     shown: dict[str, Any]  # the handle's fields but job_id
 
     @classmethod
@@ -377,8 +400,12 @@ class _Shape:
         head, found, tail = spec_json.partition(_INPUT_MARK_JSON)
         if not found:
             return None
+        brief_json = JobBrief.of(spec).model_copy(update={"argsrepr": _INPUT_MARK_JSON}).model_dump_json()
+        brief_head, found, brief_tail = brief_json.partition(json.dumps(_INPUT_MARK_JSON))
+        if not found:
+            return None
         shown = _handle(plan).model_dump(exclude={"job_id"})
-        return cls(plan, ops.create_args(keys, plan), head, tail, shown)
+        return cls(plan, ops.create_args(keys, plan), head, tail, brief_head, brief_tail, shown)
 
     def twin(self, raw: Mapping[str, Any], settings: Settings) -> _Twin | None:
         """The request as a twin of this shape if its input passes; None sends it the long way
@@ -399,6 +426,8 @@ class _Shape:
         plan, row = self.plan, list(self.row_template)
         row[ops.ROW_JOB_ID] = twin.job_id
         row[ops.ROW_SPEC] = self.spec_head + twin.input_json + self.spec_tail
+        shown = json.dumps(argsrepr(plan.spec, twin.input))
+        row[ops.ROW_BRIEF] = self.brief_head + shown + self.brief_tail
         if plan.run_id is not None and plan.nominal_ms is not None:
             run_id = run_id_for(twin.job_id, plan.nominal_ms)
             row[ops.ROW_RUN_ID] = run_id

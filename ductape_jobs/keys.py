@@ -63,6 +63,12 @@ class Keys:
         return f"{self.prefix}:stats"
 
     @property
+    def set_aside(self) -> str:
+        """ZSET: jobs beat could not read or decide, by when they were set aside (the newest 1,000;
+        each job's ``last_error`` says why)."""
+        return f"{self.prefix}:set_aside"
+
+    @property
     def events(self) -> str:
         """SET: ``product_tag/event`` pairs some worker has registered."""
         return f"{self.prefix}:events"

@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 import redis
 
 from ductape_jobs import scripts
+from ductape_jobs.brief import JobBrief
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, RunRecord
-from ductape_jobs.records import NewJob, job_record, opt, run_record, text, verdict
+from ductape_jobs.records import NewJob, SetAside, Unreadable, opt, read_job, run_record, text, verdict
 from ductape_jobs.wire import Message
 
 T = TypeVar("T")
@@ -161,7 +162,7 @@ def create_rows(keys: Keys, rows: Iterable[Sequence[Any]], now_ms: int) -> Flow[
 
 
 # Where a row of CREATE_JOBS arguments holds what differs between jobs of one shape (flows.py).
-ROW_JOB_ID, ROW_SPEC, ROW_RUN_ID, ROW_MESSAGE = 0, 1, 7, 12
+ROW_JOB_ID, ROW_SPEC, ROW_RUN_ID, ROW_MESSAGE, ROW_BRIEF = 0, 1, 7, 12, 13
 
 
 def create_args(k: Keys, job: NewJob) -> tuple[Any, ...]:
@@ -181,6 +182,7 @@ def create_args(k: Keys, job: NewJob) -> tuple[Any, ...]:
         _fingerprints(k, job) if job.dedupe else "",
         "" if message is None else message.queue_key,
         "" if message is None else message.payload,
+        JobBrief.of(job.spec).model_dump_json(),
     )
 
 
@@ -206,10 +208,10 @@ def known_events(keys: Keys, product_tag: str) -> Flow[list[str]]:
     return [p.split("/", 1)[1] for p in pairs if p.startswith(f"{product_tag}/")]
 
 
-def get_job(keys: Keys, job_id: str) -> Flow[JobRecord | None]:
-    """The job record, or None."""
+def get_job(keys: Keys, job_id: str) -> Flow[JobRecord | Unreadable | None]:
+    """The job record (Unreadable with the reason when it can't be read), or None."""
     raw = yield from one(Call("hgetall", (keys.job(job_id),)))
-    return job_record(job_id, raw) if raw else None
+    return read_job(job_id, raw) if raw else None
 
 
 def job_ids(keys: Keys, newest_first: bool = True, limit: int = 1000) -> Flow[list[str]]:
@@ -218,10 +220,21 @@ def job_ids(keys: Keys, newest_first: bool = True, limit: int = 1000) -> Flow[li
     return [text(m) for m in got]
 
 
-def get_jobs(keys: Keys, ids: Sequence[str]) -> Flow[list[JobRecord]]:
-    """Many job records in one round trip (missing ones left out)."""
+def get_jobs(keys: Keys, ids: Sequence[str]) -> Flow[list[JobRecord | Unreadable]]:
+    """Many job records in one round trip (missing ones left out, unreadable ones as Unreadable)."""
     rows = yield from send(*(Call("hgetall", (keys.job(job_id),)) for job_id in ids))
-    return [job_record(j, raw) for j, raw in zip(ids, rows, strict=True) if raw]
+    return [read_job(j, raw) for j, raw in zip(ids, rows, strict=True) if raw]
+
+
+def set_aside(keys: Keys, limit: int) -> Flow[list[SetAside]]:
+    """The jobs beat set aside, newest first, with when and why (gone ones left out)."""
+    rows = yield from one(Call("zrevrange", (keys.set_aside, 0, limit - 1), {"withscores": True}))
+    errors = yield from send(*(Call("hget", (keys.job(text(m)), "last_error")) for m, _ in rows))
+    return [
+        SetAside(text(m), int(at), text(error))
+        for (m, at), error in zip(rows, errors, strict=True)
+        if error is not None
+    ]
 
 
 def get_runs(keys: Keys, run_ids: Sequence[str]) -> Flow[list[RunRecord]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ductape_jobs.store import Dispatch, Store
+from ductape_jobs.store import Dispatch, Store, Unreadable
 from ductape_jobs.wire import MessageBuilder
 
 
@@ -19,8 +19,10 @@ class Publisher:
         self.store = store
         self.builder = builder
 
-    def publish(self, dispatches: Sequence[Dispatch], now_ms: int) -> list[str]:
-        """Send each run again (with an ETA when not yet due); returns the run ids sent."""
-        messages = [self.builder.build(d.run_id, d.spec, d.nominal_ms, now_ms) for d in dispatches]
+    def publish(self, dispatches: Sequence[Dispatch | Unreadable], now_ms: int) -> list[str]:
+        """Send each run again (with an ETA when not yet due); returns the run ids sent (an
+        unreadable one is not)."""
+        sendable = [d for d in dispatches if isinstance(d, Dispatch)]
+        messages = [self.builder.from_brief(d.run_id, d.brief, d.nominal_ms, now_ms) for d in sendable]
         self.store.push_messages(messages)
-        return [d.run_id for d in dispatches]
+        return [d.run_id for d in sendable]

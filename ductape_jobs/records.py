@@ -9,6 +9,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
+from ductape_jobs.brief import JobBrief
 from ductape_jobs.models import JobRecord, JobSpec, JobStatus, RunRecord, RunStatus
 from ductape_jobs.wire import Message
 
@@ -66,7 +69,7 @@ class DueEntry:
     member: str
     due_ms: int
     job_id: str
-    spec_json: str | None
+    brief_json: str | None  # brief.JobBrief as stored; None when the job is gone
     runs_done: int
     anchor_ms: int
     run_id: str | None = None  # set for a retry entry ``r:<run_id>``
@@ -81,6 +84,7 @@ class Claim:
     nominal_ms: int
     new_next_ms: int | None
     message: Message
+    reason: str = ""  # set when beat could not read or decide the entry: it is set aside, not sent
 
 
 @dataclass(frozen=True)
@@ -88,8 +92,31 @@ class Dispatch:
     """What a publisher needs to hand one run to Celery."""
 
     run_id: str
-    spec: JobSpec
+    brief: JobBrief
     nominal_ms: int
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A record that could not be read back, and why: skipped and reported, never raised."""
+
+    job_id: str
+    reason: str
+    run_id: str | None = None
+
+
+REASON_MAX = 300
+
+
+def reason(what: str, exc: BaseException) -> str:
+    """A one-line reason for a record set aside: what failed, the exception's type and its gist."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "record"
+        gist = f"{where}: {first['msg']}"
+    else:
+        gist = (str(exc).splitlines() or [""])[0]
+    return f"{what} ({type(exc).__name__}: {gist})"[:REASON_MAX]
 
 
 @dataclass(frozen=True)
@@ -133,6 +160,31 @@ def job_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
         created_ms=int(f["created_ms"]),
         updated_ms=int(f["updated_ms"]),
     )
+
+
+def read_job(job_id: str, raw: dict[bytes, bytes]) -> JobRecord | Unreadable:
+    """A job hash as a JobRecord, or as Unreadable with the reason when it can't be read."""
+    try:
+        return job_record(job_id, raw)
+    except (ValueError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
+        return Unreadable(job_id, reason("could not read this job's record", exc))
+
+
+class JobList(list[JobRecord]):
+    """What ``job.list()`` returns: the jobs, and the records it skipped as unreadable."""
+
+    def __init__(self, jobs: list[JobRecord] = (), unreadable: list[Unreadable] | None = None) -> None:  # type: ignore[assignment]
+        super().__init__(jobs)
+        self.unreadable: list[Unreadable] = unreadable or []
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A job beat set aside: it could not read or decide it, so the job failed with the reason."""
+
+    job_id: str
+    at_ms: int
+    reason: str
 
 
 def run_record(run_id: str, raw: dict[bytes, bytes]) -> RunRecord:

@@ -82,6 +82,7 @@ local function drop(prefix, id)
   redis.call('DEL', job, runs)
   redis.call('ZREM', prefix .. ':jobs', id)
   redis.call('ZREM', prefix .. ':retired', id)
+  redis.call('ZREM', prefix .. ':set_aside', id)
 end
 -- A run whose record is gone while its job is not (evicted, deleted by hand): counted under
 -- `counter`, recorded again as a dead letter saying so (listed by failed(), can be redriven),
@@ -116,9 +117,10 @@ end
 # A run due now is recorded and its Celery message pushed in the same step. Index and queue
 # entries are written with one command per key for the whole batch (at most CREATE_BATCH jobs).
 # KEYS: jobs, due, inflight
-# ARGV: prefix, now_ms, then 13 per job:
+# ARGV: prefix, now_ms, then 14 per job:
 #   job_id, spec, status, recurring, next_run_ms, anchor_ms, runs_done,
-#   run_id ('' = none), nominal_ms, due_ms ('' = none), fp_keys ('' = no dedupe), queue_key, message
+#   run_id ('' = none), nominal_ms, due_ms ('' = none), fp_keys ('' = no dedupe), queue_key, message,
+#   brief (what beat reads instead of the spec: brief.py)
 # fp_keys: the job's fingerprint key, then its twins' under older session keys, one per line;
 # a twin under any of them is found, only the first is written.
 # Returns {index, twin_job_id, ...} (1-based) for the jobs not written because of a twin.
@@ -127,7 +129,7 @@ CREATE_JOBS = (
     + """
 local prefix, now = ARGV[1], ARGV[2]
 local twins, created, due, inflight = {}, {}, {}, {}
-for b = 3, #ARGV, 13 do
+for b = 3, #ARGV, 14 do
   local id, run_id = ARGV[b], ARGV[b+7]
   local fp, twin = '', false
   for key in string.gmatch(ARGV[b+10], '[^\\n]+') do
@@ -135,14 +137,14 @@ for b = 3, #ARGV, 13 do
     twin = twin or redis.call('GET', key)
   end
   if twin then
-    twins[#twins+1] = (b - 3) / 13 + 1
+    twins[#twins+1] = (b - 3) / 14 + 1
     twins[#twins+1] = twin
   else
     if fp ~= '' then redis.call('SET', fp, id) end
     local job = prefix .. ':job:' .. id
     redis.call('HSET', job, 'spec', ARGV[b+1], 'status', ARGV[b+2], 'recurring', ARGV[b+3],
       'next_run_ms', ARGV[b+4], 'anchor_ms', ARGV[b+5], 'runs_done', ARGV[b+6], 'attempts', 0,
-      'created_ms', now, 'updated_ms', now, 'fp', fp, 'last_run_id', run_id)
+      'created_ms', now, 'updated_ms', now, 'fp', fp, 'last_run_id', run_id, 'brief', ARGV[b+13])
     created[#created+1] = now
     created[#created+1] = id
     if run_id ~= '' then
@@ -172,11 +174,14 @@ CREATE_BATCH = 1_000  # jobs per CREATE_JOBS call: bounds its unpack() sizes and
 # Beat: claim a batch of due entries, advance their schedules and push their Celery messages,
 # each item only if its job is unchanged since beat read it. Refused whole when the caller's
 # fencing token is no longer the lock's (a leader that stalled past its lock sends nothing).
-# KEYS: beat_lock, due, inflight
+# An item beat could not read or decide has no message; its queue_key slot carries the reason,
+# and its job is set aside: marked failed with that reason (retired like any finished job),
+# listed in the set-aside index.
+# KEYS: beat_lock, due, inflight, dead, set_aside
 # ARGV: prefix, fence, now_ms, runs_kept, job_retention_s, dead_retention_s, then 8 per item:
 #   member, expected_score, expected_runs_done, run_id, nominal_ms, new_next_ms ('' = none),
-#   queue_key, message
-# Returns the indexes (1-based) of the claimed items, or {-1} when fenced out.
+#   queue_key (the reason when message is ''), message ('' = not sendable)
+# Returns the indexes (1-based) of the claimed or set-aside items, or {-1} when fenced out.
 CLAIM_DUE = (
     _BATCHED_WRITES
     + _LIFECYCLE
@@ -187,6 +192,14 @@ local job_ttl, dead_ttl = ARGV[5], ARGV[6]
 -- Queue pushes and index writes are made once per key at the end: no item reads another
 -- item's entries (due-index members are distinct).
 local claimed, inflight, rescheduled = {}, {}, {}
+local function set_aside(id, reason)
+  local job = prefix .. ':job:' .. id
+  redis.call('HSET', job, 'status', 'failed', 'next_run_ms', '', 'updated_ms', now, 'last_error', reason)
+  redis.call('ZREM', KEYS[2], 'j:' .. id)
+  retire(prefix, id, job_ttl, now)  -- also frees its fingerprint: scheduling it again creates one
+  redis.call('ZADD', KEYS[5], now, id)
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -1001)  -- the newest 1,000 are listed
+end
 local n = (#ARGV - 6) / 8
 for i = 0, n - 1 do
   local b = 6 + i * 8
@@ -199,7 +212,14 @@ for i = 0, n - 1 do
     local rs = redis.call('HMGET', run, 'status', 'job_id', 'manual')
     local job = prefix .. ':job:' .. (rs[2] or '')
     local js = redis.call('HMGET', job, 'status', 'recurring')
-    if rs[1] ~= 'retrying' or message == '' or not js[1] then
+    if rs[1] == 'retrying' and message == '' and queue ~= '' and js[1] then
+      redis.call('HSET', run, 'status', 'failed', 'error', queue, 'finished_ms', now)
+      redis.call('ZREM', KEYS[2], member)
+      redis.call('ZADD', KEYS[4], now, id)
+      redis.call('EXPIRE', run, dead_ttl)  -- a dead letter keeps its own retention
+      set_aside(rs[2], queue)
+      claimed[#claimed+1] = i + 1
+    elseif rs[1] ~= 'retrying' or message == '' or not js[1] then
       -- another delivery already ran it (or the run or its job is gone): a stale entry that
       -- would otherwise be read again on every tick, with beat never sleeping
       if redis.call('ZREM', KEYS[2], member) == 1 and not rs[1] then
@@ -225,15 +245,13 @@ for i = 0, n - 1 do
     local job = prefix .. ':job:' .. id
     local st = redis.call('HMGET', job, 'status', 'next_run_ms', 'runs_done', 'recurring', 'fp')
     if message == '' then
-      -- the job is gone or its record is unreadable: never retried on every tick, never pushed
+      -- the job is gone, or beat could not read or decide it: never retried on every tick
       if redis.call('ZREM', KEYS[2], member) == 1 and not st[1] then
         redis.call('HINCRBY', prefix .. ':stats', 'due_vanished', 1)
       end
       if st[1] == 'scheduled' then
-        redis.call('HSET', job, 'status', 'failed', 'next_run_ms', '', 'updated_ms', now,
-          'last_error', 'beat could not read this job record; it was taken off the schedule')
-        -- a failed schedule is no live twin: scheduling it again must create a new one
-        if st[5] and st[5] ~= '' then redis.call('DEL', st[5]) end
+        set_aside(id, queue ~= '' and queue or 'beat could not read this job record')
+        claimed[#claimed+1] = i + 1
       end
     elseif st[1] == 'scheduled' and st[2] == score and st[3] == done then
       local run = prefix .. ':run:' .. run_id
@@ -477,9 +495,11 @@ if ARGV[2] == '0' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEY
 return 1
 """
 
-# Beat: read a batch of due entries with what deciding them needs, in one round trip.
+# Beat: read a batch of due entries with what deciding them needs, in one round trip: a job's
+# brief (brief.py), never its spec, which holds the input (up to 256 KiB, plus a sealed copy).
 # KEYS: due   ARGV: prefix, until_ms, limit
-# Returns 6 per entry: member, due_ms, job_id, spec, runs_done, anchor_ms ('' when missing).
+# Returns 6 per entry: member, due_ms, job_id, brief, runs_done, anchor_ms. The brief is '' when
+# the job is gone, and 'spec:' .. spec for a record written before briefs existed.
 READ_DUE = """
 local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
 local out = {}
@@ -492,7 +512,11 @@ for i = 1, #rows, 2 do
   end
   local st = {false, false, false}
   if job_id ~= '' then
-    st = redis.call('HMGET', ARGV[1] .. ':job:' .. job_id, 'spec', 'runs_done', 'anchor_ms')
+    local job = ARGV[1] .. ':job:' .. job_id
+    st = redis.call('HMGET', job, 'brief', 'runs_done', 'anchor_ms')
+    if not st[1] and redis.call('EXISTS', job) == 1 then
+      st[1] = 'spec:' .. (redis.call('HGET', job, 'spec') or '')
+    end
   end
   out[#out+1] = member
   out[#out+1] = rows[i+1]

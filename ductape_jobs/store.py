@@ -22,6 +22,7 @@ import hiredis
 import redis
 
 from ductape_jobs import ops
+from ductape_jobs.brief import JobBrief
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobSpec, RunRecord
 from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, Stream, unreachable
@@ -34,14 +35,28 @@ from ductape_jobs.records import (
     Retention,
     Started,
     Swept,
+    Unreadable,
     opt,
+    reason,
     text,
 )
 
-__all__ = ["Claim", "Dispatch", "DueEntry", "NewJob", "Retention", "Started", "Store", "Swept", "guarded"]
+__all__ = [
+    "Claim",
+    "Dispatch",
+    "DueEntry",
+    "NewJob",
+    "Retention",
+    "Started",
+    "Store",
+    "Swept",
+    "Unreadable",
+    "guarded",
+]
 from ductape_jobs.wire import Message, run_id_of
 
 T = TypeVar("T")
+SET_ASIDE_KEPT = 1_000  # the set-aside index keeps the newest (CLAIM_DUE trims it the same)
 CLAIM_CHUNK = 250  # claims per CLAIM_DUE call: small enough to overlap, large enough to batch
 log = logging.getLogger("ductape_jobs.store")
 
@@ -215,16 +230,16 @@ class Store:
         """Events registered by workers for one product."""
         return self.run(ops.known_events(self.keys, product_tag))
 
-    def get_job(self, job_id: str) -> JobRecord | None:
-        """The job record, or None."""
+    def get_job(self, job_id: str) -> JobRecord | Unreadable | None:
+        """The job record (Unreadable with the reason when it can't be read), or None."""
         return self.run(ops.get_job(self.keys, job_id))
 
     def job_ids(self, newest_first: bool = True, limit: int = 1000) -> list[str]:
         """Job ids by creation time."""
         return self.run(ops.job_ids(self.keys, newest_first, limit))
 
-    def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord]:
-        """Many job records in one round trip (missing ones left out)."""
+    def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord | Unreadable]:
+        """Many job records in one round trip (missing ones left out, unreadable ones as Unreadable)."""
         return self.run(ops.get_jobs(self.keys, job_ids))
 
     def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
@@ -311,13 +326,13 @@ class Store:
         )
         entries = []
         for i in range(0, len(flat), 6):
-            member, score, job_id, spec, done, anchor = (text(v) for v in flat[i : i + 6])
+            member, score, job_id, brief, done, anchor = (text(v) for v in flat[i : i + 6])
             entries.append(
                 DueEntry(
                     member,
                     int(float(score)),
                     job_id,
-                    spec or None,
+                    brief or None,
                     int(done or 0),
                     int(anchor or 0),
                     run_id=member[2:] if member.startswith("r:") else None,
@@ -325,13 +340,21 @@ class Store:
             )
         return entries
 
-    def _specs(self, job_ids: Sequence[str]) -> list[str | None]:
+    def _briefs(self, job_ids: Sequence[str]) -> list[str | None]:
+        """Each job's stored brief (``spec:`` and its spec for a record older than briefs)."""
         if not job_ids:
             return []
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hget(self.keys.job(job_id), "spec")
-            return [text(v) if v else None for v in _guard(pipe.execute)]
+                pipe.hget(self.keys.job(job_id), "brief")
+            briefs = _guard(pipe.execute)
+        older = [at for at, brief in enumerate(briefs) if not brief]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for at in older:
+                pipe.hget(self.keys.job(job_ids[at]), "spec")
+            for at, spec in zip(older, _guard(pipe.execute) if older else [], strict=True):
+                briefs[at] = b"spec:" + spec if spec else None
+        return [text(v) if v else None for v in briefs]
 
     def claim(self, fence: str, claims: Iterable[Claim], now_ms: int, runs_kept: int) -> list[Claim] | None:
         """Claim, advance and push messages atomically, in CLAIM_DUE calls of ``CLAIM_CHUNK``
@@ -339,7 +362,8 @@ class Store:
         (``claims`` may be lazy), so the server runs one while beat decides the next. The claims
         that held, or None when fenced out (a call refused by the fence claims nothing)."""
         chunks: list[list[Claim]] = []
-        touched = [self.keys.beat_lock, self.keys.due, self.keys.inflight]
+        k = self.keys
+        touched = [k.beat_lock, k.due, k.inflight, k.dead, k.set_aside]
 
         def calls() -> Iterator[ops.Eval]:
             for chunk in ops.batched(claims, CLAIM_CHUNK):
@@ -353,7 +377,7 @@ class Store:
                         c.run_id,
                         c.nominal_ms,
                         opt(c.new_next_ms),
-                        c.message.queue_key,
+                        c.message.queue_key if c.message.payload else c.reason,
                         c.message.payload,
                     ]
                 yield ops.Eval("CLAIM_DUE", touched, args)
@@ -363,20 +387,45 @@ class Store:
             return None
         return [chunk[int(i) - 1] for chunk, got in zip(chunks, replies, strict=True) for i in got]
 
-    def dispatches(self, run_ids: Sequence[str]) -> list[Dispatch]:
-        """Load what building a message needs for these runs (two round trips)."""
+    def dispatches(self, run_ids: Sequence[str]) -> list[Dispatch | Unreadable]:
+        """Load what building a message needs for these runs (two round trips): the job's brief,
+        never its input. A run whose job is gone is left out; one whose brief can't be read
+        comes back as ``Unreadable``."""
         if not run_ids:
             return []
         with self.redis.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
                 pipe.hmget(self.keys.run(run_id), "job_id", "nominal_ms")
             runs = _guard(pipe.execute)
-        specs = self._specs([text(job_id or b"-") for job_id, _ in runs])
-        return [
-            Dispatch(run_id, JobSpec.model_validate_json(spec), int(nominal))
-            for run_id, (job_id, nominal), spec in zip(run_ids, runs, specs, strict=True)
-            if job_id and spec
-        ]
+        briefs = self._briefs([text(job_id or b"-") for job_id, _ in runs])
+        out: list[Dispatch | Unreadable] = []
+        for run_id, (job_id, nominal), brief in zip(run_ids, runs, briefs, strict=True):
+            if not job_id or not brief:
+                continue
+            try:
+                out.append(Dispatch(run_id, JobBrief.read(brief), int(nominal or 0)))
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                out.append(Unreadable(text(job_id), reason("could not read this job's record", exc), run_id))
+        return out
+
+    def set_aside_run(self, run_id: str, job_id: str, why: str, now_ms: int) -> None:
+        """Take an in-flight run whose job can't be read out of flight: the run is dead-lettered
+        and its job marked failed and listed as set aside, both with the reason."""
+        k = self.keys
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(k.run(run_id), mapping={"status": "failed", "error": why, "finished_ms": now_ms})
+            pipe.zrem(k.inflight, run_id)
+            pipe.zadd(k.dead, {run_id: now_ms})
+            self._set_aside_job(pipe, job_id, why, now_ms)
+            _guard(pipe.execute)
+
+    def _set_aside_job(self, pipe: Any, job_id: str, why: str, now_ms: int) -> None:
+        k = self.keys
+        fields = {"status": "failed", "next_run_ms": "", "updated_ms": now_ms, "last_error": why}
+        pipe.hset(k.job(job_id), mapping=fields)
+        pipe.zrem(k.due, f"j:{job_id}")
+        pipe.zadd(k.set_aside, {job_id: now_ms})
+        pipe.zremrangebyrank(k.set_aside, 0, -SET_ASIDE_KEPT - 1)
 
     def push_messages(self, messages: Sequence[Message]) -> None:
         """Push ready messages onto their queues in one round trip (a deliberate re-send)."""

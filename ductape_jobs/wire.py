@@ -18,12 +18,10 @@ from typing import Any
 
 from celery import Celery
 
+from ductape_jobs.brief import JobBrief, argsrepr
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobSpec, ms_to_datetime, task_name
-from ductape_jobs.sessions import redact
 from ductape_jobs.settings import Settings
-
-ARGSREPR_MAX = 1_024
 
 
 @dataclass(frozen=True)
@@ -64,19 +62,29 @@ class MessageBuilder:
 
         ``input`` stands in for ``spec.input`` (a batch's jobs that share all but their input).
         """
-        queue = self.settings.queue_for(spec.env)
-        task = task_name(spec.product_tag, spec.event)
+        return self._build(
+            run_id, spec.env, spec.product_tag, spec.event, argsrepr(spec, input), nominal_ms, now_ms
+        )
+
+    def from_brief(self, run_id: str, brief: JobBrief, nominal_ms: int, now_ms: int) -> Message:
+        """The same message, built from a job's brief (beat never loads a job's input)."""
+        return self._build(
+            run_id, brief.env, brief.product_tag, brief.event, brief.argsrepr, nominal_ms, now_ms
+        )
+
+    def _build(
+        self, run_id: str, env: str, product_tag: str, event: str, shown: str, nominal_ms: int, now_ms: int
+    ) -> Message:
+        queue = self.settings.queue_for(env)
+        task = task_name(product_tag, event)
         template = self._templates.get((task, queue)) or self._template(task, queue)
-        shown = spec.input if input is None else input
-        if spec.redact_paths:
-            shown = redact(shown, [tuple(p) for p in spec.redact_paths])
         quoted_id = _quote(run_id)
         body = f"[[{quoted_id}], {{}}, {_EMBED_JSON}]"
         holes = {
             "body": '"' + base64.b64encode(body.encode()).decode() + '"',
             "id": quoted_id,
             "eta": "null" if nominal_ms <= now_ms else _quote(_iso(nominal_ms)),
-            "argsrepr": _quote(repr(shown)[:ARGSREPR_MAX]),
+            "argsrepr": _quote(shown),
             "tag": '"' + os.urandom(16).hex() + '"',  # unique across processes and forks
         }
         return Message(self.keys.broker_prefix + queue, template % holes)

@@ -2,8 +2,8 @@
 
 Checks, each bounded in time: Redis reachable, an eviction policy that cannot drop schedules,
 memory headroom, records that left (by retention, the dead-letter cap, or vanished), AOF on, a
-live beat leader (its lock and TTL), and a live worker for every env (from the workers hash and
-how long ago each was seen).
+live beat leader (its lock and TTL), a live worker for every env (from the workers hash and how
+long ago each was seen), and no job set aside by beat.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def probe(settings: Settings, timeout_s: float) -> tuple[list[Finding], list[Wor
             check_aof(client),
             *check_beat(client, keys, settings, now_ms()),
             *check_workers(client, keys, settings, workers),
+            check_set_aside(client, keys),
         ]
         return findings, workers, True
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -198,6 +199,22 @@ def check_beat(client: redis.Redis, keys: Keys, settings: Settings, now: int) ->
             )
         )
     return found
+
+
+def check_set_aside(client: redis.Redis, keys: Keys) -> Finding:
+    """Jobs beat could not read or decide: each failed with its reason, for a person to look at."""
+    count = int(client.zcard(keys.set_aside))
+    if not count:
+        return Finding("set aside", OK, "beat could read and decide every due job")
+    newest = [_text(m) for m in client.zrevrange(keys.set_aside, 0, 2)]
+    reasons = [_text(client.hget(keys.job(job_id), "last_error") or b"gone") for job_id in newest]
+    shown = "; ".join(f"{job_id}: {why}" for job_id, why in zip(newest, reasons, strict=True))
+    return Finding(
+        "set aside",
+        WARN,
+        f"beat set {count} job(s) aside (could not read or decide them), newest: {shown}",
+        "see 'ductape-jobs set-aside'; fix the cause (e.g. the beat host's tzdata), then schedule them again",
+    )
 
 
 def workers_seen(client: redis.Redis, keys: Keys, now: int) -> list[WorkerSeen]:

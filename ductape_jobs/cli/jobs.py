@@ -16,8 +16,9 @@ from ductape_jobs.cli.output import (
     runs_table,
     say,
     stamp,
+    table,
 )
-from ductape_jobs.models import JobStatus
+from ductape_jobs.models import JobStatus, ms_to_datetime
 
 STATUSES = [s.value for s in JobStatus]
 
@@ -43,6 +44,8 @@ def list_jobs(
 ) -> None:
     """Jobs, newest first."""
     found = obj.ductape.job.list(env=env, product_tag=product_tag, event=event, status=status, limit=limit)
+    for bad in found.unreadable:
+        note(f"skipped job {bad.job_id}: {bad.reason}")
     if as_json:
         echo_json([job_json(j) for j in found])
     elif found:
@@ -114,6 +117,35 @@ def failed(obj: Context, limit: int, as_json: bool) -> None:
         say(runs_table(found))
     else:
         note("no failed runs")
+    if obj.ductape.job.set_aside(limit=1):
+        note("beat set some jobs aside (it could not read or decide them): see 'ductape-jobs set-aside'")
+
+
+@click.command("set-aside")
+@click.option(
+    "--limit", type=click.IntRange(1, 1_000), default=100, show_default=True, help="At most this many."
+)
+@json_option
+@pass_context
+def set_aside(obj: Context, limit: int, as_json: bool) -> None:
+    """Jobs beat set aside because it could not read or decide them (each failed with the reason)."""
+    found = obj.ductape.job.set_aside(limit=limit)
+    if as_json:
+        echo_json(
+            [
+                {"job_id": a.job_id, "set_aside_at": stamp(ms_to_datetime(a.at_ms)), "reason": a.reason}
+                for a in found
+            ]
+        )
+    elif found:
+        click.echo(
+            table(
+                ["JOB", "SET ASIDE", "REASON"],
+                [(a.job_id, stamp(ms_to_datetime(a.at_ms)), a.reason) for a in found],
+            )
+        )
+    else:
+        note("no jobs set aside")
 
 
 def _state_command(action: str, summary: str) -> click.Command:
@@ -159,7 +191,7 @@ def redrive(obj: Context, run_id: str, as_json: bool) -> None:
 
 def register(group: click.Group) -> None:
     """Add these commands to the CLI."""
-    for command in (list_jobs, show, runs, upcoming, failed, trigger, redrive):
+    for command in (list_jobs, show, runs, upcoming, failed, set_aside, trigger, redrive):
         group.add_command(command)
     group.add_command(
         _state_command(

@@ -1,0 +1,60 @@
+"""A job's brief: what beat needs to time its runs and send their messages, without the input.
+
+Stored beside the spec as the job hash's ``brief`` field (a few hundred bytes, at most about
+1.5 KiB), so beat's reads (READ_DUE, the lost-run sweep) never carry a job's input, which may be
+256 KiB plus a sealed copy. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ductape_jobs import timing
+from ductape_jobs.models import JobSpec
+from ductape_jobs.sessions import redact
+
+ARGSREPR_MAX = 1_024  # Celery's argsrepr (shown by Flower) is the input's repr cut to this length
+
+
+class JobBrief(BaseModel):
+    """Where a job's runs go, when they fall due, and how Flower shows their input."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    env: str
+    product_tag: str
+    event: str
+    rule: dict[str, Any] | None = None  # timing.Rule as a dict, as in JobSpec
+    argsrepr: str = "{}"
+
+    @classmethod
+    def of(cls, spec: JobSpec, input: dict[str, Any] | None = None) -> JobBrief:
+        """The brief of a spec (``input`` stands in for ``spec.input``, as in MessageBuilder.build)."""
+        return cls(
+            env=spec.env,
+            product_tag=spec.product_tag,
+            event=spec.event,
+            rule=spec.rule,
+            argsrepr=argsrepr(spec, input),
+        )
+
+    @classmethod
+    def read(cls, stored: str) -> JobBrief:
+        """A stored brief; a record written before briefs existed hands its spec (``spec:{...}``)."""
+        if stored.startswith("spec:"):
+            return cls.of(JobSpec.model_validate_json(stored[5:]))
+        return cls.model_validate_json(stored)
+
+    def timing_rule(self) -> timing.Rule | None:
+        """The repeat rule, or None for a one-off job."""
+        return None if self.rule is None else timing.Rule(**self.rule)
+
+
+def argsrepr(spec: JobSpec, input: dict[str, Any] | None = None) -> str:
+    """The input as Flower shows it: session values masked, cut to ARGSREPR_MAX characters."""
+    shown = spec.input if input is None else input
+    if spec.redact_paths:
+        shown = redact(shown, [tuple(p) for p in spec.redact_paths])
+    return repr(shown)[:ARGSREPR_MAX]
