@@ -14,9 +14,10 @@ import redis
 from celery import Celery
 
 from beat.engine import BeatEngine, TickReport
+from ductape_jobs.brief import JobBrief
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobRequest, JobSpec, JobStatus
+from ductape_jobs.models import JobRequest, JobStatus
 from ductape_jobs.planning import plan_job
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
@@ -384,8 +385,8 @@ def test_fenced_out_engine_claims_nothing(store: RacingStore, settings: Settings
     # The stale token is refused by the claim script itself: nothing claimed, advanced or pushed.
     later = schedule(store, settings, at, start_at=at + HOUR)
     [entry] = store.due_entries(at + HOUR, 10)
-    message = stalled.messages.build(
-        f"{later}:{at + HOUR}", JobSpec.model_validate_json(entry.spec_json or ""), at + HOUR, at + HOUR
+    message = stalled.messages.from_brief(
+        f"{later}:{at + HOUR}", JobBrief.read(entry.brief_json or ""), at + HOUR, at + HOUR
     )
     claim = Claim(entry, f"{later}:{at + HOUR}", at + HOUR, None, message)
     assert store.claim(old_token, [claim], at + HOUR, 100) is None
@@ -516,26 +517,6 @@ def test_2500_due_entries_in_batches_of_1000_are_each_released_once(
     due = due_members(store)
     assert len(due) == 1_250 and set(due.values()) == {at + MIN}
     assert engine.tick(at + MIN).released == 1_250 and len(queues.messages()) == 3_750
-
-
-def test_an_unreadable_job_record_is_taken_off_the_schedule_without_stalling_others(
-    store: Store, settings: Settings, celery_app: Celery
-):
-    broken = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN})
-    healthy = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN, "limit": 2})
-    store.redis.hset(store.keys.job(broken), "spec", '{"not": "a spec"}')
-    engine, queues = engine_for(store, settings, celery_app)
-
-    report = engine.tick(T0 + MIN)
-    assert report.released == 1 and queues.nominal(healthy) == [T0 + MIN]
-    assert queues.nominal(broken) == []
-    state = job_state(store, broken)
-    assert state["status"] == "failed" and "could not read" in state["last_error"]
-    assert f"j:{broken}" not in due_members(store)
-    assert engine.tick(T0 + 2 * MIN).released == 1  # the healthy schedule goes on
-    # a failed schedule is no live twin: the same request makes a new schedule
-    again = schedule(store, settings, T0 + 2 * MIN, start_at=T0 + MIN, repeat={"every": MIN})
-    assert again != broken
 
 
 # -- deciding ahead --------------------------------------------------------------------------
