@@ -23,6 +23,8 @@ from ductape_jobs.records import Dispatch
 from ductape_jobs.settings import Settings
 
 LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+# Naive bounds, as hypothesis wants them; naive times are read as UTC.
+EARLIEST, LATEST = datetime(1970, 1, 2), datetime(9999, 12, 30)  # noqa: DTZ001
 # Made at draw time: hypothesis shows its strategies, and repr() refuses past 4,300 digits.
 HUGE = st.sampled_from([5000, 4299, 300, 19, 20]).flatmap(
     lambda digits: st.sampled_from([10**digits, -(10**digits), 10**digits + 1])
