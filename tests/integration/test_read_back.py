@@ -43,10 +43,8 @@ instants = st.one_of(
     numbers,
     st.integers(min_value=0, max_value=300_000_000_000_000),
     st.integers(min_value=2_000_000_000_000, max_value=LAST_MS),
-    st.datetimes(max_value=datetime(9999, 12, 30), timezones=st.none() | st.just(UTC)),
-    st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30)).map(
-        lambda d: d.isoformat()
-    ),
+    st.datetimes(max_value=LATEST, timezones=st.none() | st.just(UTC)),
+    st.datetimes(min_value=EARLIEST, max_value=LATEST).map(lambda d: d.isoformat()),
 )
 CRONS = ["0 9 * * *", "*/5 * * * *", "0 0 29 2 *", "0 0 31 2 *", "59 23 31 12 *", "0 0 1 1 *", "30 2 * * *",
          "0 0 L * *", "0 0 * * 1#5", "0 0 15W * *", "*/1 * * * * *", "0 0 1 1 * 2099", "x"]  # fmt: skip
