@@ -110,6 +110,12 @@ def _plan_repeat(
             f"{_iso(rule.end_ms)} is already past; give a later end date or drop it",
         )
     first_ms = timing.first_run_ms(rule, spec.start_ms, now_ms)
+    if first_ms is None and rule.end_ms is None:
+        raise JobValidationError(
+            "start_at" if spec.start_ms > now_ms else "repeat",
+            "the schedule's first run would fall after the year 9999; give an earlier start_at "
+            "or another rule",
+        )
     if first_ms is None:
         unbounded_ms = timing.first_run_ms(dataclasses.replace(rule, end_ms=None), spec.start_ms, now_ms)
         at = f" at {_iso(unbounded_ms)}" if unbounded_ms is not None else ""

@@ -344,12 +344,15 @@ def cron_next_ms(expr: str, tz: str, after_ms: int, *, inclusive: bool = False) 
 
 
 def _occurrence_from_ms(rule: Rule, anchor_ms: int, after_ms: int) -> int | None:
-    """First nominal occurrence > after_ms and >= anchor_ms."""
+    """First nominal occurrence > after_ms and >= anchor_ms; None past the year 9999, where no
+    part (datetimes, Celery's ETA) can show it."""
     floor_ms = max(after_ms, anchor_ms - 1)
     if rule.cron is not None:
-        return cron_next_ms(rule.cron, rule.tz, floor_ms)
-    every_ms = cast(int, rule.every_ms)  # Rule.__post_init__ allows exactly one of the two
-    return anchor_ms + ((floor_ms - anchor_ms) // every_ms + 1) * every_ms
+        at_ms = cron_next_ms(rule.cron, rule.tz, floor_ms)
+    else:
+        every_ms = cast(int, rule.every_ms)  # Rule.__post_init__ allows exactly one of the two
+        at_ms = anchor_ms + ((floor_ms - anchor_ms) // every_ms + 1) * every_ms
+    return None if at_ms is None or at_ms > MAX_MS else at_ms
 
 
 def first_run_ms(rule: Rule, start_ms: int, now_ms: int) -> int | None:

@@ -140,7 +140,6 @@ def test_whatever_schedule_accepts_every_part_reads_back(
         handle = ductape.job.schedule(request)
     except JobValidationError:
         return  # refused with our error (anything else escaping is a failure)
-    print("ACCEPTED", handle.recurring, handle.status)
     try:
         assert_reads_back(handle.job_id, ductape, settings)
     finally:

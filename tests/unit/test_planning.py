@@ -107,6 +107,12 @@ def nested(depth: int, leaf: Any = 1) -> dict[str, Any]:
         pytest.param(
             {"repeat": {"every": 10**18}}, "repeat.every", (str(10**18), "year 9999"), id="every-huge"
         ),
+        pytest.param(  # found by tests/integration/test_read_back.py: the first run was in 10000
+            {"start_at": 253_402_300_799_999, "repeat": {"cron": "*/1 * * * * *"}},
+            "start_at",
+            ("first run would fall after the year 9999",),
+            id="cron-first-run-after-9999",
+        ),
     ],
 )
 def test_settings_rules_refuse(overrides: dict[str, Any], field: str, shown: tuple[str, ...]) -> None:
