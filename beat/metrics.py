@@ -1,13 +1,20 @@
 """Prometheus metrics of the beat: per schedule, runs released, missed, late and failed.
 
-Served on ``DUCTAPE_METRICS_PORT`` by the beat process. What the beat itself does (releasing runs,
-skipping missed slots, lateness) is counted here from each tick's ``TickReport``; failed runs happen
-on workers, which count them on the job record in Redis (FINISH_RUN), so they are read from there
-at scrape time. Per-task metrics (by event and worker) are Flower's own ``/metrics``.
+Served on ``DUCTAPE_METRICS_ADDR``:``DUCTAPE_METRICS_PORT`` by the beat process. What the beat
+itself does (releasing runs, skipping missed slots, lateness, setting entries aside) is counted
+here from each tick's ``TickReport``; failed runs happen on workers, which count them on the job
+record in Redis (FINISH_RUN), so they are read from there: one pipelined round trip per scrape,
+whatever the number of schedules. Per-task metrics (by event and worker) are Flower's own
+``/metrics``.
+
+Series stay bounded: a schedule's series leave once it has been finished or cancelled for
+``DUCTAPE_METRICS_LINGER_S`` (so a last scrape sees its final counts), and with
+``DUCTAPE_METRICS_PER_JOB=false`` series are per (product, event, env) only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -19,95 +26,167 @@ from prometheus_client.registry import Collector
 
 from beat.engine import TickReport
 from beat.health import HealthCollector
+from ductape_jobs.client import now_ms
 from ductape_jobs.errors import BackendUnavailableError
+from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
 
 log = logging.getLogger("beat")
 
-LABELS = ("job_id", "product_tag", "event", "env")
+PER_JOB_LABELS = ("job_id", "product_tag", "event", "env")
+GROUP_LABELS = ("product_tag", "event", "env")
 LATENESS_BUCKETS_S = (0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0)
-Labels = tuple[str, str, str, str]
+FINISHED = ("completed", "failed", "cancelled")
+PRUNE_EVERY_MS = 300_000  # also pruned this often from the ticks, should nobody scrape
+Labels = tuple[str, ...]
 
 
 class BeatMetrics:
     """The beat's metrics registry, fed one tick report at a time."""
 
-    def __init__(self, store: Store, is_leader: Callable[[], bool]) -> None:
+    def __init__(self, store: Store, is_leader: Callable[[], bool], settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.per_job = settings.metrics_per_job
+        self.linger_ms = settings.metrics_linger_s * 1000
+        labels = PER_JOB_LABELS if self.per_job else GROUP_LABELS
         self.registry = CollectorRegistry()
+        # Registered first, so it is collected first: its read drops the series of ended
+        # schedules before the other metrics are collected in the same scrape.
+        self.registry.register(_FailedRuns(self))
         self.released = Counter(
             "ductape_runs_released",
             "Runs this beat released from the due index to Celery.",
-            LABELS,
+            labels,
             registry=self.registry,
         )
         self.missed = Counter(
             "ductape_runs_missed",
             "Slots the misfire policy skipped (beat or workers were down past them).",
-            LABELS,
+            labels,
             registry=self.registry,
         )
         self.lateness = Histogram(
             "ductape_run_lateness_seconds",
             "Time from a run's due time to its hand-over to Celery.",
-            LABELS,
+            labels,
             buckets=LATENESS_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.set_aside = Counter(
+            "ductape_entries_set_aside",
+            "Due entries (source=due) and in-flight runs (source=lost) beat could not read or decide; "
+            "each job failed with the reason ('ductape-jobs set-aside').",
+            ("source",),
             registry=self.registry,
         )
         leader = Gauge("ductape_beat_leader", "1 while this beat leads.", registry=self.registry)
         leader.set_function(lambda: 1.0 if is_leader() else 0.0)
+        self.is_leader = is_leader
+        # The recurring schedules this beat released, by job id: their labels, for the failed
+        # counts read from Redis and for removing their series when they end.
         self._schedules: dict[str, Labels] = {}
+        self._retired: dict[Labels, int] = {}  # failed runs of ended schedules, per group (no per-job)
+        self._failed: dict[str, int] = {}  # the last failed count read per schedule
         self._lock = threading.Lock()
-        self.registry.register(_FailedRuns(store, self._known, is_leader))
+        self._pruned_ms = 0
         self.registry.register(HealthCollector(store, is_leader))  # Redis memory, records that left
 
     def observe(self, report: TickReport) -> None:
-        """Count what one tick released."""
+        """Count what one tick released and set aside."""
         for release in report.releases:
             # One series per recurring schedule; one-off jobs share one per (product, event, env),
             # or every delayed one-off would leave a series behind.
             job_id = release.job_id if release.recurring else ""
-            labels: Labels = (job_id, release.product_tag, release.event, release.env)
+            group = (release.product_tag, release.event, release.env)
+            labels: Labels = (job_id, *group) if self.per_job else group
             self.released.labels(*labels).inc()
             self.missed.labels(*labels).inc(release.missed)
             self.lateness.labels(*labels).observe(release.lateness_ms / 1000)
             if job_id and job_id not in self._schedules:
                 with self._lock:
                     self._schedules[job_id] = labels
+        if report.set_aside:
+            self.set_aside.labels("due").inc(len(report.set_aside))
+        if report.runs_set_aside:
+            self.set_aside.labels("lost").inc(report.runs_set_aside)
+        at = now_ms()
+        if at - self._pruned_ms >= PRUNE_EVERY_MS:
+            self._pruned_ms = at
+            try:
+                self.refresh(at)
+            except BackendUnavailableError:
+                log.warning("metrics: Redis is unreachable; series of ended schedules are kept for now")
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> WSGIServer:
+    def serve(self) -> WSGIServer:
         """Serve ``/metrics`` on a daemon thread; returns the server (``shutdown()`` stops it)."""
-        server, _ = start_http_server(port, addr, registry=self.registry)
+        port = self.settings.metrics_port
+        assert port is not None, "metrics are served only with DUCTAPE_METRICS_PORT set"
+        server, _ = start_http_server(port, self.settings.metrics_addr, registry=self.registry)
         return server
 
-    def _known(self) -> list[tuple[str, Labels]]:
+    def refresh(self, at_ms: int) -> None:
+        """Read every known schedule's failed count and state (one round trip), and drop the
+        series of those that ended at least linger ago."""
         with self._lock:
-            return list(self._schedules.items())
+            known = list(self._schedules.items())
+        states = self.store.schedule_states([job_id for job_id, _ in known])
+        with self._lock:
+            for (job_id, labels), state in zip(known, states, strict=True):
+                failed = self._failed.get(job_id, 0) if state is None else state.failed_runs
+                ended = state is None or (
+                    state.status in FINISHED and at_ms - state.updated_ms >= self.linger_ms
+                )
+                if not ended:
+                    self._failed[job_id] = failed
+                    continue
+                self._schedules.pop(job_id, None)
+                self._failed.pop(job_id, None)
+                if self.per_job:
+                    for metric in (self.released, self.missed, self.lateness):
+                        _remove(metric, labels)
+                else:
+                    self._retired[labels] = self._retired.get(labels, 0) + failed
+
+    def failed_counts(self) -> dict[Labels, int]:
+        """Failed runs by series: per schedule, or per group with the ended ones included."""
+        with self._lock:
+            if self.per_job:
+                return {self._schedules[j]: n for j, n in self._failed.items() if j in self._schedules}
+            counts = dict(self._retired)
+            for job_id, n in self._failed.items():
+                labels = self._schedules.get(job_id)
+                if labels is not None:
+                    counts[labels] = counts.get(labels, 0) + n
+            return counts
+
+
+def _remove(metric: Counter | Histogram, labels: Labels) -> None:
+    with contextlib.suppress(KeyError):  # never observed under these labels
+        metric.remove(*labels)
 
 
 class _FailedRuns(Collector):
     """``ductape_runs_failed_total`` of the schedules this beat released, read from Redis."""
 
-    def __init__(
-        self, store: Store, known: Callable[[], list[tuple[str, Labels]]], is_leader: Callable[[], bool]
-    ) -> None:
-        self.store = store
-        self.known = known
-        self.is_leader = is_leader
+    def __init__(self, metrics: BeatMetrics) -> None:
+        self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
+        metrics = self.metrics
         family = CounterMetricFamily(
             "ductape_runs_failed",
             "Runs of a schedule that failed after their last retry (counted by workers in Redis).",
-            labels=LABELS,
+            labels=PER_JOB_LABELS if metrics.per_job else GROUP_LABELS,
         )
         # Only the leader reports the Redis counts, so summing over all beats never counts twice.
-        schedules = self.known() if self.is_leader() else []
-        try:
-            counts = self.store.failed_runs([job_id for job_id, _ in schedules])
-        except BackendUnavailableError:
-            log.warning("metrics: Redis is unreachable; ductape_runs_failed_total left out of this scrape")
-            counts = []
-        for (_, labels), count in zip(schedules, counts, strict=False):
-            if count is not None:  # None: the job record is gone
+        if metrics.is_leader():
+            try:
+                metrics.refresh(now_ms())
+            except BackendUnavailableError:
+                log.warning(
+                    "metrics: Redis is unreachable; ductape_runs_failed_total shows the last counts read"
+                )
+            for labels, count in metrics.failed_counts().items():
                 family.add_metric(list(labels), count)
         yield family

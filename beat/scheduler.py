@@ -56,9 +56,9 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
         self._renewer = threading.Thread(target=self._renew_loop, name="beat-lock", daemon=True)
         self._renewer.start()
         if self.settings.metrics_port is not None:
-            self.metrics = BeatMetrics(self.store, lambda: self.engine.token is not None)
-            self._metrics_server = self.metrics.serve(self.settings.metrics_port)
-            log.info("metrics on :%d/metrics", self.settings.metrics_port)
+            self.metrics = BeatMetrics(self.store, lambda: self.engine.token is not None, self.settings)
+            self._metrics_server = self.metrics.serve()
+            log.info("metrics on %s:%d/metrics", self.settings.metrics_addr, self.settings.metrics_port)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """One engine tick; returns seconds until the next one."""

@@ -120,6 +120,15 @@ def reason(what: str, exc: BaseException) -> str:
 
 
 @dataclass(frozen=True)
+class ScheduleState:
+    """What beat's metrics read of a schedule at a scrape."""
+
+    status: str
+    failed_runs: int  # runs that failed after their last retry
+    updated_ms: int  # its last change (for a finished schedule: when it finished)
+
+
+@dataclass(frozen=True)
 class InFlight:
     """A run handed to Celery and not finished, as read from the in-flight index."""
 

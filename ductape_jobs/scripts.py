@@ -363,7 +363,7 @@ redis.call('HSET', KEYS[2], 'last_error', ARGV[5])
 if outcome == 'failed' then
   redis.call('HSET', KEYS[1], 'status', 'failed')
   redis.call('ZADD', KEYS[4], now, ARGV[10])
-  redis.call('HINCRBY', KEYS[2], 'failed_runs', 1)  -- read by beat's metrics (store.failed_runs)
+  redis.call('HINCRBY', KEYS[2], 'failed_runs', 1)  -- read by beat's metrics (store.schedule_states)
   if one_off then redis.call('HSET', KEYS[2], 'status', 'failed') end
   redis.call('ZREM', KEYS[5], ARGV[10])
   redis.call('EXPIRE', KEYS[1], ARGV[13])  -- a dead letter's own retention (the sweep also caps them)

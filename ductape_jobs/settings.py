@@ -71,6 +71,9 @@ class Settings(BaseModel):
     dead_max: int = Field(default=100_000, ge=1)
     socket_timeout_s: float = Field(default=5.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)  # beat's Prometheus endpoint
+    metrics_addr: str = Field(default="127.0.0.1", min_length=1)  # the address it listens on
+    metrics_per_job: bool = True  # false: series per (product, event, env) only, never per job
+    metrics_linger_s: int = Field(default=300, ge=0)  # an ended schedule's series stay this long
 
     @field_validator("envs", "worker_envs", "handlers", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ from ductape_jobs.records import (
     InFlight,
     NewJob,
     Retention,
+    ScheduleState,
     Started,
     Swept,
     Unreadable,
@@ -309,15 +310,19 @@ class Store:
         value = got.get("maxmemory-policy") or got.get(b"maxmemory-policy")
         return None if value is None else text(value)
 
-    def failed_runs(self, job_ids: Sequence[str]) -> list[int | None]:
-        """Per job, how many runs failed for good (FINISH_RUN counts them); None for a job that is gone."""
+    def schedule_states(self, job_ids: Sequence[str]) -> list[ScheduleState | None]:
+        """Per job, its status, failed runs (FINISH_RUN counts them) and last change, in one round
+        trip; None for a job that is gone."""
         if not job_ids:
             return []
         with guarded(), self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hmget(self.keys.job(job_id), "status", "failed_runs")
+                pipe.hmget(self.keys.job(job_id), "status", "failed_runs", "updated_ms")
             rows: list[Any] = pipe.execute()
-        return [None if status is None else int(failed or 0) for status, failed in rows]
+        return [
+            None if status is None else ScheduleState(text(status), int(failed or 0), int(updated or 0))
+            for status, failed, updated in rows
+        ]
 
     def due_entries(self, until_ms: int, limit: int) -> list[DueEntry]:
         """Due-index members with score <= until_ms, with their job state: one round trip."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from ductape_jobs import Ductape, JobStatus
+from tests.e2e.test_cli import run_cli
+from tests.handlers import calls_key
 from tests.support import Processes, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -113,3 +117,64 @@ def test_beat_serves_per_schedule_released_missed_late_and_failed(
     assert sample(port, failed, ok.job_id, "echo") == 0
     assert sample(port, failed, missed.job_id, "echo") == 0
     assert len(ductape.job.failed()) == 2  # the same two runs, dead-lettered
+
+
+def test_a_poison_entry_is_set_aside_while_the_others_run_and_ended_schedules_leave_the_metrics(
+    procs: Processes, ductape: Ductape, env_prefix: str, redis_url: str, r: redis.Redis
+) -> None:
+    procs.worker()
+    port = free_port()
+    beat = procs.beat(DUCTAPE_METRICS_PORT=str(port), DUCTAPE_METRICS_LINGER_S="0")
+    wait_for(lambda: beat.poll() is not None or leading(port), 60, "the beat to lead and serve /metrics")
+    assert beat.poll() is None, procs.log(beat)
+
+    soon_ms = time.time_ns() // 1_000_000 + 4_000
+    every = {"every": 1000}
+    healthy = ductape.job.schedule(
+        env="dev", product_tag="tests", event="echo", start_at=soon_ms, input={"case": "healthy"},
+        repeat={**every, "limit": 3},
+    )  # fmt: skip
+    poisoned = ductape.job.schedule(
+        env="dev", product_tag="tests", event="echo", start_at=soon_ms, input={"case": "poison"}, repeat=every
+    )
+    cancelled = ductape.job.schedule(
+        env="dev", product_tag="tests", event="echo", start_at=soon_ms, input={"case": "cancel"}, repeat=every
+    )
+    # A zone the producer's tzdata knew and this beat's does not: written as beat would find it.
+    job_key = f"{env_prefix}:job:{poisoned.job_id}"
+    brief = json.loads(r.hget(job_key, "brief"))
+    brief["rule"].update(cron="* * * * * *", every_ms=None, tz="Mars/Olympus")
+    r.hset(job_key, "brief", json.dumps(brief))
+
+    done = JobStatus.COMPLETED
+    wait_for(lambda: ductape.job.get(healthy.job_id).status == done, 60, "the healthy schedule to finish")
+    ran = sorted(int(k.decode().rsplit(":", 1)[1]) for k in r.hkeys(calls_key("echo") + ":runs")
+                 if k.decode().startswith(healthy.job_id))  # fmt: skip
+    assert ran == [soon_ms, soon_ms + 1000, soon_ms + 2000]  # each slot ran, none skipped
+    job = ductape.job.get(poisoned.job_id)
+    assert job.status == JobStatus.FAILED and "Mars/Olympus" in (job.last_error or "")
+    assert f"j:{poisoned.job_id}" not in {m.decode() for m in r.zrange(f"{env_prefix}:due", 0, -1)}
+
+    set_aside = ("ductape_entries_set_aside_total", frozenset({("source", "due")}))
+    wait_for(lambda: scrape(port).get(set_aside) == 1, 30, "the set-aside entry to be counted")
+    listed = run_cli(redis_url, env_prefix, "set-aside --json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(a["job_id"], "Mars/Olympus" in a["reason"]) for a in json.loads(listed.stdout)] == [
+        (poisoned.job_id, True)
+    ]
+    doctor = run_cli(redis_url, env_prefix, "doctor --json")
+    [check] = [c for c in json.loads(doctor.stdout)["checks"] if c["check"] == "set aside"]
+    assert check["status"] == "warn" and poisoned.job_id in check["detail"]
+
+    # Ended schedules leave the metrics (linger 0): the finished one now, the cancelled one once
+    # cancelled; the released counts of both were there while they ran.
+    released = "ductape_runs_released_total"
+    wait_for(lambda: (sample(port, released, cancelled.job_id, "echo") or 0) >= 1, 30, "a cancelled run")
+    ductape.job.cancel(cancelled.job_id)
+    for handle in (healthy, cancelled):
+        wait_for(
+            lambda h=handle: not any(("job_id", h.job_id) in labels for _, labels in scrape(port)),
+            30,
+            "the ended schedule's series to go",
+        )
+    assert scrape(port).get(("ductape_beat_leader", frozenset())) == 1.0
