@@ -17,6 +17,7 @@ from importlib.metadata import version
 from bench.env import RESULTS, ROOT, Bench
 from bench.figures.beat import beat_release
 from bench.figures.e2e import end_to_end
+from bench.figures.inputs import beat_inputs
 from bench.figures.lateness import lateness
 from bench.figures.memory import beat_memory
 from bench.figures.producer import schedule_batch, schedule_one_by_one
@@ -42,6 +43,7 @@ def _figures(quick: bool) -> dict[int, Callable[[Bench, int], list[Row]]]:
         6: lateness,
         8: soak,  # minutes long: `make soak` runs it alone
         9: sizing,
+        10: beat_inputs,
     }
 
 

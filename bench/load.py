@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from celery import Celery
 from celery.schedules import schedule as interval
@@ -58,8 +59,11 @@ def load_ours(
     due_ms: Callable[[int], int],
     *,
     restore: bool = False,
+    input_of: Callable[[int], dict[str, Any]] = lambda n: {"n": n},
+    chunk: int = CHUNK,
 ) -> int:
-    """Write schedules ``numbers`` (each input unique), schedule n falling due at ``due_ms(n)``.
+    """Write schedules ``numbers`` (each input unique: ``input_of(n)``), schedule n falling due at
+    ``due_ms(n)``, ``chunk`` jobs per CREATE_JOBS call.
 
     ``restore`` rewrites existing ones (to make them due again between repetitions): it skips the
     duplicate check, which would otherwise return the live job instead of writing.
@@ -69,7 +73,7 @@ def load_ours(
     batch: list[NewJob] = []
     for n in numbers:
         due = due_ms(n)
-        spec = base.spec.model_copy(update={"input": {"n": n}, "start_ms": due, "created_ms": now})
+        spec = base.spec.model_copy(update={"input": input_of(n), "start_ms": due, "created_ms": now})
         batch.append(
             replace(
                 base,
@@ -81,7 +85,7 @@ def load_ours(
                 dedupe=not restore,
             )
         )
-        if len(batch) >= CHUNK:
+        if len(batch) >= chunk:
             written += sum(created for _, created in store.create_jobs(batch, now))
             batch.clear()
     if batch:
