@@ -8,13 +8,14 @@ client drives these flows with ``Store.run`` and the async one with ``await Asyn
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict, cast
+
+from pydantic import TypeAdapter
 
 from ductape_jobs import ops, timing
 from ductape_jobs.brief import JobBrief, argsrepr
@@ -401,7 +402,7 @@ class _Shape:
         if not found:
             return None
         brief_json = JobBrief.of(spec).model_copy(update={"argsrepr": _INPUT_MARK_JSON}).model_dump_json()
-        brief_head, found, brief_tail = brief_json.partition(json.dumps(_INPUT_MARK_JSON))
+        brief_head, found, brief_tail = brief_json.partition(_JSON_STR.dump_json(_INPUT_MARK_JSON).decode())
         if not found:
             return None
         shown = _handle(plan).model_dump(exclude={"job_id"})
@@ -426,7 +427,7 @@ class _Shape:
         plan, row = self.plan, list(self.row_template)
         row[ops.ROW_JOB_ID] = twin.job_id
         row[ops.ROW_SPEC] = self.spec_head + twin.input_json + self.spec_tail
-        shown = json.dumps(argsrepr(plan.spec, twin.input))
+        shown = _JSON_STR.dump_json(argsrepr(plan.spec, twin.input)).decode()
         row[ops.ROW_BRIEF] = self.brief_head + shown + self.brief_tail
         if plan.run_id is not None and plan.nominal_ms is not None:
             run_id = run_id_for(twin.job_id, plan.nominal_ms)
@@ -440,5 +441,6 @@ class _Shape:
         return ScheduleHandle.model_validate({"job_id": job_id, **self.shown})
 
 
+_JSON_STR = TypeAdapter(str)  # a string as model_dump_json writes it (so a twin's row is byte-identical)
 _INPUT_MARK = {"@@ductape-input@@": 0}
 _INPUT_MARK_JSON = '{"@@ductape-input@@":0}'
