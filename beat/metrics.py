@@ -37,7 +37,7 @@ PER_JOB_LABELS = ("job_id", "product_tag", "event", "env")
 GROUP_LABELS = ("product_tag", "event", "env")
 LATENESS_BUCKETS_S = (0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0)
 FINISHED = ("completed", "failed", "cancelled")
-PRUNE_EVERY_MS = 300_000  # also pruned this often from the ticks, should nobody scrape
+PRUNE_EVERY_MS = 300_000  # should nobody scrape for this long, a tick reads the states itself
 Labels = tuple[str, ...]
 
 
@@ -89,7 +89,7 @@ class BeatMetrics:
         self._retired: dict[Labels, int] = {}  # failed runs of ended schedules, per group (no per-job)
         self._failed: dict[str, int] = {}  # the last failed count read per schedule
         self._lock = threading.Lock()
-        self._pruned_ms = 0
+        self._refreshed_ms = now_ms()  # the last read of the schedules' states
         self.registry.register(HealthCollector(store, is_leader))  # Redis memory, records that left
 
     def observe(self, report: TickReport) -> None:
@@ -111,8 +111,8 @@ class BeatMetrics:
         if report.runs_set_aside:
             self.set_aside.labels("lost").inc(report.runs_set_aside)
         at = now_ms()
-        if at - self._pruned_ms >= PRUNE_EVERY_MS:
-            self._pruned_ms = at
+        if at - self._refreshed_ms >= PRUNE_EVERY_MS:  # nobody scraped for that long
+            self._refreshed_ms = at
             try:
                 self.refresh(at)
             except BackendUnavailableError:
@@ -128,6 +128,7 @@ class BeatMetrics:
     def refresh(self, at_ms: int) -> None:
         """Read every known schedule's failed count and state (one round trip), and drop the
         series of those that ended at least linger ago."""
+        self._refreshed_ms = at_ms
         with self._lock:
             known = list(self._schedules.items())
         states = self.store.schedule_states([job_id for job_id, _ in known])
