@@ -570,3 +570,16 @@ def test_a_late_wake_decides_afresh_with_the_real_time(store: Store, settings: S
     # Decided at `late`, not as prepared: the skipped slots are not queued up behind it.
     assert job_state(store, job_id)["next_run_ms"] == str(at + 11 * MIN)
     assert queues.run_ids == [f"{job_id}:{at}"]
+
+
+def test_beat_reads_a_jobs_brief_never_its_input(store: Store, settings: Settings, celery_app: Celery):
+    blob = "x" * (settings.max_input_bytes - 100)
+    big = schedule(store, settings, T0, start_at=T0 + MIN, input={"blob": blob}, repeat={"every": MIN})
+    [entry] = store.due_entries(T0 + MIN, 10)
+    assert entry.job_id == big and entry.brief_json is not None
+    assert len(entry.brief_json) < 1_500 and blob[:2_000] not in entry.brief_json
+    engine, queues = engine_for(store, settings, celery_app)
+    assert engine.tick(T0 + MIN).released == 1
+    [message] = queues.messages()
+    assert len(message["headers"]["argsrepr"]) == 1_024  # Flower's view of the input, cut as before
+    assert engine._brief_bytes < 1_500  # the cache holds the brief, not the spec

@@ -170,3 +170,16 @@ def test_listing_skips_and_reports_unreadable_records(
     assert listed.exit_code == 0, listed.output
     assert {j["job_id"] for j in json.loads(listed.stdout)} == {before, after}
     assert f"skipped job {broken}" in listed.stderr
+
+
+def test_a_record_written_before_briefs_is_read_through_its_spec(
+    store: Store, settings: Settings, celery_app: Celery
+):
+    older = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN, "limit": 2})
+    store.redis.hdel(store.keys.job(older), "brief")
+    engine, queues = engine_for(store, settings, celery_app)
+    assert engine.tick(T0 + MIN).released == 1
+    assert engine.tick(T0 + 2 * MIN).released == 1
+    assert queues.nominal(older) == [T0 + MIN, T0 + 2 * MIN]
+    [dispatch] = store.dispatches([f"{older}:{T0 + MIN}"])
+    assert dispatch.brief.event == "echo"  # type: ignore[union-attr]
