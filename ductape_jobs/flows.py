@@ -18,7 +18,7 @@ from typing import Any, TypedDict, cast
 from pydantic import TypeAdapter
 
 from ductape_jobs import ops, timing
-from ductape_jobs.brief import JobBrief, argsrepr
+from ductape_jobs.brief import ARGSREPR_MAX, JobBrief
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.errors import (
     JobNotFoundError,
@@ -427,12 +427,12 @@ class _Shape:
         plan, row = self.plan, list(self.row_template)
         row[ops.ROW_JOB_ID] = twin.job_id
         row[ops.ROW_SPEC] = self.spec_head + twin.input_json + self.spec_tail
-        shown = _JSON_STR.dump_json(argsrepr(plan.spec, twin.input)).decode()
-        row[ops.ROW_BRIEF] = self.brief_head + shown + self.brief_tail
+        shown = repr(twin.input)[:ARGSREPR_MAX]  # as argsrepr() has it: a shape has no session values
+        row[ops.ROW_BRIEF] = self.brief_head + _JSON_STR.dump_json(shown).decode() + self.brief_tail
         if plan.run_id is not None and plan.nominal_ms is not None:
             run_id = run_id_for(twin.job_id, plan.nominal_ms)
             row[ops.ROW_RUN_ID] = run_id
-            message = messages.build(run_id, plan.spec, plan.nominal_ms, now_ms, twin.input)
+            message = messages.build(run_id, plan.spec, plan.nominal_ms, now_ms, shown=shown)
             row[ops.ROW_MESSAGE] = message.payload
         return tuple(row)
 

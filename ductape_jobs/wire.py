@@ -56,15 +56,21 @@ class MessageBuilder:
         self._templates: dict[tuple[str, str], str] = {}
 
     def build(
-        self, run_id: str, spec: JobSpec, nominal_ms: int, now_ms: int, input: dict[str, Any] | None = None
+        self,
+        run_id: str,
+        spec: JobSpec,
+        nominal_ms: int,
+        now_ms: int,
+        input: dict[str, Any] | None = None,
+        shown: str | None = None,
     ) -> Message:
         """The message for one run; it carries an ETA only when the run is not yet due.
 
-        ``input`` stands in for ``spec.input`` (a batch's jobs that share all but their input).
+        ``input`` stands in for ``spec.input`` (a batch's jobs that share all but their input),
+        ``shown`` for the argsrepr made from it (as ``brief.argsrepr``) when the caller has it.
         """
-        return self._build(
-            run_id, spec.env, spec.product_tag, spec.event, argsrepr(spec, input), nominal_ms, now_ms
-        )
+        shown = argsrepr(spec, input) if shown is None else shown
+        return self._build(run_id, spec.env, spec.product_tag, spec.event, shown, nominal_ms, now_ms)
 
     def from_brief(self, run_id: str, brief: JobBrief, nominal_ms: int, now_ms: int) -> Message:
         """The same message, built from a job's brief (beat never loads a job's input)."""
