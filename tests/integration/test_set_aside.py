@@ -82,6 +82,11 @@ def test_entries_beat_cannot_read_or_decide_are_set_aside_and_the_others_run_on_
     assert engine.tick(T0 + 3 * MIN).released == 2
     assert queues.nominal(first) == queues.nominal(last) == [T0 + MIN, T0 + 2 * MIN, T0 + 3 * MIN]
     assert due_members(store) == {}
+    # A set-aside schedule is no live twin: the same request makes a new schedule.
+    again = schedule(
+        store, settings, T0 + 3 * MIN, start_at=T0 + 4 * MIN, repeat={"every": MIN}, input={"n": "garbage"}
+    )
+    assert again != poisoned["garbage"]
 
 
 def test_an_entry_decided_ahead_is_set_aside_too(store: Store, settings: Settings, celery_app: Celery):
