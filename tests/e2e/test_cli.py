@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 
 ENTRY = Path(sys.executable).with_name("ductape-jobs")
 COMMANDS = ("schedule", "list", "show", "cancel", "pause", "resume", "trigger", "upcoming", "runs", "failed",
-            "redrive", "doctor")  # fmt: skip
+            "redrive", "set-aside", "doctor")  # fmt: skip
 Done = subprocess.CompletedProcess[str]
 
 
