@@ -266,7 +266,8 @@ def change_state(
     """Cancel, pause or resume atomically; returns ('ok'|'refused'|'missing', status).
     A job this finishes leaves after ``job_retention_s``."""
     args = [action, job_id, now_ms, opt(next_ms), runs_done, keys.prefix, job_retention_s]
-    return verdict((yield from one(Eval("CHANGE_STATE", [keys.job(job_id), keys.due], args))))
+    touched = [keys.job(job_id), keys.due, keys.set_aside]
+    return verdict((yield from one(Eval("CHANGE_STATE", touched, args))))
 
 
 def add_run(

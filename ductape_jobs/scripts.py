@@ -388,8 +388,10 @@ return 1
 # can ever succeed), conditional on its current status.
 # A one-off whose run waits in the due index for a retry cannot be paused (its run has started;
 # cancel it instead): pausing it would leave the retry entry to undo the pause.
-# KEYS: job, due   ARGV: action, job_id, now_ms, next_ms (resume), expected_runs_done (resume),
-#   prefix, job_retention_s
+# A job set aside is listed in the set-aside index (as CLAIM_DUE lists those beat sets aside),
+# a one-off too, whose failed run already made it 'failed'.
+# KEYS: job, due, set_aside
+# ARGV: action, job_id, now_ms, next_ms (resume), expected_runs_done (resume), prefix, job_retention_s
 # Returns {'ok'}, {'refused', current_status} or {'missing'}
 CHANGE_STATE = (
     _LIFECYCLE
@@ -397,6 +399,10 @@ CHANGE_STATE = (
 local st = redis.call('HMGET', KEYS[1], 'status', 'fp', 'runs_done', 'recurring')
 if not st[1] then return {'missing'} end
 local action, member, now = ARGV[1], 'j:' .. ARGV[2], ARGV[3]
+if action == 'set_aside' and st[1] ~= 'completed' and st[1] ~= 'cancelled' then
+  redis.call('ZADD', KEYS[3], now, ARGV[2])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -1001)  -- the newest 1,000 are listed
+end
 if action == 'cancel' or action == 'set_aside' then
   if st[1] == 'completed' or st[1] == 'failed' or st[1] == 'cancelled' then
     return {'refused', st[1]}

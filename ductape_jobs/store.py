@@ -57,7 +57,7 @@ __all__ = [
 from ductape_jobs.wire import Message, run_id_of
 
 T = TypeVar("T")
-SET_ASIDE_KEPT = 1_000  # the set-aside index keeps the newest (CLAIM_DUE trims it the same)
+SET_ASIDE_KEPT = 1_000  # the set-aside index keeps the newest (CLAIM_DUE, CHANGE_STATE trim it the same)
 CLAIM_CHUNK = 250  # claims per CLAIM_DUE call: small enough to overlap, large enough to batch
 log = logging.getLogger("ductape_jobs.store")
 

@@ -99,6 +99,7 @@ def test_a_rotation_keeps_sealed_jobs_running_and_a_removed_key_sets_them_aside_
     assert reason.startswith("RetiredKeyError: sealed: sealed under key") and key_id(OLD) in reason, reason
     assert "not in this key ring of session type 'user-session'" in reason
     assert stopped.next_run_ms is None
+    assert [(a.job_id, a.reason) for a in ductape.job.set_aside()] == [(old_job, reason)]  # listed
     # The new job runs on; meanwhile the old one is neither retried nor run again.
     settled = len(echo_calls(r, new_job))
     wait_for(lambda: len(echo_calls(r, new_job)) >= settled + 3, 60, "three more runs of the new job")
