@@ -9,9 +9,8 @@ import pytest
 from celery import Celery
 from click.testing import CliRunner
 
-from ductape_jobs import Ductape
+from ductape_jobs import Ductape, RecordUnreadableError
 from ductape_jobs.cli.main import cli
-from ductape_jobs.errors import RecordUnreadableError
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
 from tests.integration.test_beat_engine import (
