@@ -57,7 +57,6 @@ __all__ = [
 from ductape_jobs.wire import Message, run_id_of
 
 T = TypeVar("T")
-SET_ASIDE_KEPT = 1_000  # the set-aside index keeps the newest (CLAIM_DUE, CHANGE_STATE trim it the same)
 CLAIM_CHUNK = 250  # claims per CLAIM_DUE call: small enough to overlap, large enough to batch
 log = logging.getLogger("ductape_jobs.store")
 
@@ -415,22 +414,16 @@ class Store:
 
     def set_aside_run(self, run_id: str, job_id: str, why: str, now_ms: int) -> None:
         """Take an in-flight run whose job can't be read out of flight: the run is dead-lettered
-        and its job marked failed and listed as set aside, both with the reason."""
+        and its job failed with the reason, retired and listed as set aside (CHANGE_STATE)."""
         k = self.keys
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(k.run(run_id), mapping={"status": "failed", "error": why, "finished_ms": now_ms})
+            pipe.expire(k.run(run_id), self.retention.dead_s)  # a dead letter keeps its own retention
             pipe.zrem(k.inflight, run_id)
             pipe.zadd(k.dead, {run_id: now_ms})
-            self._set_aside_job(pipe, job_id, why, now_ms)
+            pipe.hset(k.job(job_id), "last_error", why)
             _guard(pipe.execute)
-
-    def _set_aside_job(self, pipe: Any, job_id: str, why: str, now_ms: int) -> None:
-        k = self.keys
-        fields = {"status": "failed", "next_run_ms": "", "updated_ms": now_ms, "last_error": why}
-        pipe.hset(k.job(job_id), mapping=fields)
-        pipe.zrem(k.due, f"j:{job_id}")
-        pipe.zadd(k.set_aside, {job_id: now_ms})
-        pipe.zremrangebyrank(k.set_aside, 0, -SET_ASIDE_KEPT - 1)
+        self.change_state("set_aside", job_id, now_ms)
 
     def push_messages(self, messages: Sequence[Message]) -> None:
         """Push ready messages onto their queues in one round trip (a deliberate re-send)."""

@@ -281,7 +281,7 @@ def test_beat_rechecks_eviction_and_memory_and_doctor_and_metrics_show_them(pref
         assert checks["eviction"].status == checks["memory"].status == checks["records"].status == "warn"
         assert "2 run" in checks["records"].detail and "5 finished job(s)" in checks["records"].detail
 
-        scraped = generate_latest(BeatMetrics(store, lambda: True).registry).decode()
+        scraped = generate_latest(BeatMetrics(store, lambda: True, settings).registry).decode()
         samples = {
             (s.name, tuple(s.labels.items())): s.value
             for family in text_string_to_metric_families(scraped)

@@ -93,7 +93,8 @@ def test_a_scrape_costs_the_same_few_round_trips_for_5_schedules_or_500(
             assert sum(1 for name, _ in samples if name == "ductape_runs_failed_total") == len(
                 metrics._schedules
             )
-        assert costs[0] == costs[1] <= 2, costs
+        # One for the schedules' states and failed counts, three for Redis's health (beat.health).
+        assert costs[0] == costs[1] <= 4, costs
     finally:
         metrics.server.shutdown()  # type: ignore[attr-defined]
 
