@@ -69,6 +69,7 @@ def test_entries_beat_cannot_read_or_decide_are_set_aside_and_the_others_run_on_
         assert state["status"] == "failed", case
         assert f"j:{job_id}" not in due_members(store), case
         assert queues.nominal(job_id) == [], case
+        assert store.redis.zscore(store.keys.retired, job_id) is not None, case  # leaves after retention
     reasons = {a.job_id: a.reason for a in ductape.job.set_aside()}
     assert set(reasons) == set(poisoned.values())
     assert "could not read" in reasons[poisoned["garbage"]]
@@ -138,6 +139,7 @@ def test_the_lost_run_sweep_sets_aside_a_run_whose_job_it_cannot_read(
     assert dead.run_id == f"{broken}:{T0}" and "could not read" in (dead.error or "")
     assert [a.job_id for a in ductape.job.set_aside()] == [broken]
     assert store.redis.zscore(store.keys.inflight, f"{broken}:{T0}") is None
+    assert store.redis.zscore(store.keys.retired, broken) is not None  # leaves after retention
     again = engine.tick(later + 10 * MIN)  # the next pass: nothing left to trip over
     assert again.runs_set_aside == 0 and again.resent == 0  # the healthy message waits in its queue
 
