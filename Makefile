@@ -46,8 +46,8 @@ bench: $(STAMP) ## speed beside plain Celery and RedBeat, printed as ratios
 soak: $(STAMP) ## ~3 min: memory flat under a steady mix, retention shortened (bench figure 8)
 	$(BIN)/python -m bench --only 8
 
-worker: $(STAMP) ## a worker for every env (REDIS_URL, DUCTAPE_* from the environment)
-	$(CELERY) worker --loglevel INFO
+worker: $(STAMP) ## a worker for every env, started again if it fails (REDIS_URL, DUCTAPE_* from the environment)
+	@until $(CELERY) worker --loglevel INFO; do echo "worker exited with status $$?; starting it again in 1 s" >&2; sleep 1; done
 
 beat: $(STAMP) ## the Redis-backed beat (one leader; start more as standbys)
 	$(CELERY) beat --loglevel INFO -S beat.RedisScheduler

@@ -5,7 +5,9 @@ worker killed in between loses the message: its run stays queued with no message
 would never run. Every run handed to Celery sits in the in-flight index until it finishes,
 scored by when it last moved (sent, started, retried). A run that has not moved for a while,
 whose message is neither waiting in its queue nor held by a worker, is sent again under the
-same run id; a copy that turns out to be spare is skipped by the worker (BEGIN_RUN).
+same run id; a copy that turns out to be spare is skipped by the worker (BEGIN_RUN). A run
+started by a worker that is gone (its heartbeat stopped renewing its lease) is sent again too,
+even though its message is still held: that worker will never finish or acknowledge it.
 """
 
 from __future__ import annotations
@@ -67,12 +69,12 @@ class LostRuns:
             else:
                 suspects.append((run, message))
         held = self.store.held_run_ids() if suspects else set()
-        waiting += [run.run_id for run, _ in suspects if run.run_id in held]
+        waiting += [run.run_id for run, _ in suspects if run.run_id in held and not lapsed(run, now_ms)]
         self.store.touch_runs(waiting, now_ms)
         sent = [
             run.run_id
             for run, message in suspects
-            if run.run_id not in held and self.store.resend(run, message, now_ms)
+            if (run.run_id not in held or lapsed(run, now_ms)) and self.store.resend(run, message, now_ms)
         ]
         if sent:
             log.warning("sent %d run(s) again whose message was lost: %s", len(sent), ", ".join(sent[:5]))
@@ -87,3 +89,11 @@ class LostRuns:
                 self.store.set_aside_run(bad.run_id, bad.job_id, bad.reason, now_ms)
                 self.set_aside += 1
         return [d for d in loaded if isinstance(d, Dispatch)]
+
+
+def lapsed(run: InFlight, now_ms: int) -> bool:
+    """A started run whose heartbeat stopped: its whole worker is gone (a lone pool process that
+    dies is reported by its worker at once). Its message may still sit in kombu's unacked hash
+    until the visibility timeout; sending it again now (BEGIN_RUN counts the lost attempt) does not
+    wait for that, and the late copy is skipped."""
+    return run.status == "running" and 0 < run.lease_ms <= now_ms

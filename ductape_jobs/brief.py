@@ -28,6 +28,7 @@ class JobBrief(BaseModel):
     event: str
     rule: dict[str, Any] | None = None  # timing.Rule as a dict, as in JobSpec
     argsrepr: str = "{}"
+    timeout_s: int | None = None  # the job's timeout (its messages' hard limit); None: the default
 
     @classmethod
     def of(cls, spec: JobSpec, input: dict[str, Any] | None = None) -> JobBrief:
@@ -38,6 +39,7 @@ class JobBrief(BaseModel):
             event=spec.event,
             rule=spec.rule,
             argsrepr=argsrepr(spec, input),
+            timeout_s=spec.timeout_s,
         )
 
     @classmethod

@@ -6,6 +6,7 @@ from celery import Celery
 from kombu.entity import Queue
 
 from ductape_jobs.keys import Keys
+from ductape_jobs.models import hard_limit_s
 from ductape_jobs.settings import Settings
 
 
@@ -24,7 +25,8 @@ def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=settings.prefetch_multiplier,
-        task_time_limit=settings.run_lease_s,
+        # Each message carries its job's own limits (wire.py); this covers any that does not.
+        task_time_limit=hard_limit_s(settings.job_timeout_s),
         task_queues=[_queue(settings.queue_for(env)) for env in settings.envs],
         task_default_queue=settings.queue_for(settings.envs[0]),
         task_create_missing_queues=False,

@@ -60,3 +60,7 @@ def shown(value: object, limit: int = 80) -> str:
         return f"{'-' if value < 0 else ''}<a number of about {digits} digits>"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class JobTimeoutError(HandlerError, TimeoutError):
+    """A handler ran past its job's ``timeout``: the attempt failed and is retried like any other."""

@@ -45,6 +45,7 @@ MAX_RETRIES = 25
 # Celery names its own tasks celery.* (celery.chord_unlock, celery.backend_cleanup, ...); a task
 # of ours there would replace one of them in the worker.
 CELERY_NAMESPACE = "celery."
+MAX_TIMEOUT_S = 86_400  # a job's ``timeout`` (seconds): at most a day
 
 
 class JobStatus(StrEnum):
@@ -196,6 +197,7 @@ class JobRequest(_Frozen):
     event: str = Field(pattern=SLUG, strict=True)
     start_at: int | float | str | datetime = 0
     retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    timeout: int | None = None  # seconds, 1..MAX_TIMEOUT_S; None: the DUCTAPE_JOB_TIMEOUT_S default
     input: dict[StrictStr, Any] = Field(default_factory=dict, strict=True)
     app: str | None = Field(default=None, pattern=SLUG, strict=True)
     cache: str | None = Field(default=None, pattern=SLUG, strict=True)
@@ -223,6 +225,15 @@ class JobRequest(_Frozen):
     def _retries(cls, value: object) -> object:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
             raise ValueError(f"must be a whole number of extra attempts 0..{MAX_RETRIES}, got {shown(value)}")
+        return value
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: object) -> object:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TIMEOUT_S:
+            raise ValueError(f"must be a whole number of seconds 1..{MAX_TIMEOUT_S}, got {shown(value)}")
         return value
 
     @field_validator("repeat", mode="after")
@@ -303,6 +314,7 @@ class JobSpec(_Frozen):
     product_tag: str
     event: str
     retries: int
+    timeout_s: int | None = None  # None in records written before timeouts: the settings' default
     input: dict[str, Any]
     app: str | None = None
     cache: str | None = None
@@ -378,6 +390,11 @@ class ScheduleHandle(_Frozen):
     recurring: bool
     next_run_at: datetime | None
     created: bool = True
+
+
+def hard_limit_s(timeout_s: int) -> int:
+    """When a handler still running past its timeout is killed: a grace of a tenth, 1..60 s."""
+    return timeout_s + min(max(timeout_s // 10, 1), 60)
 
 
 def ms_to_datetime(value_ms: int | None) -> datetime | None:

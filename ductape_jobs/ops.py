@@ -32,6 +32,8 @@ SCRIPT_NAMES = (
     "READ_DUE",
     "BEGIN_RUN",
     "FINISH_RUN",
+    "RENEW_RUN",
+    "LOSE_RUN",
     "CHANGE_STATE",
     "ADD_RUN",
     "RESEND_RUN",

@@ -63,6 +63,7 @@ def plan_job(
             "product_tag": req.product_tag,
             "event": req.event,
             "retries": req.retries,
+            "timeout_s": req.timeout or settings.job_timeout_s,
             "app": req.app,
             "cache": req.cache,
             "start_ms": req.start_ms,

@@ -137,6 +137,7 @@ class InFlight:
     status: str | None  # None when the run record is gone
     attempts: str
     queued_ms: int  # when its message was last pushed onto its queue
+    lease_ms: int = 0  # a running attempt: until when its heartbeat holds it (0: not running)
 
 
 @dataclass(frozen=True)

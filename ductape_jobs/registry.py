@@ -55,6 +55,11 @@ class Handler:
         return f"{self.product_tag}/{self.event}"
 
     @property
+    def is_async(self) -> bool:
+        """An ``async def`` handler: the worker awaits what it returns."""
+        return inspect.iscoroutinefunction(self.fn)
+
+    @property
     def task_name(self) -> str:
         """The Celery task name (what Flower lists)."""
         return task_name(self.product_tag, self.event)

@@ -1,7 +1,9 @@
 """Executing one run on a worker: claim it, use the cache, call the handler, record the outcome.
 
 Celery-free: workers/ wraps ``Runner.execute`` in one Celery task per event and turns the
-returned ``Outcome`` into Celery's retry, so this logic is tested without a broker.
+returned ``Outcome`` into Celery's retry, so this logic is tested without a broker. While a run
+executes, the process's heartbeat keeps it leased; its start and outcome are written even across
+a Redis restart (tried again until Redis is back).
 """
 
 from __future__ import annotations
@@ -9,15 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ductape_jobs.errors import RetiredKeyError
+from ductape_jobs.calling import call_handler
+from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError
+from ductape_jobs.heartbeat import Heartbeat
 from ductape_jobs.models import JobSpec, job_id_of
+from ductape_jobs.records import Started
 from ductape_jobs.registry import Registry, RunContext
 from ductape_jobs.scrub import Scrubber
 from ductape_jobs.sealed import Vault
@@ -29,6 +37,14 @@ log = logging.getLogger("ductape_jobs.runner")
 
 MAX_ERROR_CHARS = 2_000
 MAX_TRACEBACK_CHARS = 8_000
+MIN_PATIENCE_S = 60
+T = TypeVar("T")
+
+
+def owner_prefix(pid: int) -> str:
+    """How a run's owner (the delivery running it) starts: ``host:pid:``, what a worker's main
+    process knows of a pool process that died."""
+    return f"{socket.gethostname()}:{pid}:"
 
 
 @dataclass(frozen=True)
@@ -81,16 +97,32 @@ class Runner:
         self.settings = settings
         self.clock_ms = clock_ms
         self.vault = vault or Vault(Sessions({}))
+        self.heartbeat = Heartbeat(store, settings.run_lease_s * 1000, clock_ms)
+        # An outcome that can't be written is tried again for at least a lease, and at least a
+        # minute: FINISH_RUN is fenced by the attempt number, so writing late is never wrong.
+        self.patience_s = max(settings.run_lease_s, MIN_PATIENCE_S)
 
     def execute(self, run_id: str) -> Outcome:
         """Run one delivery of ``run_id`` at most once per attempt, recording what happened."""
         job_id = job_id_of(run_id)
-        started = self.store.begin_run(run_id, job_id, self.clock_ms(), self.settings.run_lease_s * 1000)
+        owner = f"{owner_prefix(os.getpid())}{os.urandom(6).hex()}"  # this delivery
+        lease_ms = self.settings.run_lease_s * 1000
+        started = self._written(
+            lambda: self.store.begin_run(run_id, job_id, self.clock_ms(), lease_ms, owner), "start", run_id
+        )
         if started.verdict == "busy":
             # Another delivery of the same run holds it (a duplicate publish); look again later.
             return Outcome("busy", retry_in_s=min(started.wait_ms / 1000, self.settings.horizon_ms / 1000))
         if started.verdict != "run" or started.spec is None:
             return Outcome("skipped")
+        self.heartbeat.hold(run_id, owner)
+        try:
+            return self._run(run_id, job_id, started)
+        finally:
+            self.heartbeat.release(run_id)
+
+    def _run(self, run_id: str, job_id: str, started: Started) -> Outcome:
+        assert started.spec is not None
         spec, attempt = started.spec, started.attempt
         handler = self.registry.get(spec.product_tag, spec.event)
         ctx = RunContext(
@@ -117,7 +149,7 @@ class Runner:
         try:
             opened = self.vault.open(spec)
             hidden = opened.hidden
-            result = handler(opened.input, ctx)
+            result = call_handler(handler, opened.input, ctx, self.settings.timeout_s(spec))
             result_json = self.vault.seal_result(spec, json.dumps(_plain(result), default=str))
         except RetiredKeyError as exc:  # sealed under a key that left the ring: no run can open it
             return self._set_aside(ctx, f"{type(exc).__name__}: {exc}")
@@ -154,6 +186,21 @@ class Runner:
         self.store.change_state("set_aside", ctx.job_id, self.clock_ms())
         return outcome
 
+    def _written(self, step: Callable[[], T], what: str, run_id: str) -> T:
+        """``step()``, tried again while Redis is unreachable: a run's start or outcome is written
+        once Redis is back (for up to ``patience_s``), not dropped with the run left 'running'."""
+        deadline = time.monotonic() + self.patience_s
+        delay_s = 0.05
+        while True:
+            try:
+                return step()
+            except BackendUnavailableError:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("Redis is unreachable; will %s run %s again in %.2f s", what, run_id, delay_s)
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, 1.0)
+
     def _finish(
         self,
         ctx: RunContext,
@@ -165,20 +212,31 @@ class Runner:
         cached: bool = False,
         due_ms: int | None = None,
     ) -> None:
-        self.store.finish_run(
-            ctx.run_id,
-            ctx.job_id,
-            ctx.attempt,
-            self.clock_ms(),
-            outcome,
-            result_json=result_json,
-            error=error,
-            traceback=trace,
-            cached=cached,
-            retention_s=self.settings.run_retention_s,
-            due_ms=due_ms,
-            wait=not (self.defer_finish and outcome == "completed"),
-        )
+        def write(wait: bool) -> bool:
+            return self.store.finish_run(
+                ctx.run_id,
+                ctx.job_id,
+                ctx.attempt,
+                self.clock_ms(),
+                outcome,
+                result_json=result_json,
+                error=error,
+                traceback=trace,
+                cached=cached,
+                retention_s=self.settings.run_retention_s,
+                due_ms=due_ms,
+                wait=wait,
+            )
+
+        deferred = self.defer_finish and outcome == "completed"
+        self._written(lambda: write(not deferred), "record the outcome of", ctx.run_id)
+        if deferred:
+            # Sent, its reply read before this process's next run; if none comes soon, the
+            # heartbeat writes it again (the same outcome of the same attempt: harmless).
+            def again() -> bool:
+                return self._written(lambda: write(True), "record the outcome of", ctx.run_id)
+
+            self.heartbeat.confirm(ctx.run_id, self.store.unread(), again)
 
 
 def _plain(result: Any) -> Any:

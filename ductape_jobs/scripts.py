@@ -290,11 +290,48 @@ return claimed
 """
 )
 
-# Worker: start a run unless it already finished, is cancelled, or another delivery holds it.
-# KEYS: run, job, inflight   ARGV: now_ms, lease_ms, run_id
+# An attempt that ended without recording its outcome (its process died, was OOM-killed or was
+# killed at the hard time limit) still counts: after the job's last attempt (retries + 1) the run
+# is dead-lettered with the reason, once. The job's retries are read from its spec only here, on
+# this rare path. A dead letter gets its retention and a finished one-off job is retired, as
+# FINISH_RUN does (_LIFECYCLE). Returns true when the run was dead-lettered.
+# lifecycle = {prefix, job_retention_s, dead_retention_s}
+_LOSE_ATTEMPT = (
+    _LIFECYCLE
+    + """
+local function lose_attempt(run, job, dead, inflight, run_id, spec, attempts, reason, now, lifecycle)
+  redis.call('HSET', job, 'last_error', reason, 'last_run_id', run_id, 'updated_ms', now)
+  if attempts < tonumber(cjson.decode(spec)['retries']) + 1 then
+    redis.call('HSET', run, 'error', reason, 'traceback', '')
+    return false
+  end
+  redis.call('HSET', run, 'status', 'failed', 'error', reason, 'traceback', '', 'finished_ms', now)
+  redis.call('HDEL', run, 'owner', 'lease_ms')
+  redis.call('ZADD', dead, now, run_id)
+  redis.call('ZREM', inflight, run_id)
+  redis.call('HINCRBY', job, 'failed_runs', 1)  -- read by beat's metrics (store.failed_runs)
+  if redis.call('HGET', job, 'recurring') == '0' and redis.call('HGET', run, 'manual') ~= '1' then
+    redis.call('HSET', job, 'status', 'failed')
+  end
+  redis.call('EXPIRE', run, lifecycle[3])  -- a dead letter's own retention
+  retire_if_finished(lifecycle[1], job_of(run_id), lifecycle[2], now)
+  return true
+end
+"""
+)
+
+# Worker: start a run unless it already finished, is cancelled, or another delivery holds it
+# (its lease, renewed by that delivery's heartbeat, has not run out). ``owner`` names this
+# delivery (host:pid:nonce): asking again with the same owner (a lost reply) starts nothing new.
+# A run still 'running' with its lease run out lost its attempt (_LOSE_ATTEMPT).
+# KEYS: run, job, inflight, dead
+# ARGV: now_ms, lease_ms, run_id, owner, prefix, job_retention_s, dead_retention_s
 # Returns {'run', attempts, spec, nominal_ms, manual} | {'done'} | {'skip'} | {'busy', wait_ms}
-BEGIN_RUN = """
-local run = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'started_ms', 'nominal_ms', 'manual')
+BEGIN_RUN = (
+    _LOSE_ATTEMPT
+    + """
+local run = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'started_ms', 'nominal_ms', 'manual',
+  'lease_ms', 'owner')
 local job = redis.call('HMGET', KEYS[2], 'status', 'spec', 'recurring')
 if not run[1] or not job[2] then
   redis.call('ZREM', KEYS[3], ARGV[3])
@@ -305,8 +342,15 @@ if status == 'completed' or status == 'failed' or status == 'skipped' then
   redis.call('ZREM', KEYS[3], ARGV[3])
   return {'done'}
 end
-if status == 'running' and tonumber(run[3]) + lease > now then
-  return {'busy', tostring(tonumber(run[3]) + lease - now)}
+if status == 'running' then
+  if run[7] == ARGV[4] then return {'run', tonumber(run[2]), job[2], run[4], run[5] or ''} end
+  local held_until = tonumber(run[6] or '') or tonumber(run[3]) + lease
+  if held_until > now then return {'busy', tostring(held_until - now)} end
+  local attempts, lifecycle = tonumber(run[2]), {ARGV[5], ARGV[6], ARGV[7]}
+  if lose_attempt(KEYS[1], KEYS[2], KEYS[4], KEYS[3], ARGV[3], job[2], attempts, 'worker lost', now,
+      lifecycle) then
+    return {'done'}
+  end
 end
 -- A schedule set aside as failed (its sealed input can no longer be opened) runs no more.
 if job[1] == 'cancelled' or (job[1] == 'failed' and job[3] == '1') then
@@ -315,7 +359,8 @@ if job[1] == 'cancelled' or (job[1] == 'failed' and job[3] == '1') then
   return {'skip'}
 end
 local attempts = tonumber(run[2] or '0') + 1
-redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'started_ms', now)
+redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'started_ms', now,
+  'lease_ms', now + lease, 'owner', ARGV[4])
 redis.call('ZADD', KEYS[3], now, ARGV[3])
 redis.call('HSET', KEYS[2], 'attempts', attempts, 'updated_ms', now)
 -- A manual (triggered) run is extra: it never moves a one-off's status, or the one-off's own
@@ -323,6 +368,49 @@ redis.call('HSET', KEYS[2], 'attempts', attempts, 'updated_ms', now)
 if job[3] == '0' and run[5] ~= '1' then redis.call('HSET', KEYS[2], 'status', 'running') end
 return {'run', attempts, job[2], run[4], run[5] or ''}
 """
+)
+
+# Worker: the heartbeat of a running attempt renews its lease and marks it moved (beat's
+# lost-run sweep only looks at runs that have not moved for a while).
+# KEYS: run, inflight   ARGV: owner, now_ms, lease_ms, run_id
+# Returns 1 while the attempt is still this delivery's, else 0.
+RENEW_RUN = """
+local st = redis.call('HMGET', KEYS[1], 'status', 'owner')
+if st[1] ~= 'running' or st[2] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'lease_ms', tonumber(ARGV[2]) + tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[2], 'XX', ARGV[2], ARGV[4])
+return 1
+"""
+
+# Worker (main process): the pool process running a run died or was killed at the hard time
+# limit. Its attempt counts (_LOSE_ATTEMPT); if attempts remain, the run is free at once for the
+# delivery Celery puts back on the queue, instead of waiting for its lease to run out.
+# KEYS: run, job, dead, inflight
+# ARGV: run_id, owner_prefix (host:pid:), reason, now_ms, prefix, job_retention_s, dead_retention_s
+# Returns 'dead', 'retry', or 'moved' (the run is no longer that process's attempt).
+LOSE_RUN = (
+    _LOSE_ATTEMPT
+    + """
+local run = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'owner')
+local spec = redis.call('HGET', KEYS[2], 'spec')
+local prefix, now = ARGV[2], ARGV[4]
+if run[1] ~= 'running' or string.sub(run[3] or '', 1, #prefix) ~= prefix or not spec then
+  return 'moved'
+end
+local lifecycle = {ARGV[5], ARGV[6], ARGV[7]}
+if lose_attempt(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], spec, tonumber(run[2]), ARGV[3], now,
+    lifecycle) then
+  return 'dead'
+end
+redis.call('HSET', KEYS[1], 'status', 'retrying', 'queued_ms', now, 'finished_ms', now)
+redis.call('HDEL', KEYS[1], 'owner', 'lease_ms')
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+if redis.call('HGET', KEYS[2], 'recurring') == '0' and redis.call('HGET', KEYS[1], 'manual') ~= '1' then
+  redis.call('HSET', KEYS[2], 'status', 'queued')
+end
+return 'retry'
+"""
+)
 
 # Worker: record the outcome of one attempt, fenced by the attempt number.
 # KEYS: run, job, due, dead, inflight

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from ductape_jobs.errors import JobValidationError
-from ductape_jobs.models import SLUG
+from ductape_jobs.models import MAX_TIMEOUT_S, SLUG, JobSpec
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -51,7 +51,12 @@ class Settings(BaseModel):
     sessions: dict[str, dict[str, Any]] = Field(default_factory=dict, repr=False)
     horizon_ms: int = Field(default=60_000, ge=1_000)
     visibility_timeout_s: int = Field(default=3_600, ge=1)
-    run_lease_s: int = Field(default=300, ge=1)
+    # How long a started run is held against other deliveries without a heartbeat: the worker
+    # running it renews it every third of this, so it only runs out when that worker is gone.
+    run_lease_s: int = Field(default=60, ge=1)
+    # A job's default ``timeout``: the handler is interrupted after this long (a failed attempt)
+    # and its process killed a grace period later (models.hard_limit_s).
+    job_timeout_s: int = Field(default=300, ge=1, le=MAX_TIMEOUT_S)
     # Messages each worker process reserves ahead of the one it runs (Celery's prefetch multiplier):
     # 2 keeps a process fed between runs; 1 is fairer when handlers run for a long time.
     prefetch_multiplier: int = Field(default=2, ge=1)
@@ -109,6 +114,10 @@ class Settings(BaseModel):
     def queue_for(self, env: str) -> str:
         """The Celery queue that carries runs of ``env`` under this key prefix."""
         return f"{self.key_prefix}.{env}"
+
+    def timeout_s(self, spec: JobSpec) -> int:
+        """A job's timeout: its own, or the default for records that predate timeouts."""
+        return spec.timeout_s or self.job_timeout_s
 
     def served_queues(self) -> tuple[str, ...]:
         """The queues a worker built from these settings consumes."""

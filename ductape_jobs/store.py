@@ -24,7 +24,7 @@ import redis
 from ductape_jobs import ops
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobRecord, JobSpec, RunRecord
+from ductape_jobs.models import JobRecord, JobSpec, RunRecord, job_id_of
 from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, Stream, unreachable
 from ductape_jobs.records import (
     Claim,
@@ -124,7 +124,8 @@ class Store:
         """
         if held.pending is None:
             return
-        script, packed = held.pending
+        pending = held.pending
+        script, packed = pending
         held.pending = None
         conn = held.conn
         try:
@@ -145,7 +146,13 @@ class Store:
             conn.send_packed_command(packed, check_health=False)
             return conn.read_response()
 
-        conn.retry.call_with_retry(again, lambda _: conn.disconnect())
+        try:
+            conn.retry.call_with_retry(again, lambda _: conn.disconnect())
+        except REDIS_DOWN:
+            # Still unread: kept, so the next call (the worker retries until Redis is back)
+            # sends it again rather than forgetting a run's outcome.
+            held.pending = pending
+            raise
 
     def _held(self) -> _Held:
         """This thread's connection (taken from the pool once, so ``close()`` still ends it)."""
@@ -443,7 +450,7 @@ class Store:
             return []
         with self.redis.pipeline(transaction=False) as pipe:
             for member, _ in rows:
-                pipe.hmget(self.keys.run(text(member)), "status", "attempts", "queued_ms")
+                pipe.hmget(self.keys.run(text(member)), "status", "attempts", "queued_ms", "lease_ms")
             states: list[Any] = _guard(pipe.execute)
         return [
             InFlight(
@@ -452,8 +459,9 @@ class Store:
                 None if st is None else text(st),
                 text(attempts or b"0"),
                 int(queued or 0),
+                int(lease or 0),
             )
-            for (m, score), (st, attempts, queued) in zip(rows, states, strict=True)
+            for (m, score), (st, attempts, queued, lease) in zip(rows, states, strict=True)
         ]
 
     def head_queued_ms(self, queue_key: str) -> int | None:
@@ -500,10 +508,13 @@ class Store:
 
     # -- worker -----------------------------------------------------------------------------
 
-    def begin_run(self, run_id: str, job_id: str, now_ms: int, lease_ms: int) -> Started:
-        """Mark a run started unless it is finished, cancelled or held by another delivery."""
-        keys = [self.keys.run(run_id), self.keys.job(job_id), self.keys.inflight]
-        got = self._eval(self._begin, keys=keys, args=[now_ms, lease_ms, run_id])
+    def begin_run(self, run_id: str, job_id: str, now_ms: int, lease_ms: int, owner: str) -> Started:
+        """Mark a run started by delivery ``owner`` unless it is finished, cancelled or held by
+        another delivery; a run whose lease ran out has lost that attempt (dead-lettered after
+        its last)."""
+        keys = [self.keys.run(run_id), self.keys.job(job_id), self.keys.inflight, self.keys.dead]
+        args = [now_ms, lease_ms, run_id, owner, self.keys.prefix, *self._ttls]
+        got = self._eval(self._begin, keys=keys, args=args)
         verdict = text(got[0])
         if verdict == "busy":
             return Started("busy", wait_ms=int(text(got[1])))
@@ -518,6 +529,35 @@ class Store:
             nominal_ms=int(got[3]),
             manual=text(got[4]) == "1",
         )
+
+    def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> bool:
+        """Heartbeat: extend the lease of ``owner``'s running attempt; False once it is not theirs."""
+        keys = [self.keys.run(run_id), self.keys.inflight]
+        got = self._eval(self._scripts["RENEW_RUN"], keys=keys, args=[owner, now_ms, lease_ms, run_id])
+        return bool(got)
+
+    def lose_run(self, run_id: str, owner_prefix: str, reason: str, now_ms: int) -> str:
+        """Count the attempt of a process that died (or was killed) running it: 'dead', 'retry' or
+        'moved' (not that process's attempt any more)."""
+        k = self.keys
+        keys = [k.run(run_id), k.job(job_id_of(run_id)), k.dead, k.inflight]
+        args = [run_id, owner_prefix, reason, now_ms, k.prefix, *self._ttls]
+        got = self._eval(self._scripts["LOSE_RUN"], keys=keys, args=args)
+        return text(got)
+
+    def unread(self) -> Callable[[], bool]:
+        """Whether the command this thread last sent without waiting is still unread (its reply
+        is read before the thread's next command; an idle thread leaves it unread)."""
+        held = self._held()
+        mark = held.pending
+        return lambda: mark is not None and held.pending is mark
+
+    def settle(self) -> None:
+        """Make sure this thread's outcome sent without waiting has reached Redis (sent again if
+        its reply can't be read); raises BackendUnavailableError while Redis is down."""
+        held = self._held()
+        with guarded():
+            self._settle(held)
 
     def finish_run(
         self,

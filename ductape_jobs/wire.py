@@ -20,7 +20,7 @@ from celery import Celery
 
 from ductape_jobs.brief import JobBrief, argsrepr
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobSpec, ms_to_datetime, task_name
+from ductape_jobs.models import JobSpec, hard_limit_s, ms_to_datetime, task_name
 from ductape_jobs.settings import Settings
 
 
@@ -44,8 +44,9 @@ class MessageBuilder:
 
     Celery's headers and properties for a (task, queue) pair are made once by Celery itself and
     serialized once into a template with holes; each message fills in what differs: the run id,
-    the ETA, the argsrepr and a fresh delivery tag. That keeps building off the hot paths of
-    ``schedule_many()`` and beat (a few microseconds a message, no per-message ``json.dumps``).
+    the ETA, the argsrepr, the time limits and a fresh delivery tag. That keeps building off the
+    hot paths of ``schedule_many()`` and beat (a few microseconds a message, no per-message
+    ``json.dumps``).
     """
 
     def __init__(self, app: Celery, settings: Settings) -> None:
@@ -70,17 +71,19 @@ class MessageBuilder:
         ``shown`` for the argsrepr made from it (as ``brief.argsrepr``) when the caller has it.
         """
         shown = argsrepr(spec, input) if shown is None else shown
-        return self._build(run_id, spec.env, spec.product_tag, spec.event, shown, nominal_ms, now_ms)
+        where = (spec.env, spec.product_tag, spec.event, spec.timeout_s)
+        return self._build(run_id, where, shown, nominal_ms, now_ms)
 
     def from_brief(self, run_id: str, brief: JobBrief, nominal_ms: int, now_ms: int) -> Message:
         """The same message, built from a job's brief (beat never loads a job's input)."""
-        return self._build(
-            run_id, brief.env, brief.product_tag, brief.event, brief.argsrepr, nominal_ms, now_ms
-        )
+        where = (brief.env, brief.product_tag, brief.event, brief.timeout_s)
+        return self._build(run_id, where, brief.argsrepr, nominal_ms, now_ms)
 
     def _build(
-        self, run_id: str, env: str, product_tag: str, event: str, shown: str, nominal_ms: int, now_ms: int
+        self, run_id: str, where: tuple[str, str, str, int | None], shown: str, nominal_ms: int, now_ms: int
     ) -> Message:
+        """``where``: the job's env, product_tag, event and timeout_s."""
+        env, product_tag, event, timeout_s = where
         queue = self.settings.queue_for(env)
         task = task_name(product_tag, event)
         template = self._templates.get((task, queue)) or self._template(task, queue)
@@ -92,6 +95,9 @@ class MessageBuilder:
             "eta": "null" if nominal_ms <= now_ms else _quote(_iso(nominal_ms)),
             "argsrepr": _quote(shown),
             "tag": '"' + os.urandom(16).hex() + '"',  # unique across processes and forks
+            # Celery's per-message (hard, soft) limits: the worker kills the run's process at the
+            # hard one; the soft one (the job's timeout) is applied by the runner itself.
+            "timelimit": f"[{hard_limit_s(timeout_s or self.settings.job_timeout_s)}, null]",
         }
         return Message(self.keys.broker_prefix + queue, template % holes)
 
@@ -101,7 +107,13 @@ class MessageBuilder:
             create_sent_event=False,
         )  # fmt: skip
         headers = dict(headers)
-        headers.update(id=_HOLE % "id", root_id=_HOLE % "id", eta=_HOLE % "eta", argsrepr=_HOLE % "argsrepr")
+        headers.update(
+            id=_HOLE % "id",
+            root_id=_HOLE % "id",
+            eta=_HOLE % "eta",
+            argsrepr=_HOLE % "argsrepr",
+            timelimit=_HOLE % "timelimit",
+        )
         props = dict(properties)
         props.update(
             correlation_id=_HOLE % "id",

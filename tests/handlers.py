@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -10,17 +11,18 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from ductape_jobs import RunContext, handler
+from ductape_jobs import JobTimeoutError, RunContext, handler
 
 PRODUCT = "tests"
 _client: redis.Redis | None = None
 
 
 def db() -> redis.Redis:
-    """A connection for recording calls (the worker's own settings name the server)."""
+    """A connection for recording calls: the worker's own server, or TEST_RECORD_URL (a server
+    the test does not restart, so what handlers did is never lost with it)."""
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        _client = redis.Redis.from_url(os.environ.get("TEST_RECORD_URL") or os.environ["REDIS_URL"])
     return _client
 
 
@@ -69,9 +71,42 @@ def flaky(input: dict[str, Any], ctx: RunContext) -> str:
 def slow(input: dict[str, Any], ctx: RunContext) -> str:
     """Sleeps ``input['seconds']`` (to be killed mid-run), then records."""
     db().rpush(calls_key("slow") + ":started", ctx.run_id)
+    db().hset(calls_key("slow") + ":pids", ctx.run_id, os.getpid())  # the pool process running it
     time.sleep(float(input.get("seconds", 1)))
     record("slow", input, ctx)
     return "done"
+
+
+@handler("stubborn", product_tag=PRODUCT)
+def stubborn(input: dict[str, Any], ctx: RunContext) -> str:
+    """Ignores its timeout and sleeps on: only the hard time limit stops it."""
+    db().rpush(calls_key("stubborn") + ":started", ctx.run_id)
+    until = time.monotonic() + float(input.get("seconds", 30))
+    while time.monotonic() < until:
+        try:
+            time.sleep(until - time.monotonic())
+        except JobTimeoutError:
+            db().rpush(calls_key("stubborn") + ":ignored", ctx.run_id)
+    record("stubborn", input, ctx)
+    return "outlived"
+
+
+@handler("async_echo", product_tag=PRODUCT)
+async def async_echo(input: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """An ``async def`` handler: awaits, records, returns its input."""
+    await asyncio.sleep(0.01)
+    record("async_echo", input, ctx)
+    return {"echo": input, "awaited": True}
+
+
+@handler("async_flaky", product_tag=PRODUCT)
+async def async_flaky(input: dict[str, Any], ctx: RunContext) -> str:
+    """Fails until attempt ``input['succeed_on']``; sleeps ``input['seconds']`` first."""
+    await asyncio.sleep(float(input.get("seconds", 0)))
+    record("async_flaky", input, ctx)
+    if ctx.attempt < input.get("succeed_on", 10**9):
+        raise RuntimeError(f"async boom on attempt {ctx.attempt}")
+    return "ok"
 
 
 class Signup(BaseModel):
@@ -85,6 +120,13 @@ class Signup(BaseModel):
 def typed(input: Signup, ctx: RunContext) -> dict[str, str]:
     """Receives its input validated as a Signup."""
     record("typed", {"type": type(input).__name__, **input.model_dump()}, ctx)
+    return {"user": input.user_id}
+
+
+@handler("async_typed", product_tag=PRODUCT)
+async def async_typed(input: Signup, ctx: RunContext) -> dict[str, str]:
+    """An ``async def`` handler with a typed input."""
+    record("async_typed", {"type": type(input).__name__, **input.model_dump()}, ctx)
     return {"user": input.user_id}
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
+from billiard.exceptions import WorkerLostError
 from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.signals import heartbeat_sent, worker_ready
+from celery.worker.request import Request
 
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.client import connect, now_ms
@@ -16,7 +19,7 @@ from ductape_jobs.errors import HandlerError
 from ductape_jobs.flower_guard import guard_flower
 from ductape_jobs.keys import Keys
 from ductape_jobs.registry import Handler, Registry, load_handlers
-from ductape_jobs.runner import Runner
+from ductape_jobs.runner import Runner, owner_prefix
 from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions, session_types_from_config
 from ductape_jobs.settings import Settings
@@ -33,11 +36,14 @@ def build_app(settings: Settings | None = None, registry: Registry | None = None
     registry = load_handlers(settings.handlers, registry)
     app = create_app(settings, name="workers")
     app.conf.task_queues = [q for q in app.conf.task_queues if q.name in settings.served_queues()]
+    if urlsplit(settings.url).scheme == "redis":  # rediss:// keeps kombu's own (its TLS defaults)
+        app.conf.broker_transport = "ductape_jobs.transport:Transport"  # kombu#582 worked around
     store = Store(connect(settings), Keys(settings.key_prefix), Retention.of(settings))
     vault = Vault(Sessions(session_types_from_config(settings.sessions)))
     runner = Runner(store, registry, settings, now_ms, vault=vault, defer_finish=True)
+    request_class = lost_runs_reported(store)
     for entry in registry:
-        _register_task(app, runner, entry)
+        _register_task(app, runner, entry, request_class)
 
     envs = settings.worker_envs or settings.envs
     seen: dict[str, Any] = {"hostname": None, "at": 0.0}
@@ -68,7 +74,7 @@ def build_app(settings: Settings | None = None, registry: Registry | None = None
     return app
 
 
-def _register_task(app: Celery, runner: Runner, entry: Handler) -> None:
+def _register_task(app: Celery, runner: Runner, entry: Handler, request_class: type[Request]) -> None:
     def run(self: Task, run_id: str) -> Any:
         outcome = runner.execute(run_id)
         if outcome.kind in ("retry", "busy") and outcome.retry_in_s is not None:
@@ -81,7 +87,53 @@ def _register_task(app: Celery, runner: Runner, entry: Handler) -> None:
         return outcome.result
 
     # Registered by call, not as a decorator, so ``run`` keeps its types (Celery is untyped).
-    app.task(name=entry.task_name, bind=True, acks_late=True, ignore_result=True)(run)
+    # acks_on_timeout=False: a run killed at its hard time limit goes back on its queue, and its
+    # next delivery runs the next attempt, or finds it dead-lettered (LOSE_RUN) and skips it.
+    app.task(
+        name=entry.task_name,
+        bind=True,
+        acks_late=True,
+        acks_on_timeout=False,
+        ignore_result=True,
+        Request=request_class,
+    )(run)
+
+
+def lost_runs_reported(store: Store) -> type[Request]:
+    """Celery's request class, reporting (in the worker's main process) a run whose pool process
+    died or was killed at the hard time limit: its attempt counts at once (Store.lose_run), so
+    the delivery Celery puts back runs the next attempt without waiting out the run's lease."""
+
+    class RunRequest(Request):  # type: ignore[misc]  # Celery is untyped
+        def on_timeout(self, soft: bool, timeout: float) -> None:
+            if not soft:
+                self._lost(f"time limit exceeded: killed after {timeout:g} s")
+            super().on_timeout(soft, timeout)
+
+        def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+            exc = getattr(exc_info.exception, "exc", exc_info.exception)  # ExceptionWithTraceback
+            if isinstance(exc, WorkerLostError | SystemExit):
+                self._lost(f"worker lost: {exc}")
+            super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+        def _lost(self, reason: str) -> None:
+            if not self.worker_pid:
+                return
+            try:
+                verdict = store.lose_run(self.id, owner_prefix(self.worker_pid), reason, now_ms())
+            except Exception:  # noqa: BLE001 - the run's lease runs out instead, and BEGIN_RUN counts it
+                log.warning("could not record the lost attempt of run %s (%s)", self.id, reason)
+                return
+            log.warning("run %s: %s; %s", self.id, reason, LOST_VERDICTS.get(verdict, verdict))
+
+    return RunRequest
+
+
+LOST_VERDICTS = {
+    "dead": "that was its last attempt: dead-lettered",
+    "retry": "its next delivery runs the next attempt",
+    "moved": "the run had moved on already",
+}
 
 
 app = build_app()

@@ -168,6 +168,7 @@ def job_detail(job: JobRecord) -> str:
         ("app", spec.app),
         ("cache", spec.cache),
         ("retries", spec.retries),
+        ("timeout_s", spec.timeout_s),
         ("repeat", repeat_text(spec.rule)),
         ("next_run", when(job.next_run_ms)),
         ("runs_done", job.runs_done),

@@ -38,6 +38,9 @@ _HUGE = "a number too large to read (over 4,300 digits); every numeric field has
 @click.option("--event", help="The job tag (handler name).")
 @click.option("--start-at", metavar="WHEN", help="0 = now (default); Unix seconds, epoch ms, or ISO-8601.")
 @click.option("--retries", metavar="N", help="Extra attempts, 0..25 (default 0).")
+@click.option(
+    "--timeout", metavar="S", help="Seconds a run may take, 1..86400 (default DUCTAPE_JOB_TIMEOUT_S)."
+)
 @click.option("--input", "input_json", metavar="JSON", help="The handler's input, a JSON object.")
 @click.option("--app", help="Optional app tag, handed to the handler.")
 @click.option("--cache", help="A configured cache tag (DUCTAPE_CACHES).")
@@ -59,6 +62,7 @@ def schedule(
     event: str | None,
     start_at: str | None,
     retries: str | None,
+    timeout: str | None,
     input_json: str | None,
     app: str | None,
     cache: str | None,
@@ -71,7 +75,7 @@ def schedule(
     The same validation as ductape.job.schedule(): a refused request exits 2 and writes nothing;
     with a list, every request is checked before the first is written.
     """
-    flags = _flags(env, product_tag, event, start_at, retries, input_json, app, cache, repeat_json)
+    flags = _flags(env, product_tag, event, start_at, retries, timeout, input_json, app, cache, repeat_json)
     if file is not None and flags:
         raise click.UsageError("give either a JSON file or flags (--env, --event, ...), not both")
     if file is None and not flags:
@@ -144,6 +148,7 @@ def _flags(
     event: str | None,
     start_at: str | None,
     retries: str | None,
+    timeout: str | None,
     input_json: str | None,
     app: str | None,
     cache: str | None,
@@ -158,6 +163,7 @@ def _flags(
         "cache": cache,
         "start_at": None if start_at is None else _number_or_text(start_at),
         "retries": None if retries is None else _number_or_text(retries),
+        "timeout": None if timeout is None else _number_or_text(timeout),
         "input": None if input_json is None else _json_flag("input", input_json),
         "repeat": None if repeat_json is None else _json_flag("repeat", repeat_json),
     }

@@ -98,15 +98,16 @@ def test_help_lists_every_command_and_the_exit_codes(cli):
 def test_schedule_and_manage_a_recurring_job(cli, ductape: Ductape):
     repeat = '{"cron": "0 9 * * *", "tz": "America/New_York", "limit": 4}'
     handle = out(cli(f"""schedule --env prd --product-tag reports --event daily --retries 2 --app web
-                         --input '{{"team": "ops"}}' --repeat '{repeat}' --json"""))  # fmt: skip
+                         --timeout 90 --input '{{"team": "ops"}}' --repeat '{repeat}' --json"""))  # fmt: skip
     job_id = handle["job_id"]
     assert handle["recurring"] and handle["status"] == "scheduled" and handle["created"]
     job = ductape.job.get(job_id)
     spec = job.spec
-    assert (spec.env, spec.event, spec.retries, spec.input, spec.app) == (
+    assert (spec.env, spec.event, spec.retries, spec.timeout_s, spec.input, spec.app) == (
         "prd",
         "daily",
         2,
+        90,
         {"team": "ops"},
         "web",
     )
@@ -165,6 +166,7 @@ def test_invalid_schedules_exit_2_and_write_nothing(cli, r, prefix: str, tmp_pat
     cases = {
         "schedule --env nope --product-tag p --event e": "env:",
         f"{flags} --retries lots": "retries:",
+        f"{flags} --timeout 0": "timeout: must be a whole number of seconds 1..86400, got 0",
         f"{flags} --input '{{oops'": "input:",
         f"""{flags} --repeat '{{"cron": "nope"}}'""": "repeat.cron",
         f"""{flags} --repeat '{{"every": 60000, "endDate": "2001-01-01T00:00:00Z"}}'""": "repeat.endDate",

@@ -54,3 +54,36 @@ def test_lost_runs_sends_again_only_what_is_gone(
     assert r.llen(f"{prefix}:broker:{prefix}.prd") == 1  # waiting in a queue nobody serves: left alone
     lost._next_ms = 0
     assert lost.sweep(later + 1) == 0  # they all just moved
+
+
+def test_a_started_run_whose_heartbeat_stopped_is_sent_again_though_its_message_is_held(
+    ductape: Ductape, r: redis.Redis, prefix: str, report: Report
+):
+    # Both runs were taken by a worker (held in kombu's unacked hash) and started; only one
+    # worker still renews its lease: the other's whole worker is gone.
+    lost = LostRuns(ductape.store, ductape.settings, ductape.messages)
+    queue = f"{prefix}:broker:{prefix}.dev"
+    runs = {}
+    start = now_ms()
+    for name in ("alive", "gone"):
+        handle = ductape.job.schedule(env="dev", product_tag="tests", event="echo", input={"name": name})
+        runs[name] = ductape.job.get(handle.job_id).last_run_id or ""
+        message = r.rpop(queue)
+        r.hset(
+            f"{prefix}:broker:unacked", f"tag-{name}", json.dumps([json.loads(message), "", f"{prefix}.dev"])
+        )
+        started = ductape.store.begin_run(runs[name], handle.job_id, start, 10_000, f"host:1:{name}")
+        assert started.verdict == "run"
+    later = start + lost.after_ms + 1
+    r.hset(f"{prefix}:run:{runs['alive']}", "lease_ms", later + 5_000)  # its heartbeat renewed it
+    r.zadd(f"{prefix}:inflight", {runs["alive"]: start})  # (but it has not moved since, as seen)
+
+    sent = lost.sweep(later)
+    in_queue = [json.loads(m)["headers"]["id"] for m in r.lrange(queue, 0, -1)]
+    report("beat.lost: a started run whose heartbeat stopped", 2, 1, 0, 0, resent=sent)
+    assert sent == 1 and in_queue == [runs["gone"]]
+    # The copy's delivery counts the lost attempt and runs the next (retries=0: dead-lettered).
+    again = ductape.store.begin_run(runs["gone"], runs["gone"].rsplit(":", 1)[0], later, 10_000, "host:2:x")
+    assert again.verdict == "done"
+    assert r.hget(f"{prefix}:run:{runs['gone']}", "error") == b"worker lost"
+    assert [d.run_id for d in ductape.job.failed()] == [runs["gone"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from typing import Any
@@ -12,7 +13,7 @@ import redis
 from ductape_jobs import BackendUnavailableError, Ductape, Settings
 from ductape_jobs.embedded import EmbeddedRedis
 from ductape_jobs.models import job_id_of
-from tests.faults.conftest import Report, executions, lock_holder, nominal, now_ms
+from tests.faults.conftest import Report, calls, executions, lock_holder, nominal, now_ms
 from tests.support import Processes, wait_for
 
 pytestmark = pytest.mark.faults
@@ -145,6 +146,20 @@ def test_redis_restart_mid_stream_keeps_everything_and_reconnects(
     r.close()
 
 
+def stuck_runs(r: redis.Redis, prefix: str, job_ids: list[str], procs: Processes) -> list[Any]:
+    """What a run that never completed left behind: its records, where its message is, the logs."""
+    out: list[Any] = []
+    for job_id in job_ids:
+        job = r.hgetall(f"{prefix}:job:{job_id}")
+        if job.get(b"status") == b"completed":
+            continue
+        run_id = job.get(b"last_run_id", b"").decode()
+        where = [k.decode() for k in r.scan_iter(match=f"{prefix}:broker:*") if run_id.encode() in r.dump(k)]
+        lines = [ln for p in procs.running for ln in procs.log(p).splitlines() if job_id in ln]
+        out.append((job.get(b"status"), r.hgetall(f"{prefix}:run:{run_id}"), where, lines[-20:]))
+    return out[:3]
+
+
 def snapshot(r: redis.Redis, prefix: str) -> dict[str, Any]:
     """Every key under the prefix with its type and content."""
     out: dict[str, Any] = {}
@@ -246,3 +261,85 @@ def half_written(changed: dict[str, Any], prefix: str) -> list[str]:
         if run_id and f"{prefix}:run:{run_id.decode()}" not in changed:
             problems.append(f"{key} (run {run_id.decode()})")
     return problems
+
+
+def test_redis_restart_with_hundreds_of_runs_in_flight_doubles_nothing_and_kills_no_worker(
+    private_redis: EmbeddedRedis,
+    private_procs: Processes,
+    prefix: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    report: Report,
+):
+    # Handlers record on the session's server (not restarted), so what they did is never lost.
+    monkeypatch.setenv("DUCTAPE_KEY_PREFIX", prefix)
+    records = redis.Redis.from_url(redis_url)
+    ductape = deployment(private_redis, prefix, socket_timeout_s=2)
+    r = redis.Redis.from_url(private_redis.url)
+    # Each worker process reserves 8 messages: every worker holds prefetched messages at the kill.
+    # A 10 s visibility timeout makes beat look for lost messages (popped by a worker as Redis
+    # died, never recorded as held) after 10 s instead of a minute.
+    held = {
+        "TEST_RECORD_URL": redis_url,
+        "DUCTAPE_PREFETCH_MULTIPLIER": "8",
+        "DUCTAPE_SOCKET_TIMEOUT_S": "2",
+        "DUCTAPE_VISIBILITY_TIMEOUT_S": "10",
+    }
+    workers = [private_procs.worker(concurrency=2, **held) for _ in range(2)]
+    beat = private_procs.beat(**held)
+    wait_for(lambda: lock_holder(r, prefix) == beat.pid, 30, "beat to lead")
+    total = 600
+    handles = ductape.job.schedule_many(
+        [
+            {"env": "dev", "product_tag": "tests", "event": "work", "retries": 2, "input": {"ms": 40, "i": i}}
+            for i in range(total)
+        ]
+    )
+    job_ids = [h.job_id for h in handles]
+    wait_for(lambda: len(executions(records, "work", prefix)) >= 40, 60, "runs to be under way")
+    in_flight = r.zcard(f"{prefix}:inflight")
+    held_at_kill = r.hlen(f"{prefix}:broker:unacked")
+
+    private_redis.kill()  # SIGKILL: only what the AOF holds comes back
+    time.sleep(2.0)  # down long enough for every worker and the beat to lose their connections
+    private_redis.launch()
+
+    def completed() -> int:
+        with r.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(f"{prefix}:job:{job_id}", "status")
+            return sum(1 for s in pipe.execute() if s == b"completed")
+
+    deadline = time.monotonic() + 120
+    while completed() < total and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ran = executions(records, "work", prefix)
+    logs = "".join(private_procs.log(w) for w in workers)
+    exited = [w.pid for w in workers if w.poll() is not None]
+    lost = total - completed()
+    duplicated = sum(n - 1 for n in ran.values())
+    report(
+        "10 Redis SIGKILLed + AOF restart, 600 runs in flight, prefetched messages held",
+        total,
+        1,
+        lost,
+        duplicated,
+        in_flight_at_kill=in_flight,
+        held_at_kill=held_at_kill,
+        worker_exits=len(exited),
+        attribute_errors=logs.count("AttributeError"),
+        resent_by_beat=sum(int(n) for n in re.findall(r"sent (\d+) run\(s\) again", private_procs.log(beat))),
+        put_back_on_reconnection=sum(int(n) for n in re.findall(r"put back (\d+) message", logs)),
+    )
+    assert held_at_kill > 4 and in_flight > 100  # messages were prefetched and runs under way
+    twice = {run for run, n in ran.items() if n > 1}
+    assert lost == 0, stuck_runs(r, prefix, job_ids, private_procs)
+    assert duplicated == 0, (
+        [c for c in calls(records, "work", prefix) if c["run_id"] in twice],
+        {run: r.hgetall(f"{prefix}:run:{run}") for run in twice},
+        [p.log_path for p in private_procs.running],  # type: ignore[attr-defined]
+    )
+    assert not exited and "AttributeError" not in logs
+    ductape.close()
+    r.close()
+    records.close()

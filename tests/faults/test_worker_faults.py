@@ -77,7 +77,14 @@ def test_worker_killed_mid_run_redelivers_and_completes(
     worker = procs.worker(concurrency=1, **FAST_REDELIVERY)
     handles = ductape.job.schedule_many(
         [
-            {"env": "dev", "product_tag": "tests", "event": "slow", "input": {"seconds": 1, "i": i}}
+            # an attempt a kill interrupts counts (attempts are a hard cap): room for both kills
+            {
+                "env": "dev",
+                "product_tag": "tests",
+                "event": "slow",
+                "retries": 2,
+                "input": {"seconds": 1, "i": i},
+            }
             for i in range(3)
         ]
     )
@@ -115,7 +122,8 @@ def test_worker_killed_repeatedly_while_a_backlog_drains(
     total = 2_000
     handles = ductape.job.schedule_many(
         [
-            {"env": "dev", "product_tag": "tests", "event": "work", "input": {"ms": 4, "i": i}}
+            # an attempt a kill interrupts counts (attempts are a hard cap): room for every kill
+            {"env": "dev", "product_tag": "tests", "event": "work", "retries": 5, "input": {"ms": 4, "i": i}}
             for i in range(total)
         ]
     )

@@ -162,13 +162,13 @@ def test_writes_survive_a_flushed_script_cache(ductape: Ductape, settings: Setti
     assert r.zcard(Keys(settings.key_prefix).jobs) == CREATE_BATCH + 2
     run_id = f"{handles[0].job_id}:{int(handles[0].scheduled_at.timestamp() * 1000)}"
     r.script_flush()
-    started = ductape.store.begin_run(run_id, handles[0].job_id, 1, 60_000)
+    started = ductape.store.begin_run(run_id, handles[0].job_id, 1, 60_000, "test:0:1")
     assert started.verdict == "run" and started.attempt == 1
 
 
 def _started(ductape: Ductape, handle: Any) -> tuple[str, int]:
     run_id = f"{handle.job_id}:{int(handle.scheduled_at.timestamp() * 1000)}"
-    started = ductape.store.begin_run(run_id, handle.job_id, 1, 60_000)
+    started = ductape.store.begin_run(run_id, handle.job_id, 1, 60_000, "test:0:2")
     assert started.verdict == "run"
     return run_id, started.attempt
 
@@ -207,7 +207,7 @@ def test_a_thread_s_own_connection_is_closed_when_the_thread_ends(ductape: Ducta
         return sum(1 for client in r.client_list() if client.get("name") == name)
 
     def work() -> None:
-        assert ductape.store.begin_run("nojob:1", "nojob", 1, 60_000).verdict != "run"
+        assert ductape.store.begin_run("nojob:1", "nojob", 1, 60_000, "test:0:3").verdict != "run"
 
     threads = [threading.Thread(target=work) for _ in range(12)]
     for thread in threads:

@@ -420,7 +420,7 @@ def test_retry_waiting_in_the_due_index_is_released_once(
 ):
     job_id = schedule(store, settings, T0, start_at=0, retries=3)
     run_id = f"{job_id}:{T0}"
-    started = store.begin_run(run_id, job_id, T0, 300_000)
+    started = store.begin_run(run_id, job_id, T0, 300_000, "test:0:4")
     retry_at = T0 + 5 * MIN  # a backoff longer than the horizon waits for beat
     assert store.finish_run(
         run_id, job_id, started.attempt, T0 + 10, "retry_due", error="boom", due_ms=retry_at
@@ -438,12 +438,12 @@ def test_stale_retry_entry_is_dropped_not_spun_on(store: Store, settings: Settin
     # beat must drop the stale entry, not re-read it (and sleep 0) on every tick forever.
     job_id = schedule(store, settings, T0, start_at=0, retries=3)
     run_id = f"{job_id}:{T0}"
-    first = store.begin_run(run_id, job_id, T0, 300_000)
+    first = store.begin_run(run_id, job_id, T0, 300_000, "test:0:5")
     retry_at = T0 + 5 * MIN
     assert store.finish_run(
         run_id, job_id, first.attempt, T0 + 10, "retry_due", error="boom", due_ms=retry_at
     )
-    again = store.begin_run(run_id, job_id, T0 + 20, 300_000)
+    again = store.begin_run(run_id, job_id, T0 + 20, 300_000, "test:0:6")
     assert again.verdict == "run"
     assert store.finish_run(run_id, job_id, again.attempt, T0 + 30, "completed")
     engine, queues = engine_for(store, settings, celery_app)
@@ -457,7 +457,7 @@ def _park_a_retry(store: Store, settings: Settings) -> tuple[str, str, int]:
     """A one-off whose first attempt failed with a backoff longer than the horizon."""
     job_id = schedule(store, settings, T0, start_at=0, retries=10)
     run_id = f"{job_id}:{T0}"
-    started = store.begin_run(run_id, job_id, T0, 300_000)
+    started = store.begin_run(run_id, job_id, T0, 300_000, "test:0:100")
     retry_at = T0 + 5 * MIN
     assert store.finish_run(run_id, job_id, started.attempt, T0 + 10, "retry_due", error="x", due_ms=retry_at)
     assert job_state(store, job_id)["status"] == "scheduled"
@@ -475,7 +475,7 @@ def test_cancel_while_a_retry_waits_in_the_due_index_is_not_undone_by_beat(
     assert job_state(store, job_id)["status"] == "cancelled"
     assert store.redis.hget(store.keys.run(run_id), "status") == b"skipped"
     assert due_members(store) == {}
-    assert store.begin_run(run_id, job_id, retry_at + 1, 300_000).verdict != "run"
+    assert store.begin_run(run_id, job_id, retry_at + 1, 300_000, "test:0:101").verdict != "run"
 
 
 def test_pausing_a_one_off_whose_retry_waits_is_refused_and_changes_nothing(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,9 @@ def makefile_commands() -> dict[str, list[str]]:
         recipe = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", text, re.M)
         assert recipe, f"Makefile has a {target} target"
         line = next(x for x in recipe.group(1).splitlines() if "$(CELERY)" in x)
-        line = line.strip().replace("$(CELERY)", celery.group(1)).replace("$$", "$")
+        restarted = re.search(r"until (\$\(CELERY\).*?); do", line)  # `make worker` restarts it
+        line = restarted.group(1) if restarted else line.strip()
+        line = line.replace("$(CELERY)", celery.group(1)).replace("$$", "$")
         out[target] = shlex.split(line)
     return out
 
@@ -152,3 +155,29 @@ def test_readme_shows_the_install_recipe() -> None:
     for template in (BUILD, INSTALL):
         line = " ".join(command(template, ["pip"], wheels="wheels", src="."))
         assert re.search(rf"^{re.escape(line)}(\s+#.*)?$", readme, re.M), line
+
+
+def test_make_worker_starts_the_worker_again_until_it_exits_cleanly(tmp_path: Path) -> None:
+    # The recipe itself, with a stand-in for celery that fails twice, then exits 0 (a clean stop).
+    count = tmp_path / "count"
+    fake = tmp_path / "celery.sh"
+    fake.write_text(
+        f"n=$(( $(cat {count} 2>/dev/null || echo 0) + 1 )); echo $n > {count}\n"
+        f'echo "$@" >> {tmp_path}/args\n'
+        '[ "$n" -ge 3 ]\n'
+    )
+    done = subprocess.run(
+        ["make", "--no-print-directory", "worker", f"CELERY=bash {fake}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert count.read_text().strip() == "3"
+    assert done.stderr.count("worker exited with status 1; starting it again in 1 s") == 2
+    assert (tmp_path / "args").read_text().splitlines() == ["worker --loglevel INFO"] * 3
+
+
+def test_compose_restarts_a_worker_that_exits() -> None:
+    spec = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert spec["x-app"]["restart"] == "unless-stopped"
+    assert "worker" in spec["services"] and "<<" not in spec["services"]["worker"]  # merged by yaml
+    assert spec["services"]["worker"]["restart"] == "unless-stopped"

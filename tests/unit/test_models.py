@@ -183,6 +183,35 @@ def test_bad_retries_are_refused(value: object, shown: str) -> None:
     assert_refused(request(retries=value), "retries", f"got {shown}", "0..25")
 
 
+# -- timeout (beyond the seed) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [1, 30, 86_400])
+def test_timeouts_in_range_are_kept(value: int) -> None:
+    assert JobRequest.parse(request(timeout=value)).timeout == value
+
+
+def test_timeout_defaults_to_the_settings() -> None:
+    assert JobRequest.parse(request()).timeout is None  # planning puts DUCTAPE_JOB_TIMEOUT_S in
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        pytest.param(0, "0", id="zero"),
+        pytest.param(-5, "-5", id="negative"),
+        pytest.param(86_401, "86401", id="above-a-day"),
+        pytest.param(10**5000, "<a number of about 5001 digits>", id="huge"),
+        pytest.param(True, "True", id="true"),
+        pytest.param(1.5, "1.5", id="fraction"),
+        pytest.param(math.inf, "inf", id="inf"),
+        pytest.param("10", "'10'", id="string"),
+    ],
+)
+def test_bad_timeouts_are_refused(value: object, shown: str) -> None:
+    assert_refused(request(timeout=value), "timeout", f"got {shown}", "seconds 1..86400")
+
+
 # -- env, product_tag, event, app, cache: slugs ---------------------------------------------------
 
 BAD_SLUGS = [

@@ -16,10 +16,11 @@ SPEC = JobSpec(env="prd", product_tag="billing", event="process_payment", retrie
                input={"orderId": "order_456", "amount": 99.99}, created_ms=0)  # fmt: skip
 
 
-def celery_message(app, run_id: str, eta_ms: int | None, argsrepr: str):
+def celery_message(app, run_id: str, eta_ms: int | None, argsrepr: str, time_limit: int | None = None):
     headers, properties, body, _ = app.amqp.create_task_message(
         run_id, "billing.process_payment", [run_id], {}, eta=ms_to_datetime(eta_ms), argsrepr=argsrepr,
         kwargsrepr="{}", origin="ductape-jobs", ignore_result=True, create_sent_event=False,
+        time_limit=time_limit,
     )  # fmt: skip
     return headers, properties, dumps(body, serializer="json")[2]
 
@@ -33,13 +34,31 @@ def test_message_matches_what_celery_builds_with_and_without_eta() -> None:
         message = builder.build(run_id, SPEC, nominal_ms, now_ms)
         envelope = json.loads(message.payload)
         eta = nominal_ms if nominal_ms > now_ms else None
-        headers, properties, body = celery_message(app, run_id, eta, repr(SPEC.input))
+        # The job's hard time limit: its timeout (the settings' default) plus a tenth, at least 1 s
+        headers, properties, body = celery_message(app, run_id, eta, repr(SPEC.input), time_limit=330)
         assert envelope["headers"] == headers
         assert base64.b64decode(envelope["body"]).decode() == body
         assert envelope["properties"]["correlation_id"] == properties["correlation_id"] == run_id
         assert envelope["properties"]["delivery_info"] == {"exchange": "", "routing_key": "w.prd"}
         assert envelope["properties"]["body_encoding"] == "base64"
         assert message.queue_key == "w:broker:w.prd"
+
+
+def test_a_jobs_timeout_sets_its_messages_hard_time_limit() -> None:
+    settings = Settings(key_prefix="w", job_timeout_s=20)
+    builder = MessageBuilder(create_app(settings), settings)
+    limits = {
+        timeout: json.loads(
+            builder.build("job1:1", SPEC.model_copy(update={"timeout_s": timeout}), 1, 1).payload
+        )
+        for timeout in (None, 2, 3_600, 86_400)
+    }
+    assert {t: m["headers"]["timelimit"] for t, m in limits.items()} == {
+        None: [22, None],  # the settings' default, for records written before timeouts
+        2: [3, None],
+        3_600: [3_660, None],  # the grace is capped at a minute
+        86_400: [86_460, None],
+    }
 
 
 def test_each_message_has_its_own_delivery_tag() -> None:
@@ -58,6 +77,6 @@ def test_a_stand_in_input_and_awkward_text_still_make_celerys_message() -> None:
     builder = MessageBuilder(app, settings)
     given = {"q": 'say "hi" \\ \u00e9l\u00e8ve \U0001f600 %s %(x)s', "n": [1, None, 2.5]}
     envelope = json.loads(builder.build("job2:9000", SPEC, 9_000, 5_000, input=given).payload)
-    headers, _, body = celery_message(app, "job2:9000", 9_000, repr(given))
+    headers, _, body = celery_message(app, "job2:9000", 9_000, repr(given), time_limit=330)
     assert envelope["headers"] == headers  # the stand-in input, not SPEC's, is shown
     assert base64.b64decode(envelope["body"]).decode() == body

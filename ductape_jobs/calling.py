@@ -1,0 +1,78 @@
+"""Calling a handler within its job's timeout: a sync handler under a timer signal, an ``async def``
+handler awaited on its thread's own event loop. Either way the timeout raises ``JobTimeoutError``
+inside the handler, a failed attempt like any other."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+from ductape_jobs.errors import JobTimeoutError
+from ductape_jobs.registry import Handler, RunContext
+
+_local = threading.local()
+
+
+def call_handler(handler: Handler, given: dict[str, Any], ctx: RunContext, timeout_s: int) -> Any:
+    """``handler(given, ctx)``, awaited when it is ``async def``, interrupted after ``timeout_s``."""
+    if handler.is_async:
+        return _loop().run(_awaited(handler(given, ctx), timeout_s))
+    with _alarm(timeout_s):
+        return handler(given, ctx)
+
+
+def _timed_out(timeout_s: int) -> JobTimeoutError:
+    return JobTimeoutError(
+        f"timed out after {timeout_s} s (the job's timeout; schedule it with a larger timeout)"
+    )
+
+
+async def _awaited(coro: Coroutine[Any, Any, Any], timeout_s: int) -> Any:
+    scope = asyncio.timeout(timeout_s)
+    try:
+        async with scope:
+            return await coro
+    except TimeoutError:
+        if scope.expired():
+            raise _timed_out(timeout_s) from None
+        raise  # the handler's own TimeoutError
+
+
+def _loop() -> asyncio.Runner:
+    """This thread's event loop, kept between runs (a forked pool process makes its own)."""
+    runner: asyncio.Runner | None = getattr(_local, "runner", None)
+    if runner is None or getattr(_local, "pid", 0) != os.getpid():
+        runner = asyncio.Runner()
+        _local.runner, _local.pid = runner, os.getpid()
+    return runner
+
+
+@contextmanager
+def _alarm(timeout_s: int) -> Iterator[None]:
+    """Raise JobTimeoutError in this thread after ``timeout_s``: only the main thread receives
+    signals, so elsewhere (a ``threads`` pool) only Celery's hard limit applies."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(_signum: int, _frame: FrameType | None) -> None:
+        raise _timed_out(timeout_s)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    outer_s, outer_every_s = signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_s:  # someone else's timer (a test runner's, say) was running: it goes on
+            left_s = max(outer_s - (time.monotonic() - started), 0.001)
+            signal.setitimer(signal.ITIMER_REAL, left_s, outer_every_s)

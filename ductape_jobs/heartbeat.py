@@ -1,0 +1,97 @@
+"""A worker process's heartbeat: one thread renewing the lease of every run the process executes.
+
+A started run is held against other deliveries for ``run_lease_s`` (BEGIN_RUN); the heartbeat
+renews it every third of that while the run's process lives, so a run alive for hours is never
+started twice, and a run whose process died is free again once one lease has passed.
+
+It also confirms completions sent without waiting (``Store.finish_run(wait=False)``): their
+reply is read before the process's next run, so a process left idle would never learn that
+Redis restarted before taking one; after ``CONFIRM_AFTER_S`` unread, the heartbeat writes it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from ductape_jobs.errors import BackendUnavailableError
+from ductape_jobs.store import Store
+
+log = logging.getLogger("ductape_jobs.heartbeat")
+CONFIRM_AFTER_S = 1.0
+
+
+class Heartbeat:
+    """Renews the leases of the runs this process holds, from a daemon thread of its own."""
+
+    def __init__(self, store: Store, lease_ms: int, clock_ms: Callable[[], int]) -> None:
+        self.store = store
+        self.lease_ms = lease_ms
+        self.clock_ms = clock_ms
+        self.every_s = max(lease_ms / 3000, 0.05)
+        self.tick_s = min(self.every_s, CONFIRM_AFTER_S / 2)
+        self._held: dict[str, str] = {}  # run_id -> owner (the delivery that started it)
+        # run_id -> (when to look, still unread?, write it again)
+        self._unconfirmed: dict[str, tuple[float, Callable[[], bool], Callable[[], object]]] = {}
+        self._lock = threading.Lock()
+        self._pid = 0
+
+    def hold(self, run_id: str, owner: str) -> None:
+        """Keep ``run_id`` leased to ``owner`` until ``release``."""
+        with self._lock:
+            self._held[run_id] = owner
+            self._start()
+
+    def confirm(self, run_id: str, unread: Callable[[], bool], write: Callable[[], object]) -> None:
+        """Call ``write`` (from this thread) if ``unread()`` still holds in CONFIRM_AFTER_S."""
+        with self._lock:
+            self._unconfirmed[run_id] = (time.monotonic() + CONFIRM_AFTER_S, unread, write)
+            self._start()
+
+    def _start(self) -> None:
+        if self._pid != os.getpid():  # first use in this (forked pool) process
+            self._pid = os.getpid()
+            threading.Thread(target=self._beat, name="ductape-heartbeat", daemon=True).start()
+
+    def release(self, run_id: str) -> None:
+        """Stop renewing ``run_id``'s lease (its outcome is written)."""
+        with self._lock:
+            self._held.pop(run_id, None)
+
+    def _beat(self) -> None:
+        renew_at = time.monotonic() + self.every_s
+        while True:
+            time.sleep(self.tick_s)
+            self._confirm_due()
+            if time.monotonic() >= renew_at:
+                renew_at = time.monotonic() + self.every_s
+                self._renew_all()
+
+    def _renew_all(self) -> None:
+        with self._lock:
+            held = list(self._held.items())
+        for run_id, owner in held:
+            try:
+                if not self.store.renew_run(run_id, owner, self.clock_ms(), self.lease_ms):
+                    self.release(run_id)  # another delivery owns it now, or it is gone
+            except BackendUnavailableError:
+                log.warning("could not renew the lease of run %s; Redis is unreachable", run_id)
+            except Exception:  # the heartbeat must outlive any one failure
+                log.exception("could not renew the lease of run %s", run_id)
+
+    def _confirm_due(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [(k, v) for k, v in self._unconfirmed.items() if v[0] <= now]
+            for run_id, _ in due:
+                del self._unconfirmed[run_id]
+        for run_id, (_, unread, write) in due:
+            if not unread():
+                continue
+            try:
+                write()
+            except Exception:  # the heartbeat must outlive any one failure
+                log.exception("could not confirm the outcome of run %s", run_id)

@@ -1,0 +1,91 @@
+"""Calling handlers within their timeout: sync under a timer signal, async on a kept event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from ductape_jobs.calling import call_handler
+from ductape_jobs.errors import JobTimeoutError
+from ductape_jobs.registry import Registry, RunContext
+
+CTX = RunContext("j", "j:1", 1, "dev", "p", "e", None, 1, 1)
+
+
+class Item(BaseModel):
+    """A typed input."""
+
+    n: int
+
+
+def registered(fn: Any) -> Any:
+    return Registry().add("p", "e", fn)
+
+
+def test_a_sync_handler_past_its_timeout_is_interrupted_inside_the_handler() -> None:
+    seen: list[str] = []
+
+    def slow(input: dict[str, Any], ctx: RunContext) -> str:
+        try:
+            time.sleep(30)
+        except JobTimeoutError:
+            seen.append("raised inside")
+            raise
+        return "late"
+
+    before = signal.getsignal(signal.SIGALRM)  # pytest-timeout's, when it runs
+    outer_s = signal.getitimer(signal.ITIMER_REAL)[0]
+    with pytest.raises(JobTimeoutError, match="timed out after 1 s"):
+        call_handler(registered(slow), {}, CTX, timeout_s=1)
+    assert seen == ["raised inside"]
+    assert signal.getsignal(signal.SIGALRM) is before  # the previous handler is back
+    left_s = signal.getitimer(signal.ITIMER_REAL)[0]
+    assert (left_s == 0) if outer_s == 0 else (0 < left_s < outer_s)  # and its timer goes on
+
+
+def test_an_async_handler_is_awaited_with_its_typed_input_on_a_loop_kept_between_runs() -> None:
+    loops: list[object] = []
+
+    async def double(input: Item, ctx: RunContext) -> int:
+        loops.append(asyncio.get_running_loop())
+        await asyncio.sleep(0)
+        return input.n * 2
+
+    handler = registered(double)
+    assert handler.is_async
+    assert [call_handler(handler, {"n": n}, CTX, timeout_s=5) for n in (1, 2)] == [2, 4]
+    assert loops[0] is loops[1]
+
+
+def test_an_async_handler_past_its_timeout_fails_but_its_own_timeouts_are_its_own() -> None:
+    async def slow(input: dict[str, Any], ctx: RunContext) -> None:
+        await asyncio.sleep(30)
+
+    async def own(input: dict[str, Any], ctx: RunContext) -> None:
+        raise TimeoutError("the mail server timed out")
+
+    with pytest.raises(JobTimeoutError, match="timed out after 1 s"):
+        call_handler(registered(slow), {}, CTX, timeout_s=1)
+    with pytest.raises(TimeoutError, match="mail server") as err:
+        call_handler(registered(own), {}, CTX, timeout_s=5)
+    assert not isinstance(err.value, JobTimeoutError)
+
+
+def test_off_the_main_thread_a_sync_handler_runs_without_a_timer() -> None:
+    got: list[object] = []
+
+    def quick(input: dict[str, Any], ctx: RunContext) -> str:
+        return "ok"
+
+    thread = threading.Thread(
+        target=lambda: got.append(call_handler(registered(quick), {}, CTX, timeout_s=1))
+    )
+    thread.start()
+    thread.join(10)
+    assert got == ["ok"]
