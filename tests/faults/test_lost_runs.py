@@ -87,3 +87,6 @@ def test_a_started_run_whose_heartbeat_stopped_is_sent_again_though_its_message_
     assert again.verdict == "done"
     assert r.hget(f"{prefix}:run:{runs['gone']}", "error") == b"worker lost"
     assert [d.run_id for d in ductape.job.failed()] == [runs["gone"]]
+    # as a dead letter written by FINISH_RUN: its own retention, and the finished one-off retires
+    assert 0 < r.ttl(f"{prefix}:run:{runs['gone']}") <= ductape.settings.dead_retention_s
+    assert r.zscore(f"{prefix}:retired", runs["gone"].rsplit(":", 1)[0]) is not None
