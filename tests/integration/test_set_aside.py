@@ -106,7 +106,7 @@ def test_a_retry_of_an_unreadable_job_is_dead_lettered_with_the_reason(
 ):
     job_id = schedule(store, settings, T0, start_at=0, retries=3)
     run_id = f"{job_id}:{T0}"
-    started = store.begin_run(run_id, job_id, T0, 300_000)
+    started = store.begin_run(run_id, job_id, T0, 300_000, "test:0:200")
     retry_at = T0 + 5 * MIN
     assert store.finish_run(
         run_id, job_id, started.attempt, T0 + 10, "retry_due", error="boom", due_ms=retry_at
