@@ -4,7 +4,8 @@ Finished jobs get their retention when they finish (the scripts put them in the 
 index with the time it ends, and give their keys a TTL as a backstop); this sweep, run by the
 leader about once a second with bounded work per call, deletes them then with their runs and
 every index entry pointing at them, trims the dead letters to their retention and cap (counting
-what it drops), and walks the jobs index a slice at a time for entries whose record is gone.
+what it drops), walks the jobs index a slice at a time for entries whose record is gone, and
+once a minute drops the registrations of workers not seen for the job retention.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ log = logging.getLogger("beat")
 SWEEP_EVERY_MS = 1_000
 SWEEP_LIMIT = 250  # records per sweep call: keeps each call to about a millisecond of server time
 SWEEP_CALLS_MAX = 4  # calls per pass while a call comes back full (catching up)
+WORKERS_EVERY_MS = 60_000  # how often registrations of long-gone workers are looked for
 
 
 @dataclass
@@ -29,6 +31,7 @@ class SweepTotals:
     dead_dropped: int = 0
     retired: int = 0
     jobs_vanished: int = 0
+    workers_forgotten: int = 0
 
     def add(self, got: Swept) -> None:
         """Count one call's removals."""
@@ -45,6 +48,7 @@ class Sweeper:
         self.store = store
         self.cursor = 0
         self._next_ms = 0
+        self._workers_next_ms = 0
 
     def sweep(self, now_ms: int) -> SweepTotals | None:
         """One pass when it is time (None otherwise): what it removed."""
@@ -58,6 +62,9 @@ class Sweeper:
             totals.add(got)
             if max(got.jobs_expired, got.dead_dropped) < SWEEP_LIMIT:
                 break
+        if now_ms >= self._workers_next_ms:
+            self._workers_next_ms = now_ms + WORKERS_EVERY_MS
+            totals.workers_forgotten = self.store.forget_workers(now_ms - self.store.retention.job_s * 1000)
         if totals.jobs_vanished:
             log.warning(
                 "%d job record(s) vanished from Redis before their retention (evicted, or deleted by "

@@ -431,8 +431,11 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('ZREM', KEYS[5], ARGV[10])
   return 1
 end
-local one_off = redis.call('HGET', KEYS[2], 'recurring') == '0'
-  and redis.call('HGET', KEYS[1], 'manual') ~= '1'  -- a triggered run leaves the status alone
+local job = redis.call('HMGET', KEYS[2], 'recurring', 'status')
+-- A triggered run leaves the status alone; so does any run of a job cancelled while it ran (its
+-- retry then finds the job cancelled and is skipped: the cancel is never undone).
+local one_off = job[1] == '0' and job[2] ~= 'cancelled'
+  and redis.call('HGET', KEYS[1], 'manual') ~= '1'
 redis.call('HSET', KEYS[2], 'last_run_id', ARGV[10], 'updated_ms', now)
 if outcome == 'completed' then
   redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_ms', now, 'result', ARGV[4],

@@ -285,6 +285,21 @@ class Store:
             pipe.hset(self.keys.workers, hostname, info)
             _guard(pipe.execute)
 
+    def forget_workers(self, unseen_since_ms: int) -> int:
+        """Drop registrations of workers not seen since then (hostnames of replaced containers
+        would otherwise pile up); returns how many went."""
+        gone = []
+        for name, raw in self.redis.hgetall(self.keys.workers).items():
+            try:
+                seen = int(json.loads(raw)["seen_ms"])
+            except (ValueError, KeyError, TypeError):
+                seen = 0  # unreadable: nothing can tell when it was seen, so it goes too
+            if seen < unseen_since_ms:
+                gone.append(name)
+        if gone:
+            self.redis.hdel(self.keys.workers, *gone)
+        return len(gone)
+
     # -- beat -------------------------------------------------------------------------------
 
     def acquire_lock(self, instance: str, ttl_ms: int) -> tuple[bool, str]:

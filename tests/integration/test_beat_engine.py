@@ -478,6 +478,16 @@ def test_cancel_while_a_retry_waits_in_the_due_index_is_not_undone_by_beat(
     assert store.begin_run(run_id, job_id, retry_at + 1, 300_000, "test:0:101").verdict != "run"
 
 
+def test_cancel_while_an_attempt_fails_is_not_undone_by_its_retry(store: Store, settings: Settings):
+    job_id = schedule(store, settings, T0, start_at=0, retries=3)
+    run_id = f"{job_id}:{T0}"
+    started = store.begin_run(run_id, job_id, T0, 300_000, "test:0:7")
+    assert store.change_state("cancel", job_id, T0 + 5) == ("ok", None)
+    assert store.finish_run(run_id, job_id, started.attempt, T0 + 10, "retry", error="boom")
+    assert job_state(store, job_id)["status"] == "cancelled"
+    assert store.begin_run(run_id, job_id, T0 + 1_010, 300_000, "test:0:8").verdict != "run"  # the retry
+
+
 def test_pausing_a_one_off_whose_retry_waits_is_refused_and_changes_nothing(
     store: Store, settings: Settings, celery_app: Celery
 ):

@@ -296,3 +296,12 @@ def test_beat_rechecks_eviction_and_memory_and_doctor_and_metrics_show_them(pref
         client.config_set("maxmemory", "0")
         client.close()
         server.stop()
+
+
+def test_registrations_of_workers_unseen_for_the_retention_are_dropped(world: World):
+    # Containers come back under new hostnames: registrations of the ones long gone must not pile up.
+    world.store.register_worker("gone-host", ["life/ok"], ["dev"], T0)
+    world.store.register_worker("live-host", ["life/ok"], ["dev"], T0 + RETENTION_S * 1000)
+    swept = world.engine.sweeper.sweep(T0 + RETENTION_S * 1000 + 1)
+    assert swept is not None and swept.workers_forgotten == 1
+    assert world.store.redis.hkeys(world.keys.workers) == [b"live-host"]
