@@ -422,6 +422,10 @@ FINISH_RUN = (
     + """
 if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
 local now, outcome = ARGV[2], ARGV[3]
+local prior = redis.call('HGET', KEYS[1], 'status')
+if prior == outcome and (prior == 'completed' or prior == 'failed') then
+  return 1  -- sent again because its reply was lost: written once (failed_runs counts it once)
+end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   -- The job left while this run was out (its retention passed): the outcome goes on the run
   -- alone, or the writes below would bring back a job record without its spec.
