@@ -422,6 +422,10 @@ FINISH_RUN = (
     + """
 if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
 local now, outcome = ARGV[2], ARGV[3]
+local prior = redis.call('HGET', KEYS[1], 'status')
+if prior == outcome and (prior == 'completed' or prior == 'failed') then
+  return 1  -- sent again because its reply was lost: written once (failed_runs counts it once)
+end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   -- The job left while this run was out (its retention passed): the outcome goes on the run
   -- alone, or the writes below would bring back a job record without its spec.
@@ -662,6 +666,15 @@ for _, run_id in ipairs(dead) do
 end
 if #dead > 0 then redis.call('HINCRBY', KEYS[4], 'dead_dropped', #dead) end
 
+local function paused_past_its_end(job, at)
+  local brief = redis.call('HGET', job, 'brief')
+  if not brief then return false end  -- written before briefs: left for a resume or cancel
+  local ok, b = pcall(cjson.decode, brief)
+  if not ok or type(b) ~= 'table' or type(b['rule']) ~= 'table' then return false end
+  local end_ms = tonumber(b['rule']['end_ms'])
+  return end_ms ~= nil and end_ms < at
+end
+
 local ids = redis.call('ZRANGE', KEYS[3], cursor, cursor + limit - 1)
 local retired, vanished, removed = 0, 0, 0
 for _, id in ipairs(ids) do
@@ -673,6 +686,11 @@ for _, id in ipairs(ids) do
     drop(prefix, id)
     removed = removed + 1
   elseif FINISHED[status] and not waiting then
+    retire(prefix, id, ARGV[5], now)
+    retired = retired + 1
+  elseif status == 'paused' and paused_past_its_end(prefix .. ':job:' .. id, now) then
+    -- nothing is left to resume (resume would finish it): it is finished, and retires
+    redis.call('HSET', prefix .. ':job:' .. id, 'status', 'completed', 'next_run_ms', '', 'updated_ms', now)
     retire(prefix, id, ARGV[5], now)
     retired = retired + 1
   end

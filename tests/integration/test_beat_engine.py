@@ -488,6 +488,17 @@ def test_cancel_while_an_attempt_fails_is_not_undone_by_its_retry(store: Store, 
     assert store.begin_run(run_id, job_id, T0 + 1_010, 300_000, "test:0:8").verdict != "run"  # the retry
 
 
+def test_a_failed_outcome_written_twice_is_counted_once(store: Store, settings: Settings):
+    # A worker writes an outcome again when it could not read the reply (a Redis restart).
+    job_id = schedule(store, settings, T0, start_at=0, retries=0)
+    run_id = f"{job_id}:{T0}"
+    started = store.begin_run(run_id, job_id, T0, 300_000, "test:0:9")
+    for at in (T0 + 10, T0 + 20):
+        assert store.finish_run(run_id, job_id, started.attempt, at, "failed", error="boom")
+    assert job_state(store, job_id)["failed_runs"] == "1"
+    assert store.redis.zrange(store.keys.dead, 0, -1, withscores=True) == [(run_id.encode(), T0 + 10)]
+
+
 def test_pausing_a_one_off_whose_retry_waits_is_refused_and_changes_nothing(
     store: Store, settings: Settings, celery_app: Celery
 ):

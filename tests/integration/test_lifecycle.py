@@ -165,6 +165,21 @@ def test_finished_jobs_leave_after_retention_with_everything_pointing_at_them(wo
     assert world.counters() == {"jobs_expired": 7, "dead_dropped": 1}
 
 
+def test_a_paused_schedule_whose_end_date_passed_is_finished_and_leaves(world: World):
+    ending = world.schedule(start_at=T0 + MIN, repeat={"every": MIN, "endDate": T0 + 3 * MIN})
+    open_ended = world.schedule(start_at=T0 + MIN, repeat={"every": MIN})
+    for job_id in (ending, open_ended):
+        assert world.store.change_state("pause", job_id, T0) == ("ok", None)
+    world.store.sweep(T0 + 3 * MIN, 1_000, 0)  # the end date itself may still run (inclusive)
+    assert world.store.get_job(ending).status.value == "paused"  # type: ignore[union-attr]
+    swept = world.store.sweep(T0 + 3 * MIN + 1, 1_000, 0)
+    assert swept.retired == 1
+    assert world.store.get_job(ending).status.value == "completed"  # type: ignore[union-attr]
+    assert world.store.get_job(open_ended).status.value == "paused"  # type: ignore[union-attr]
+    world.store.sweep(T0 + 3 * MIN + 1 + RETENTION_S * SEC, 1_000, 0)
+    assert world.store.get_job(ending) is None and world.store.get_job(open_ended) is not None
+
+
 def test_listing_skips_records_that_have_gone(world: World, ductape: Ductape):
     kept, gone = world.schedule(), world.schedule()
     failing = [world.schedule("boom", retries=0) for _ in range(2)]
