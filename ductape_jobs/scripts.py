@@ -134,7 +134,9 @@ for b = 3, #ARGV, 14 do
   local fp, twin = '', false
   for key in string.gmatch(ARGV[b+10], '[^\\n]+') do
     if fp == '' then fp = key end
-    twin = twin or redis.call('GET', key)
+    local found = not twin and redis.call('GET', key)
+    -- a fingerprint naming a job whose record vanished is no twin: it is written anew below
+    if found and redis.call('EXISTS', prefix .. ':job:' .. found) == 1 then twin = found end
   end
   if twin then
     twins[#twins+1] = (b - 3) / 14 + 1
@@ -212,10 +214,16 @@ for i = 0, n - 1 do
     local rs = redis.call('HMGET', run, 'status', 'job_id', 'manual')
     local job = prefix .. ':job:' .. (rs[2] or '')
     local js = redis.call('HMGET', job, 'status', 'recurring')
-    if rs[1] == 'retrying' and message == '' and queue ~= '' and js[1] then
+    if rs[1] == 'retrying' and js[1] == 'cancelled' then
+      -- cancelled while its retry waited here: the run ends skipped and is never sent, so the
+      -- cancel is not undone by the claim below setting the one-off's status back to queued
+      redis.call('HSET', run, 'status', 'skipped', 'finished_ms', now)
+      redis.call('ZREM', KEYS[2], member)
+    elseif rs[1] == 'retrying' and message == '' and queue ~= '' and js[1] then
       redis.call('HSET', run, 'status', 'failed', 'error', queue, 'finished_ms', now)
       redis.call('ZREM', KEYS[2], member)
       redis.call('ZADD', KEYS[4], now, id)
+      redis.call('HINCRBY', job, 'failed_runs', 1)  -- read by beat's metrics
       redis.call('EXPIRE', run, dead_ttl)  -- a dead letter keeps its own retention
       set_aside(rs[2], queue)
       claimed[#claimed+1] = i + 1
@@ -225,11 +233,6 @@ for i = 0, n - 1 do
       if redis.call('ZREM', KEYS[2], member) == 1 and not rs[1] then
         run_vanished(prefix, id, now, job_ttl, dead_ttl, 'due_vanished')
       end
-    elseif js[1] == 'cancelled' then
-      -- cancelled while its retry waited here: the run ends skipped and is never sent, so the
-      -- cancel is not undone by the claim below setting the one-off's status back to queued
-      redis.call('HSET', run, 'status', 'skipped', 'finished_ms', now)
-      redis.call('ZREM', KEYS[2], member)
     elseif redis.call('ZSCORE', KEYS[2], member) == score then
       redis.call('HSET', run, 'status', 'queued', 'queued_ms', now)
       redis.call('ZREM', KEYS[2], member)
@@ -299,6 +302,12 @@ return claimed
 _LOSE_ATTEMPT = (
     _LIFECYCLE
     + """
+-- A one-off's own (not triggered) run moves the job's status, unless the job was cancelled:
+-- a cancel is never undone by what becomes of a run already out.
+local function one_off_of(job, run)
+  local js = redis.call('HMGET', job, 'recurring', 'status')
+  return js[1] == '0' and js[2] ~= 'cancelled' and redis.call('HGET', run, 'manual') ~= '1'
+end
 local function lose_attempt(run, job, dead, inflight, run_id, spec, attempts, reason, now, lifecycle)
   redis.call('HSET', job, 'last_error', reason, 'last_run_id', run_id, 'updated_ms', now)
   if attempts < tonumber(cjson.decode(spec)['retries']) + 1 then
@@ -310,9 +319,7 @@ local function lose_attempt(run, job, dead, inflight, run_id, spec, attempts, re
   redis.call('ZADD', dead, now, run_id)
   redis.call('ZREM', inflight, run_id)
   redis.call('HINCRBY', job, 'failed_runs', 1)  -- read by beat's metrics (store.failed_runs)
-  if redis.call('HGET', job, 'recurring') == '0' and redis.call('HGET', run, 'manual') ~= '1' then
-    redis.call('HSET', job, 'status', 'failed')
-  end
+  if one_off_of(job, run) then redis.call('HSET', job, 'status', 'failed') end
   redis.call('EXPIRE', run, lifecycle[3])  -- a dead letter's own retention
   retire_if_finished(lifecycle[1], job_of(run_id), lifecycle[2], now)
   return true
@@ -326,7 +333,7 @@ end
 # A run still 'running' with its lease run out lost its attempt (_LOSE_ATTEMPT).
 # KEYS: run, job, inflight, dead
 # ARGV: now_ms, lease_ms, run_id, owner, prefix, job_retention_s, dead_retention_s
-# Returns {'run', attempts, spec, nominal_ms, manual} | {'done'} | {'skip'} | {'busy', wait_ms}
+# Returns {'run', attempts, spec, nominal_ms, manual} | {'done'} | {'skip'} | {'gone'} | {'busy', wait_ms}
 BEGIN_RUN = (
     _LOSE_ATTEMPT
     + """
@@ -334,7 +341,10 @@ local run = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'started_ms', 'no
   'lease_ms', 'owner')
 local job = redis.call('HMGET', KEYS[2], 'status', 'spec', 'recurring')
 if not run[1] or not job[2] then
-  redis.call('ZREM', KEYS[3], ARGV[3])
+  local was_out = redis.call('ZREM', KEYS[3], ARGV[3]) == 1
+  -- A record gone while its run was out vanished (evicted): 'gone', for RUN_GONE to record. A
+  -- late copy of a run that finished and was trimmed since is only skipped.
+  if not run[1] and job[2] and was_out then return {'gone'} end
   return {'skip'}
 end
 local status, now, lease = run[1], tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -405,9 +415,7 @@ end
 redis.call('HSET', KEYS[1], 'status', 'retrying', 'queued_ms', now, 'finished_ms', now)
 redis.call('HDEL', KEYS[1], 'owner', 'lease_ms')
 redis.call('ZADD', KEYS[4], now, ARGV[1])
-if redis.call('HGET', KEYS[2], 'recurring') == '0' and redis.call('HGET', KEYS[1], 'manual') ~= '1' then
-  redis.call('HSET', KEYS[2], 'status', 'queued')
-end
+if one_off_of(KEYS[2], KEYS[1]) then redis.call('HSET', KEYS[2], 'status', 'queued') end
 return 'retry'
 """
 )
@@ -423,8 +431,12 @@ FINISH_RUN = (
 if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
 local now, outcome = ARGV[2], ARGV[3]
 local prior = redis.call('HGET', KEYS[1], 'status')
-if prior == outcome and (prior == 'completed' or prior == 'failed') then
-  return 1  -- sent again because its reply was lost: written once (failed_runs counts it once)
+if prior ~= 'running' then
+  -- Sent again because its reply was lost: already written, so written once (failed_runs
+  -- counts a run once). Anything else moved the run on meanwhile (it was dead-lettered for a
+  -- lapsed lease, say): this attempt's outcome no longer applies.
+  local replay = prior == outcome or (prior == 'retrying' and string.sub(outcome, 1, 5) == 'retry')
+  return replay and 1 or 0
 end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   -- The job left while this run was out (its retention passed): the outcome goes on the run
@@ -544,18 +556,22 @@ else
   if redis.call('HGET', KEYS[2], 'status') ~= 'failed' then
     return {'refused', redis.call('HGET', KEYS[2], 'status') or 'missing'}
   end
+  if status == 'cancelled' then return {'refused', status} end  -- a cancel is never undone
   redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'queued_ms', now)
   redis.call('HDEL', KEYS[2], 'finished_ms')
   redis.call('ZREM', KEYS[5], ARGV[3])
   redis.call('PERSIST', KEYS[2])  -- live again: no longer a dead letter's retention
+  -- back in its job's runs, so the job's retention takes it along (it may have been trimmed)
+  redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[2], 'nominal_ms') or now, ARGV[3])
   if redis.call('HGET', KEYS[1], 'recurring') == '0' and redis.call('HGET', KEYS[2], 'manual') ~= '1' then
     redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_ms', now)
-    -- the one-off is no longer finished: it stays until it finishes again
-    redis.call('PERSIST', KEYS[1])
-    redis.call('PERSIST', KEYS[3])
-    redis.call('ZREM', ARGV[6] .. ':retired', ARGV[2])
   end
 end
+-- A run is out: the job (finished or not) stays until that run finishes; FINISH_RUN retires a
+-- finished job again then.
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[3])
+redis.call('ZREM', ARGV[6] .. ':retired', ARGV[2])
 redis.call('LPUSH', KEYS[4], ARGV[5])
 redis.call('ZADD', KEYS[6], now, ARGV[3])
 return {'ok'}

@@ -533,8 +533,9 @@ class Store:
         verdict = text(got[0])
         if verdict == "busy":
             return Started("busy", wait_ms=int(text(got[1])))
-        if verdict == "skip":
-            self.runs_gone([run_id], now_ms)  # skipped because its record vanished? say so
+        if verdict == "gone":  # its record vanished while it was out: say so, then skip it
+            self.runs_gone([run_id], now_ms)
+            return Started("skip")
         if verdict != "run":
             return Started(verdict)
         return Started(
