@@ -125,6 +125,8 @@ class _Cron:
     # A '*' or stepped hour follows elapsed time, so it runs in both passes of a repeated hour.
     both_passes: bool
     min_gap_s: int  # shortest wall-clock gap between two runs (_min_gap_s)
+    # The crons whose runs together are this one's, minus any that never fire (_day_halves).
+    parts: tuple[str, ...]
 
 
 def _cron(expr: str, field: str) -> _Cron:
@@ -172,8 +174,35 @@ def _parse_cron(expr: str, field: str) -> _Cron:
         ) from None
     hour = fields[1] if len(fields) == 5 else fields[2]
     return _Cron(
-        expr=expr, both_passes=hour == "*" or "/" in hour, min_gap_s=_min_gap_s(expanded, len(fields))
+        expr=expr,
+        both_passes=hour == "*" or "/" in hour,
+        min_gap_s=_min_gap_s(expanded, len(fields)),
+        parts=tuple(part for part in _day_halves(fields, expanded) if _fires(part)),
     )
+
+
+def _day_halves(fields: list[str], expanded: list[list[int | str]]) -> tuple[str, ...]:
+    """The cron as crons croniter reads right: one per day field when both are restricted.
+
+    Vixie cron runs on a day matching the day-of-month OR the day-of-week when neither is '*'.
+    croniter does so for plain values only and switches to AND once '#', 'L' or 'W' appears, so
+    each day field is evaluated on its own (the other set to '*') and the earlier run is taken.
+    """
+    # croniter.expand lists minute, hour, day, month, weekday: '*' (or '?') leaves a field free.
+    if expanded[2][0] == "*" or expanded[4][0] == "*":
+        return (" ".join(fields),)
+    by_day_of_month = [*fields[:-1], "*"]
+    by_day_of_week = [*fields[:-3], "*", *fields[-2:]]
+    return " ".join(by_day_of_month), " ".join(by_day_of_week)
+
+
+def _fires(expr: str) -> bool:
+    """Whether a syntactically valid cron ever names a wall time."""
+    try:
+        croniter(expr, _FIRE_CHECK_FROM, second_at_beginning=True).get_next(datetime)
+    except CroniterBadDateError:
+        return False
+    return True
 
 
 def _min_gap_s(expanded: list[list[int | str]], n_fields: int) -> int:
@@ -205,12 +234,21 @@ class _WallClock:
     """Local wall times a cron names, with no zone attached (croniter in naive mode)."""
 
     def __init__(self, cron: _Cron, start: datetime) -> None:
-        self._iter = croniter(cron.expr, start, ret_type=datetime, second_at_beginning=True)
+        self._iters = [
+            croniter(part, start, ret_type=datetime, second_at_beginning=True) for part in cron.parts
+        ]
 
     def after(self, wall: datetime) -> datetime:
-        """First named wall time strictly after `wall`."""
-        found: datetime = self._iter.get_next(ret_type=datetime, start_time=wall)
-        return found
+        """First named wall time strictly after `wall` (the earliest of the cron's parts)."""
+        found: list[datetime] = []
+        for part in self._iters:
+            try:
+                found.append(part.get_next(ret_type=datetime, start_time=wall))
+            except CroniterBadDateError:
+                continue  # this part has no run left within croniter's search; another may
+        if not found:
+            raise CroniterBadDateError(f"no wall time after {wall}")
+        return min(found)
 
 
 def validate_cron(expr: object, field: str = "repeat.cron") -> str:
@@ -218,14 +256,12 @@ def validate_cron(expr: object, field: str = "repeat.cron") -> str:
     if not isinstance(expr, str):
         raise JobValidationError(field, f"{shown(expr)} is not a cron string; {_CRON_HELP}")
     cron = _cron(expr, field)
-    try:
-        _WallClock(cron, _FIRE_CHECK_FROM).after(_FIRE_CHECK_FROM)
-    except CroniterBadDateError:
+    if not cron.parts:
         raise JobValidationError(
             field,
             f"{shown(expr)} never fires (no such date, e.g. 31 February); "
             "check the day-of-month and month fields",
-        ) from None
+        )
     return cron.expr
 
 
