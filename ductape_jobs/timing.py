@@ -38,6 +38,7 @@ _HOST_ZONE_PREFIXES = ("right/", "posix/")
 # croniter splits fields on ASCII whitespace only; a no-break space stays inside a field.
 _CRON_FIELD = re.compile(r"\S+", re.ASCII)
 # H (hashed) needs a hash_id and R (random) differs per parse: neither is a fixed schedule.
+_BACKWARDS_RANGE = re.compile(r"^(\d+)-(\d+)(?:/\d+)?$")
 _HASHED_OR_RANDOM = re.compile(r"^[hr](\(\d+-\d+\))?(/\d+)?$", re.IGNORECASE)
 # A cron listing every value of every field one by one (0,1,...,59 for seconds) is about 530
 # characters long.
@@ -161,6 +162,14 @@ def _parse_cron(expr: str, field: str) -> _Cron:
             raise JobValidationError(
                 field,
                 f"{shown(expr)} uses H/R (hashed or random) values; write explicit numbers",
+            )
+        backwards = _BACKWARDS_RANGE.match(part)
+        if backwards and int(backwards[1]) > int(backwards[2]):
+            # croniter wraps it around ('1-0' = every minute); Vixie cron refuses it, and so do we
+            raise JobValidationError(
+                field,
+                f"{shown(expr)} has the range {part.split('/')[0]!r}, which runs backwards; "
+                "write the low end first, or list both parts (e.g. '22-23,0-2')",
             )
     try:
         expanded, _ = croniter.expand(expr, second_at_beginning=True)

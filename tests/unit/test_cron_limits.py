@@ -163,3 +163,19 @@ def test_the_cache_holds_at_most_512_crons_each_within_the_length_bound() -> Non
 
     per_entry = retained_bytes(longest) / 20
     assert per_entry < 4 * MAX_CRON_CHARS, per_entry  # so 512 entries hold about 2 MB at most
+
+
+BACKWARDS = ["1-0 * * * *", "0 22-2 * * *", "0 0 20-10/2 * *", "0 0 * 12-1 *", "0 0 * * 5-1"]
+FORWARDS = ["0 9-17 * * MON-FRI", "0 22-23,0-2 * * *", "*/5 1-3/2 * * *", "0 0 5-5 * *"]
+
+
+@pytest.mark.parametrize("cron", BACKWARDS)
+def test_a_range_that_runs_backwards_is_refused(cron: str) -> None:
+    # croniter wraps such a range around ('1-0' = every minute); Vixie cron refuses it.
+    with pytest.raises(JobValidationError, match="runs backwards"):
+        timing.validate_cron(cron)
+
+
+@pytest.mark.parametrize("cron", FORWARDS)
+def test_ranges_written_low_to_high_are_kept(cron: str) -> None:
+    assert timing.validate_cron(cron) == cron
