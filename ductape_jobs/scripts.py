@@ -52,6 +52,24 @@ end
 local function retire_if_finished(prefix, id, ttl, now)
   if FINISHED[redis.call('HGET', prefix .. ':job:' .. id, 'status')] then retire(prefix, id, ttl, now) end
 end
+-- A one-off's own (not triggered) run moves the job's status, unless the job was cancelled:
+-- a cancel is never undone by what becomes of a run already out.
+local function one_off_of(job, run)
+  local js = redis.call('HMGET', job, 'recurring', 'status')
+  return js[1] == '0' and js[2] ~= 'cancelled' and redis.call('HGET', run, 'manual') ~= '1'
+end
+-- A run's last attempt failed: it becomes a dead letter with its own retention (the sweep also
+-- caps them), counted in the job's failed_runs (beat's metrics), and a one-off it decides fails
+-- and is retired. lifecycle = {prefix, job_retention_s, dead_retention_s}
+local function dead_letter(run, job, dead, inflight, run_id, now, lifecycle)
+  redis.call('HSET', run, 'status', 'failed')
+  redis.call('ZADD', dead, now, run_id)
+  redis.call('ZREM', inflight, run_id)
+  redis.call('HINCRBY', job, 'failed_runs', 1)
+  if one_off_of(job, run) then redis.call('HSET', job, 'status', 'failed') end
+  redis.call('EXPIRE', run, lifecycle[3])
+  retire_if_finished(lifecycle[1], job_of(run_id), lifecycle[2], now)
+end
 -- Keep a job's newest `kept` run records: older finished ones are deleted (a dead-lettered one
 -- now belongs to the dead letters; an unfinished one stays until it finishes). Bounded per call.
 local function trim_runs(prefix, runs, kept)
@@ -302,26 +320,15 @@ return claimed
 _LOSE_ATTEMPT = (
     _LIFECYCLE
     + """
--- A one-off's own (not triggered) run moves the job's status, unless the job was cancelled:
--- a cancel is never undone by what becomes of a run already out.
-local function one_off_of(job, run)
-  local js = redis.call('HMGET', job, 'recurring', 'status')
-  return js[1] == '0' and js[2] ~= 'cancelled' and redis.call('HGET', run, 'manual') ~= '1'
-end
 local function lose_attempt(run, job, dead, inflight, run_id, spec, attempts, reason, now, lifecycle)
   redis.call('HSET', job, 'last_error', reason, 'last_run_id', run_id, 'updated_ms', now)
   if attempts < tonumber(cjson.decode(spec)['retries']) + 1 then
     redis.call('HSET', run, 'error', reason, 'traceback', '')
     return false
   end
-  redis.call('HSET', run, 'status', 'failed', 'error', reason, 'traceback', '', 'finished_ms', now)
+  redis.call('HSET', run, 'error', reason, 'traceback', '', 'finished_ms', now)
   redis.call('HDEL', run, 'owner', 'lease_ms')
-  redis.call('ZADD', dead, now, run_id)
-  redis.call('ZREM', inflight, run_id)
-  redis.call('HINCRBY', job, 'failed_runs', 1)  -- read by beat's metrics (store.failed_runs)
-  if one_off_of(job, run) then redis.call('HSET', job, 'status', 'failed') end
-  redis.call('EXPIRE', run, lifecycle[3])  -- a dead letter's own retention
-  retire_if_finished(lifecycle[1], job_of(run_id), lifecycle[2], now)
+  dead_letter(run, job, dead, inflight, run_id, now, lifecycle)
   return true
 end
 """
@@ -447,11 +454,9 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('ZREM', KEYS[5], ARGV[10])
   return 1
 end
-local job = redis.call('HMGET', KEYS[2], 'recurring', 'status')
 -- A triggered run leaves the status alone; so does any run of a job cancelled while it ran (its
 -- retry then finds the job cancelled and is skipped: the cancel is never undone).
-local one_off = job[1] == '0' and job[2] ~= 'cancelled'
-  and redis.call('HGET', KEYS[1], 'manual') ~= '1'
+local one_off = one_off_of(KEYS[2], KEYS[1])
 redis.call('HSET', KEYS[2], 'last_run_id', ARGV[10], 'updated_ms', now)
 if outcome == 'completed' then
   redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_ms', now, 'result', ARGV[4],
@@ -468,13 +473,7 @@ end
 redis.call('HSET', KEYS[1], 'error', ARGV[5], 'traceback', ARGV[6], 'finished_ms', now)
 redis.call('HSET', KEYS[2], 'last_error', ARGV[5])
 if outcome == 'failed' then
-  redis.call('HSET', KEYS[1], 'status', 'failed')
-  redis.call('ZADD', KEYS[4], now, ARGV[10])
-  redis.call('HINCRBY', KEYS[2], 'failed_runs', 1)  -- read by beat's metrics (store.schedule_states)
-  if one_off then redis.call('HSET', KEYS[2], 'status', 'failed') end
-  redis.call('ZREM', KEYS[5], ARGV[10])
-  redis.call('EXPIRE', KEYS[1], ARGV[13])  -- a dead letter's own retention (the sweep also caps them)
-  retire_if_finished(ARGV[11], job_of(ARGV[10]), ARGV[12], now)
+  dead_letter(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[10], now, {ARGV[11], ARGV[12], ARGV[13]})
 else
   redis.call('HSET', KEYS[1], 'status', 'retrying')
   if outcome == 'retry_due' then
