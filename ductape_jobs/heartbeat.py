@@ -16,18 +16,26 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from ductape_jobs.errors import BackendUnavailableError
-from ductape_jobs.store import Store
 
 log = logging.getLogger("ductape_jobs.heartbeat")
 CONFIRM_AFTER_S = 1.0
 
 
+class Leases(Protocol):
+    """What the heartbeat needs of the store (``Store``)."""
+
+    def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> bool:
+        """Extend ``owner``'s lease of a running attempt; False once it is not theirs."""
+        ...
+
+
 class Heartbeat:
     """Renews the leases of the runs this process holds, from a daemon thread of its own."""
 
-    def __init__(self, store: Store, lease_ms: int, clock_ms: Callable[[], int]) -> None:
+    def __init__(self, store: Leases, lease_ms: int, clock_ms: Callable[[], int]) -> None:
         self.store = store
         self.lease_ms = lease_ms
         self.clock_ms = clock_ms
@@ -68,9 +76,11 @@ class Heartbeat:
             self._confirm_due()
             if time.monotonic() >= renew_at:
                 renew_at = time.monotonic() + self.every_s
-                self._renew_all()
+                self.renew_all()
 
-    def _renew_all(self) -> None:
+    def renew_all(self) -> None:
+        """Renew every held lease now (the thread does it every third of a lease); a lease that is
+        not ours any more is let go."""
         with self._lock:
             held = list(self._held.items())
         for run_id, owner in held:

@@ -1,9 +1,11 @@
 """Executing one run on a worker: claim it, use the cache, call the handler, record the outcome.
 
 Celery-free: workers/ wraps ``Runner.execute`` in one Celery task per event and turns the
-returned ``Outcome`` into Celery's retry, so this logic is tested without a broker. While a run
-executes, the process's heartbeat keeps it leased; its start and outcome are written even across
-a Redis restart (tried again until Redis is back).
+returned ``Outcome`` into Celery's retry. The store is injected (``RunStore``; ``Store`` in
+workers), so tests/unit/test_runner_scripted.py drives these decisions with scripted store replies
+and tests/integration/test_lifecycle.py over real Redis. While a run executes, the process's
+heartbeat keeps it leased; its start and outcome are written even across a Redis restart (tried
+again until Redis is back).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from ductape_jobs.calling import call_handler
 from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError
-from ductape_jobs.heartbeat import Heartbeat
+from ductape_jobs.heartbeat import Heartbeat, Leases
+from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobSpec, job_id_of
 from ductape_jobs.records import Started
 from ductape_jobs.registry import Registry, RunContext
@@ -31,7 +34,6 @@ from ductape_jobs.scrub import Scrubber
 from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
-from ductape_jobs.store import Store
 
 log = logging.getLogger("ductape_jobs.runner")
 
@@ -76,12 +78,60 @@ def cache_digest(spec: JobSpec) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+class RunStore(Leases, Protocol):
+    """What the runner needs of the store (``Store``): the steps of one run."""
+
+    @property
+    def keys(self) -> Keys:
+        """The deployment's key builders (cache keys)."""
+        ...
+
+    def begin_run(self, run_id: str, job_id: str, now_ms: int, lease_ms: int, owner: str) -> Started:
+        """BEGIN_RUN: start the run for ``owner``, or say why not."""
+        ...
+
+    def finish_run(
+        self,
+        run_id: str,
+        job_id: str,
+        attempt: int,
+        now_ms: int,
+        outcome: str,
+        *,
+        result_json: str,
+        error: str,
+        traceback: str,
+        cached: bool,
+        retention_s: int,
+        due_ms: int | None,
+        wait: bool,
+    ) -> bool:
+        """FINISH_RUN: record one attempt's outcome."""
+        ...
+
+    def change_state(self, action: str, job_id: str, now_ms: int) -> tuple[str, str | None]:
+        """CHANGE_STATE: ('ok'|'refused'|'missing', status)."""
+        ...
+
+    def cached_result(self, key: str) -> str | None:
+        """A live cached result (JSON), or None."""
+        ...
+
+    def store_result(self, key: str, result_json: str, ttl_ms: int) -> None:
+        """Cache a successful result for ttl_ms."""
+        ...
+
+    def unread(self) -> Callable[[], bool]:
+        """Whether the outcome this thread last sent without waiting is still unread."""
+        ...
+
+
 class Runner:
     """Runs deliveries of run ids against the registered handlers."""
 
     def __init__(
         self,
-        store: Store,
+        store: RunStore,
         registry: Registry,
         settings: Settings,
         clock_ms: Callable[[], int],
