@@ -10,6 +10,7 @@ helpers below, so a change of layout is a change here.
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,14 +18,17 @@ from typing import Any, TypeVar
 
 import redis
 
-from ductape_jobs.flows import ClientCore, JobFlows
+from ductape_jobs import ops
+from ductape_jobs.flows import ClientCore
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobSpec
+from ductape_jobs.models import JobRequest, JobSpec
 from ductape_jobs.ops import REDIS_DOWN, Call, Eval, Flow, unreachable
+from ductape_jobs.planning import plan_job
+from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
 
 T = TypeVar("T")
-ANY = object()  # in a step's args: any value is fine at this place (a clock reading, a random id)
+ANY = object()  # in a step's keys or args: any value is fine at this place (a clock reading, a random id)
 
 
 @dataclass(frozen=True)
@@ -131,11 +135,6 @@ def core(settings: Settings | None = None, **overrides: Any) -> ScriptedCore:
     return ScriptedCore(settings=settings or Settings(key_prefix="unit", **overrides))
 
 
-def flows(settings: Settings | None = None, **overrides: Any) -> JobFlows:
-    """``job.*`` as flows, for one deployment."""
-    return core(settings, **overrides).flows
-
-
 # -- stored records as Redis hands them back ---------------------------------------------------
 
 
@@ -160,6 +159,41 @@ def run_hash(job_id: str, status: str, **fields: Any) -> dict[bytes, bytes]:
     if "result" in values:
         values["result"] = json.dumps(values["result"])
     return {k.encode(): str(v).encode() for k, v in values.items()}
+
+
+# -- CREATE_JOBS rows ---------------------------------------------------------------------------
+
+
+def long_way_row(c: ClientCore, request: dict[str, Any], job_id: str, now: int) -> tuple[Any, ...]:
+    """The CREATE_JOBS row a lone request planned at ``now`` as ``job_id`` gets (delivery tag aside)."""
+    plan = plan_job(JobRequest.parse(request), c.settings, c.sessions, now, job_id, c.messages.build)
+    return _normalized(ops.create_args(Keys(c.settings.key_prefix), plan))
+
+
+def create_rows(create: Eval) -> list[tuple[Any, ...]]:
+    """The rows of one CREATE_JOBS call (its ARGV after the prefix and the clock), delivery tags aside."""
+    args = list(create.args)[2:]
+    assert len(args) % CREATE_ROW_WIDTH == 0, f"{len(args)} row arguments"
+    return [_normalized(args[at : at + CREATE_ROW_WIDTH]) for at in range(0, len(args), CREATE_ROW_WIDTH)]
+
+
+def row_job_id(row: Sequence[Any]) -> str:
+    """The job id a CREATE_JOBS row writes."""
+    return str(row[ops.ROW_JOB_ID])
+
+
+def _normalized(row: Sequence[Any]) -> tuple[Any, ...]:
+    # Each message carries a fresh random delivery tag: the only field two equal plans differ in.
+    return tuple(_TAG.sub('"delivery_tag": "-"', v) if isinstance(v, str) else v for v in row)
+
+
+def _row_width() -> int:
+    request = JobRequest.parse({"env": "dev", "product_tag": "p", "event": "e"})
+    return len(ops.create_args(Keys(), plan_job(request, Settings(), Sessions({}), 0, "x")))
+
+
+_TAG = re.compile(r'"delivery_tag": "[0-9a-f]{32}"')
+CREATE_ROW_WIDTH = _row_width()
 
 
 # -- the runner's store ------------------------------------------------------------------------

@@ -4,7 +4,6 @@ tested in tests/integration (test_async_client, test_batches, test_read_back, te
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +26,22 @@ from ductape_jobs.planning import plan_job
 from ductape_jobs.records import SetAside
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
-from tests.scripted import ANY, DOWN, Driven, ScriptedCore, call, core, drive, job_hash, run_hash, script
+from tests.scripted import (
+    ANY,
+    CREATE_ROW_WIDTH,
+    DOWN,
+    Driven,
+    Step,
+    call,
+    core,
+    create_rows,
+    drive,
+    job_hash,
+    long_way_row,
+    row_job_id,
+    run_hash,
+    script,
+)
 
 K = Keys("unit")
 MINUTE = 60_000
@@ -44,32 +58,13 @@ def spec_of(request: dict[str, Any], now: int = 1_000) -> JobSpec:
     return plan_job(JobRequest.parse(request), Settings(key_prefix="unit"), Sessions({}), now, "x").spec
 
 
-def long_way_row(c: ScriptedCore, request: dict[str, Any], job_id: str, now: int) -> tuple[Any, ...]:
-    """The CREATE_JOBS row a lone request planned at ``now`` as ``job_id`` gets (delivery tag aside)."""
-    plan = plan_job(JobRequest.parse(request), c.settings, c.sessions, now, job_id, c.messages.build)
-    return normalized(ops.create_args(K, plan))
-
-
-def normalized(row: Any) -> tuple[Any, ...]:
-    # Each message carries a fresh random delivery tag: the only field two equal plans differ in.
-    tag = re.compile(r'"delivery_tag": "[0-9a-f]{32}"')
-    return tuple(tag.sub('"delivery_tag": "-"', v) if isinstance(v, str) else v for v in row)
-
-
-def rows_of(create: Any, width: int) -> list[tuple[Any, ...]]:
-    """The rows of one CREATE_JOBS call (its ARGV after the prefix and the clock)."""
-    args = list(create.args)[2:]
-    assert len(args) % width == 0
-    return [normalized(args[at : at + width]) for at in range(0, len(args), width)]
-
-
-def create_jobs(reply: Any = (), count: int = 1) -> Any:
+def create_jobs(reply: Any = (), count: int = 1) -> Step:
     """One CREATE_JOBS call of ``count`` rows; ``reply`` lists (1-based index, twin id) flat."""
     return script(
         "CREATE_JOBS",
         list(reply),
         keys=[K.jobs, K.due, K.inflight],
-        args=["unit", ANY, *[ANY] * (14 * count)],
+        args=["unit", ANY, *[ANY] * (CREATE_ROW_WIDTH * count)],
     )
 
 
@@ -86,7 +81,7 @@ def test_schedule_due_now_checks_the_event_writes_one_row_and_hands_back_a_queue
     assert before <= now <= wall_ms()
     assert handle.created and not handle.recurring and handle.status == JobStatus.QUEUED
     assert handle.scheduled_at == datetime.fromtimestamp(now / 1000, UTC)
-    assert rows_of(create, 14) == [long_way_row(c, ONE_OFF, handle.job_id, now)]
+    assert create_rows(create) == [long_way_row(c, ONE_OFF, handle.job_id, now)]
     # The handler's registration is remembered: the next schedule goes straight to the write.
     assert drive(c.flows.schedule(None, ONE_OFF), [create_jobs()]).created
 
@@ -129,7 +124,7 @@ def test_schedule_in_the_future_writes_a_due_entry_and_no_message() -> None:
         start / 1000, UTC
     )
     (create,) = sent.rounds[1]
-    assert rows_of(create, 14) == [long_way_row(c, request, handle.job_id, create.args[1])]
+    assert create_rows(create) == [long_way_row(c, request, handle.job_id, create.args[1])]
 
 
 def test_schedule_that_finds_a_live_twin_hands_back_the_twin_uncreated() -> None:
@@ -147,9 +142,9 @@ def test_schedule_that_finds_a_live_twin_hands_back_the_twin_uncreated() -> None
     assert (handle.job_id, handle.created, handle.recurring) == ("twin", False, True)
     assert handle.next_run_at == datetime.fromtimestamp(next_ms / 1000, UTC)
     (create,) = sent.rounds[1]
-    (row,) = rows_of(create, 14)
+    (row,) = create_rows(create)
     assert K.fingerprint(spec_of(EVERY_MINUTE).fingerprint()) in row  # what finds the twin
-    assert row == long_way_row(c, EVERY_MINUTE, row[0], create.args[1])
+    assert row == long_way_row(c, EVERY_MINUTE, row_job_id(row), create.args[1])
 
 
 # -- schedule_many ---------------------------------------------------------------------------------
@@ -164,7 +159,7 @@ def test_schedule_many_writes_one_call_whose_shared_rows_are_what_each_request_a
     now = create.args[1]
     assert len({h.job_id for h in handles}) == 3 and all(h.created for h in handles)
     expected = [long_way_row(c, r, h.job_id, now) for r, h in zip(requests, handles, strict=True)]
-    assert rows_of(create, 14) == expected
+    assert create_rows(create) == expected
 
 
 def test_schedule_many_hands_back_the_twins_the_write_reports_at_their_places() -> None:
@@ -230,7 +225,7 @@ def test_get_of_a_missing_or_unreadable_job_raises_its_error() -> None:
 
 def test_list_filters_in_order_reports_unreadable_records_and_stops_at_its_limit() -> None:
     f = core().flows
-    ids = [b"a", b"b", b"c", b"d", b"e"]
+    ids = [b"a", b"b", b"c", b"d", b"e", b"f"]
     shop = spec_of({**ONE_OFF, "product_tag": "shop"})
     records = [
         job_hash(spec_of(ONE_OFF), "scheduled"),
@@ -238,6 +233,7 @@ def test_list_filters_in_order_reports_unreadable_records_and_stops_at_its_limit
         {},  # gone between the index read and the record read
         job_hash(shop, "scheduled"),
         job_hash(spec_of(ONE_OFF), "scheduled"),
+        job_hash(spec_of(ONE_OFF), "scheduled"),  # beyond the limit
     ]
     hashes = [call("hgetall", K.job(i.decode()), reply=r) for i, r in zip(ids, records, strict=True)]
     got = drive(
@@ -307,7 +303,7 @@ def test_failed_reads_the_dead_letters_newest_first() -> None:
     assert [(r.run_id, r.job_id, r.attempts) for r in runs] == [("J:2", "J", 4), ("K:1", "K", 1)]
 
 
-def test_no_round_trip_for_an_empty_read() -> None:
+def test_failed_without_dead_letters_reads_no_runs() -> None:
     assert drive(core().flows.failed(10), call("zrevrange", K.dead, 0, 9, reply=[])) == []
 
 
