@@ -16,6 +16,7 @@ from beat.lost import LostRuns
 from beat.retention import Sweeper, SweepTotals
 from ductape_jobs import timing
 from ductape_jobs.brief import JobBrief
+from ductape_jobs.jitter import Spread
 from ductape_jobs.models import run_id_for
 from ductape_jobs.records import reason
 from ductape_jobs.settings import Settings
@@ -116,11 +117,11 @@ class BeatEngine:
             report.sleep_ms = max(self.settings.beat_lock_ttl_ms // 4, 100)
             return report
         report.leader = True
-        ready = [c for c in self._prepared if c.nominal_ms <= now_ms]
-        if ready and now_ms - min(c.nominal_ms for c in ready) > PREPARE_AHEAD_MS:
+        ready = [c for c in self._prepared if c.entry.due_ms <= now_ms]
+        if ready and now_ms - min(c.entry.due_ms for c in ready) > PREPARE_AHEAD_MS:
             self._prepared = []  # woke late: decide afresh, with the real time
         elif ready:
-            self._prepared = [c for c in self._prepared if c.nominal_ms > now_ms]
+            self._prepared = [c for c in self._prepared if c.entry.due_ms > now_ms]
             if not self._hand_over(report, ready, now_ms):
                 return report
         batch = self.settings.beat_batch
@@ -154,7 +155,7 @@ class BeatEngine:
             for c in aside:
                 log.error("set aside %s: %s", c.entry.member, c.reason)
         report.released += len(claimed)
-        report.lateness_ms += [max(now_ms - c.nominal_ms, 0) for c in claimed]
+        report.lateness_ms += [max(now_ms - c.entry.due_ms, 0) for c in claimed]
         if self.record_releases:
             report.releases += [r for r in (self._release(c, now_ms) for c in claimed) if r is not None]
         return True
@@ -193,14 +194,18 @@ class BeatEngine:
         if entry.run_id is not None:  # a retry waiting out a long backoff
             message = self._message(entry.run_id, brief, entry, now_ms)
             return Claim(entry, entry.run_id, entry.due_ms, None, message)
-        run_id = run_id_for(entry.job_id, entry.due_ms)
-        message = self._message(run_id, brief, entry, now_ms)
         rule = brief.timing_rule()
         if rule is None:
-            return Claim(entry, run_id, entry.due_ms, None, message)
+            run_id = run_id_for(entry.job_id, entry.due_ms)
+            return Claim(entry, run_id, entry.due_ms, None, self._message(run_id, brief, entry, now_ms))
+        # A jittered run is due after its slot and keeps the slot's id (ductape_jobs.jitter).
+        spread = Spread(rule, entry.job_id, entry.anchor_ms)
+        slot_ms = spread.slot_ms(entry.due_ms)
+        run_id = run_id_for(entry.job_id, slot_ms)
+        message = self._message(run_id, brief, entry, now_ms)
         # The next run is fixed now, when this one is handed over (BullMQ's rule).
-        next_ms = timing.next_run_ms(rule, entry.anchor_ms, entry.due_ms, entry.runs_done + 1, now_ms)
-        return Claim(entry, run_id, entry.due_ms, next_ms, message)
+        following = spread.next_run(slot_ms, entry.runs_done + 1, now_ms)
+        return Claim(entry, run_id, slot_ms, None if following is None else following[1], message)
 
     def _release(self, claim: Claim, now_ms: int) -> Release | None:
         entry, brief = claim.entry, self._brief(claim.entry)
@@ -210,14 +215,16 @@ class BeatEngine:
         missed = 0
         if rule is not None:
             done, next_ms = entry.runs_done + 1, claim.new_next_ms
-            missed = timing.missed_slots(rule, entry.anchor_ms, entry.due_ms, done, next_ms, now_ms)
+            if next_ms is not None:
+                next_ms = Spread(rule, entry.job_id, entry.anchor_ms).slot_ms(next_ms)
+            missed = timing.missed_slots(rule, entry.anchor_ms, claim.nominal_ms, done, next_ms, now_ms)
         return Release(
             job_id=entry.job_id,
             product_tag=brief.product_tag,
             event=brief.event,
             env=brief.env,
             recurring=rule is not None,
-            lateness_ms=max(now_ms - claim.nominal_ms, 0),
+            lateness_ms=max(now_ms - entry.due_ms, 0),
             missed=missed,
         )
 

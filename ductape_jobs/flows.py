@@ -17,7 +17,7 @@ from typing import Any, TypedDict, cast
 
 from pydantic import TypeAdapter
 
-from ductape_jobs import ops, timing
+from ductape_jobs import ops
 from ductape_jobs.brief import ARGSREPR_MAX, JobBrief
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.errors import (
@@ -27,6 +27,7 @@ from ductape_jobs.errors import (
     RecordUnreadableError,
     UnknownEventError,
 )
+from ductape_jobs.jitter import Spread
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import (
     JobRecord,
@@ -266,7 +267,7 @@ class JobFlows:
         if rule is None:
             return [_at(job.next_run_ms)]
         anchor = yield from ops.anchor_ms(self._keys, job_id)
-        times = timing.upcoming_ms(rule, anchor, job.next_run_ms, job.runs_done, n)
+        times = Spread(rule, job_id, anchor).upcoming_ms(job.next_run_ms, job.runs_done, n)
         return [_at(t) for t in times]
 
     # -- managing ---------------------------------------------------------------------------
@@ -291,10 +292,7 @@ class JobFlows:
         rule = job.spec.timing_rule()
         if next_ms is not None and rule is not None and next_ms < now:
             anchor = yield from ops.anchor_ms(self._keys, job_id)
-            nxt = timing.occurrence_after_ms(rule, anchor, now - 1)
-            if nxt is not None and rule.end_ms is not None and nxt > rule.end_ms:
-                nxt = None
-            next_ms = nxt
+            next_ms = Spread(rule, job_id, anchor).first_due_from(now)
         elif next_ms is not None:
             next_ms = max(next_ms, now) if rule is None else next_ms
         return (yield from self._change("resume", job_id, next_ms=next_ms, runs_done=job.runs_done))

@@ -18,7 +18,7 @@ import json
 import math
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import (
     AliasChoices,
@@ -87,6 +87,8 @@ class Repeat(_Frozen):
     tz: str | None = None
     misfire: Literal["skip", "run_all"] = "skip"
     catchup_ms: int = Field(default=0, ge=0, le=MAX_INT, strict=True)  # strict: "0" is not 0
+    # Each run falls due within [0, jitter_ms) after its slot, by a hash of its run id (jitter.py).
+    jitter_ms: int = Field(default=0, ge=0, le=MAX_INT, strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -145,7 +147,25 @@ class Repeat(_Frozen):
             )
         if self.tz is not None and self.cron is None:
             raise ValueError("'tz' applies to 'cron' only; drop it or use a cron rule")
+        self._check_jitter()
         return self
+
+    def _check_jitter(self) -> None:
+        """Jitter stays below the period, so that runs keep their order and each due time maps
+        back to one slot."""
+        if self.jitter_ms == 0:
+            return
+        if self.every is not None:
+            period, what = self.every, f"the interval (every: {self.every})"
+        else:
+            period = timing.cron_min_gap_ms(cast(str, self.cron))
+            what = f"the shortest gap between two runs of {self.cron!r} ({period} ms)"
+        if self.jitter_ms >= period:
+            raise JobValidationError(
+                "repeat.jitter_ms",
+                f"{self.jitter_ms} ms is not below {what}; jitter must be shorter than the period "
+                "so that runs keep their order: give a smaller jitter_ms",
+            )
 
     @property
     def is_empty(self) -> bool:
@@ -156,6 +176,7 @@ class Repeat(_Frozen):
             and self.limit is None
             and self.end_date is None
             and self.tz is None
+            and self.jitter_ms == 0
         )
 
     @property
@@ -175,6 +196,7 @@ class Repeat(_Frozen):
             end_ms=self.end_ms,
             misfire=self.misfire,
             catchup_ms=self.catchup_ms,
+            jitter_ms=self.jitter_ms,
         )
 
 

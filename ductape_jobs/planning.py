@@ -14,6 +14,7 @@ from typing import Any
 
 from ductape_jobs import timing
 from ductape_jobs.errors import JobValidationError, SessionError
+from ductape_jobs.jitter import Spread
 from ductape_jobs.models import JobRequest, JobSpec, JobStatus, ms_to_datetime, run_id_for
 from ductape_jobs.sealed import seal_input
 from ductape_jobs.sessions import OPENER, Sessions, has_placeholders, redact, resolve_placeholders
@@ -67,7 +68,7 @@ def plan_job(
             "app": req.app,
             "cache": req.cache,
             "start_ms": req.start_ms,
-            "rule": None if rule is None else rule.__dict__.copy(),
+            "rule": None if rule is None else _stored_rule(rule),
             "created_ms": now_ms,
             **spec_fields,
         }
@@ -77,6 +78,15 @@ def plan_job(
     else:
         plan = _plan_repeat(job_id, spec, rule, settings, now_ms, build)
     return dataclasses.replace(plan, older_digests=older_digests) if older_digests else plan
+
+
+def _stored_rule(rule: timing.Rule) -> dict[str, Any]:
+    """The rule as a spec holds it; no jitter is left out, so a schedule's record and fingerprint
+    stay what they were before jitter existed (the same schedule still dedupes to its job)."""
+    stored = rule.__dict__.copy()
+    if not stored["jitter_ms"]:
+        del stored["jitter_ms"]
+    return stored
 
 
 def _first_run(job_id: str, spec: JobSpec, at_ms: int, now_ms: int, build: Build | None) -> dict[str, Any]:
@@ -136,12 +146,14 @@ def _plan_repeat(
             f"{rule.every_ms} ms puts the second run after the year 9999; it is in milliseconds "
             "(86400000 = 24 h): give a shorter interval, or limit: 1",
         )
-    if first_ms > now_ms:
-        return NewJob(
-            job_id, spec, JobStatus.SCHEDULED, True, first_ms, first_ms, 0, due_ms=first_ms, dedupe=True
-        )
+    spread = Spread(rule, job_id, first_ms)  # the first slot is the schedule's phase anchor
+    first_due_ms = spread.due_ms(first_ms)
+    if first_due_ms > now_ms:
+        at_ms = first_due_ms
+        return NewJob(job_id, spec, JobStatus.SCHEDULED, True, at_ms, first_ms, 0, due_ms=at_ms, dedupe=True)
     # Due now: the first run is released here, as beat would release it, and the schedule advanced.
-    next_ms = timing.next_run_ms(rule, first_ms, first_ms, 1, now_ms)
+    following = spread.next_run(first_ms, 1, now_ms)
+    next_ms = None if following is None else following[1]
     status = JobStatus.SCHEDULED if next_ms is not None else JobStatus.COMPLETED
     return NewJob(
         job_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -295,6 +296,7 @@ class Rule:
     end_ms: int | None = None  # inclusive: no run after it
     misfire: Literal["skip", "run_all"] = "skip"
     catchup_ms: int = 0  # with run_all: how far back missed runs are still run
+    jitter_ms: int = 0  # each run falls due within [0, jitter_ms) after its slot (ductape_jobs.jitter)
 
     def __post_init__(self) -> None:
         if (self.cron is None) == (self.every_ms is None):
@@ -305,6 +307,8 @@ class Rule:
             raise JobValidationError("repeat.limit", f"{shown(self.limit)} must be 1 or more")
         if self.catchup_ms < 0:
             raise JobValidationError("repeat.catchup_ms", f"{shown(self.catchup_ms)} must be >= 0")
+        if self.jitter_ms < 0:
+            raise JobValidationError("repeat.jitter_ms", f"{shown(self.jitter_ms)} must be >= 0")
 
 
 def _offset(moment: datetime) -> timedelta:
@@ -414,20 +418,51 @@ def occurrence_after_ms(rule: Rule, anchor_ms: int, after_ms: int) -> int | None
     return _occurrence_from_ms(rule, anchor_ms, after_ms)
 
 
-def next_run_ms(rule: Rule, anchor_ms: int, released_ms: int, runs_done: int, now_ms: int) -> int | None:
-    """The run after the one at released_ms (runs_done includes it), or None when finished."""
+def _unjittered(slot_ms: int) -> int:
+    return slot_ms
+
+
+def next_run_ms(
+    rule: Rule,
+    anchor_ms: int,
+    released_ms: int,
+    runs_done: int,
+    now_ms: int,
+    due: Callable[[int], int] = _unjittered,
+) -> int | None:
+    """The slot after the one at released_ms (runs_done includes it), or None when finished.
+
+    ``due`` maps a slot to the time its run falls due (ductape_jobs.jitter); a slot is missed when
+    its due time, not the slot itself, is past.
+    """
     if rule.limit is not None and runs_done >= rule.limit:
         return None
     next_ms = _occurrence_from_ms(rule, anchor_ms, released_ms)
-    if next_ms is not None and next_ms < now_ms:
+    if next_ms is not None and due(next_ms) < now_ms:
         # Slots missed while we were down: 'skip' resumes at now, 'run_all' keeps the ones
         # inside the catch-up window (run one by one as each is released).
         keep_from_ms = now_ms if rule.misfire == "skip" else now_ms - rule.catchup_ms
-        if next_ms < keep_from_ms:
-            next_ms = _occurrence_from_ms(rule, anchor_ms, keep_from_ms - 1)
+        if due(next_ms) < keep_from_ms:
+            next_ms = first_due_from(rule, anchor_ms, keep_from_ms, due, after_ms=released_ms)
     if next_ms is None or (rule.end_ms is not None and next_ms > rule.end_ms):
         return None
     return next_ms
+
+
+def first_due_from(
+    rule: Rule,
+    anchor_ms: int,
+    from_ms: int,
+    due: Callable[[int], int] = _unjittered,
+    after_ms: int = -1,
+) -> int | None:
+    """The first slot after after_ms whose run falls due at or after from_ms (a slot past
+    end_ms may come back: the caller checks the end)."""
+    # A run falls due less than jitter_ms after its slot, so no earlier slot can qualify.
+    at_ms = _occurrence_from_ms(rule, anchor_ms, max(after_ms, from_ms - max(rule.jitter_ms, 1)))
+    while at_ms is not None and (rule.end_ms is None or at_ms <= rule.end_ms) and due(at_ms) < from_ms:
+        at_ms = _occurrence_from_ms(rule, anchor_ms, at_ms)
+    return at_ms
 
 
 def upcoming_ms(rule: Rule, anchor_ms: int, next_ms: int | None, runs_done: int, n: int) -> list[int]:

@@ -103,6 +103,8 @@ def repeat_text(rule: dict[str, Any] | None) -> str:
         text += f", limit {rule['limit']}"
     if rule.get("end_ms"):
         text += f", until {when(rule['end_ms'])}"
+    if rule.get("jitter_ms"):
+        text += f", jitter {span(rule['jitter_ms'])}"
     return text
 
 

@@ -46,6 +46,11 @@ _HUGE = "a number too large to read (over 4,300 digits); every numeric field has
 @click.option("--cache", help="A configured cache tag (DUCTAPE_CACHES).")
 @click.option("--repeat", "repeat_json", metavar="JSON", help='e.g. \'{"every": 86400000, "limit": 4}\'.')
 @click.option(
+    "--jitter-ms",
+    metavar="MS",
+    help="Spread each run of the repeat by a fixed offset in [0, MS) (repeat.jitter_ms).",
+)
+@click.option(
     "--chunk-size",
     type=click.IntRange(1, 10_000),
     default=500,
@@ -67,6 +72,7 @@ def schedule(
     app: str | None,
     cache: str | None,
     repeat_json: str | None,
+    jitter_ms: str | None,
     chunk_size: int,
     as_json: bool,
 ) -> None:
@@ -76,6 +82,8 @@ def schedule(
     with a list, every request is checked before the first is written.
     """
     flags = _flags(env, product_tag, event, start_at, retries, timeout, input_json, app, cache, repeat_json)
+    if jitter_ms is not None:
+        flags["repeat"] = _with_jitter(flags.get("repeat"), jitter_ms)
     if file is not None and flags:
         raise click.UsageError("give either a JSON file or flags (--env, --event, ...), not both")
     if file is None and not flags:
@@ -168,6 +176,19 @@ def _flags(
         "repeat": None if repeat_json is None else _json_flag("repeat", repeat_json),
     }
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _with_jitter(repeat: Any, jitter_ms: str) -> Any:
+    """The --repeat object with --jitter-ms added (the library judges both)."""
+    if repeat is None:
+        raise JobValidationError("repeat.jitter_ms", "--jitter-ms spreads a repeat; give --repeat as well")
+    if isinstance(repeat, dict):
+        if "jitter_ms" in repeat:
+            raise JobValidationError(
+                "repeat.jitter_ms", "given twice, in --repeat and as --jitter-ms; keep one"
+            )
+        return {**repeat, "jitter_ms": _number_or_text(jitter_ms)}
+    return repeat  # not an object: the library refuses it by name
 
 
 def _number_or_text(value: str) -> int | float | str:

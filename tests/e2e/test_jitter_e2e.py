@@ -1,0 +1,76 @@
+"""Jitter end to end: a real worker and two real beats (the leader killed mid-way) run every
+jittered run once, at or after the time upcoming() showed; the CLI's --jitter-ms flag."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from ductape_jobs import Ductape, JobStatus, Settings
+from ductape_jobs.jitter import offset_ms
+from tests.e2e.test_beat import SHORT_LOCK, all_done, client, env_prefix, executions, lock_holder
+from tests.e2e.test_cli import cli, failed_with, keys_of, out, side_by_side
+from tests.support import Processes, wait_for
+
+__all__ = ["cli", "env_prefix"]  # fixtures, imported for pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_jittered_runs_start_at_their_shown_times_once_each_across_a_beat_takeover(
+    procs: Processes, settings: Settings, r: redis.Redis, env_prefix: str
+):
+    procs.worker(concurrency=2)
+    leader = procs.beat(**SHORT_LOCK)
+    wait_for(lambda: lock_holder(r, env_prefix) == leader.pid, 30, "the first beat to lead")
+    standby = procs.beat(**SHORT_LOCK)
+    ductape = client(settings)
+    start = time.time_ns() // 1_000_000 + 1_500
+    # run_all with a window: the runs due while nobody leads go late, none is skipped, so what
+    # ran can be set beside what upcoming() showed, run for run.
+    repeat = {"every": 1_000, "jitter_ms": 800, "limit": 8, "misfire": "run_all", "catchup_ms": 10_000}
+    handle = ductape.job.schedule(env="dev", product_tag="tests", event="echo", start_at=start, repeat=repeat)
+    shown = [round(t.timestamp() * 1000) for t in ductape.job.upcoming(handle.job_id, 20)]
+    slots = [start + k * 1_000 for k in range(8)]
+    assert shown == [s + offset_ms(f"{handle.job_id}:{s}", 800) for s in slots]
+
+    wait_for(lambda: ductape.job.get(handle.job_id).runs_done >= 3, 30, "three runs under the first leader")
+    procs.kill(leader)
+    wait_for(lambda: lock_holder(r, env_prefix) == standby.pid, 15, "the standby to take over")
+    wait_for(all_done(ductape, [handle.job_id], 8), 30, "the job to reach its limit")
+
+    assert executions(r) == {f"{handle.job_id}:{s}": 1 for s in slots}  # slot ids, each run once
+    runs = sorted(ductape.job.runs(handle.job_id, 20), key=lambda run: run.nominal_ms)
+    assert [run.nominal_ms for run in runs] == slots
+    for run, due in zip(runs, shown, strict=True):
+        assert run.queued_ms is not None and run.started_ms is not None
+        assert due <= run.queued_ms <= run.started_ms, (run.run_id, due, run.queued_ms, run.started_ms)
+    assert ductape.job.get(handle.job_id).status == JobStatus.COMPLETED
+    ductape.close()
+
+
+def test_cli_jitter_flag(cli, ductape: Ductape, r: redis.Redis, prefix: str):
+    flags = "schedule --env dev --product-tag p --event e --start-at 2099-01-01T00:00:00Z"
+    handle = out(cli(f"""{flags} --repeat '{{"every": 60000}}' --jitter-ms 30000 --json"""))
+    job_id = handle["job_id"]
+    show, times = side_by_side(cli, f"show {job_id}", f"upcoming {job_id} -n 3 --json")
+    assert "every 1 min, jitter 30 s" in show.stdout
+    slot = 4_070_908_800_000  # 2099-01-01T00:00:00Z
+    expected = [slot + k * 60_000 + offset_ms(f"{job_id}:{slot + k * 60_000}", 30_000) for k in range(3)]
+    assert out(times) == [t.isoformat() for t in ductape.job.upcoming(job_id, 3)]
+    assert [round(t.timestamp() * 1000) for t in ductape.job.upcoming(job_id, 3)] == expected
+
+    before = keys_of(r, prefix)
+    minute = f"""{flags} --repeat '{{"every": 60000}}'"""
+    cases = {
+        f"{minute} --jitter-ms 60000": "repeat.jitter_ms: 60000 ms is not below",
+        f"{minute} --jitter-ms -5": "repeat.jitter_ms",
+        f"{minute} --jitter-ms soon": "repeat.jitter_ms",
+        f"{flags} --jitter-ms 500": "give --repeat as well",
+        f"""{flags} --repeat '{{"every": 60000, "jitter_ms": 5}}' --jitter-ms 5""": "given twice",
+    }
+    for words, done in zip(cases.values(), side_by_side(cli, *cases), strict=True):
+        failed_with(done, 2, words)
+    assert keys_of(r, prefix) == before
