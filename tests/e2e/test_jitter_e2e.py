@@ -4,12 +4,14 @@ jittered run once, at or after the time upcoming() showed; the CLI's --jitter-ms
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import pytest
 import redis
 
 from ductape_jobs import Ductape, JobStatus, Settings
 from ductape_jobs.jitter import offset_ms
+from ductape_jobs.keys import Keys
 from tests.e2e.test_beat import SHORT_LOCK, all_done, client, env_prefix, executions, lock_holder
 from tests.e2e.test_cli import cli, failed_with, keys_of, out, side_by_side
 from tests.support import Processes, wait_for
@@ -52,25 +54,28 @@ def test_jittered_runs_start_at_their_shown_times_once_each_across_a_beat_takeov
 
 
 def test_cli_jitter_flag(cli, ductape: Ductape, r: redis.Redis, prefix: str):
-    flags = "schedule --env dev --product-tag p --event e --start-at 2099-01-01T00:00:00Z"
-    handle = out(cli(f"""{flags} --repeat '{{"every": 60000}}' --jitter-ms 30000 --json"""))
+    # The README's line, as shown there.
+    handle = out(
+        cli("""schedule --env prd --product-tag inventory --event sync \
+                 --repeat '{"every": 3600000}' --jitter-ms 600000 --json""")
+    )  # fmt: skip
     job_id = handle["job_id"]
-    show, times = side_by_side(cli, f"show {job_id}", f"upcoming {job_id} -n 3 --json")
-    assert "every 1 min, jitter 30 s" in show.stdout
-    slot = 4_070_908_800_000  # 2099-01-01T00:00:00Z
-    expected = [slot + k * 60_000 + offset_ms(f"{job_id}:{slot + k * 60_000}", 30_000) for k in range(3)]
-    assert out(times) == [t.isoformat() for t in ductape.job.upcoming(job_id, 3)]
-    assert [round(t.timestamp() * 1000) for t in ductape.job.upcoming(job_id, 3)] == expected
-
     before = keys_of(r, prefix)
+    flags = "schedule --env dev --product-tag p --event e"
     minute = f"""{flags} --repeat '{{"every": 60000}}'"""
-    cases = {
+    refused = {
         f"{minute} --jitter-ms 60000": "repeat.jitter_ms: 60000 ms is not below",
-        f"{minute} --jitter-ms -5": "repeat.jitter_ms",
-        f"{minute} --jitter-ms soon": "repeat.jitter_ms",
         f"{flags} --jitter-ms 500": "give --repeat as well",
         f"""{flags} --repeat '{{"every": 60000, "jitter_ms": 5}}' --jitter-ms 5""": "given twice",
     }
-    for words, done in zip(cases.values(), side_by_side(cli, *cases), strict=True):
-        failed_with(done, 2, words)
-    assert keys_of(r, prefix) == before
+    show, times, *done = side_by_side(cli, f"show {job_id}", f"upcoming {job_id} -n 3 --json", *refused)
+    for words, one in zip(refused.values(), done, strict=True):
+        failed_with(one, 2, words)
+    assert keys_of(r, prefix) == before  # the refusals wrote nothing
+
+    assert "every 1 h, jitter 10 min" in show.stdout
+    anchor = int(r.hget(Keys(prefix).job(job_id), "anchor_ms") or 0)
+    slots = [anchor + k * 3_600_000 for k in range(3)]
+    expected = [s + offset_ms(f"{job_id}:{s}", 600_000) for s in slots]
+    assert [round(datetime.fromisoformat(t).timestamp() * 1000) for t in out(times)] == expected
+    assert out(times) == [t.isoformat() for t in ductape.job.upcoming(job_id, 3)]

@@ -72,6 +72,7 @@ wild_repeats = st.fixed_dictionaries(
         "tz": st.sampled_from(ZONES) | st.text(max_size=6),
         "misfire": st.sampled_from(["skip", "run_all", "later"]),
         "catchup_ms": numbers | st.integers(0, 10**14),
+        "jitter_ms": numbers | st.integers(0, 10**14),
     },
 )
 # Rules near and at the documented bounds (models.MAX_INT, the year 9999).
@@ -91,6 +92,7 @@ bounds = st.fixed_dictionaries(
         "endDate": st.integers(2_000_000_000_000, LAST_MS) | st.just(LAST_MS),
         "misfire": st.sampled_from(["skip", "run_all"]),
         "catchup_ms": st.integers(0, MAX_INT + 1) | st.just(MAX_INT),
+        "jitter_ms": st.integers(0, 999),  # below every period DUCTAPE_MIN_EVERY_MS allows
     },
 )
 repeats = st.one_of(
