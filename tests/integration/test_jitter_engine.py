@@ -19,12 +19,12 @@ from tests.integration.test_beat_engine import (
     T0,
     celery_app,
     client,
-    due_members,
     engine_for,
     job_state,
     schedule,
     store,
 )
+from tests.integration.test_beat_engine import due_members as due_index
 
 __all__ = ["celery_app", "client", "store"]  # fixtures, imported for pytest
 
@@ -44,7 +44,7 @@ def test_runs_fall_due_at_slot_plus_offset_keep_slot_ids_and_a_second_beat_agree
     job_id = schedule(store, settings, T0, start_at=start, repeat={**EVERY, "limit": 5})
     slots = [start + k * MIN for k in range(5)]
     dues = [slot + offset_ms(f"{job_id}:{slot}", JITTER) for slot in slots]
-    assert due_members(store) == {f"j:{job_id}": dues[0]}
+    assert due_index(store) == {f"j:{job_id}": dues[0]}
     assert int(job_state(store, job_id)["anchor_ms"]) == start  # the phase stays on the slots
     # upcoming() shows the jittered times, from either client, before anything ran.
     shown = [round(t.timestamp() * 1000) for t in ductape.job.upcoming(job_id, 10)]
