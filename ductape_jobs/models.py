@@ -18,7 +18,7 @@ import json
 import math
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -147,25 +147,8 @@ class Repeat(_Frozen):
             )
         if self.tz is not None and self.cron is None:
             raise ValueError("'tz' applies to 'cron' only; drop it or use a cron rule")
-        self._check_jitter()
+        timing.check_jitter(self.jitter_ms, self.every, self.cron)
         return self
-
-    def _check_jitter(self) -> None:
-        """Jitter stays below the period, so that runs keep their order and each due time maps
-        back to one slot."""
-        if self.jitter_ms == 0:
-            return
-        if self.every is not None:
-            period, what = self.every, f"the interval (every: {self.every})"
-        else:
-            period = timing.cron_min_gap_ms(cast(str, self.cron))
-            what = f"the shortest gap between two runs of {self.cron!r} ({period} ms)"
-        if self.jitter_ms >= period:
-            raise JobValidationError(
-                "repeat.jitter_ms",
-                f"{self.jitter_ms} ms is not below {what}; jitter must be shorter than the period "
-                "so that runs keep their order: give a smaller jitter_ms",
-            )
 
     @property
     def is_empty(self) -> bool:

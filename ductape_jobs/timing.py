@@ -309,6 +309,25 @@ class Rule:
             raise JobValidationError("repeat.catchup_ms", f"{shown(self.catchup_ms)} must be >= 0")
         if self.jitter_ms < 0:
             raise JobValidationError("repeat.jitter_ms", f"{shown(self.jitter_ms)} must be >= 0")
+        check_jitter(self.jitter_ms, self.every_ms, self.cron)  # also for a rule read back
+
+
+def check_jitter(jitter_ms: int, every_ms: int | None, cron: str | None) -> None:
+    """Jitter stays below the period, so that runs keep their order and each due time maps back
+    to one slot (ductape_jobs.jitter)."""
+    if jitter_ms == 0:
+        return
+    if every_ms is not None:
+        period_ms, what = every_ms, f"the interval (every: {every_ms})"
+    else:
+        period_ms = cron_min_gap_ms(cast(str, cron))
+        what = f"the shortest gap between two runs of {cron!r} ({period_ms} ms)"
+    if jitter_ms >= period_ms:
+        raise JobValidationError(
+            "repeat.jitter_ms",
+            f"{jitter_ms} ms is not below {what}; jitter must be shorter than the period "
+            "so that runs keep their order: give a smaller jitter_ms",
+        )
 
 
 def _offset(moment: datetime) -> timedelta:

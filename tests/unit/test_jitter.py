@@ -243,3 +243,13 @@ def test_bad_jitter_is_refused_with_a_clear_error(repeat: dict[str, Any], field:
         plan(repeat=repeat)
     assert caught.value.field == field
     assert words in str(caught.value)
+
+
+def test_a_stored_rule_with_jitter_past_its_period_is_refused_when_read_back():
+    # A record not written through schedule() (edited, or from a bad build): beat sets it aside
+    # with this reason rather than searching slot after slot for its due time.
+    with pytest.raises(JobValidationError, match="not below the interval"):
+        timing.Rule(every_ms=1_000, jitter_ms=10**12)
+    with pytest.raises(JobValidationError, match="shortest gap"):
+        timing.Rule(cron="*/5 * * * *", jitter_ms=5 * MINUTE)
+    assert timing.Rule(every_ms=1_000, jitter_ms=999).jitter_ms == 999
