@@ -42,8 +42,13 @@ class Spread:
         jitter_ms = self.rule.jitter_ms
         if jitter_ms == 0:
             return slot_ms
-        following_ms = timing.occurrence_after_ms(self.rule, self.anchor_ms, slot_ms)
-        window_ms = jitter_ms if following_ms is None else min(jitter_ms, following_ms - slot_ms)
+        window_ms = jitter_ms
+        # The next slot is at least jitter_ms away (models check the period), unless a clock
+        # change between brings a zoned cron's next slot closer: only then is it looked up.
+        if self.rule.cron is not None and timing.clock_changes(self.rule.tz, slot_ms, slot_ms + jitter_ms):
+            following_ms = timing.occurrence_after_ms(self.rule, self.anchor_ms, slot_ms)
+            if following_ms is not None:
+                window_ms = min(jitter_ms, following_ms - slot_ms)
         at_ms = slot_ms + offset_ms(run_id_for(self.job_id, slot_ms), window_ms)
         if self.rule.end_ms is not None and slot_ms <= self.rule.end_ms:
             at_ms = min(at_ms, self.rule.end_ms)

@@ -398,6 +398,14 @@ def _next_run_s(cron: _Cron, zone: ZoneInfo, after_s: int) -> int:
                 return run_s if best is None else min(run_s, best)
 
 
+def clock_changes(tz: str, from_ms: int, to_ms: int) -> bool:
+    """Whether the zone's UTC offset differs between the two instants (a DST change between)."""
+    if tz == "UTC":
+        return False
+    zone = parse_zone(tz)
+    return _offset_s(zone, from_ms // 1000) != _offset_s(zone, min(to_ms, MAX_MS) // 1000)
+
+
 def cron_next_ms(expr: str, tz: str, after_ms: int, *, inclusive: bool = False) -> int | None:
     """First run instant > after_ms (>= when inclusive) of a cron in a zone, DST rules applied."""
     cron = _parse_cron(expr, "repeat.cron")  # a stored rule: validated and normalized already

@@ -253,3 +253,20 @@ def test_a_stored_rule_with_jitter_past_its_period_is_refused_when_read_back():
     with pytest.raises(JobValidationError, match="shortest gap"):
         timing.Rule(cron="*/5 * * * *", jitter_ms=5 * MINUTE)
     assert timing.Rule(every_ms=1_000, jitter_ms=999).jitter_ms == 999
+
+
+@pytest.mark.parametrize("cron", ["30,59 1,2 * * *", "*/30 * * * *", "0 * * * *", "45 1 * * *"])
+@pytest.mark.parametrize("around", ["2030-03-10T07:00:00", "2030-11-03T06:00:00"])  # NY, both ways
+def test_zoned_crons_keep_order_and_map_back_through_clock_changes(cron: str, around: str):
+    r = rule(cron=cron, tz="America/New_York", jitter_ms=timing.cron_min_gap_ms(cron) - 1)
+    start = ms(around) - 2 * DAY
+    first = timing.first_run_ms(r, start, start)
+    assert first is not None
+    slots = timing.upcoming_ms(r, first, first, 0, 1_000)
+    slots = [s for s in slots if s <= ms(around) + 2 * DAY]
+    for job in ("job1", "job2", "job3"):
+        spread = Spread(r, job, first)
+        dues = [spread.due_ms(s) for s in slots]
+        assert dues == sorted(set(dues)), (cron, around, job)
+        assert all(s <= d < nxt for s, d, nxt in zip(slots, dues, [*slots[1:], 2**62], strict=True))
+        assert [spread.slot_ms(d) for d in dues] == slots
