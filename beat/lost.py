@@ -21,7 +21,7 @@ from ductape_jobs.wire import Message, MessageBuilder
 
 log = logging.getLogger("beat")
 
-FINISHED = ("completed", "failed", "skipped")
+FINISHED = ("completed", "failed", "skipped", "cancelled")
 LOST_AFTER_MAX_MS = 60_000  # never wait longer than this to look at a run that has not moved
 
 

@@ -18,6 +18,7 @@ from ductape_jobs.errors import (
     JobValidationError,
     RecordUnreadableError,
     RetiredKeyError,
+    RunCancelledError,
     SessionError,
     UnknownEventError,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "RecordUnreadableError",
     "Repeat",
     "RetiredKeyError",
+    "RunCancelledError",
     "RunContext",
     "RunRecord",
     "RunStatus",

@@ -7,6 +7,7 @@ connections belong to that loop) and ``await aclose()`` it, or use ``async with`
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, Unpack
 
@@ -15,7 +16,7 @@ import redis.asyncio as aredis
 from ductape_jobs.astore import AsyncStore
 from ductape_jobs.flows import ClientCore, JobFilter, Request, Runs, SetAsides, Times
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobRecord, JobRequest, ScheduleHandle
+from ductape_jobs.models import JobRecord, JobRequest, RunRecord, ScheduleHandle
 from ductape_jobs.records import JobList
 from ductape_jobs.settings import Settings
 
@@ -70,6 +71,7 @@ class AsyncJobClient:
     def __init__(self, owner: AsyncDuctape) -> None:
         self._flows = owner.flows
         self._run = owner.store.run
+        self._revoke = owner.revoke
 
     async def schedule(self, request: Request | None = None, /, **fields: Any) -> ScheduleHandle:
         """Awaitable ``JobClient.schedule``: validate, store and (when due) hand a job to Celery."""
@@ -107,9 +109,17 @@ class AsyncJobClient:
         """Awaitable ``JobClient.upcoming``: the next n run times."""
         return await self._run(self._flows.upcoming(job_id, n))
 
-    async def cancel(self, job_id: str) -> JobRecord:
-        """Awaitable ``JobClient.cancel``: no further runs."""
-        return await self._run(self._flows.cancel(job_id))
+    async def cancel(self, job_id: str, *, terminate: bool = False) -> JobRecord:
+        """Awaitable ``JobClient.cancel``: no further runs; running runs cancelled."""
+        job, revoke = await self._run(self._flows.cancel(job_id, terminate))
+        await asyncio.to_thread(self._revoke, revoke)  # Celery's broadcast is blocking I/O
+        return job
+
+    async def cancel_run(self, run_id: str, *, terminate: bool = False) -> RunRecord:
+        """Awaitable ``JobClient.cancel_run``: stop one run, its schedule going on."""
+        run, revoke = await self._run(self._flows.cancel_run(run_id, terminate))
+        await asyncio.to_thread(self._revoke, revoke)
+        return run
 
     async def pause(self, job_id: str) -> JobRecord:
         """Awaitable ``JobClient.pause``: hold a scheduled job."""

@@ -1,6 +1,7 @@
 """Calling a handler within its job's timeout: a sync handler under a timer signal, an ``async def``
 handler awaited on its thread's own event loop. Either way the timeout raises ``JobTimeoutError``
-inside the handler, a failed attempt like any other."""
+inside the handler, a failed attempt like any other. A cancel reaches an async handler at its
+next ``await`` as ``RunCancelledError`` (a sync one sees it through ``ctx.cancelled()``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from ductape_jobs.errors import JobTimeoutError
+from ductape_jobs.errors import JobTimeoutError, RunCancelledError
 from ductape_jobs.registry import Handler, RunContext
 
 _local = threading.local()
@@ -23,7 +24,7 @@ _local = threading.local()
 def call_handler(handler: Handler, given: dict[str, Any], ctx: RunContext, timeout_s: int) -> Any:
     """``handler(given, ctx)``, awaited when it is ``async def``, interrupted after ``timeout_s``."""
     if handler.is_async:
-        return _loop().run(_awaited(handler(given, ctx), timeout_s))
+        return _loop().run(_awaited(handler(given, ctx), timeout_s, ctx))
     with _alarm(timeout_s):
         return handler(given, ctx)
 
@@ -34,8 +35,12 @@ def _timed_out(timeout_s: int) -> JobTimeoutError:
     )
 
 
-async def _awaited(coro: Coroutine[Any, Any, Any], timeout_s: int) -> Any:
+async def _awaited(coro: Coroutine[Any, Any, Any], timeout_s: int, ctx: RunContext) -> Any:
     scope = asyncio.timeout(timeout_s)
+    task, loop = asyncio.current_task(), asyncio.get_running_loop()
+    assert task is not None
+    # The cancel signal is set on the heartbeat's thread: the task is cancelled on its own loop.
+    forget = ctx.cancel_signal.on_set(lambda: _cancel_soon(loop, task))
     try:
         async with scope:
             return await coro
@@ -43,6 +48,16 @@ async def _awaited(coro: Coroutine[Any, Any, Any], timeout_s: int) -> Any:
         if scope.expired():
             raise _timed_out(timeout_s) from None
         raise  # the handler's own TimeoutError
+    except asyncio.CancelledError:
+        if ctx.cancelled():
+            raise RunCancelledError(f"run {ctx.run_id} was cancelled") from None
+        raise
+    finally:
+        forget()
+
+
+def _cancel_soon(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    loop.call_soon_threadsafe(task.cancel)
 
 
 def _loop() -> asyncio.Runner:

@@ -14,7 +14,7 @@ import redis
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.flows import ClientCore, JobFilter, Request, Runs, SetAsides, Times, now_ms
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobRecord, JobRequest, ScheduleHandle
+from ductape_jobs.models import JobRecord, JobRequest, RunRecord, ScheduleHandle
 from ductape_jobs.publisher import Publisher
 from ductape_jobs.records import JobList
 from ductape_jobs.settings import Settings
@@ -63,6 +63,7 @@ class JobClient:
     def __init__(self, owner: Ductape) -> None:
         self._flows = owner.flows
         self._run = owner.store.run
+        self._revoke = owner.revoke
 
     def schedule(self, request: Request | None = None, /, **fields: Any) -> ScheduleHandle:
         """Validate, store and (when due) hand a job to Celery; nothing is written if it is refused."""
@@ -101,9 +102,19 @@ class JobClient:
         """The next n run times (aware UTC datetimes), honouring limit, endDate and tz."""
         return self._run(self._flows.upcoming(job_id, n))
 
-    def cancel(self, job_id: str) -> JobRecord:
-        """Stop the job: no further runs; released runs that have not started are skipped."""
-        return self._run(self._flows.cancel(job_id))
+    def cancel(self, job_id: str, *, terminate: bool = False) -> JobRecord:
+        """Stop the job: no further runs; released runs that have not started are skipped; its
+        running runs are cancelled (``terminate``: their worker processes are killed)."""
+        job, revoke = self._run(self._flows.cancel(job_id, terminate))
+        self._revoke(revoke)
+        return job
+
+    def cancel_run(self, run_id: str, *, terminate: bool = False) -> RunRecord:
+        """Stop one run, its schedule going on: ``ctx.cancelled()`` turns True in its handler
+        (``terminate``: its worker process is killed); it ends ``cancelled``, never retried."""
+        run, revoke = self._run(self._flows.cancel_run(run_id, terminate))
+        self._revoke(revoke)
+        return run
 
     def pause(self, job_id: str) -> JobRecord:
         """Hold a scheduled job; runs already handed to workers still run."""

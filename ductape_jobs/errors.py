@@ -64,3 +64,8 @@ def shown(value: object, limit: int = 80) -> str:
 
 class JobTimeoutError(HandlerError, TimeoutError):
     """A handler ran past its job's ``timeout``: the attempt failed and is retried like any other."""
+
+
+class RunCancelledError(DuctapeError):
+    """The run was cancelled (``cancel``, ``cancel_run``): raised in its handler by
+    ``ctx.check_cancelled()``; the run ends ``cancelled`` and is never retried."""

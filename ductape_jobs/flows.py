@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict, cast
 
+from kombu.exceptions import OperationalError
 from pydantic import TypeAdapter
 
 from ductape_jobs import ops
 from ductape_jobs.brief import ARGSREPR_MAX, JobBrief
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.errors import (
+    BackendUnavailableError,
     JobNotFoundError,
     JobStateError,
     JobValidationError,
@@ -64,6 +66,15 @@ class JobFilter(TypedDict, total=False):
     limit: int
 
 
+@dataclass(frozen=True)
+class Revoke:
+    """What a cancel asks of Celery: revoke these run ids (their task ids, wire.py), and with
+    ``terminate`` kill the pool processes running them (SIGTERM)."""
+
+    run_ids: tuple[str, ...] = ()
+    terminate: bool = False
+
+
 def now_ms() -> int:
     """The wall clock in epoch ms; read only at the edges and passed in."""
     return time.time_ns() // 1_000_000
@@ -94,6 +105,20 @@ class ClientCore:
     def _open(self) -> None:
         """Connect to Redis and build ``job``: each client does it its own way."""
         raise NotImplementedError
+
+    def revoke(self, revoke: Revoke) -> None:
+        """Send Celery's revoke for cancelled runs (a broadcast to every worker over the broker):
+        a worker drops a revoked run it has not started and kills the process of one it runs
+        when ``terminate``; each sends ``task-revoked``, which Flower shows."""
+        if not revoke.run_ids:
+            return
+        try:
+            self.celery.control.revoke(list(revoke.run_ids), terminate=revoke.terminate, signal="SIGTERM")
+        except (OperationalError, OSError) as exc:  # kombu's wrap of a broker connection error
+            raise BackendUnavailableError(
+                f"the cancel is recorded, but Celery's revoke of {', '.join(revoke.run_ids)} could not be "
+                f"sent ({type(exc).__name__}); check the broker (REDIS_URL) and cancel again with terminate"
+            ) from None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(key_prefix={self.settings.key_prefix!r})"
@@ -272,9 +297,36 @@ class JobFlows:
 
     # -- managing ---------------------------------------------------------------------------
 
-    def cancel(self, job_id: str) -> Flow[JobRecord]:
-        """Stop the job: no further runs; released runs that have not started are skipped."""
-        return (yield from self._change("cancel", job_id))
+    def cancel(self, job_id: str, terminate: bool = False) -> Flow[tuple[JobRecord, Revoke]]:
+        """Stop the job: no further runs; released runs that have not started are skipped; its
+        running runs are cancelled (``terminate``: their processes are killed, see Revoke)."""
+        retention = self._settings.job_retention_s
+        verdict, status, running = yield from ops.cancel_job(
+            self._keys, job_id, now_ms(), terminate=terminate, job_retention_s=retention
+        )
+        self._refused(verdict, status, job_id, "cancel")
+        job = yield from self.get(job_id)
+        return job, Revoke(tuple(running) if terminate else (), terminate)
+
+    def cancel_run(self, run_id: str, terminate: bool = False) -> Flow[tuple[RunRecord, Revoke]]:
+        """Stop one run, its schedule going on: one not started never starts; a running one's
+        handler sees ``ctx.cancelled()`` (``terminate``: its process is killed). Either ends
+        ``cancelled``, never retried. A finished run is refused (JobStateError)."""
+        retention = self._settings.job_retention_s
+        verdict, status = yield from ops.cancel_run(
+            self._keys, run_id, now_ms(), terminate=terminate, job_retention_s=retention
+        )
+        if verdict == "missing":
+            raise JobNotFoundError(
+                f"no run {run_id!r} under key prefix {self._settings.key_prefix!r}; a run exists once it is "
+                "released (see 'runs'); to stop runs not yet released, cancel or pause the job"
+            )
+        if verdict == "refused":
+            raise JobStateError(f"cannot cancel run {run_id}: it already finished ({status})")
+        [run] = yield from ops.get_runs(self._keys, [run_id])
+        if status == "running":
+            return run, Revoke((run_id,), True) if terminate else Revoke()
+        return run, Revoke((run_id,))  # not started: workers holding its message drop it
 
     def pause(self, job_id: str) -> Flow[JobRecord]:
         """Hold a scheduled job; runs already handed to workers still run."""

@@ -4,6 +4,10 @@ A started run is held against other deliveries for ``run_lease_s`` (BEGIN_RUN); 
 renews it every third of that while the run's process lives, so a run alive for hours is never
 started twice, and a run whose process died is free again once one lease has passed.
 
+Its reply also says when a run was cancelled (``cancel``/``cancel_run``): the run's cancel signal
+is set, so the handler's ``ctx.cancelled()`` turns True within ``CANCEL_CHECK_S`` with no polling
+of its own. Leases are renewed that often at least, however long they are.
+
 It also confirms completions sent without waiting (``Store.finish_run(wait=False)``): their
 reply is read before the process's next run, so a process left idle would never learn that
 Redis restarted before taking one; after ``CONFIRM_AFTER_S`` unread, the heartbeat writes it again.
@@ -22,6 +26,7 @@ from ductape_jobs.errors import BackendUnavailableError
 
 log = logging.getLogger("ductape_jobs.heartbeat")
 CONFIRM_AFTER_S = 1.0
+CANCEL_CHECK_S = 2.0  # the longest a running handler waits to learn of a cancel (one RENEW_RUN each)
 
 
 class Leases(Protocol):
@@ -39,18 +44,20 @@ class Heartbeat:
         self.store = store
         self.lease_ms = lease_ms
         self.clock_ms = clock_ms
-        self.every_s = max(lease_ms / 3000, 0.05)
+        self.every_s = max(min(lease_ms / 3000, CANCEL_CHECK_S), 0.05)
         self.tick_s = min(self.every_s, CONFIRM_AFTER_S / 2)
-        self._held: dict[str, str] = {}  # run_id -> owner (the delivery that started it)
+        # run_id -> (owner: the delivery that started it, what to call when it is cancelled)
+        self._held: dict[str, tuple[str, Callable[[], None]]] = {}
         # run_id -> (when to look, still unread?, write it again)
         self._unconfirmed: dict[str, tuple[float, Callable[[], bool], Callable[[], object]]] = {}
         self._lock = threading.Lock()
         self._pid = 0
 
-    def hold(self, run_id: str, owner: str) -> None:
-        """Keep ``run_id`` leased to ``owner`` until ``release``."""
+    def hold(self, run_id: str, owner: str, on_cancel: Callable[[], None] = lambda: None) -> None:
+        """Keep ``run_id`` leased to ``owner`` until ``release``; call ``on_cancel`` (from this
+        thread, on each renewal after it) once the run is cancelled."""
         with self._lock:
-            self._held[run_id] = owner
+            self._held[run_id] = (owner, on_cancel)
             self._start()
 
     def confirm(self, run_id: str, unread: Callable[[], bool], write: Callable[[], object]) -> None:
@@ -83,10 +90,13 @@ class Heartbeat:
         not ours any more is let go."""
         with self._lock:
             held = list(self._held.items())
-        for run_id, owner in held:
+        for run_id, (owner, on_cancel) in held:
             try:
-                if not self.store.renew_run(run_id, owner, self.clock_ms(), self.lease_ms):
+                renewed = self.store.renew_run(run_id, owner, self.clock_ms(), self.lease_ms)
+                if renewed == "lost":
                     self.release(run_id)  # another delivery owns it now, or it is gone
+                elif renewed == "cancelled":
+                    on_cancel()
             except BackendUnavailableError:
                 log.warning("could not renew the lease of run %s; Redis is unreachable", run_id)
             except Exception:  # the heartbeat must outlive any one failure

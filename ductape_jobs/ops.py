@@ -35,6 +35,7 @@ SCRIPT_NAMES = (
     "RENEW_RUN",
     "LOSE_RUN",
     "CHANGE_STATE",
+    "CANCEL_RUN",
     "ADD_RUN",
     "RESEND_RUN",
     "ACQUIRE_LOCK",
@@ -267,9 +268,47 @@ def change_state(
 ) -> Flow[tuple[str, str | None]]:
     """Cancel, pause or resume atomically; returns ('ok'|'refused'|'missing', status).
     A job this finishes leaves after ``job_retention_s``."""
-    args = [action, job_id, now_ms, opt(next_ms), runs_done, keys.prefix, job_retention_s]
-    touched = [keys.job(job_id), keys.due, keys.set_aside]
-    return verdict((yield from one(Eval("CHANGE_STATE", touched, args))))
+    got = yield from one(_change_state(keys, action, job_id, now_ms, next_ms, runs_done, job_retention_s))
+    return ("ok", None) if text(got[0]) == "ok" else verdict(got)
+
+
+def cancel_job(
+    keys: Keys, job_id: str, now_ms: int, *, terminate: bool, job_retention_s: int
+) -> Flow[tuple[str, str | None, list[str]]]:
+    """Cancel a job and its running runs (``terminate``: they end at once; see scripts._CANCEL);
+    ('ok'|'refused'|'missing', status, the running runs' ids, for Celery's revoke)."""
+    call = _change_state(keys, "cancel", job_id, now_ms, None, 0, job_retention_s, terminate)
+    got = yield from one(call)
+    if text(got[0]) != "ok":
+        return (*verdict(got), [])
+    return "ok", None, [text(run_id) for run_id in got[1:]]
+
+
+def _change_state(
+    keys: Keys,
+    action: str,
+    job_id: str,
+    now_ms: int,
+    next_ms: int | None,
+    runs_done: int,
+    job_retention_s: int,
+    terminate: bool = False,
+) -> Eval:
+    args = [action, job_id, now_ms, opt(next_ms), runs_done, keys.prefix, job_retention_s, _flag(terminate)]
+    return Eval("CHANGE_STATE", [keys.job(job_id), keys.due, keys.set_aside], args)
+
+
+def cancel_run(
+    keys: Keys, run_id: str, now_ms: int, *, terminate: bool, job_retention_s: int
+) -> Flow[tuple[str, str | None]]:
+    """Cancel one run (scripts.CANCEL_RUN): ('ok', the status it had) | ('refused', its finished
+    status) | ('missing', None)."""
+    args = [keys.prefix, run_id, now_ms, _flag(terminate), job_retention_s]
+    return verdict((yield from one(Eval("CANCEL_RUN", [keys.run(run_id)], args))))
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else ""
 
 
 def add_run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,10 +13,48 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ductape_jobs.errors import JobValidationError
+from ductape_jobs.errors import JobValidationError, RunCancelledError
 from ductape_jobs.models import SLUG, SLUG_FIX, check_task_namespace, ms_to_datetime, task_name
 
 HandlerFn = Callable[..., Any]
+
+
+class CancelSignal:
+    """Whether a run was cancelled: set from the worker's heartbeat thread (RENEW_RUN's reply),
+    read by the handler through its ``RunContext``; callbacks let an async handler be interrupted."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        """Mark the run cancelled and call the callbacks (once)."""
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def is_set(self) -> bool:
+        """Whether the run was cancelled."""
+        return self._event.is_set()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when the run is cancelled (now, if it is); returns its remover."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._forget(callback)
+        callback()
+        return lambda: None
+
+    def _forget(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
 
 
 @dataclass(frozen=True)
@@ -31,6 +70,17 @@ class RunContext:
     app: str | None
     scheduled_ms: int
     max_attempts: int
+    cancel_signal: CancelSignal = field(default_factory=CancelSignal, repr=False, compare=False)
+
+    def cancelled(self) -> bool:
+        """Whether the run was cancelled (``cancel``/``cancel_run``); the worker learns it within
+        a heartbeat (``heartbeat.CANCEL_CHECK_S``)."""
+        return self.cancel_signal.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise ``RunCancelledError`` when the run was cancelled: call it between steps of work."""
+        if self.cancelled():
+            raise RunCancelledError(f"run {self.run_id} was cancelled")
 
     @property
     def scheduled_at(self) -> datetime:

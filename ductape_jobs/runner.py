@@ -24,12 +24,12 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ductape_jobs.calling import call_handler
-from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError
+from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError, RunCancelledError
 from ductape_jobs.heartbeat import Heartbeat, Leases
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobSpec, job_id_of
 from ductape_jobs.records import Started
-from ductape_jobs.registry import Registry, RunContext
+from ductape_jobs.registry import CancelSignal, Registry, RunContext
 from ductape_jobs.scrub import Scrubber
 from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions
@@ -51,7 +51,8 @@ def owner_prefix(pid: int) -> str:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one delivery: ``completed``, ``retry``, ``failed``, ``skipped`` or ``busy``."""
+    """What became of one delivery: ``completed``, ``retry``, ``failed``, ``cancelled``, ``skipped``
+    or ``busy``."""
 
     kind: str
     result: Any = None
@@ -165,13 +166,14 @@ class Runner:
             return Outcome("busy", retry_in_s=min(started.wait_ms / 1000, self.settings.horizon_ms / 1000))
         if started.verdict != "run" or started.spec is None:
             return Outcome("skipped")
-        self.heartbeat.hold(run_id, owner)
+        cancel = CancelSignal()
+        self.heartbeat.hold(run_id, owner, cancel.set)
         try:
-            return self._run(run_id, job_id, started)
+            return self._run(run_id, job_id, started, cancel)
         finally:
             self.heartbeat.release(run_id)
 
-    def _run(self, run_id: str, job_id: str, started: Started) -> Outcome:
+    def _run(self, run_id: str, job_id: str, started: Started, cancel: CancelSignal) -> Outcome:
         assert started.spec is not None
         spec, attempt = started.spec, started.attempt
         handler = self.registry.get(spec.product_tag, spec.event)
@@ -185,6 +187,7 @@ class Runner:
             app=spec.app,
             scheduled_ms=started.nominal_ms,
             max_attempts=spec.retries + 1,
+            cancel_signal=cancel,
         )
         cache_key = self._cache_key(spec)
         if cache_key is not None:
@@ -201,11 +204,15 @@ class Runner:
             hidden = opened.hidden
             result = call_handler(handler, opened.input, ctx, self.settings.timeout_s(spec))
             result_json = self.vault.seal_result(spec, json.dumps(_plain(result), default=str))
+        except RunCancelledError as exc:
+            return self._cancelled(ctx, _error_text(exc, hidden))
         except RetiredKeyError as exc:  # sealed under a key that left the ring: no run can open it
             return self._set_aside(ctx, f"{type(exc).__name__}: {exc}")
         except ValidationError as exc:  # the input does not fit the handler's model: retrying won't help
             return self._fail(ctx, _error_text(exc, hidden), _trace(hidden), retryable=False)
         except Exception as exc:  # noqa: BLE001 - any handler failure is recorded, never lost
+            if ctx.cancelled():  # what a cancelled handler raised on its way out: never retried
+                return self._cancelled(ctx, _error_text(exc, hidden))
             return self._fail(ctx, _error_text(exc, hidden), _trace(hidden), retryable=True)
         self._finish(ctx, "completed", result_json=result_json)
         if cache_key is not None:
@@ -229,6 +236,13 @@ class Runner:
         log.warning("run %s failed after %d attempt(s): %s", ctx.run_id, ctx.attempt, error)
         self._finish(ctx, "failed", error=error, trace=trace)
         return Outcome("failed", error=error)
+
+    def _cancelled(self, ctx: RunContext, error: str) -> Outcome:
+        # FINISH_RUN also ends a flagged run 'cancelled' whatever outcome it is sent, so a cancel
+        # the heartbeat had not yet seen when the handler failed is not retried either.
+        log.info("run %s was cancelled", ctx.run_id)
+        self._finish(ctx, "cancelled", error=error)
+        return Outcome("cancelled", error=error)
 
     def _set_aside(self, ctx: RunContext, reason: str) -> Outcome:
         outcome = self._fail(ctx, reason, "", retryable=False)

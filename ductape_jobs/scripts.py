@@ -80,7 +80,7 @@ local function trim_runs(prefix, runs, kept)
     local status = redis.call('HGET', run, 'status')
     if status == 'failed' then
       redis.call('ZREM', runs, run_id)
-    elseif not status or status == 'completed' or status == 'skipped' then
+    elseif not status or status == 'completed' or status == 'skipped' or status == 'cancelled' then
       redis.call('DEL', run)
       redis.call('ZREM', runs, run_id)
     end
@@ -127,6 +127,39 @@ local function run_vanished(prefix, run_id, now, job_ttl, dead_ttl, counter)
     retire(prefix, id, job_ttl, now)
   end
   return 1
+end
+"""
+
+# Cancelling a run (issue 14), shared by CANCEL_RUN, CHANGE_STATE and the worker's scripts; needs
+# _LIFECYCLE. A run not started yet (queued, or retrying: its retry parked in the due index or
+# sent by Celery later) ends 'cancelled' at once, so BEGIN_RUN never starts it. A running one is
+# flagged ('cancel' on its hash): its heartbeat's RENEW_RUN tells the handler, and whatever ends
+# the attempt (FINISH_RUN, LOSE_RUN, BEGIN_RUN after a lapsed lease) ends it 'cancelled', never
+# retried nor dead-lettered. With `terminate` (the caller kills its process through Celery's
+# revoke) it ends at once. A one-off's own run ends its job 'cancelled'; a schedule goes on.
+_CANCEL = """
+local function end_cancelled(prefix, run, run_id, now, why, job_ttl)
+  redis.call('HSET', run, 'status', 'cancelled', 'finished_ms', now, 'error', why)
+  redis.call('HDEL', run, 'lease_ms')  -- 'owner' stays: RENEW_RUN still tells a live handler
+  redis.call('ZREM', prefix .. ':due', 'r:' .. run_id)
+  redis.call('ZREM', prefix .. ':inflight', run_id)
+  local id = job_of(run_id)
+  local job = prefix .. ':job:' .. id
+  if one_off_of(job, run) then
+    redis.call('HSET', job, 'status', 'cancelled', 'next_run_ms', '', 'updated_ms', now)
+    redis.call('ZREM', prefix .. ':due', 'j:' .. id)
+    retire(prefix, id, job_ttl, now)
+  end
+end
+-- Returns the status the run had (false when it has no record).
+local function cancel_one(prefix, run_id, now, terminate, why, job_ttl)
+  local run = prefix .. ':run:' .. run_id
+  local status = redis.call('HGET', run, 'status')
+  if status == 'running' then redis.call('HSET', run, 'cancel', '1') end
+  if status == 'queued' or status == 'retrying' or (status == 'running' and terminate) then
+    end_cancelled(prefix, run, run_id, now, why, job_ttl)
+  end
+  return status
 end
 """
 
@@ -338,14 +371,16 @@ end
 # (its lease, renewed by that delivery's heartbeat, has not run out). ``owner`` names this
 # delivery (host:pid:nonce): asking again with the same owner (a lost reply) starts nothing new.
 # A run still 'running' with its lease run out lost its attempt (_LOSE_ATTEMPT).
+# A cancelled run is done; one cancelled while its lapsed attempt ran ends 'cancelled' (_CANCEL).
 # KEYS: run, job, inflight, dead
 # ARGV: now_ms, lease_ms, run_id, owner, prefix, job_retention_s, dead_retention_s
 # Returns {'run', attempts, spec, nominal_ms, manual} | {'done'} | {'skip'} | {'gone'} | {'busy', wait_ms}
 BEGIN_RUN = (
     _LOSE_ATTEMPT
+    + _CANCEL
     + """
 local run = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'started_ms', 'nominal_ms', 'manual',
-  'lease_ms', 'owner')
+  'lease_ms', 'owner', 'cancel')
 local job = redis.call('HMGET', KEYS[2], 'status', 'spec', 'recurring')
 if not run[1] or not job[2] then
   local was_out = redis.call('ZREM', KEYS[3], ARGV[3]) == 1
@@ -355,7 +390,7 @@ if not run[1] or not job[2] then
   return {'skip'}
 end
 local status, now, lease = run[1], tonumber(ARGV[1]), tonumber(ARGV[2])
-if status == 'completed' or status == 'failed' or status == 'skipped' then
+if status == 'completed' or status == 'failed' or status == 'skipped' or status == 'cancelled' then
   redis.call('ZREM', KEYS[3], ARGV[3])
   return {'done'}
 end
@@ -363,6 +398,10 @@ if status == 'running' then
   if run[7] == ARGV[4] then return {'run', tonumber(run[2]), job[2], run[4], run[5] or ''} end
   local held_until = tonumber(run[6] or '') or tonumber(run[3]) + lease
   if held_until > now then return {'busy', tostring(held_until - now)} end
+  if run[8] == '1' then  -- cancelled while that attempt ran: no further attempt
+    end_cancelled(ARGV[5], KEYS[1], ARGV[3], now, 'cancelled; its worker was lost', ARGV[6])
+    return {'done'}
+  end
   local attempts, lifecycle = tonumber(run[2]), {ARGV[5], ARGV[6], ARGV[7]}
   if lose_attempt(KEYS[1], KEYS[2], KEYS[4], KEYS[3], ARGV[3], job[2], attempts, 'worker lost', now,
       lifecycle) then
@@ -388,15 +427,19 @@ return {'run', attempts, job[2], run[4], run[5] or ''}
 )
 
 # Worker: the heartbeat of a running attempt renews its lease and marks it moved (beat's
-# lost-run sweep only looks at runs that have not moved for a while).
+# lost-run sweep only looks at runs that have not moved for a while). Its reply also carries a
+# cancel (_CANCEL), so a handler learns of it with no polling of its own.
 # KEYS: run, inflight   ARGV: owner, now_ms, lease_ms, run_id
-# Returns 1 while the attempt is still this delivery's, else 0.
+# Returns 1 while the attempt is still this delivery's, 2 when it is and was cancelled (running
+# and flagged, or already ended 'cancelled' by a terminating cancel), else 0.
 RENEW_RUN = """
-local st = redis.call('HMGET', KEYS[1], 'status', 'owner')
-if st[1] ~= 'running' or st[2] ~= ARGV[1] then return 0 end
+local st = redis.call('HMGET', KEYS[1], 'status', 'owner', 'cancel')
+if st[2] ~= ARGV[1] then return 0 end
+if st[1] == 'cancelled' then return 2 end
+if st[1] ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'lease_ms', tonumber(ARGV[2]) + tonumber(ARGV[3]))
 redis.call('ZADD', KEYS[2], 'XX', ARGV[2], ARGV[4])
-return 1
+return st[3] == '1' and 2 or 1
 """
 
 # Worker (main process): the pool process running a run died or was killed at the hard time
@@ -404,15 +447,21 @@ return 1
 # delivery Celery puts back on the queue, instead of waiting for its lease to run out.
 # KEYS: run, job, dead, inflight
 # ARGV: run_id, owner_prefix (host:pid:), reason, now_ms, prefix, job_retention_s, dead_retention_s
-# Returns 'dead', 'retry', or 'moved' (the run is no longer that process's attempt).
+# A run cancelled while that attempt ran ends 'cancelled' instead (_CANCEL): no further attempt.
+# Returns 'dead', 'retry', 'cancelled', or 'moved' (the run is no longer that process's attempt).
 LOSE_RUN = (
     _LOSE_ATTEMPT
+    + _CANCEL
     + """
 local run = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'owner')
 local spec = redis.call('HGET', KEYS[2], 'spec')
 local prefix, now = ARGV[2], ARGV[4]
 if run[1] ~= 'running' or string.sub(run[3] or '', 1, #prefix) ~= prefix or not spec then
   return 'moved'
+end
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then
+  end_cancelled(ARGV[5], KEYS[1], ARGV[1], now, 'cancelled; ' .. ARGV[3], ARGV[6])
+  return 'cancelled'
 end
 local lifecycle = {ARGV[5], ARGV[6], ARGV[7]}
 if lose_attempt(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], spec, tonumber(run[2]), ARGV[3], now,
@@ -428,12 +477,15 @@ return 'retry'
 )
 
 # Worker: record the outcome of one attempt, fenced by the attempt number.
+# A run flagged cancelled ends 'cancelled' unless it completed: never retried nor dead-lettered,
+# whatever its handler raised once cancelled (_CANCEL).
 # KEYS: run, job, due, dead, inflight
-# ARGV: attempt, now_ms, outcome ('completed' | 'retry' | 'retry_due' | 'failed'),
+# ARGV: attempt, now_ms, outcome ('completed' | 'retry' | 'retry_due' | 'failed' | 'cancelled'),
 #       result_json, error, traceback, cached, retention_s, due_ms, run_id,
 #       prefix, job_retention_s, dead_retention_s
 FINISH_RUN = (
     _LIFECYCLE
+    + _CANCEL
     + """
 if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
 local now, outcome = ARGV[2], ARGV[3]
@@ -448,7 +500,8 @@ end
 if redis.call('EXISTS', KEYS[2]) == 0 then
   -- The job left while this run was out (its retention passed): the outcome goes on the run
   -- alone, or the writes below would bring back a job record without its spec.
-  redis.call('HSET', KEYS[1], 'status', outcome == 'completed' and 'completed' or 'failed',
+  local ended = (outcome == 'completed' or outcome == 'cancelled') and outcome or 'failed'
+  redis.call('HSET', KEYS[1], 'status', ended,
     'finished_ms', now, 'error', ARGV[5])
   redis.call('EXPIRE', KEYS[1], ARGV[8])
   redis.call('ZREM', KEYS[5], ARGV[10])
@@ -458,6 +511,10 @@ end
 -- retry then finds the job cancelled and is skipped: the cancel is never undone).
 local one_off = one_off_of(KEYS[2], KEYS[1])
 redis.call('HSET', KEYS[2], 'last_run_id', ARGV[10], 'updated_ms', now)
+if outcome ~= 'completed' and redis.call('HGET', KEYS[1], 'cancel') == '1' then
+  end_cancelled(ARGV[11], KEYS[1], ARGV[10], now, ARGV[5] ~= '' and ARGV[5] or 'cancelled', ARGV[12])
+  return 1
+end
 if outcome == 'completed' then
   redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_ms', now, 'result', ARGV[4],
     'cached', ARGV[7])
@@ -496,15 +553,21 @@ return 1
 # cancel it instead): pausing it would leave the retry entry to undo the pause.
 # A job set aside is listed in the set-aside index (as CLAIM_DUE lists those beat sets aside),
 # a one-off too, whose failed run already made it 'failed'.
+# A cancel also cancels the job's running runs (_CANCEL; `terminate`: they end at once, their
+# processes are being killed) and returns their ids for Celery's revoke; runs not started yet
+# are skipped by BEGIN_RUN as before.
 # KEYS: job, due, set_aside
-# ARGV: action, job_id, now_ms, next_ms (resume), expected_runs_done (resume), prefix, job_retention_s
-# Returns {'ok'}, {'refused', current_status} or {'missing'}
+# ARGV: action, job_id, now_ms, next_ms (resume), expected_runs_done (resume), prefix, job_retention_s,
+#       terminate ('1' | '', cancel)
+# Returns {'ok', running run ids (cancel)...}, {'refused', current_status} or {'missing'}
 CHANGE_STATE = (
     _LIFECYCLE
+    + _CANCEL
     + """
 local st = redis.call('HMGET', KEYS[1], 'status', 'fp', 'runs_done', 'recurring')
 if not st[1] then return {'missing'} end
 local action, member, now = ARGV[1], 'j:' .. ARGV[2], ARGV[3]
+local running = {'ok'}
 if action == 'set_aside' and st[1] ~= 'completed' and st[1] ~= 'cancelled' then
   redis.call('ZADD', KEYS[3], now, ARGV[2])
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -1001)  -- the newest 1,000 are listed
@@ -516,6 +579,14 @@ if action == 'cancel' or action == 'set_aside' then
   local status = action == 'cancel' and 'cancelled' or 'failed'
   redis.call('HSET', KEYS[1], 'status', status, 'next_run_ms', '', 'updated_ms', now)
   redis.call('ZREM', KEYS[2], member)
+  if action == 'cancel' then
+    for _, run_id in ipairs(redis.call('ZRANGE', ARGV[6] .. ':runs:' .. ARGV[2], 0, -1)) do
+      if redis.call('HGET', ARGV[6] .. ':run:' .. run_id, 'status') == 'running' then
+        cancel_one(ARGV[6], run_id, now, ARGV[8] == '1', 'cancelled with its job', ARGV[7])
+        running[#running+1] = run_id
+      end
+    end
+  end
   retire(ARGV[6], ARGV[2], ARGV[7], now)
 elseif action == 'pause' then
   if st[1] ~= 'scheduled' then return {'refused', st[1]} end
@@ -532,7 +603,22 @@ elseif action == 'resume' then
     redis.call('ZADD', KEYS[2], ARGV[4], member)
   end
 end
-return {'ok'}
+return running
+"""
+)
+
+# Producer: cancel one run (cancel_run; see _CANCEL). A finished run is refused with its status.
+# KEYS: run   ARGV: prefix, run_id, now_ms, terminate ('1' | ''), job_retention_s
+# Returns {'ok', status it had} | {'refused', status} | {'missing'}
+CANCEL_RUN = (
+    _LIFECYCLE
+    + _CANCEL
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing'} end
+if status ~= 'queued' and status ~= 'retrying' and status ~= 'running' then return {'refused', status} end
+cancel_one(ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1', 'cancelled (cancel_run)', ARGV[5])
+return {'ok', status}
 """
 )
 
@@ -583,7 +669,7 @@ return {'ok'}
 # Returns 1 when sent, 0 when not.
 RESEND_RUN = """
 local st = redis.call('HMGET', KEYS[1], 'status', 'attempts')
-if not st[1] or st[1] == 'completed' or st[1] == 'failed' or st[1] == 'skipped' then
+if not st[1] or st[1] == 'completed' or st[1] == 'failed' or st[1] == 'skipped' or st[1] == 'cancelled' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
 end

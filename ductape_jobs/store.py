@@ -57,6 +57,7 @@ __all__ = [
 from ductape_jobs.wire import Message, run_id_of
 
 T = TypeVar("T")
+RENEWED = ("lost", "held", "cancelled")  # RENEW_RUN's replies 0, 1, 2
 CLAIM_CHUNK = 250  # claims per CLAIM_DUE call: small enough to overlap, large enough to batch
 log = logging.getLogger("ductape_jobs.store")
 
@@ -269,6 +270,24 @@ class Store:
             self.keys, action, job_id, now_ms, next_ms, runs_done, job_retention_s=self.retention.job_s
         )
         return self.run(flow)
+
+    def cancel_job(
+        self, job_id: str, now_ms: int, *, terminate: bool = False
+    ) -> tuple[str, str | None, list[str]]:
+        """Cancel a job and its running runs; ('ok'|'refused'|'missing', status, running run ids)."""
+        return self.run(
+            ops.cancel_job(
+                self.keys, job_id, now_ms, terminate=terminate, job_retention_s=self.retention.job_s
+            )
+        )
+
+    def cancel_run(self, run_id: str, now_ms: int, *, terminate: bool = False) -> tuple[str, str | None]:
+        """Cancel one run: ('ok', its status) | ('refused', its finished status) | ('missing', None)."""
+        return self.run(
+            ops.cancel_run(
+                self.keys, run_id, now_ms, terminate=terminate, job_retention_s=self.retention.job_s
+            )
+        )
 
     def add_run(
         self, action: str, job_id: str, run_id: str, now_ms: int, message: Message, runs_kept: int = 100
@@ -546,11 +565,12 @@ class Store:
             manual=text(got[4]) == "1",
         )
 
-    def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> bool:
-        """Heartbeat: extend the lease of ``owner``'s running attempt; False once it is not theirs."""
+    def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> str:
+        """Heartbeat: extend the lease of ``owner``'s running attempt. 'held', 'cancelled' (still
+        theirs, and cancelled: the handler is told) or 'lost' (not theirs any more)."""
         keys = [self.keys.run(run_id), self.keys.inflight]
         got = self._eval(self._scripts["RENEW_RUN"], keys=keys, args=[owner, now_ms, lease_ms, run_id])
-        return bool(got)
+        return RENEWED[int(got)]
 
     def lose_run(self, run_id: str, owner_prefix: str, reason: str, now_ms: int) -> str:
         """Count the attempt of a process that died (or was killed) running it: 'dead', 'retry' or

@@ -77,6 +77,20 @@ def slow(input: dict[str, Any], ctx: RunContext) -> str:
     return "done"
 
 
+@handler("patient", product_tag=PRODUCT)
+def patient(input: dict[str, Any], ctx: RunContext) -> str:
+    """Works in small steps for up to ``input['seconds']``, checking for a cancel between them."""
+    db().rpush(calls_key("patient") + ":started", ctx.run_id)
+    until = time.monotonic() + float(input.get("seconds", 30))
+    while time.monotonic() < until:
+        if ctx.cancelled():
+            db().rpush(calls_key("patient") + ":cancelled", ctx.run_id)
+        ctx.check_cancelled()  # raises RunCancelledError once the run is cancelled
+        time.sleep(0.05)
+    record("patient", input, ctx)
+    return "finished"
+
+
 @handler("stubborn", product_tag=PRODUCT)
 def stubborn(input: dict[str, Any], ctx: RunContext) -> str:
     """Ignores its timeout and sleeps on: only the hard time limit stops it."""

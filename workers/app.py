@@ -79,6 +79,11 @@ def _register_task(app: Celery, runner: Runner, entry: Handler, request_class: t
         outcome = runner.execute(run_id)
         if outcome.kind in ("retry", "busy") and outcome.retry_in_s is not None:
             raise self.retry(countdown=outcome.retry_in_s, max_retries=None)
+        if outcome.kind == "cancelled":
+            # Stopped by its handler after a cancel: Flower shows it revoked (a terminated run's
+            # revoke is announced by Celery itself).
+            self.send_event("task-revoked", terminated=False, signum=None, expired=False)
+            raise Ignore()
         if outcome.kind == "skipped":
             raise Ignore()
         if outcome.kind == "failed":
@@ -133,6 +138,7 @@ LOST_VERDICTS = {
     "dead": "that was its last attempt: dead-lettered",
     "retry": "its next delivery runs the next attempt",
     "moved": "the run had moved on already",
+    "cancelled": "it was cancelled: it ends cancelled, not retried",
 }
 
 

@@ -1,5 +1,5 @@
 """Commands that read and manage existing jobs and runs: list, show, runs, upcoming, failed, and the
-state changes (cancel, pause, resume, trigger, redrive)."""
+state changes (cancel, cancel-run, pause, resume, trigger, redrive)."""
 
 from __future__ import annotations
 
@@ -189,15 +189,47 @@ def redrive(obj: Context, run_id: str, as_json: bool) -> None:
         say(again)
 
 
+TERMINATE_HELP = (
+    "Also kill the worker process running it (Celery's revoke, SIGTERM) instead of asking its handler."
+)
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--terminate", is_flag=True, help=TERMINATE_HELP)
+@json_option
+@pass_context
+def cancel(obj: Context, job_id: str, terminate: bool, as_json: bool) -> None:
+    """Stop the job: no further runs; queued runs that have not started are skipped; running runs
+    are cancelled (their handlers see ctx.cancelled(), or with --terminate are killed)."""
+    job = obj.ductape.job.cancel(job_id, terminate=terminate)
+    if as_json:
+        echo_json(job_json(job))
+    else:
+        say(f"job {job.job_id}: {job.status.value}")
+
+
+@click.command("cancel-run")
+@click.argument("run_id")
+@click.option("--terminate", is_flag=True, help=TERMINATE_HELP)
+@json_option
+@pass_context
+def cancel_run(obj: Context, run_id: str, terminate: bool, as_json: bool) -> None:
+    """Stop one run, its schedule going on: not started, it never starts; running, its handler sees
+    ctx.cancelled() (or with --terminate is killed). A finished run is refused (exit 4)."""
+    run = obj.ductape.job.cancel_run(run_id, terminate=terminate)
+    if as_json:
+        echo_json(run_json(run))
+    elif run.status.value == "running":
+        say(f"run {run.run_id}: cancel requested; its handler sees it within seconds")
+    else:
+        say(f"run {run.run_id}: {run.status.value}")
+
+
 def register(group: click.Group) -> None:
     """Add these commands to the CLI."""
-    for command in (list_jobs, show, runs, upcoming, failed, set_aside, trigger, redrive):
+    for command in (list_jobs, show, runs, upcoming, failed, set_aside, cancel, cancel_run, trigger, redrive):
         group.add_command(command)
-    group.add_command(
-        _state_command(
-            "cancel", "Stop the job: no further runs; queued runs that have not started are skipped."
-        )
-    )
     group.add_command(
         _state_command("pause", "Hold a scheduled job; runs already handed to workers still run.")
     )

@@ -24,7 +24,7 @@ from tests.support import Processes, wait_for
 pytestmark = pytest.mark.e2e
 
 ENTRY = Path(sys.executable).with_name("ductape-jobs")
-COMMANDS = ("schedule", "list", "show", "cancel", "pause", "resume", "trigger", "upcoming", "runs", "failed",
+COMMANDS = ("schedule", "list", "show", "cancel", "cancel-run", "pause", "resume", "trigger", "upcoming", "runs", "failed",
             "redrive", "set-aside", "doctor")  # fmt: skip
 Done = subprocess.CompletedProcess[str]
 
@@ -138,7 +138,9 @@ def test_schedule_and_manage_a_recurring_job(cli, ductape: Ductape):
     run_id = out(cli(f"trigger {job_id} --json"))["run_id"]
     assert run_id.startswith(job_id + ":")
     assert [r["run_id"] for r in out(cli(f"runs {job_id} --json"))] == [run_id]
-    assert out(cli(f"cancel {job_id} --json"))["status"] == "cancelled"
+    assert out(cli(f"cancel-run {run_id} --json"))["status"] == "cancelled"  # queued: never starts
+    failed_with(cli(f"cancel-run {run_id}"), 4, "already finished (cancelled)")
+    assert out(cli(f"cancel {job_id} --terminate --json"))["status"] == "cancelled"
     assert ductape.job.get(job_id).status == JobStatus.CANCELLED
 
     refused = side_by_side(cli, f"resume {job_id}", f"trigger {job_id}")
@@ -149,6 +151,7 @@ def test_schedule_and_manage_a_recurring_job(cli, ductape: Ductape):
         "runs nope",
         "upcoming nope",
         "cancel nope",
+        "cancel-run nope:1",
         "redrive nope:1",
         f"redrive {job_id}:1",
     ]

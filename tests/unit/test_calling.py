@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from ductape_jobs.calling import call_handler
-from ductape_jobs.errors import JobTimeoutError
+from ductape_jobs.errors import JobTimeoutError, RunCancelledError
 from ductape_jobs.registry import Registry, RunContext
 
 CTX = RunContext("j", "j:1", 1, "dev", "p", "e", None, 1, 1)
@@ -89,3 +89,55 @@ def test_off_the_main_thread_a_sync_handler_runs_without_a_timer() -> None:
     thread.start()
     thread.join(10)
     assert got == ["ok"]
+
+
+def _context() -> RunContext:
+    return RunContext("j", "j:1", 1, "dev", "p", "e", None, 1, 1)
+
+
+def test_a_sync_handler_sees_a_cancel_through_its_context() -> None:
+    ctx = _context()
+    seen: list[bool] = []
+
+    def looping(input: dict[str, Any], ctx: RunContext) -> str:
+        seen.append(ctx.cancelled())
+        ctx.check_cancelled()  # not cancelled yet: nothing happens
+        ctx.cancel_signal.set()  # what the heartbeat does when RENEW_RUN says 'cancelled'
+        seen.append(ctx.cancelled())
+        ctx.check_cancelled()
+        return "not reached"
+
+    with pytest.raises(RunCancelledError, match="run j:1 was cancelled"):
+        call_handler(registered(looping), {}, ctx, 30)
+    assert seen == [False, True]
+
+
+def test_an_async_handler_is_interrupted_at_its_next_await_when_cancelled_from_another_thread() -> None:
+    ctx = _context()
+
+    async def waiting(input: dict[str, Any], ctx: RunContext) -> str:
+        threading.Timer(0.05, ctx.cancel_signal.set).start()  # the heartbeat's thread
+        await asyncio.sleep(30)
+        return "not reached"
+
+    with pytest.raises(RunCancelledError):  # interrupted: its sleep would return "not reached"
+        call_handler(registered(waiting), {}, ctx, 30)
+    # The thread's kept loop still runs the next handler normally.
+    assert call_handler(registered(_async_ok), {}, _context(), 30) == "ok"
+
+
+async def _async_ok(input: dict[str, Any], ctx: RunContext) -> str:
+    await asyncio.sleep(0)
+    return "ok"
+
+
+def test_an_async_handlers_own_cancellation_is_not_taken_for_a_cancel() -> None:
+    async def cancels_itself(input: dict[str, Any], ctx: RunContext) -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(1)
+        return "not reached"
+
+    with pytest.raises(asyncio.CancelledError):
+        call_handler(registered(cancels_itself), {}, _context(), 30)
