@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ductape_jobs.calling import call_handler
-from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError, RunCancelledError
+from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError
 from ductape_jobs.heartbeat import Heartbeat, Leases
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobSpec, job_id_of
@@ -204,14 +204,14 @@ class Runner:
             hidden = opened.hidden
             result = call_handler(handler, opened.input, ctx, self.settings.timeout_s(spec))
             result_json = self.vault.seal_result(spec, json.dumps(_plain(result), default=str))
-        except RunCancelledError as exc:
-            return self._cancelled(ctx, _error_text(exc, hidden))
         except RetiredKeyError as exc:  # sealed under a key that left the ring: no run can open it
             return self._set_aside(ctx, f"{type(exc).__name__}: {exc}")
         except ValidationError as exc:  # the input does not fit the handler's model: retrying won't help
             return self._fail(ctx, _error_text(exc, hidden), _trace(hidden), retryable=False)
         except Exception as exc:  # noqa: BLE001 - any handler failure is recorded, never lost
-            if ctx.cancelled():  # what a cancelled handler raised on its way out: never retried
+            # RunCancelledError from ctx.check_cancelled(), or anything a cancelled handler raised on
+            # its way out: never retried. (RunCancelledError raised without a cancel is a failure.)
+            if ctx.cancelled():
                 return self._cancelled(ctx, _error_text(exc, hidden))
             return self._fail(ctx, _error_text(exc, hidden), _trace(hidden), retryable=True)
         self._finish(ctx, "completed", result_json=result_json)

@@ -511,7 +511,7 @@ end
 -- retry then finds the job cancelled and is skipped: the cancel is never undone).
 local one_off = one_off_of(KEYS[2], KEYS[1])
 redis.call('HSET', KEYS[2], 'last_run_id', ARGV[10], 'updated_ms', now)
-if outcome ~= 'completed' and redis.call('HGET', KEYS[1], 'cancel') == '1' then
+if outcome == 'cancelled' or (outcome ~= 'completed' and redis.call('HGET', KEYS[1], 'cancel') == '1') then
   end_cancelled(ARGV[11], KEYS[1], ARGV[10], now, ARGV[5] ~= '' and ARGV[5] or 'cancelled', ARGV[12])
   return 1
 end

@@ -24,8 +24,8 @@ from tests.support import Processes, wait_for
 pytestmark = pytest.mark.e2e
 
 ENTRY = Path(sys.executable).with_name("ductape-jobs")
-COMMANDS = ("schedule", "list", "show", "cancel", "cancel-run", "pause", "resume", "trigger", "upcoming", "runs", "failed",
-            "redrive", "set-aside", "doctor")  # fmt: skip
+COMMANDS = ("schedule", "list", "show", "cancel", "cancel-run", "pause", "resume", "trigger", "upcoming",
+            "runs", "failed", "redrive", "set-aside", "doctor")  # fmt: skip
 Done = subprocess.CompletedProcess[str]
 
 

@@ -40,8 +40,9 @@ def test_a_pool_process_lost_after_a_cancel_does_not_resurrect_the_one_off(world
     assert world.store.change_state("cancel", job_id, T0 + SEC) == ("ok", None)
 
     # The pool process running it is killed (hard time limit, OOM): the worker's main process
-    # reports it, and Celery puts the delivery back.
-    assert world.store.lose_run(run_id, "host:4242:", "worker lost", T0 + 2 * SEC) == "retry"
+    # reports it, and Celery puts the delivery back. The cancel reached the running run too
+    # (issue 14): it ends cancelled, with no further attempt.
+    assert world.store.lose_run(run_id, "host:4242:", "worker lost", T0 + 2 * SEC) == "cancelled"
 
     assert _job_field(world, job_id, "status") == "cancelled"  # the cancel is never undone
     again = world.store.begin_run(run_id, job_id, T0 + 3 * SEC, 60 * SEC, "host:4243:bbbb")
