@@ -32,19 +32,26 @@ CANCEL_CHECK_S = 2.0  # the longest a running handler waits to learn of a cancel
 class Leases(Protocol):
     """What the heartbeat needs of the store (``Store``)."""
 
-    def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> bool:
-        """Extend ``owner``'s lease of a running attempt; False once it is not theirs."""
+    def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> str:
+        """Extend ``owner``'s lease of a running attempt: 'held', 'cancelled' (still theirs, and
+        cancelled) or 'lost' (not theirs any more)."""
         ...
 
 
 class Heartbeat:
     """Renews the leases of the runs this process holds, from a daemon thread of its own."""
 
-    def __init__(self, store: Leases, lease_ms: int, clock_ms: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        store: Leases,
+        lease_ms: int,
+        clock_ms: Callable[[], int],
+        cancel_check_s: float = CANCEL_CHECK_S,
+    ) -> None:
         self.store = store
         self.lease_ms = lease_ms
         self.clock_ms = clock_ms
-        self.every_s = max(min(lease_ms / 3000, CANCEL_CHECK_S), 0.05)
+        self.every_s = max(min(lease_ms / 3000, cancel_check_s), 0.05)
         self.tick_s = min(self.every_s, CONFIRM_AFTER_S / 2)
         # run_id -> (owner: the delivery that started it, what to call when it is cancelled)
         self._held: dict[str, tuple[str, Callable[[], None]]] = {}

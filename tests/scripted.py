@@ -256,8 +256,8 @@ class ScriptedStore:
     def store_result(self, key: str, result_json: str, ttl_ms: int) -> None:
         self._answer("store_result", key=key, result_json=result_json, ttl_ms=ttl_ms)
 
-    def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> bool:
-        return bool(self._answer("renew_run", run_id=run_id, owner=owner, now_ms=now_ms, lease_ms=lease_ms))
+    def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> str:
+        return self._answer("renew_run", run_id=run_id, owner=owner, now_ms=now_ms, lease_ms=lease_ms)  # type: ignore[no-any-return]
 
     def unread(self) -> Callable[[], bool]:
         return lambda: self.pending

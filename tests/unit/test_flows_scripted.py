@@ -20,6 +20,7 @@ from ductape_jobs.errors import (
     RecordUnreadableError,
     UnknownEventError,
 )
+from ductape_jobs.flows import Revoke
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRequest, JobSpec, JobStatus, RunStatus
 from ductape_jobs.planning import plan_job
@@ -310,13 +311,15 @@ def test_failed_without_dead_letters_reads_no_runs() -> None:
 # -- managing --------------------------------------------------------------------------------------
 
 
-def change_state(action: str, reply: list[bytes], next_ms: Any = "", runs_done: int = 0) -> Any:
+def change_state(
+    action: str, reply: list[bytes], next_ms: Any = "", runs_done: int = 0, terminate: str = ""
+) -> Any:
     retention = Settings().job_retention_s
     return script(
         "CHANGE_STATE",
         reply,
         keys=[K.job("J"), K.due, K.set_aside],
-        args=[action, "J", ANY, next_ms, runs_done, "unit", retention],
+        args=[action, "J", ANY, next_ms, runs_done, "unit", retention, terminate],
     )
 
 
@@ -325,12 +328,13 @@ def test_cancel_and_pause_change_the_state_then_read_the_job_back(action: str, s
     f = core().flows
     sent = Driven([])
     before = wall_ms()
-    job = drive(
+    got = drive(
         getattr(f, action)("J"),
         change_state(action, [b"ok"]),
         call("hgetall", K.job("J"), reply=job_hash(spec_of(ONE_OFF), status)),
         sent=sent,
     )
+    job = got[0] if action == "cancel" else got  # cancel also says what to revoke
     assert job.status == JobStatus(status)
     assert before <= sent.rounds[0][0].args[2] <= wall_ms()
 
@@ -342,6 +346,50 @@ def test_a_refused_or_missing_change_raises_and_reads_nothing_more(action: str) 
         drive(getattr(f, action)("J"), change_state(action, [b"refused", b"completed"]))
     with pytest.raises(JobNotFoundError, match="no job or run 'J'"):
         drive(getattr(f, action)("J"), change_state(action, [b"missing"]))
+
+
+@pytest.mark.parametrize("terminate", [False, True])
+def test_cancel_names_the_running_runs_to_revoke_only_when_terminating(terminate: bool) -> None:
+    job, revoke = drive(
+        core().flows.cancel("J", terminate),
+        change_state("cancel", [b"ok", b"J:1000"], terminate="1" if terminate else ""),
+        call("hgetall", K.job("J"), reply=job_hash(spec_of(ONE_OFF), "cancelled")),
+    )
+    assert job.status == JobStatus.CANCELLED
+    assert revoke == (Revoke(("J:1000",), True) if terminate else Revoke((), False))
+
+
+def cancel_run(reply: list[bytes], terminate: str = "") -> Any:
+    retention = Settings().job_retention_s
+    return script(
+        "CANCEL_RUN", reply, keys=[K.run("J:1000")], args=["unit", "J:1000", ANY, terminate, retention]
+    )
+
+
+@pytest.mark.parametrize(
+    ("had", "terminate", "revoke"),
+    [
+        ("queued", False, Revoke(("J:1000",))),  # a worker holding its message drops it
+        ("retrying", True, Revoke(("J:1000",))),  # not started: nothing to kill
+        ("running", False, Revoke()),  # the handler is told by its heartbeat
+        ("running", True, Revoke(("J:1000",), True)),
+    ],
+)
+def test_cancel_run_returns_the_run_and_what_to_revoke(had: str, terminate: bool, revoke: Revoke) -> None:
+    after = "running" if had == "running" and not terminate else "cancelled"
+    run, asked = drive(
+        core().flows.cancel_run("J:1000", terminate),
+        cancel_run([b"ok", had.encode()], "1" if terminate else ""),
+        call("hgetall", K.run("J:1000"), reply=run_hash("J", after)),
+    )
+    assert run.status == RunStatus(after) and asked == revoke
+
+
+def test_cancel_run_refuses_a_finished_run_and_names_a_missing_one() -> None:
+    with pytest.raises(JobStateError, match=r"cannot cancel run J:1000: it already finished \(completed\)"):
+        drive(core().flows.cancel_run("J:1000"), cancel_run([b"refused", b"completed"]))
+    with pytest.raises(JobNotFoundError, match=r"no run 'J:1000'.*exists once it is released"):
+        drive(core().flows.cancel_run("J:1000"), cancel_run([b"missing"]))
 
 
 def test_resume_keeps_a_future_next_run_and_the_runs_done() -> None:

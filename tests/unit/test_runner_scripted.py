@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError
+from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError, RunCancelledError
 from ductape_jobs.heartbeat import Heartbeat
 from ductape_jobs.models import JobRequest, JobSpec
 from ductape_jobs.planning import plan_job
@@ -254,11 +254,12 @@ def test_a_failure_is_never_cached() -> None:
 def test_the_heartbeat_lets_go_of_a_lease_it_lost_and_keeps_one_while_redis_is_down() -> None:
     down = BackendUnavailableError("Redis is unreachable (ConnectionError)")
     store = ScriptedStore(
-        ("renew_run", False),  # a: another delivery owns it now
+        ("renew_run", "lost"),  # a: another delivery owns it now
         ("renew_run", down),  # b: not known yet
-        ("renew_run", True),  # b, once Redis is back
+        ("renew_run", "held"),  # b, once Redis is back
     )
-    beat = Heartbeat(store, lease_ms=3_600_000, clock_ms=lambda: NOW)  # its own thread renews hourly
+    # its own thread renews hourly
+    beat = Heartbeat(store, lease_ms=3_600_000, clock_ms=lambda: NOW, cancel_check_s=3_600)
     beat.hold("a", "owner-a")
     beat.hold("b", "owner-b")
     beat.renew_all()
@@ -270,3 +271,40 @@ def test_the_heartbeat_lets_go_of_a_lease_it_lost_and_keeps_one_while_redis_is_d
         {"run_id": "b", "owner": "owner-b", "now_ms": NOW, "lease_ms": 3_600_000},
         {"run_id": "b", "owner": "owner-b", "now_ms": NOW, "lease_ms": 3_600_000},
     ]
+
+
+def test_a_cancel_in_the_heartbeats_reply_reaches_the_handler_and_ends_the_run_cancelled() -> None:
+    store = ScriptedStore(
+        ("begin_run", run(spec(event="stop", retries=3))),
+        ("renew_run", "cancelled"),  # RENEW_RUN's reply carries the cancel
+        ("finish_run", True),
+    )
+    registry = Registry()
+    runner = Runner(store, registry, SETTINGS, lambda: NOW)
+    checked: list[bool] = []
+
+    def stop(given: dict[str, Any], ctx: RunContext) -> str:
+        checked.append(ctx.cancelled())
+        runner.heartbeat.renew_all()  # its next renewal, made here rather than on its thread
+        checked.append(ctx.cancelled())
+        ctx.check_cancelled()
+        return "not reached"
+
+    registry.add("billing", "stop", stop)
+    outcome = runner.execute(RUN)
+    assert store.done() and checked == [False, True]
+    assert outcome.kind == "cancelled"  # not a retry, though attempts remain
+    (finish,) = store.args("finish_run")
+    assert finish["outcome"] == "cancelled" and finish["error"].startswith("RunCancelledError: run J:")
+
+
+def test_a_run_cancelled_error_raised_without_a_cancel_is_an_ordinary_failure() -> None:
+    store = ScriptedStore(("begin_run", run(spec(event="stop", retries=3))), ("finish_run", True))
+    registry = Registry()
+
+    def stop(given: dict[str, Any], ctx: RunContext) -> str:
+        raise RunCancelledError("raised by the handler itself")
+
+    registry.add("billing", "stop", stop)
+    outcome = Runner(store, registry, SETTINGS, lambda: NOW).execute(RUN)
+    assert outcome.kind == "retry" and store.args("finish_run")[0]["outcome"] == "retry"
