@@ -153,15 +153,8 @@ class Repeat(_Frozen):
 
     @property
     def is_empty(self) -> bool:
-        """``{}`` or all-empty means no repeat."""
-        return (
-            self.cron is None
-            and self.every is None
-            and self.limit is None
-            and self.end_date is None
-            and self.tz is None
-            and self.jitter_ms == 0
-        )
+        """``{}`` or all-empty means no repeat; any field given a value (``misfire`` alone too) is a rule."""
+        return all(getattr(self, name) is None for name in self.model_fields_set)
 
     @property
     def end_ms(self) -> int | None:

@@ -521,6 +521,20 @@ def test_empty_repeat_means_no_repeat(repeat: object) -> None:
     assert JobRequest.parse(request(repeat=repeat)).repeat is None
 
 
+@pytest.mark.parametrize(
+    "repeat",
+    [
+        pytest.param({"misfire": "run_all"}, id="misfire-only"),
+        pytest.param({"misfire": "skip"}, id="default-misfire-only"),
+        pytest.param({"catchup_ms": 60_000}, id="catchup-only"),
+        pytest.param({"cron": None, "misfire": "run_all", "catchup_ms": 5_000}, id="policy-without-rule"),
+    ],
+)
+def test_a_repeat_with_only_a_policy_is_refused_not_read_as_no_repeat(repeat: object) -> None:
+    # A caller who wrote a misfire policy meant a recurring job: running it once would be silent.
+    assert_refused(request(repeat=repeat), "repeat", "exactly one of 'cron' or 'every' (got neither)")
+
+
 @pytest.mark.parametrize("repeat", ["daily", ["every", 60_000], 60_000])
 def test_repeat_must_be_an_object(repeat: object) -> None:
     assert_refused(request(repeat=repeat), "repeat", f"got {repeat!r}")
