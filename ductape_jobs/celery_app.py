@@ -8,12 +8,13 @@ from kombu.entity import Queue
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import hard_limit_s
 from ductape_jobs.settings import Settings
+from ductape_jobs.urls import broker_url
 
 
 def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
     """A Celery app on the deployment's Redis, with one queue per env and at-least-once delivery."""
     keys = Keys(settings.key_prefix)
-    app = Celery(name, broker=settings.url, set_as_current=False)
+    app = Celery(name, broker=broker_url(settings.url), set_as_current=False)
     app.conf.update(
         # No result backend: results and errors live in our own run records.
         task_ignore_result=True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import NamedTuple
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from ductape_jobs.scrub import MASK
 
@@ -46,6 +46,35 @@ def url_secrets(url: str | None) -> list[str]:
     # As written, percent-decoded, and cut at a '#' (which redis-py reads as the fragment).
     forms = {form for value in found for form in (value, unquote(value), value.split("#", 1)[0])}
     return sorted(form for form in forms if form)
+
+
+def broker_url(url: str) -> str:
+    """``url`` as kombu can read it: a ``?password=`` (or ``?username=``) moved into the user info.
+
+    redis-py reads both spellings; kombu passes query parameters on as keyword arguments beside
+    the user info's own, so a URL with ``?password=`` stops every worker and beat with
+    ``TypeError: dict() got multiple values for keyword argument 'password'`` (it names no secret,
+    but nothing starts). A password in both places keeps the user info's, as redis-py does.
+    """
+    parts = _split(url)
+    if parts.query is None or parts.scheme.lower() not in ("redis", "rediss"):
+        return url
+    moved: dict[str, str] = {}
+    kept = []
+    for item in re.split("[&;]", parts.query):
+        name, _, value = item.partition("=")
+        if name in ("password", "username"):
+            moved.setdefault(name, value)
+        elif item:
+            kept.append(item)
+    if not moved:
+        return url
+    user, colon, password = (parts.userinfo or "").partition(":")
+    user = user or quote(unquote(moved.get("username", "")), safe="")
+    password = password if colon else quote(unquote(moved.get("password", "")), safe="")
+    userinfo = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    query = "?" + "&".join(kept) if kept else ""
+    return f"{parts.scheme}://{userinfo}{parts.where}{query}"
 
 
 def _split(url: str) -> _Url:

@@ -10,7 +10,7 @@ from ductape_jobs.cli.doctor import FAIL, Finding, render
 from ductape_jobs.cli.output import redact
 from ductape_jobs.errors import JobValidationError
 from ductape_jobs.settings import Settings
-from ductape_jobs.urls import mask_url, url_secrets
+from ductape_jobs.urls import broker_url, mask_url, url_secrets
 
 PW = "Hunter2-s3cret"
 
@@ -84,3 +84,29 @@ def test_the_doctor_report_shows_the_url_masked(url: str, masked: str) -> None:
     settings = Settings.from_env({"REDIS_URL": url})
     report = render([Finding("redis", FAIL, f"cannot reach {mask_url(url)}", "start Redis")], settings)
     assert PW not in report and f"doctor: {masked}," in report
+
+
+@pytest.mark.parametrize(
+    ("url", "for_kombu"),
+    [
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        (f"redis://h:6379/0?password={PW}", f"redis://:{PW}@h:6379/0"),
+        (f"redis://h/2?db=2&password={PW}&x=1", f"redis://:{PW}@h/2?db=2&x=1"),
+        (f"rediss://h/0?username=app&password={PW}", f"rediss://app:{PW}@h/0"),
+        # redis-py prefers the user info's password; so does the URL kombu gets
+        (f"redis://u:{PW}@h/0?password=other", f"redis://u:{PW}@h/0"),
+        ("redis://h/0?password=p%40ss%2Fw", "redis://:p%40ss%2Fw@h/0"),
+        ("unix:///run/redis.sock?password=x", "unix:///run/redis.sock?password=x"),
+    ],
+)
+def test_a_query_password_moves_into_the_user_info_for_kombu(url: str, for_kombu: str) -> None:
+    assert broker_url(url) == for_kombu
+
+
+def test_kombu_reads_the_password_it_would_refuse_in_the_query() -> None:
+    from kombu.utils.url import parse_url
+
+    with pytest.raises(TypeError, match="password"):
+        parse_url(f"redis://h:6379/0?password={PW}")  # what broke every worker and beat
+    parsed = parse_url(broker_url(f"redis://h:6379/0?password={PW}&db=0"))
+    assert (parsed["password"], parsed["hostname"], parsed["port"]) == (PW, "h", 6379)
