@@ -205,7 +205,16 @@ class BeatEngine:
         message = self._message(run_id, brief, entry, now_ms)
         # The next run is fixed now, when this one is handed over (BullMQ's rule).
         following = spread.next_run(slot_ms, entry.runs_done + 1, now_ms)
-        return Claim(entry, run_id, slot_ms, None if following is None else following[1], message)
+        next_ms = None if following is None else following[1]
+        if rule.overlap == "allow":
+            return Claim(entry, run_id, slot_ms, next_ms, message)
+        # CLAIM_DUE may skip the slot instead (repeat.overlap): a skipped slot does not count
+        # toward limit, so its next run differs only where this one would have been the last.
+        skip_next = next_ms
+        if rule.limit is not None and entry.runs_done + 1 >= rule.limit:
+            skipped = spread.next_run(slot_ms, entry.runs_done, now_ms)
+            skip_next = None if skipped is None else skipped[1]
+        return Claim(entry, run_id, slot_ms, next_ms, message, overlap=rule.overlap, skip_next_ms=skip_next)
 
     def _release(self, claim: Claim, now_ms: int) -> Release | None:
         entry, brief = claim.entry, self._brief(claim.entry)

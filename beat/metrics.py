@@ -1,10 +1,11 @@
-"""Prometheus metrics of the beat: per schedule, runs released, missed, late and failed.
+"""Prometheus metrics of the beat: per schedule, runs released, missed, late, failed and skipped.
 
 Served on ``DUCTAPE_METRICS_ADDR``:``DUCTAPE_METRICS_PORT`` by the beat process. What the beat
 itself does (releasing runs, skipping missed slots, lateness, setting entries aside) is counted
 here from each tick's ``TickReport``; failed runs happen on workers, which count them on the job
-record in Redis (FINISH_RUN), so they are read from there: one pipelined round trip per scrape,
-whatever the number of schedules. Per-task metrics (by event and worker) are Flower's own
+record in Redis (FINISH_RUN), and slots skipped by ``repeat.overlap`` are counted there by the
+claim script (any beat may have claimed them), so both are read from there: one pipelined round
+trip per scrape, whatever the number of schedules. Per-task metrics (by event and worker) are Flower's own
 ``/metrics``.
 
 Series stay bounded: a schedule's series leave once it has been finished or cancelled for
@@ -39,6 +40,7 @@ LATENESS_BUCKETS_S = (0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0)
 FINISHED = ("completed", "failed", "cancelled")
 PRUNE_EVERY_MS = 300_000  # should nobody scrape for this long, a tick reads the states itself
 Labels = tuple[str, ...]
+Counts = tuple[int, int]  # a schedule's counts kept in Redis: failed runs, skipped slots
 
 
 class BeatMetrics:
@@ -86,8 +88,8 @@ class BeatMetrics:
         # The recurring schedules this beat released, by job id: their labels, for the failed
         # counts read from Redis and for removing their series when they end.
         self._schedules: dict[str, Labels] = {}
-        self._retired: dict[Labels, int] = {}  # failed runs of ended schedules, per group (no per-job)
-        self._failed: dict[str, int] = {}  # the last failed count read per schedule
+        self._retired: dict[Labels, Counts] = {}  # counts of ended schedules, per group (no per-job)
+        self._counts: dict[str, Counts] = {}  # the last counts read per schedule
         self._lock = threading.Lock()
         self._refreshed_ms = now_ms()  # the last read of the schedules' states
         self.registry.register(HealthCollector(store, is_leader))  # Redis memory, records that left
@@ -126,40 +128,49 @@ class BeatMetrics:
         return server
 
     def refresh(self, at_ms: int) -> None:
-        """Read every known schedule's failed count and state (one round trip), and drop the
-        series of those that ended at least linger ago."""
+        """Read every known schedule's counts and state (one round trip), and drop the series of
+        those that ended at least linger ago."""
         self._refreshed_ms = at_ms
         with self._lock:
             known = list(self._schedules.items())
         states = self.store.schedule_states([job_id for job_id, _ in known])
         with self._lock:
             for (job_id, labels), state in zip(known, states, strict=True):
-                failed = self._failed.get(job_id, 0) if state is None else state.failed_runs
+                counts = (
+                    self._counts.get(job_id, (0, 0))
+                    if state is None
+                    else (state.failed_runs, state.skipped_slots)
+                )
                 ended = state is None or (
                     state.status in FINISHED and at_ms - state.updated_ms >= self.linger_ms
                 )
                 if not ended:
-                    self._failed[job_id] = failed
+                    self._counts[job_id] = counts
                     continue
                 self._schedules.pop(job_id, None)
-                self._failed.pop(job_id, None)
+                self._counts.pop(job_id, None)
                 if self.per_job:
                     for metric in (self.released, self.missed, self.lateness):
                         _remove(metric, labels)
                 else:
-                    self._retired[labels] = self._retired.get(labels, 0) + failed
+                    self._retired[labels] = _add(self._retired.get(labels, (0, 0)), counts)
 
-    def failed_counts(self) -> dict[Labels, int]:
-        """Failed runs by series: per schedule, or per group with the ended ones included."""
+    def failed_counts(self) -> dict[Labels, Counts]:
+        """(failed runs, skipped slots) by series: per schedule, or per group with the ended ones
+        included."""
         with self._lock:
             if self.per_job:
-                return {self._schedules[j]: n for j, n in self._failed.items() if j in self._schedules}
+                return {self._schedules[j]: n for j, n in self._counts.items() if j in self._schedules}
             counts = dict(self._retired)
-            for job_id, n in self._failed.items():
+            for job_id, n in self._counts.items():
                 labels = self._schedules.get(job_id)
                 if labels is not None:
-                    counts[labels] = counts.get(labels, 0) + n
+                    counts[labels] = _add(counts.get(labels, (0, 0)), n)
             return counts
+
+
+def _add(a: Counts, b: Counts) -> Counts:
+    return a[0] + b[0], a[1] + b[1]
 
 
 def _remove(metric: Counter | Histogram, labels: Labels) -> None:
@@ -168,7 +179,8 @@ def _remove(metric: Counter | Histogram, labels: Labels) -> None:
 
 
 class _FailedRuns(Collector):
-    """``ductape_runs_failed_total`` of the schedules this beat released, read from Redis."""
+    """``ductape_runs_failed_total`` and ``ductape_slots_skipped_total`` of the schedules this
+    beat released, read from Redis."""
 
     def __init__(self, metrics: BeatMetrics) -> None:
         self.metrics = metrics
@@ -180,6 +192,11 @@ class _FailedRuns(Collector):
             "Runs of a schedule that failed after their last retry (counted by workers in Redis).",
             labels=PER_JOB_LABELS if metrics.per_job else GROUP_LABELS,
         )
+        skipped = CounterMetricFamily(
+            "ductape_slots_skipped",
+            "Slots of a schedule that repeat.overlap skipped while its previous run was unfinished.",
+            labels=PER_JOB_LABELS if metrics.per_job else GROUP_LABELS,
+        )
         # Only the leader reports the Redis counts, so summing over all beats never counts twice.
         if metrics.is_leader():
             try:
@@ -188,6 +205,8 @@ class _FailedRuns(Collector):
                 log.warning(
                     "metrics: Redis is unreachable; ductape_runs_failed_total shows the last counts read"
                 )
-            for labels, count in metrics.failed_counts().items():
-                family.add_metric(list(labels), count)
+            for labels, (failed, skips) in metrics.failed_counts().items():
+                family.add_metric(list(labels), failed)
+                skipped.add_metric(list(labels), skips)
         yield family
+        yield skipped

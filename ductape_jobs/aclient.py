@@ -14,7 +14,7 @@ from typing import Any, Unpack
 import redis.asyncio as aredis
 
 from ductape_jobs.astore import AsyncStore
-from ductape_jobs.flows import ClientCore, JobFilter, Request, Runs, SetAsides, Times
+from ductape_jobs.flows import ClientCore, JobFilter, Request, RunIds, Runs, SetAsides, Times
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobRequest, RunRecord, ScheduleHandle
 from ductape_jobs.records import JobList
@@ -136,6 +136,10 @@ class AsyncJobClient:
     async def redrive(self, run_id: str) -> str:
         """Awaitable ``JobClient.redrive``: a dead-lettered run again; its run id."""
         return await self._run(self._flows.redrive(run_id))
+
+    async def backfill(self, job_id: str, start: object, end: object) -> RunIds:
+        """Awaitable ``JobClient.backfill``: every slot of a past range once; the run ids added."""
+        return await self._run(self._flows.backfill(job_id, start, end))
 
 
 __all__ = ["AsyncDuctape", "AsyncJobClient", "connect_async"]

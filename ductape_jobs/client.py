@@ -12,7 +12,7 @@ from typing import Any, Unpack
 import redis
 
 from ductape_jobs.errors import BackendUnavailableError
-from ductape_jobs.flows import ClientCore, JobFilter, Request, Runs, SetAsides, Times, now_ms
+from ductape_jobs.flows import ClientCore, JobFilter, Request, RunIds, Runs, SetAsides, Times, now_ms
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobRequest, RunRecord, ScheduleHandle
 from ductape_jobs.publisher import Publisher
@@ -131,6 +131,11 @@ class JobClient:
     def redrive(self, run_id: str) -> str:
         """Run a dead-lettered run again with fresh attempts; returns its run id."""
         return self._run(self._flows.redrive(run_id))
+
+    def backfill(self, job_id: str, start: object, end: object) -> RunIds:
+        """Run every slot of a past range [start, end] once, under the slots' own run ids (not
+        counted toward limit, outside repeat.overlap); returns the run ids added."""
+        return self._run(self._flows.backfill(job_id, start, end))
 
 
 __all__ = ["BackendUnavailableError", "Ductape", "JobClient", "connect", "now_ms"]

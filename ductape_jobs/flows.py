@@ -42,8 +42,9 @@ from ductape_jobs.models import (
     run_id_for,
 )
 from ductape_jobs.ops import Flow
-from ductape_jobs.planning import check_input, plan_job
+from ductape_jobs.planning import _iso, check_input, plan_job
 from ductape_jobs.records import JobList, NewJob, SetAside, Unreadable
+from ductape_jobs.scripts import BACKFILL_MAX_SLOTS
 from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import OPENER, Sessions, session_types_from_config
 from ductape_jobs.settings import Settings
@@ -53,6 +54,7 @@ Request = JobRequest | Mapping[str, Any]
 Jobs = list[JobRecord]
 Runs = list[RunRecord]
 Times = list[datetime]
+RunIds = list[str]
 SetAsides = list[SetAside]
 
 
@@ -358,6 +360,39 @@ class JobFlows:
         """Run a dead-lettered run again with fresh attempts; its run id."""
         return (yield from self._add_run("redrive", job_id_of(run_id), run_id, now_ms(), run_id))
 
+    def backfill(self, job_id: str, start: object, end: object) -> Flow[RunIds]:
+        """Run every slot of a past range once, under the slots' own run ids (not counted toward
+        limit, outside repeat.overlap); the run ids added (a slot that ran already adds none)."""
+        start_ms = timing.parse_instant_ms(start, "start")
+        end_ms = timing.parse_instant_ms(end, "end")
+        now = now_ms()
+        job = yield from self.get(job_id)
+        rule = job.spec.timing_rule()
+        if rule is None:
+            raise JobValidationError(
+                "job_id", f"job {job_id} is a one-off: it has no slots; trigger it instead"
+            )
+        _check_range(job, rule, start_ms, end_ms, now)
+        most = min(BACKFILL_MAX_SLOTS, self._settings.runs_kept)
+        anchor = yield from ops.anchor_ms(self._keys, job_id)
+        slots = timing.slots_between_ms(rule, anchor, start_ms, end_ms, most)
+        if slots is None:
+            raise JobValidationError(
+                "end",
+                f"{_iso(start_ms)}..{_iso(end_ms)} holds more than {most} slots, the most one backfill "
+                f"takes (BACKFILL_MAX_SLOTS {BACKFILL_MAX_SLOTS}, and DUCTAPE_RUNS_KEPT "
+                f"{self._settings.runs_kept}, so each run added stays known); backfill shorter ranges",
+            )
+        messages = [
+            (run_id, at, self._messages.build(run_id, job.spec, at, now))
+            for at in slots
+            for run_id in [run_id_for(job_id, at)]
+        ]
+        kept = self._settings.runs_kept
+        verdict, status, added = yield from ops.backfill(self._keys, job_id, messages, now, runs_kept=kept)
+        self._refused(verdict, status, job_id, "backfill")
+        return added
+
     def _add_run(self, action: str, job_id: str, run_id: str, now: int, what: str) -> Flow[str]:
         message = self._messages.build(run_id, (yield from self.get(job_id)).spec, now, now)
         kept = self._settings.runs_kept
@@ -380,6 +415,32 @@ class JobFlows:
             raise JobNotFoundError(f"no job or run {what!r} under key prefix {self._settings.key_prefix!r}")
         if verdict == "refused":
             raise JobStateError(f"cannot {action} {what}: it is {status}")
+
+
+def _check_range(job: JobRecord, rule: timing.Rule, start_ms: int, end_ms: int, now: int) -> None:
+    """Refuse a backfill range that is not past, not within the job's start and endDate, or
+    reaches the slots the schedule releases itself (from its next run on)."""
+    begins_ms = job.spec.start_ms or job.spec.created_ms  # start_at 0: the job began when created
+    if start_ms > end_ms:
+        raise JobValidationError("start", f"{_iso(start_ms)} is after end {_iso(end_ms)}; swap them")
+    if end_ms > now:
+        raise JobValidationError("end", f"{_iso(end_ms)} is not past yet; backfill runs past slots only")
+    if start_ms < begins_ms:
+        raise JobValidationError(
+            "start",
+            f"{_iso(start_ms)} is before the job's start {_iso(begins_ms)}; start the range there or later "
+            "(a schedule given an earlier start_at can be backfilled from it)",
+        )
+    if rule.end_ms is not None and end_ms > rule.end_ms:
+        raise JobValidationError(
+            "end", f"{_iso(end_ms)} is after the job's endDate {_iso(rule.end_ms)}; end the range there"
+        )
+    if job.status == JobStatus.SCHEDULED and job.next_run_ms is not None and end_ms >= job.next_run_ms:
+        raise JobValidationError(
+            "end",
+            f"{_iso(end_ms)} reaches the schedule's next run at {_iso(job.next_run_ms)}, which beat "
+            "releases itself; end the range before it",
+        )
 
 
 def _at(value_ms: int) -> datetime:

@@ -70,6 +70,7 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    BUFFERED = "buffered"  # repeat.overlap=buffer_one: waits in the due index for the run before it
 
 
 class _Frozen(BaseModel):
@@ -90,6 +91,10 @@ class Repeat(_Frozen):
     catchup_ms: int = Field(default=0, ge=0, le=MAX_INT, strict=True)  # strict: "0" is not 0
     # Each run falls due within [0, jitter_ms) after its slot, by a hash of its run id (jitter.py).
     jitter_ms: int = Field(default=0, ge=0, le=MAX_INT, strict=True)
+    # New schedules skip a slot while their previous run is unfinished (Temporal's default, and
+    # what the slow-job-on-a-fast-schedule reports ask for); a stored rule without the field
+    # (written before it existed) keeps overlapping: timing.Rule's default is 'allow'.
+    overlap: timing.Overlap = "skip"
 
     @model_validator(mode="before")
     @classmethod
@@ -174,6 +179,7 @@ class Repeat(_Frozen):
             misfire=self.misfire,
             catchup_ms=self.catchup_ms,
             jitter_ms=self.jitter_ms,
+            overlap=self.overlap,
         )
 
 
@@ -355,6 +361,7 @@ class JobRecord(_Frozen):
     result: Any = None
     created_ms: int
     updated_ms: int
+    skipped_slots: int = 0  # slots repeat.overlap skipped (not counted toward limit)
 
     @property
     def next_run_at(self) -> datetime | None:

@@ -37,6 +37,7 @@ SCRIPT_NAMES = (
     "CHANGE_STATE",
     "CANCEL_RUN",
     "ADD_RUN",
+    "BACKFILL",
     "RESEND_RUN",
     "ACQUIRE_LOCK",
     "RENEW_LOCK",
@@ -326,3 +327,18 @@ def add_run(
     ]
     args = [action, job_id, run_id, now_ms, message.payload, keys.prefix, runs_kept]
     return verdict((yield from one(Eval("ADD_RUN", touched, args))))
+
+
+def backfill(
+    keys: Keys, job_id: str, slots: Sequence[tuple[str, int, Message]], now_ms: int, *, runs_kept: int
+) -> Flow[tuple[str, str | None, list[str]]]:
+    """Add the runs of past slots (run id, nominal time, message) that the job does not know yet,
+    with their messages, in one step; ('ok'|'refused'|'missing', status, the run ids added)."""
+    args: list[Any] = [job_id, now_ms, keys.prefix, runs_kept]
+    for run_id, nominal_ms, message in slots:
+        args += [run_id, nominal_ms, message.queue_key, message.payload]
+    got = yield from one(Eval("BACKFILL", [keys.job(job_id), keys.job_runs(job_id), keys.inflight], args))
+    head = text(got[0])
+    if head != "ok":
+        return head, text(got[1]) if len(got) > 1 else None, []
+    return head, None, [text(v) for v in got[1:]]

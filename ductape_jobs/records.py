@@ -85,6 +85,8 @@ class Claim:
     new_next_ms: int | None
     message: Message
     reason: str = ""  # set when beat could not read or decide the entry: it is set aside, not sent
+    overlap: str = ""  # a schedule's repeat.overlap ('' = allow); CLAIM_DUE decides by it
+    skip_next_ms: int | None = None  # the next run should CLAIM_DUE skip this slot (limit not counted)
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class ScheduleState:
     status: str
     failed_runs: int  # runs that failed after their last retry
     updated_ms: int  # its last change (for a finished schedule: when it finished)
+    skipped_slots: int = 0  # slots repeat.overlap skipped (CLAIM_DUE counts them)
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ def job_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
         result=json.loads(f["result"]) if f.get("result") else None,
         created_ms=int(f["created_ms"]),
         updated_ms=int(f["updated_ms"]),
+        skipped_slots=int(f.get("skipped_slots") or 0),
     )
 
 

@@ -230,10 +230,15 @@ CREATE_BATCH = 1_000  # jobs per CREATE_JOBS call: bounds its unpack() sizes and
 # An item beat could not read or decide has no message; its queue_key slot carries the reason,
 # and its job is set aside: marked failed with that reason (retired like any finished job),
 # listed in the set-aside index.
+# A recurring slot obeys its repeat.overlap (see overlap() below): skipped (recorded as a
+# 'skipped' run, counted in the job's skipped_slots, its schedule advanced without counting
+# toward limit) or buffered (a 'buffered' run waiting as an r: entry, handed over once the run
+# before it finishes). A skipped slot is not returned as claimed: nothing was sent.
 # KEYS: beat_lock, due, inflight, dead, set_aside
-# ARGV: prefix, fence, now_ms, runs_kept, job_retention_s, dead_retention_s, then 8 per item:
+# ARGV: prefix, fence, now_ms, runs_kept, job_retention_s, dead_retention_s, then 10 per item:
 #   member, expected_score, expected_runs_done, run_id, nominal_ms, new_next_ms ('' = none),
-#   queue_key (the reason when message is ''), message ('' = not sendable)
+#   queue_key (the reason when message is ''), message ('' = not sendable),
+#   overlap ('' = allow), skip_next_ms (the next run when this slot is skipped; '' = none)
 # Returns the indexes (1-based) of the claimed or set-aside items, or {-1} when fenced out.
 CLAIM_DUE = (
     _BATCHED_WRITES
@@ -253,19 +258,56 @@ local function set_aside(id, reason)
   redis.call('ZADD', KEYS[5], now, id)
   redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -1001)  -- the newest 1,000 are listed
 end
-local n = (#ARGV - 6) / 8
+-- repeat.overlap, decided here so that no two beats can both release: while the schedule's
+-- previous slot run (the job's slot_run; before any claim, CREATE_JOBS's first run, named by
+-- the anchor) is unfinished, 'skip' skips the slot and 'buffer_one' buffers it behind that run
+-- unless a buffered one already waits (then it skips). Queued and retrying count as
+-- unfinished: they will run, and releasing more would pile slots up behind a slow handler.
+-- Returns 'release', or 'buffer' | 'skip' with the previous run id and its status.
+local UNFINISHED = {queued = true, running = true, retrying = true, buffered = true}
+local BUFFER_POLL_MS = 1000  -- how often a buffered run looks again at the run it waits on
+local function overlap(policy, id, slot_run, anchor, done)
+  if policy == '' or policy == 'allow' then return 'release' end
+  local prev = slot_run
+  if not prev and done ~= '0' then prev = id .. ':' .. anchor end
+  local status = prev and redis.call('HGET', prefix .. ':run:' .. prev, 'status')
+  if not status or not UNFINISHED[status] then return 'release' end
+  if policy == 'buffer_one' and status ~= 'buffered' then return 'buffer', prev, status end
+  return 'skip', prev, status
+end
+local n = (#ARGV - 6) / 10
 for i = 0, n - 1 do
-  local b = 6 + i * 8
+  local b = 6 + i * 10
   local member, score, done = ARGV[b+1], ARGV[b+2], ARGV[b+3]
   local run_id, nominal, new_next = ARGV[b+4], ARGV[b+5], ARGV[b+6]
   local queue, message = ARGV[b+7], ARGV[b+8]
   local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
   if kind == 'r' then
     local run = prefix .. ':run:' .. id
-    local rs = redis.call('HMGET', run, 'status', 'job_id', 'manual')
+    local rs = redis.call('HMGET', run, 'status', 'job_id', 'manual', 'behind')
     local job = prefix .. ':job:' .. (rs[2] or '')
     local js = redis.call('HMGET', job, 'status', 'recurring')
-    if rs[1] == 'retrying' and js[1] == 'cancelled' then
+    if rs[1] == 'buffered' and (js[1] == 'cancelled' or message == '' or not js[1]) then
+      -- nothing will send it: it ends skipped, so its schedule never waits on it
+      redis.call('HSET', run, 'status', 'skipped', 'finished_ms', now)
+      redis.call('ZREM', KEYS[2], member)
+    elseif rs[1] == 'buffered' then
+      local before = rs[4] and redis.call('HGET', prefix .. ':run:' .. rs[4], 'status')
+      if redis.call('ZSCORE', KEYS[2], member) ~= score then
+        -- moved since beat read it: left for the next tick
+      elseif before and UNFINISHED[before] then
+        rescheduled[#rescheduled+1] = tonumber(now) + BUFFER_POLL_MS
+        rescheduled[#rescheduled+1] = member
+      else
+        redis.call('HSET', run, 'status', 'queued', 'queued_ms', now)
+        redis.call('HDEL', run, 'behind')
+        redis.call('ZREM', KEYS[2], member)
+        push(queue, message)
+        inflight[#inflight+1] = now
+        inflight[#inflight+1] = id
+        claimed[#claimed+1] = i + 1
+      end
+    elseif rs[1] == 'retrying' and js[1] == 'cancelled' then
       -- cancelled while its retry waited here: the run ends skipped and is never sent, so the
       -- cancel is not undone by the claim below setting the one-off's status back to queued
       redis.call('HSET', run, 'status', 'skipped', 'finished_ms', now)
@@ -297,7 +339,8 @@ for i = 0, n - 1 do
     end
   else
     local job = prefix .. ':job:' .. id
-    local st = redis.call('HMGET', job, 'status', 'next_run_ms', 'runs_done', 'recurring', 'fp')
+    local st = redis.call('HMGET', job, 'status', 'next_run_ms', 'runs_done', 'recurring', 'fp',
+      'slot_run', 'anchor_ms')
     if message == '' then
       -- the job is gone, or beat could not read or decide it: never retried on every tick
       if redis.call('ZREM', KEYS[2], member) == 1 and not st[1] then
@@ -308,17 +351,34 @@ for i = 0, n - 1 do
         claimed[#claimed+1] = i + 1
       end
     elseif st[1] == 'scheduled' and st[2] == score and st[3] == done then
+      local verdict, prev, prev_status = overlap(ARGV[b+9], id, st[6], st[7], done)
       local run = prefix .. ':run:' .. run_id
-      redis.call('HSET', run, 'job_id', id, 'nominal_ms', nominal, 'status', 'queued',
-        'attempts', 0, 'queued_ms', now)
       local runs = prefix .. ':runs:' .. id
+      if verdict == 'skip' then
+        -- recorded, counted, and the schedule moves on without counting it toward limit
+        redis.call('HSET', run, 'job_id', id, 'nominal_ms', nominal, 'status', 'skipped',
+          'attempts', 0, 'finished_ms', now,
+          'error', 'repeat.overlap=' .. ARGV[b+9] .. ': run ' .. prev .. ' was still ' .. prev_status)
+        redis.call('HINCRBY', job, 'skipped_slots', 1)
+        new_next = ARGV[b+10]
+      else
+        redis.call('HSET', run, 'job_id', id, 'nominal_ms', nominal, 'attempts', 0, 'queued_ms', now)
+        if verdict == 'buffer' then
+          redis.call('HSET', run, 'status', 'buffered', 'behind', prev)
+          rescheduled[#rescheduled+1] = tonumber(now) + BUFFER_POLL_MS
+          rescheduled[#rescheduled+1] = 'r:' .. run_id
+        else
+          redis.call('HSET', run, 'status', 'queued')
+          push(queue, message)
+          inflight[#inflight+1] = now
+          inflight[#inflight+1] = run_id
+        end
+        redis.call('HSET', job, 'runs_done', tonumber(done) + 1, 'last_run_id', run_id, 'slot_run', run_id)
+        claimed[#claimed+1] = i + 1
+      end
       redis.call('ZADD', runs, nominal, run_id)
       trim_runs(prefix, runs, kept)
-      push(queue, message)
-      inflight[#inflight+1] = now
-      inflight[#inflight+1] = run_id
-      redis.call('HSET', job, 'runs_done', tonumber(done) + 1, 'last_run_id', run_id,
-        'next_run_ms', new_next, 'updated_ms', now)
+      redis.call('HSET', job, 'next_run_ms', new_next, 'updated_ms', now)
       if st[4] == '0' then
         redis.call('HSET', job, 'status', 'queued')
         redis.call('ZREM', KEYS[2], member)
@@ -330,7 +390,6 @@ for i = 0, n - 1 do
         rescheduled[#rescheduled+1] = new_next
         rescheduled[#rescheduled+1] = member
       end
-      claimed[#claimed+1] = i + 1
     elseif st[1] ~= 'scheduled' then
       -- cancelled, paused or gone while waiting: the index entry is stale, drop it
       redis.call('ZREM', KEYS[2], member)
@@ -662,6 +721,54 @@ redis.call('ZADD', KEYS[6], now, ARGV[3])
 return {'ok'}
 """
 )
+
+# Backfill: add the runs of past slots of a recurring job, each with its message, under the
+# slots' own run ids. A slot whose run id the job still knows (its run record, or its entry in
+# the job's runs index) is left alone: it ran, runs, or waits, so no slot runs twice; one that
+# repeat.overlap skipped is run now. Runs go in the runs index at now_ms, so they are trimmed
+# in the order they were added (beside triggered runs), not first for being old.
+# KEYS: job, job_runs, inflight
+# ARGV: job_id, now_ms, prefix, runs_kept, then 4 per slot: run_id, nominal_ms, queue_key, message
+# Returns {'ok', run_id, ...} (the runs added), {'refused', status} or {'missing'}
+BACKFILL = (
+    _BATCHED_WRITES
+    + _LIFECYCLE
+    + """
+local st = redis.call('HMGET', KEYS[1], 'status', 'recurring')
+if not st[1] then return {'missing'} end
+-- a cancel is never undone, and a schedule set aside runs no more (BEGIN_RUN would skip them)
+if st[1] == 'cancelled' or st[1] == 'failed' or st[2] ~= '1' then return {'refused', st[1]} end
+local now, prefix = ARGV[2], ARGV[3]
+local added, inflight = {'ok'}, {}
+for b = 5, #ARGV, 4 do
+  local run_id, nominal = ARGV[b], ARGV[b+1]
+  local run = prefix .. ':run:' .. run_id
+  local status = redis.call('HGET', run, 'status')
+  local known = status or redis.call('ZSCORE', KEYS[2], run_id)
+  if not known or status == 'skipped' then
+    redis.call('DEL', run)  -- a skipped slot's record: its reason no longer applies
+    redis.call('HSET', run, 'job_id', ARGV[1], 'nominal_ms', nominal, 'status', 'queued',
+      'attempts', 0, 'queued_ms', now, 'manual', '1')
+    redis.call('ZADD', KEYS[2], now, run_id)
+    push(ARGV[b+2], ARGV[b+3])
+    inflight[#inflight+1] = now
+    inflight[#inflight+1] = run_id
+    added[#added+1] = run_id
+  end
+end
+if #added > 1 then
+  trim_runs(prefix, KEYS[2], ARGV[4])
+  -- runs are out: a finished schedule stays until they finish (FINISH_RUN retires it again)
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+  redis.call('ZREM', prefix .. ':retired', ARGV[1])
+  add_all(KEYS[3], inflight)
+  push_all()
+end
+return added
+"""
+)
+BACKFILL_MAX_SLOTS = 1_000  # slots per backfill call (also at most runs_kept): bounds the script
 
 # Beat: send a run's message again when it was lost (in no queue, held by no worker), only if
 # the run has not moved since beat looked; a finished run just leaves the in-flight index.

@@ -351,17 +351,19 @@ class Store:
         return None if value is None else text(value)
 
     def schedule_states(self, job_ids: Sequence[str]) -> list[ScheduleState | None]:
-        """Per job, its status, failed runs (FINISH_RUN counts them) and last change, in one round
-        trip; None for a job that is gone."""
+        """Per job, its status, failed runs (FINISH_RUN counts them), last change and skipped slots
+        (CLAIM_DUE counts them), in one round trip; None for a job that is gone."""
         if not job_ids:
             return []
         with guarded(), self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hmget(self.keys.job(job_id), "status", "failed_runs", "updated_ms")
+                pipe.hmget(self.keys.job(job_id), "status", "failed_runs", "updated_ms", "skipped_slots")
             rows: list[Any] = pipe.execute()
         return [
-            None if status is None else ScheduleState(text(status), int(failed or 0), int(updated or 0))
-            for status, failed, updated in rows
+            None
+            if status is None
+            else ScheduleState(text(status), int(failed or 0), int(updated or 0), int(skipped or 0))
+            for status, failed, updated, skipped in rows
         ]
 
     def due_entries(self, until_ms: int, limit: int) -> list[DueEntry]:
@@ -424,6 +426,8 @@ class Store:
                         opt(c.new_next_ms),
                         c.message.queue_key if c.message.payload else c.reason,
                         c.message.payload,
+                        c.overlap,
+                        opt(c.skip_next_ms),
                     ]
                 yield ops.Eval("CLAIM_DUE", touched, args)
 

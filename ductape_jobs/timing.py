@@ -21,6 +21,8 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 from ductape_jobs.errors import JobValidationError, shown
 
 SECONDS_MS_BOUNDARY = 100_000_000_000  # numbers below are Unix seconds, at/above are ms
+# repeat.overlap: what a slot does while the schedule's previous run is unfinished (README).
+Overlap = Literal["allow", "skip", "buffer_one"]
 
 # The last instant a datetime can hold (9999-12-31T23:59:59.999Z); also the bound of every other
 # millisecond quantity a request holds (repeat.every, repeat.catchup_ms).
@@ -297,6 +299,10 @@ class Rule:
     misfire: Literal["skip", "run_all"] = "skip"
     catchup_ms: int = 0  # with run_all: how far back missed runs are still run
     jitter_ms: int = 0  # each run falls due within [0, jitter_ms) after its slot (ductape_jobs.jitter)
+    # What a slot does while the schedule's previous run is unfinished (CLAIM_DUE decides it).
+    # 'allow' here, so a rule stored before the field existed keeps its old behaviour;
+    # models.Repeat gives new schedules 'skip'.
+    overlap: Overlap = "allow"
 
     def __post_init__(self) -> None:
         if (self.cron is None) == (self.every_ms is None):
@@ -546,3 +552,23 @@ def missed_slots(
         return count
     mean_gap_ms = (at_ms - first_ms) / (count - 1)
     return count + int((bound_ms - 1 - at_ms) // mean_gap_ms)
+
+
+def slots_between_ms(rule: Rule, anchor_ms: int, start_ms: int, end_ms: int, most: int) -> list[int] | None:
+    """The schedule's slots in [start_ms, end_ms], on its phase (an ``every`` rule's slots are
+    anchor_ms plus or minus whole intervals, so a backfill may reach before the first run), or
+    None when there are more than ``most``. Ignores limit and end_ms: the caller bounds the range."""
+    found: list[int] = []
+    if rule.every_ms is not None:
+        at_ms: int | None = start_ms + (anchor_ms - start_ms) % rule.every_ms
+    else:
+        at_ms = cron_next_ms(cast(str, rule.cron), rule.tz, start_ms, inclusive=True)
+    while at_ms is not None and at_ms <= end_ms:
+        if len(found) == most:
+            return None
+        found.append(at_ms)
+        if rule.every_ms is not None:
+            at_ms += rule.every_ms
+        else:
+            at_ms = cron_next_ms(cast(str, rule.cron), rule.tz, at_ms)
+    return found

@@ -1,5 +1,5 @@
 """Commands that read and manage existing jobs and runs: list, show, runs, upcoming, failed, and the
-state changes (cancel, cancel-run, pause, resume, trigger, redrive)."""
+state changes (cancel, cancel-run, pause, resume, trigger, redrive, backfill)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ductape_jobs.cli.output import (
     stamp,
     table,
 )
+from ductape_jobs.cli.schedule import number_or_text
 from ductape_jobs.models import JobStatus, ms_to_datetime
 
 STATUSES = [s.value for s in JobStatus]
@@ -226,9 +227,38 @@ def cancel_run(obj: Context, run_id: str, terminate: bool, as_json: bool) -> Non
         say(f"run {run.run_id}: {run.status.value}")
 
 
+@click.command()
+@click.argument("job_id")
+@click.option(
+    "--start", required=True, metavar="WHEN", help="First slot time: Unix seconds, epoch ms, or ISO-8601."
+)
+@click.option("--end", required=True, metavar="WHEN", help="Last slot time (inclusive), in the past.")
+@json_option
+@pass_context
+def backfill(obj: Context, job_id: str, start: str, end: str, as_json: bool) -> None:
+    """Run every slot of a past range once (a slot that ran already is left alone): the run ids added."""
+    added = obj.ductape.job.backfill(job_id, number_or_text(start), number_or_text(end))
+    if as_json:
+        echo_json({"job_id": job_id, "run_ids": added})
+    else:
+        say("\n".join(added) if added else "nothing to run: every slot in the range has run already")
+
+
 def register(group: click.Group) -> None:
     """Add these commands to the CLI."""
-    for command in (list_jobs, show, runs, upcoming, failed, set_aside, cancel, cancel_run, trigger, redrive):
+    for command in (
+        list_jobs,
+        show,
+        runs,
+        upcoming,
+        failed,
+        set_aside,
+        cancel,
+        cancel_run,
+        trigger,
+        redrive,
+        backfill,
+    ):
         group.add_command(command)
     group.add_command(
         _state_command("pause", "Hold a scheduled job; runs already handed to workers still run.")

@@ -105,6 +105,8 @@ def repeat_text(rule: dict[str, Any] | None) -> str:
         text += f", until {when(rule['end_ms'])}"
     if rule.get("jitter_ms"):
         text += f", jitter {span(rule['jitter_ms'])}"
+    if rule.get("overlap", "allow") != "allow":  # a rule stored before the field overlaps
+        text += f", overlap {rule['overlap']}"
     return text
 
 
@@ -174,6 +176,7 @@ def job_detail(job: JobRecord) -> str:
         ("repeat", repeat_text(spec.rule)),
         ("next_run", when(job.next_run_ms)),
         ("runs_done", job.runs_done),
+        ("skipped_slots", job.skipped_slots),
         ("attempts", job.attempts),
         ("last_run_id", job.last_run_id),
         ("last_error", one_line(job.last_error, 200)),

@@ -169,9 +169,9 @@ def _flags(
         "event": event,
         "app": app,
         "cache": cache,
-        "start_at": None if start_at is None else _number_or_text(start_at),
-        "retries": None if retries is None else _number_or_text(retries),
-        "timeout": None if timeout is None else _number_or_text(timeout),
+        "start_at": None if start_at is None else number_or_text(start_at),
+        "retries": None if retries is None else number_or_text(retries),
+        "timeout": None if timeout is None else number_or_text(timeout),
         "input": None if input_json is None else _json_flag("input", input_json),
         "repeat": None if repeat_json is None else _json_flag("repeat", repeat_json),
     }
@@ -187,11 +187,12 @@ def _with_jitter(repeat: Any, jitter_ms: str) -> Any:
             raise JobValidationError(
                 "repeat.jitter_ms", "given twice, in --repeat and as --jitter-ms; keep one"
             )
-        return {**repeat, "jitter_ms": _number_or_text(jitter_ms)}
+        return {**repeat, "jitter_ms": number_or_text(jitter_ms)}
     return repeat  # not an object: the library refuses it by name
 
 
-def _number_or_text(value: str) -> int | float | str:
+def number_or_text(value: str) -> int | float | str:
+    """A flag's number as a number (a time or a count), anything else as the text given."""
     if len(value) > _LONGEST_NUMBER:
         return value  # no time or count is this long: the library refuses it as text, by name
     for kind in (int, float):

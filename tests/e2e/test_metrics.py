@@ -132,7 +132,7 @@ def test_a_poison_entry_is_set_aside_while_the_others_run_and_ended_schedules_le
     every = {"every": 1000}
     healthy = ductape.job.schedule(
         env="dev", product_tag="tests", event="echo", start_at=soon_ms, input={"case": "healthy"},
-        repeat={**every, "limit": 3},
+        repeat={**every, "limit": 3, "overlap": "allow"},  # each slot runs, even behind a slow one
     )  # fmt: skip
     poisoned = ductape.job.schedule(
         env="dev", product_tag="tests", event="echo", start_at=soon_ms, input={"case": "poison"}, repeat=every

@@ -202,6 +202,7 @@ bad_session = st.one_of(
     st.just({"tag": "user-session", "token": "user-session:e30.e30.e30", "extra": 1}),
 )
 every_rule = {"every": 5_000}
+REPEAT_FIELDS = ("cron", "every", "limit", "endDate", "end_date", "tz", "misfire", "catchup_ms", "overlap")
 bad_repeat = st.one_of(
     junk.filter(lambda v: not isinstance(v, dict) and v is not None),
     st.text(min_size=1, max_size=10),
@@ -217,13 +218,10 @@ bad_repeat = st.one_of(
     st.just({"tz": "UTC"}),
     st.builds(
         lambda k: {**every_rule, k: 1},
-        st.text(min_size=1, max_size=10).filter(
-            lambda k: (
-                k not in ("cron", "every", "limit", "endDate", "end_date", "tz", "misfire", "catchup_ms")
-            )
-        ),
+        st.text(min_size=1, max_size=10).filter(lambda k: k not in REPEAT_FIELDS),
     ),
     st.builds(lambda m: {**every_rule, "misfire": m}, st.one_of(bad_text, junk)),
+    st.builds(lambda m: {**every_rule, "overlap": m}, st.one_of(bad_text, junk)),
     st.builds(
         lambda c: {**every_rule, "catchup_ms": c}, st.one_of(st.integers(max_value=-1), st.text(max_size=4))
     ),

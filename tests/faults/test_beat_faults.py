@@ -43,7 +43,10 @@ def schedule_every(ductape: Ductape, count: int, limit: int) -> dict[str, int]:
                 "event": "echo",
                 "start_at": start + (i % 10) * 97,
                 "input": {"i": i},
-                "repeat": {"every": EVERY_MS, "limit": limit},
+                # every slot is released (the tally counts a slot missing outside the outage as
+                # lost): overlap 'allow', not the default 'skip' that would skip a slot whose run
+                # is still queued on this loaded machine
+                "repeat": {"every": EVERY_MS, "limit": limit, "overlap": "allow"},
             }
             for i in range(count)
         ]

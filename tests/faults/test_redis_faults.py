@@ -64,8 +64,11 @@ def test_redis_restart_mid_stream_keeps_everything_and_reconnects(
     wait_for(lambda: lock_holder(r, prefix) == beat.pid, 30, "beat to lead")
 
     base = {"env": "dev", "product_tag": "tests", "event": "echo"}
-    endless = ductape.job.schedule(**base, input={"k": "endless"}, repeat={"every": 1000})
-    limited = ductape.job.schedule(**base, input={"k": "limited"}, repeat={"every": 1000, "limit": 8})
+    # 'allow': a run caught by the kill must not hold back the slots after it (the default 'skip')
+    endless = ductape.job.schedule(**base, input={"k": "endless"}, repeat={"every": 1000, "overlap": "allow"})
+    limited = ductape.job.schedule(
+        **base, input={"k": "limited"}, repeat={"every": 1000, "limit": 8, "overlap": "allow"}
+    )
     far = ductape.job.schedule(**base, input={"k": "far"}, start_at=now_ms() + 3_600_000)
     cron = ductape.job.schedule(**base, input={"k": "cron"}, repeat={"cron": "0 0 1 1 *", "limit": 3})
     paused = ductape.job.schedule(

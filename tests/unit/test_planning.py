@@ -580,6 +580,7 @@ def test_rule_is_stored_normalized() -> None:
         "end_ms": ms("2030-01-01T00:00:00"),
         "misfire": "skip",
         "catchup_ms": 0,
+        "overlap": "skip",  # the default for new schedules
     }
 
 
