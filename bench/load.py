@@ -46,7 +46,7 @@ def template(settings: Settings, every_ms: int) -> NewJob:
             "event": "noop",
             "start_at": now + 86_400_000,
             "input": {},
-            "repeat": {"every": every_ms},
+            "repeat": {"every": every_ms, "overlap": "allow"},  # as RedBeat: every slot released
         }
     )
     return plan_job(req, settings, Sessions({}), now, "template")

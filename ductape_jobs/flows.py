@@ -423,8 +423,6 @@ def _check_range(job: JobRecord, rule: timing.Rule, start_ms: int, end_ms: int, 
     begins_ms = job.spec.start_ms or job.spec.created_ms  # start_at 0: the job began when created
     if start_ms > end_ms:
         raise JobValidationError("start", f"{_iso(start_ms)} is after end {_iso(end_ms)}; swap them")
-    if end_ms > now:
-        raise JobValidationError("end", f"{_iso(end_ms)} is not past yet; backfill runs past slots only")
     if start_ms < begins_ms:
         raise JobValidationError(
             "start",
@@ -435,6 +433,8 @@ def _check_range(job: JobRecord, rule: timing.Rule, start_ms: int, end_ms: int, 
         raise JobValidationError(
             "end", f"{_iso(end_ms)} is after the job's endDate {_iso(rule.end_ms)}; end the range there"
         )
+    if end_ms > now:
+        raise JobValidationError("end", f"{_iso(end_ms)} is not past yet; backfill runs past slots only")
     if job.status == JobStatus.SCHEDULED and job.next_run_ms is not None and end_ms >= job.next_run_ms:
         raise JobValidationError(
             "end",

@@ -172,3 +172,32 @@ def test_the_listen_address_is_a_setting_and_defaults_to_loopback(
     finally:
         default.server.shutdown()  # type: ignore[attr-defined]
         other.server.shutdown()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("per_job", [True, False])
+def test_slots_skipped_by_overlap_are_read_from_redis_under_the_same_bounded_labels(
+    ductape: Ductape, settings: Settings, per_job: bool
+) -> None:
+    store = ductape.store
+    metrics = metrics_for(store, settings, metrics_per_job=per_job, metrics_linger_s=0)
+    try:
+        jobs = schedules(ductape, 2)
+        metrics.observe(released(jobs))
+        for job_id, skipped in zip(jobs, (3, 1), strict=True):  # CLAIM_DUE counts them there
+            store.redis.hset(store.keys.job(job_id), "skipped_slots", skipped)
+        group = {"product_tag": "tests", "event": "echo", "env": "dev"}
+        samples = scrape(metrics)
+        name = "ductape_slots_skipped_total"
+        if per_job:
+            assert [samples[(name, frozenset({**group, "job_id": j}.items()))] for j in jobs] == [3, 1]
+        else:
+            assert samples[(name, frozenset(group.items()))] == 4
+        ductape.job.cancel(jobs[0])  # an ended schedule's series leave (linger 0); a group keeps its count
+        samples = scrape(metrics)
+        skipped = {labels: v for (n, labels), v in samples.items() if n == name}
+        if per_job:
+            assert skipped == {frozenset({**group, "job_id": jobs[1]}.items()): 1}
+        else:
+            assert skipped == {frozenset(group.items()): 4}
+    finally:
+        metrics.server.shutdown()  # type: ignore[attr-defined]
