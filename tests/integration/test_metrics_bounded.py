@@ -74,6 +74,15 @@ def schedules(ductape: Ductape, n: int, event: str = "echo") -> list[str]:
     return [h.job_id for h in ductape.job.schedule_many(requests)]
 
 
+def counted(ductape: Ductape, metrics: BeatMetrics, field: str, counts: tuple[int, ...]) -> list[str]:
+    """Schedules released by this beat, each with ``field`` of its job record set to its count."""
+    jobs = schedules(ductape, len(counts))
+    metrics.observe(released(jobs))
+    for job_id, count in zip(jobs, counts, strict=True):
+        ductape.store.redis.hset(ductape.store.keys.job(job_id), field, count)
+    return jobs
+
+
 def series_of(samples: Samples, job_id: str) -> list[str]:
     return sorted(name for name, labels in samples if ("job_id", job_id) in labels)
 
@@ -137,11 +146,8 @@ def test_without_per_job_labels_series_are_per_product_event_env_and_failed_coun
     store = ductape.store
     metrics = metrics_for(store, settings, metrics_per_job=False, metrics_linger_s=0)
     try:
-        jobs = schedules(ductape, 3)
-        metrics.observe(released(jobs))
+        jobs = counted(ductape, metrics, "failed_runs", (2, 1, 0))
         metrics.observe(released(jobs[:1]))
-        for job_id, failed in zip(jobs, (2, 1, 0), strict=True):
-            store.redis.hset(store.keys.job(job_id), "failed_runs", failed)
         group = frozenset({"product_tag": "tests", "event": "echo", "env": "dev"}.items())
         samples = scrape(metrics)
         assert not any(("job_id", j) in labels for _, labels in samples for j in jobs)
@@ -178,13 +184,9 @@ def test_the_listen_address_is_a_setting_and_defaults_to_loopback(
 def test_slots_skipped_by_overlap_are_read_from_redis_under_the_same_bounded_labels(
     ductape: Ductape, settings: Settings, per_job: bool
 ) -> None:
-    store = ductape.store
-    metrics = metrics_for(store, settings, metrics_per_job=per_job, metrics_linger_s=0)
+    metrics = metrics_for(ductape.store, settings, metrics_per_job=per_job, metrics_linger_s=0)
     try:
-        jobs = schedules(ductape, 2)
-        metrics.observe(released(jobs))
-        for job_id, skipped in zip(jobs, (3, 1), strict=True):  # CLAIM_DUE counts them there
-            store.redis.hset(store.keys.job(job_id), "skipped_slots", skipped)
+        jobs = counted(ductape, metrics, "skipped_slots", (3, 1))  # CLAIM_DUE counts them there
         group = {"product_tag": "tests", "event": "echo", "env": "dev"}
         samples = scrape(metrics)
         name = "ductape_slots_skipped_total"
