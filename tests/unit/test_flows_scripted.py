@@ -476,6 +476,39 @@ def test_redrive_adds_the_dead_run_again_and_names_a_missing_run() -> None:
         drive(f.redrive("J:5000"), job, add_run("redrive", "J:5000", [b"refused", b"cancelled"]))
 
 
+def backfill(reply: list[bytes], slots: int) -> Step:
+    keys = [K.job("J"), K.job_runs("J"), K.inflight]
+    return script("BACKFILL", reply, keys=keys, args=["J", ANY, "unit", 100, *[ANY] * (4 * slots)])
+
+
+def test_backfill_sends_each_slot_with_its_own_run_id_and_message_and_returns_the_runs_added() -> None:
+    f = core().flows
+    created = 1_700_000_000_000
+    anchor = created + 3 * MINUTE  # slots every minute from its creation, before its first run too
+    spec = spec_of(EVERY_MINUTE, now=created)
+    job = call(
+        "hgetall",
+        K.job("J"),
+        reply=job_hash(spec, "scheduled", recurring=1, next_run_ms=anchor + MINUTE, runs_done=1),
+    )
+    anchor_of = call("hget", K.job("J"), "anchor_ms", reply=str(anchor).encode())
+    sent = Driven([])
+    run_1 = f"J:{created}".encode()
+    added = drive(f.backfill("J", created, anchor), job, anchor_of, backfill([b"ok", run_1], 4), sent=sent)
+    assert added == [run_1.decode()]  # what the script added: the others it knew already
+    (call_,) = sent.rounds[2]
+    slots = [call_.args[at : at + 4] for at in range(4, len(call_.args), 4)]
+    expected = [created + k * MINUTE for k in range(4)]
+    assert [(run_id, nominal) for run_id, nominal, _, _ in slots] == [(f"J:{t}", t) for t in expected]
+    assert all(f'"id": "{run_id}"' in message for run_id, _, _, message in slots)
+    with pytest.raises(JobStateError, match="cannot backfill J: it is cancelled"):
+        drive(f.backfill("J", created, anchor), job, anchor_of, backfill([b"refused", b"cancelled"], 4))
+    # More slots than a call takes: refused before the script, naming the bound.
+    few = core(runs_kept=3).flows
+    with pytest.raises(JobValidationError, match="more than 3 slots"):
+        drive(few.backfill("J", created, anchor), job, anchor_of)
+
+
 # -- when Redis fails ------------------------------------------------------------------------------
 
 
