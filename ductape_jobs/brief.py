@@ -26,7 +26,8 @@ class JobBrief(BaseModel):
     env: str
     product_tag: str
     event: str
-    rule: dict[str, Any] | None = None  # timing.Rule as a dict, as in JobSpec
+    # timing.Rule as a dict, as in JobSpec; its overlap policy is what beat hands CLAIM_DUE
+    rule: dict[str, Any] | None = None
     argsrepr: str = "{}"
     timeout_s: int | None = None  # the job's timeout (its messages' hard limit); None: the default
 
