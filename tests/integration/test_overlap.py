@@ -197,3 +197,16 @@ def test_a_standby_beat_claiming_the_same_slot_skips_nothing_twice_and_sends_not
     assert standby.tick(T0 + 2 * MIN).released == 0
     assert job(store, job_id).skipped_slots == 1
     assert queues.nominal(job_id) == [T0 + MIN]
+
+
+def test_a_buffered_run_is_a_slot_taken_a_pause_does_not_hold_it_back(
+    store: Store, settings: Settings, celery_app: Celery
+):
+    job_id = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN, "overlap": "buffer_one"})
+    engine, queues = engine_for(store, settings, celery_app)
+    ticked(engine, 1, 2)
+    assert store.change_state("pause", job_id, T0 + 2 * MIN + 1)[0] == "ok"
+    finish(store, slot(job_id, 1), T0 + 2 * MIN + 2)
+    engine.tick(T0 + 2 * MIN + 2_000)
+    assert queues.nominal(job_id) == [T0 + MIN, T0 + 2 * MIN]  # sent as runs already out are
+    assert job(store, job_id).status == JobStatus.PAUSED
