@@ -18,7 +18,7 @@ from typing import Any, TypedDict, cast
 from kombu.exceptions import OperationalError
 from pydantic import TypeAdapter
 
-from ductape_jobs import ops
+from ductape_jobs import ops, timing
 from ductape_jobs.brief import ARGSREPR_MAX, JobBrief
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.errors import (
@@ -372,9 +372,11 @@ class JobFlows:
             raise JobValidationError(
                 "job_id", f"job {job_id} is a one-off: it has no slots; trigger it instead"
             )
-        _check_range(job, rule, start_ms, end_ms, now)
-        most = min(BACKFILL_MAX_SLOTS, self._settings.runs_kept)
         anchor = yield from ops.anchor_ms(self._keys, job_id)
+        # next_run_ms is when the next run falls due, after its slot when jittered
+        nxt = None if job.next_run_ms is None else Spread(rule, job_id, anchor).slot_ms(job.next_run_ms)
+        _check_range(job, rule, start_ms, end_ms, now, nxt)
+        most = min(BACKFILL_MAX_SLOTS, self._settings.runs_kept)
         slots = timing.slots_between_ms(rule, anchor, start_ms, end_ms, most)
         if slots is None:
             raise JobValidationError(
@@ -417,9 +419,11 @@ class JobFlows:
             raise JobStateError(f"cannot {action} {what}: it is {status}")
 
 
-def _check_range(job: JobRecord, rule: timing.Rule, start_ms: int, end_ms: int, now: int) -> None:
+def _check_range(
+    job: JobRecord, rule: timing.Rule, start_ms: int, end_ms: int, now: int, next_slot_ms: int | None
+) -> None:
     """Refuse a backfill range that is not past, not within the job's start and endDate, or
-    reaches the slots the schedule releases itself (from its next run on)."""
+    reaches the slots the schedule releases itself (from its next run's slot on)."""
     begins_ms = job.spec.start_ms or job.spec.created_ms  # start_at 0: the job began when created
     if start_ms > end_ms:
         raise JobValidationError("start", f"{_iso(start_ms)} is after end {_iso(end_ms)}; swap them")
@@ -435,10 +439,10 @@ def _check_range(job: JobRecord, rule: timing.Rule, start_ms: int, end_ms: int, 
         )
     if end_ms > now:
         raise JobValidationError("end", f"{_iso(end_ms)} is not past yet; backfill runs past slots only")
-    if job.status == JobStatus.SCHEDULED and job.next_run_ms is not None and end_ms >= job.next_run_ms:
+    if job.status == JobStatus.SCHEDULED and next_slot_ms is not None and end_ms >= next_slot_ms:
         raise JobValidationError(
             "end",
-            f"{_iso(end_ms)} reaches the schedule's next run at {_iso(job.next_run_ms)}, which beat "
+            f"{_iso(end_ms)} reaches the schedule's next run at {_iso(next_slot_ms)}, which beat "
             "releases itself; end the range before it",
         )
 

@@ -156,7 +156,9 @@ local function cancel_one(prefix, run_id, now, terminate, why, job_ttl)
   local run = prefix .. ':run:' .. run_id
   local status = redis.call('HGET', run, 'status')
   if status == 'running' then redis.call('HSET', run, 'cancel', '1') end
-  if status == 'queued' or status == 'retrying' or (status == 'running' and terminate) then
+  -- a 'buffered' run (repeat.overlap) has not started either: it waits in the due index
+  local waiting = status == 'queued' or status == 'retrying' or status == 'buffered'
+  if waiting or (status == 'running' and terminate) then
     end_cancelled(prefix, run, run_id, now, why, job_ttl)
   end
   return status
@@ -675,7 +677,8 @@ CANCEL_RUN = (
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
-if status ~= 'queued' and status ~= 'retrying' and status ~= 'running' then return {'refused', status} end
+local live = {queued = true, retrying = true, running = true, buffered = true}
+if not live[status] then return {'refused', status} end
 cancel_one(ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1', 'cancelled (cancel_run)', ARGV[5])
 return {'ok', status}
 """

@@ -7,12 +7,14 @@ from __future__ import annotations
 from celery import Celery
 
 from beat.engine import BeatEngine
+from ductape_jobs import ops
 from ductape_jobs.models import JobRecord, JobStatus, RunStatus, run_id_for
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
 from tests.integration.test_beat_engine import (
     MIN,
     T0,
+    Queues,
     celery_app,
     client,
     engine_for,
@@ -51,6 +53,14 @@ def job(store: Store, job_id: str) -> JobRecord:
 def slot(job_id: str, n: int) -> str:
     """The run id of the schedule's n-th slot (from 1), every minute from T0 + MIN."""
     return run_id_for(job_id, T0 + n * MIN)
+
+
+def one_buffered(store: Store, settings: Settings, app: Celery) -> tuple[str, BeatEngine, Queues]:
+    """A buffer_one schedule whose slot 2 waits behind slot 1 (queued, unfinished)."""
+    job_id = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN, "overlap": "buffer_one"})
+    engine, queues = engine_for(store, settings, app)
+    ticked(engine, 1, 2)
+    return job_id, engine, queues
 
 
 def ticked(engine: BeatEngine, *minutes: int) -> list[int]:
@@ -157,9 +167,7 @@ def test_buffer_one_keeps_one_run_waiting_and_sends_it_when_the_running_one_fini
 def test_a_buffered_run_of_a_cancelled_schedule_ends_skipped(
     store: Store, settings: Settings, celery_app: Celery
 ):
-    job_id = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN, "overlap": "buffer_one"})
-    engine, queues = engine_for(store, settings, celery_app)
-    ticked(engine, 1, 2)
+    job_id, engine, queues = one_buffered(store, settings, celery_app)
     assert store.change_state("cancel", job_id, T0 + 2 * MIN + 1)[0] == "ok"
     # slot 1, queued when the cancel came, is skipped by the worker; the buffered one by beat
     assert store.begin_run(slot(job_id, 1), job_id, T0 + 2 * MIN + 2, LEASE_MS, "host:1:x").verdict == "skip"
@@ -202,11 +210,23 @@ def test_a_standby_beat_claiming_the_same_slot_skips_nothing_twice_and_sends_not
 def test_a_buffered_run_is_a_slot_taken_a_pause_does_not_hold_it_back(
     store: Store, settings: Settings, celery_app: Celery
 ):
-    job_id = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN, "overlap": "buffer_one"})
-    engine, queues = engine_for(store, settings, celery_app)
-    ticked(engine, 1, 2)
+    job_id, engine, queues = one_buffered(store, settings, celery_app)
     assert store.change_state("pause", job_id, T0 + 2 * MIN + 1)[0] == "ok"
     finish(store, slot(job_id, 1), T0 + 2 * MIN + 2)
     engine.tick(T0 + 2 * MIN + 2_000)
     assert queues.nominal(job_id) == [T0 + MIN, T0 + 2 * MIN]  # sent as runs already out are
     assert job(store, job_id).status == JobStatus.PAUSED
+
+
+def test_cancel_run_of_a_buffered_run_ends_it_and_the_schedule_goes_on(
+    store: Store, settings: Settings, celery_app: Celery
+):
+    job_id, engine, queues = one_buffered(store, settings, celery_app)
+    cancel = ops.cancel_run(
+        store.keys, slot(job_id, 2), T0 + 2 * MIN + 1, terminate=False, job_retention_s=60
+    )
+    assert store.run(cancel) == ("ok", "buffered")  # not started: it never starts
+    assert statuses(store, job_id)[T0 + 2 * MIN] == RunStatus.CANCELLED
+    finish(store, slot(job_id, 1), T0 + 2 * MIN + 2)
+    assert ticked(engine, 3) == [1]  # nothing waits any more: the next slot goes
+    assert queues.nominal(job_id) == [T0 + MIN, T0 + 3 * MIN]

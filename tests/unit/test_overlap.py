@@ -112,7 +112,7 @@ NOW = T0 + 2 * HOUR
 def test_a_range_is_refused_by_field(made: Any, start: int, end: int, field: str, words: str) -> None:
     record, rule = made
     with pytest.raises(JobValidationError, match=words) as caught:
-        _check_range(record, rule, start, end, NOW)
+        _check_range(record, rule, start, end, NOW, record.next_run_ms)
     assert caught.value.field == field
 
 
@@ -127,4 +127,4 @@ def test_a_range_is_refused_by_field(made: Any, start: int, end: int, field: str
 )
 def test_a_range_inside_the_job_and_the_past_is_taken(made: Any, start: int, end: int) -> None:
     record, rule = made
-    _check_range(record, rule, start, end, NOW)
+    _check_range(record, rule, start, end, NOW, record.next_run_ms)
