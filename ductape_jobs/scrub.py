@@ -108,7 +108,18 @@ class Scrubber:
         window = text[-limit * PRE_CUT :] if keep_end else text[: limit * PRE_CUT]
         clean = self.scrub(window)
         cut = clean[-limit:] if keep_end else clean[:limit]
-        return cut if cut == clean else self.scrub(cut)
+        if cut == clean:
+            return cut
+        # A cut can leave a whole short form at its end ('123' cut to '12', a value): masking it
+        # lengthens the text, so cut and scrub again; a mask is what ends up at the edge.
+        for _ in range(3):
+            cut = self.scrub(cut)
+            if len(cut) <= limit:
+                return cut
+            cut = cut[-limit:] if keep_end else cut[:limit]
+        if limit <= len(MASK):
+            return MASK[:limit]
+        return (MASK + cut[len(MASK) - limit :]) if keep_end else (cut[: limit - len(MASK)] + MASK)
 
 
 class _Compiled:

@@ -207,3 +207,14 @@ def test_no_form_of_a_value_survives(
 @given(value=st.text(_VALUE_CHARS, min_size=SHORT_CHARS, max_size=30), n=st.integers(1, 5))
 def test_repeated_values_are_all_masked(value: str, n: int) -> None:
     assert Scrubber([value]).scrub(" | ".join([value] * n)).count(value) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "keep_end", "clipped"),
+    [("ab 123", 5, False, "ab **"), ("123 ab", 5, True, "23 ab"), ("cvv 12", 6, False, "cvv **")],
+)
+def test_a_cut_that_makes_a_short_value_whole_stays_within_its_limit(
+    text: str, limit: int, keep_end: bool, clipped: str
+) -> None:
+    # '123' cut to '12' is a whole short value: masking it would make the text longer than asked.
+    assert Scrubber(["12"]).clip(text, limit, keep_end=keep_end) == clipped
