@@ -143,7 +143,7 @@ def test_worker_killed_repeatedly_while_a_backlog_drains(
         kills += 1
         worker = procs.worker(concurrency=2, **FAST_REDELIVERY)
 
-    deadline = time.monotonic() + 40
+    deadline = time.monotonic() + 90  # a deadline for a loaded machine; it ends once all completed
     while time.monotonic() < deadline and statuses(r, env_prefix, job_ids).count("completed") < total:
         time.sleep(0.2)
     done = statuses(r, env_prefix, job_ids)
