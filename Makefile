@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CELERY := $(BIN)/celery -A workers
 export DUCTAPE_HANDLERS ?= examples.handlers
+# `make test` runs this many pytest processes (pytest-xdist): most e2e time is waiting on real
+# processes and clocks, not CPU, so more than the cores helps. TEST_PROCS=0 runs in one process.
+TEST_PROCS ?= 3
+XDIST := -n $(TEST_PROCS) --dist loadgroup
 
 .PHONY: help setup demo test test-unit test-e2e lint typecheck bench soak worker beat flower clean
 
@@ -25,14 +29,14 @@ demo: $(STAMP) ## embedded Redis (unless REDIS_URL), a worker, a beat, the seed'
 
 test: $(STAMP) ## the whole suite against a real Redis and real celery processes
 	@bash tests/setup_chromium.sh
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 test-unit: $(STAMP) ## pure tests only (no Redis)
 	$(BIN)/python -m pytest tests/unit
 
 test-e2e: $(STAMP) ## end-to-end tests with real worker and beat processes
 	@bash tests/setup_chromium.sh
-	$(BIN)/python -m pytest -m e2e
+	$(BIN)/python -m pytest $(XDIST) -m e2e
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

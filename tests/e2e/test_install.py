@@ -24,6 +24,7 @@ from tests.install import APP_FILES, BUILD, INSTALL, SOURCES, command
 from tests.support import (
     ROOT,
     Processes,
+    Reaper,
     flower_refusal,
     free_port,
     http_get,
@@ -32,7 +33,8 @@ from tests.support import (
 )
 
 # The first test of a session builds and installs the wheel (pip's cache keeps it to a minute or
-# so); the rest reuse that environment.
+# so); the rest reuse that environment, so a parallel run keeps them on one process
+# (tests/conftest.py, TOGETHER).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 AUTH = ("admin", "change-me")
@@ -99,12 +101,12 @@ def install(tmp_path_factory: pytest.TempPathFactory) -> Install:
 
 @pytest.fixture
 def installed(
-    install: Install, redis_url: str, prefix: str, tmp_path_factory: pytest.TempPathFactory
+    install: Install, redis_url: str, prefix: str, tmp_path_factory: pytest.TempPathFactory, reaper: Reaper
 ) -> Iterator[Processes]:
     """Processes from the installed wheel; stopped after the test."""
     group = install.processes(redis_url, prefix, tmp_path_factory.mktemp("procs"))
     yield group
-    group.stop_all()
+    group.stop_all(reaper)
 
 
 def test_the_installed_package_is_what_runs(install: Install, installed: Processes) -> None:
