@@ -18,10 +18,9 @@ from ductape_jobs import timing
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.jitter import Spread
 from ductape_jobs.models import run_id_for
-from ductape_jobs.records import reason
+from ductape_jobs.records import Message, Messages, reason
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Claim, DueEntry, Store
-from ductape_jobs.wire import Message, MessageBuilder
 
 log = logging.getLogger("beat")
 
@@ -67,7 +66,7 @@ class BeatEngine:
         self,
         store: Store,
         settings: Settings,
-        messages: MessageBuilder,
+        messages: Messages,
         instance: str,
         *,
         record_releases: bool = False,

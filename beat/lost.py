@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import logging
 
-from ductape_jobs.records import Dispatch, InFlight, Unreadable
+from ductape_jobs.records import Dispatch, InFlight, Message, Messages, Unreadable
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
-from ductape_jobs.wire import Message, MessageBuilder
 
 log = logging.getLogger("beat")
 
@@ -28,7 +27,7 @@ LOST_AFTER_MAX_MS = 60_000  # never wait longer than this to look at a run that 
 class LostRuns:
     """Finds in-flight runs whose message is gone and sends them again."""
 
-    def __init__(self, store: Store, settings: Settings, messages: MessageBuilder) -> None:
+    def __init__(self, store: Store, settings: Settings, messages: Messages) -> None:
         self.store = store
         self.messages = messages
         self.batch = settings.beat_batch

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from beat.engine import TickReport
 from beat.health import HealthCollector
-from ductape_jobs.client import now_ms
+from ductape_jobs.clock import now_ms
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store

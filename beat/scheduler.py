@@ -16,7 +16,8 @@ from celery import beat as celery_beat
 from beat.engine import BeatEngine
 from beat.health import RedisWatch
 from beat.metrics import BeatMetrics
-from ductape_jobs.client import connect, now_ms
+from ductape_jobs.clock import now_ms
+from ductape_jobs.connection import connect
 from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Retention, Store

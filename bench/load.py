@@ -21,7 +21,7 @@ from redbeat.schedulers import RedBeatSchedulerEntry, get_redis
 
 from bench.handlers import PRODUCT
 from bench.plain_app import TASK
-from ductape_jobs.client import now_ms
+from ductape_jobs.clock import now_ms
 from ductape_jobs.models import JobRequest
 from ductape_jobs.planning import plan_job
 from ductape_jobs.sessions import Sessions

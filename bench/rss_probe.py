@@ -12,7 +12,8 @@ import time
 
 from beat.engine import BeatEngine
 from ductape_jobs.celery_app import create_app
-from ductape_jobs.client import connect, now_ms
+from ductape_jobs.clock import now_ms
+from ductape_jobs.connection import connect
 from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store

@@ -14,31 +14,11 @@ from typing import Any, Unpack
 import redis.asyncio as aredis
 
 from ductape_jobs.astore import AsyncStore
+from ductape_jobs.connection import connect_async
 from ductape_jobs.flows import ClientCore, JobFilter, Request, RunIds, Runs, SetAsides, Times
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobRequest, RunRecord, ScheduleHandle
 from ductape_jobs.records import JobList
-from ductape_jobs.settings import Settings
-
-POOL_SIZE = 64  # connections one client opens at most
-POOL_WAIT_S = 30.0  # how long a call waits for a free one before giving up
-
-
-def connect_async(settings: Settings) -> aredis.Redis:
-    """An asyncio Redis client with the same bounded timeouts as ``connect``.
-
-    redis-py's default asyncio pool raises once 100 calls are in flight; a blocking pool makes
-    ``gather()`` of thousands of calls wait for a connection instead.
-    """
-    pool = aredis.BlockingConnectionPool.from_url(
-        settings.url,
-        max_connections=POOL_SIZE,
-        timeout=POOL_WAIT_S,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=settings.socket_timeout_s,
-        health_check_interval=30,
-    )
-    return aredis.Redis.from_pool(pool)
 
 
 class AsyncDuctape(ClientCore):
@@ -142,4 +122,4 @@ class AsyncJobClient:
         return await self._run(self._flows.backfill(job_id, start, end))
 
 
-__all__ = ["AsyncDuctape", "AsyncJobClient", "connect_async"]
+__all__ = ["AsyncDuctape", "AsyncJobClient"]

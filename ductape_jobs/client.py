@@ -11,24 +11,14 @@ from typing import Any, Unpack
 
 import redis
 
+from ductape_jobs.connection import connect
 from ductape_jobs.errors import BackendUnavailableError
-from ductape_jobs.flows import ClientCore, JobFilter, Request, RunIds, Runs, SetAsides, Times, now_ms
+from ductape_jobs.flows import ClientCore, JobFilter, Request, RunIds, Runs, SetAsides, Times
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobRequest, RunRecord, ScheduleHandle
 from ductape_jobs.publisher import Publisher
 from ductape_jobs.records import JobList
-from ductape_jobs.settings import Settings
 from ductape_jobs.store import Retention, Store
-
-
-def connect(settings: Settings) -> redis.Redis:
-    """A Redis client with bounded timeouts, so an outage fails fast instead of hanging."""
-    return redis.Redis.from_url(
-        settings.url,
-        socket_timeout=settings.socket_timeout_s,
-        socket_connect_timeout=settings.socket_timeout_s,
-        health_check_interval=30,
-    )
 
 
 class Ductape(ClientCore):
@@ -138,4 +128,4 @@ class JobClient:
         return self._run(self._flows.backfill(job_id, start, end))
 
 
-__all__ = ["BackendUnavailableError", "Ductape", "JobClient", "connect", "now_ms"]
+__all__ = ["BackendUnavailableError", "Ductape", "JobClient"]

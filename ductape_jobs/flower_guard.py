@@ -1,6 +1,6 @@
 """Flower on the workers app is never open: it needs credentials; it listens on loopback unless told.
 
-``celery -A workers flower`` imports the app (``workers.app`` calls ``guard_flower``) before
+``celery -A workers flower`` makes the app (``workers.create_app`` calls ``guard_flower``) before
 Flower reads its options. Flower then reads
 them all (``FLOWER_*`` variables, the ``--conf`` file, the command line) and, before it binds its
 port, calls the app's ``loader.import_default_modules()``, which sends Celery's

@@ -9,7 +9,6 @@ client drives these flows with ``Store.run`` and the async one with ``await Asyn
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +20,7 @@ from pydantic import TypeAdapter
 from ductape_jobs import ops, timing
 from ductape_jobs.brief import ARGSREPR_MAX, JobBrief
 from ductape_jobs.celery_app import create_app
+from ductape_jobs.clock import now_ms
 from ductape_jobs.errors import (
     BackendUnavailableError,
     JobNotFoundError,
@@ -75,11 +75,6 @@ class Revoke:
 
     run_ids: tuple[str, ...] = ()
     terminate: bool = False
-
-
-def now_ms() -> int:
-    """The wall clock in epoch ms; read only at the edges and passed in."""
-    return time.time_ns() // 1_000_000
 
 
 class ClientCore:

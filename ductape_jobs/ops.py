@@ -21,8 +21,17 @@ from ductape_jobs.brief import JobBrief
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, RunRecord
-from ductape_jobs.records import NewJob, SetAside, Unreadable, opt, read_job, run_record, text, verdict
-from ductape_jobs.wire import Message
+from ductape_jobs.records import (
+    Message,
+    NewJob,
+    SetAside,
+    Unreadable,
+    opt,
+    read_job,
+    run_record,
+    text,
+    verdict,
+)
 
 T = TypeVar("T")
 

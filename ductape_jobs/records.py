@@ -7,18 +7,42 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.models import JobRecord, JobSpec, JobStatus, RunRecord, RunStatus
-from ductape_jobs.wire import Message
+
+
+@dataclass(frozen=True)
+class Message:
+    """One ready-to-push broker message: the Redis list it goes to and its payload (wire.py builds
+    it with Celery; everything else only carries it)."""
+
+    queue_key: str
+    payload: str
+
+
+class Messages(Protocol):
+    """What builds a run's message from its job's brief: ``wire.MessageBuilder``, the one Celery
+    user; beat's engine and lost-run sweep take it, so they need no Celery themselves."""
+
+    def from_brief(self, run_id: str, brief: JobBrief, nominal_ms: int, now_ms: int) -> Message:
+        """The message that runs ``run_id`` (with an ETA only when not yet due)."""
+        ...
+
+
+def run_id_of(envelope: Any) -> str | None:
+    """The run id a broker message (a decoded envelope as kombu stores it) carries, if any."""
+    headers = envelope.get("headers") if isinstance(envelope, dict) else None
+    run_id = headers.get("id") if isinstance(headers, dict) else None
+    return run_id if isinstance(run_id, str) else None
 
 
 @dataclass(frozen=True)
 class NewJob:
-    """Everything ``create_job`` writes for one accepted request."""
+    """Everything CREATE_JOBS writes for one accepted request (``planning.plan_job`` makes it)."""
 
     job_id: str
     spec: JobSpec

@@ -31,6 +31,7 @@ from ductape_jobs.records import (
     Dispatch,
     DueEntry,
     InFlight,
+    Message,
     NewJob,
     Retention,
     ScheduleState,
@@ -39,6 +40,7 @@ from ductape_jobs.records import (
     Unreadable,
     opt,
     reason,
+    run_id_of,
     text,
 )
 
@@ -54,7 +56,6 @@ __all__ = [
     "Unreadable",
     "guarded",
 ]
-from ductape_jobs.wire import Message, run_id_of
 
 T = TypeVar("T")
 RENEWED = ("lost", "held", "cancelled")  # RENEW_RUN's replies 0, 1, 2

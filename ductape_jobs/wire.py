@@ -13,7 +13,6 @@ import base64
 import json
 import os
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -21,22 +20,8 @@ from celery import Celery
 from ductape_jobs.brief import JobBrief, argsrepr
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobSpec, hard_limit_s, ms_to_datetime, task_name
+from ductape_jobs.records import Message
 from ductape_jobs.settings import Settings
-
-
-@dataclass(frozen=True)
-class Message:
-    """One ready-to-push broker message: the Redis list it goes to and its payload."""
-
-    queue_key: str
-    payload: str
-
-
-def run_id_of(envelope: Any) -> str | None:
-    """The run id a broker message (a decoded envelope as kombu stores it) carries, if any."""
-    headers = envelope.get("headers") if isinstance(envelope, dict) else None
-    run_id = headers.get("id") if isinstance(headers, dict) else None
-    return run_id if isinstance(run_id, str) else None
 
 
 class MessageBuilder:

@@ -26,7 +26,8 @@ from bench.plain_app import TASK, make_app, queue_key
 from bench.report import Row, row
 from ductape_jobs import scripts
 from ductape_jobs.celery_app import create_app
-from ductape_jobs.client import connect, now_ms
+from ductape_jobs.clock import now_ms
+from ductape_jobs.connection import connect
 from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store

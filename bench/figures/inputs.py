@@ -16,7 +16,8 @@ from bench.figures.beat import EVERY_MS
 from bench.figures.memory import _probe
 from bench.load import load_ours, template
 from bench.report import Row, row
-from ductape_jobs.client import connect, now_ms
+from ductape_jobs.clock import now_ms
+from ductape_jobs.connection import connect
 from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store

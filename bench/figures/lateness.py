@@ -26,7 +26,7 @@ from bench.plain_app import make_app, queue_key, redbeat_prefix
 from bench.redbeat_probe import DUE_HEADER
 from bench.report import Row, row
 from ductape_jobs import Ductape
-from ductape_jobs.client import now_ms
+from ductape_jobs.clock import now_ms
 from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
 

@@ -21,7 +21,7 @@ from bench.env import Bench
 from bench.handlers import PRODUCT
 from bench.report import Row, row
 from ductape_jobs import Ductape
-from ductape_jobs.client import now_ms
+from ductape_jobs.clock import now_ms
 from ductape_jobs.keys import Keys
 from ductape_jobs.registry import Registry, RunContext
 from ductape_jobs.runner import Runner

@@ -21,7 +21,7 @@ from redis.retry import Retry
 from ductape_jobs import health
 from ductape_jobs.cli.context import EXIT_PROBLEMS, EXIT_UNAVAILABLE, Context, json_option, pass_context
 from ductape_jobs.cli.output import echo_json, note, printable, redact, say, span
-from ductape_jobs.client import now_ms
+from ductape_jobs.clock import now_ms
 from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store

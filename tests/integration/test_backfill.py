@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from ductape_jobs import AsyncDuctape, Ductape, JobStateError, JobValidationError
 from ductape_jobs.cli.main import cli
-from ductape_jobs.flows import now_ms
+from ductape_jobs.clock import now_ms
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import RunStatus, run_id_for
 from ductape_jobs.settings import Settings

@@ -1,4 +1,5 @@
-"""One Celery task per registered event, each a thin shell around ``Runner.execute``."""
+"""The worker's Celery app, made by ``create_app``: one task per registered event, each a thin shell
+around ``Runner.execute``. Making it connects to nothing (redis-py and kombu connect on first use)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from celery.exceptions import Ignore
 from celery.signals import heartbeat_sent, worker_ready
 from celery.worker.request import Request
 
-from ductape_jobs.celery_app import create_app
-from ductape_jobs.client import connect, now_ms
+from ductape_jobs import celery_app
+from ductape_jobs.clock import now_ms
+from ductape_jobs.connection import connect
 from ductape_jobs.errors import HandlerError
 from ductape_jobs.flower_guard import guard_flower
 from ductape_jobs.keys import Keys
@@ -30,11 +32,12 @@ log = logging.getLogger("workers")
 SEEN_EVERY_S = 10.0  # how often a worker refreshes its seen_ms (doctor calls it stale after 60 s)
 
 
-def build_app(settings: Settings | None = None, registry: Registry | None = None) -> Celery:
-    """The worker's Celery app with a task per handler in ``settings.handlers``."""
+def create_app(settings: Settings | None = None, registry: Registry | None = None) -> Celery:
+    """The worker's Celery app with a task per handler in ``settings.handlers`` (settings from the
+    environment when not given)."""
     settings = settings or Settings.from_env()
     registry = load_handlers(settings.handlers, registry)
-    app = create_app(settings, name="workers")
+    app = celery_app.create_app(settings, name="workers")
     app.conf.task_queues = [q for q in app.conf.task_queues if q.name in settings.served_queues()]
     if urlsplit(settings.url).scheme == "redis":  # rediss:// keeps kombu's own (its TLS defaults)
         app.conf.broker_transport = "ductape_jobs.transport:Transport"  # kombu#582 worked around
@@ -140,6 +143,3 @@ LOST_VERDICTS = {
     "moved": "the run had moved on already",
     "cancelled": "it was cancelled: it ends cancelled, not retried",
 }
-
-
-app = build_app()

@@ -1,0 +1,179 @@
+"""Imports point one way (docs/design.md §1): read from the sources, so a wrong-way import fails here.
+
+Each module's imports are parsed (also those inside functions) and followed through the project's
+own modules; a package's ``__init__`` is not followed, since importing ``ductape_jobs.timing``
+runs ``ductape_jobs/__init__`` only because of where the file sits, not because timing needs it.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import socket
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("ductape_jobs", "beat", "workers")
+
+# The pure core: no I/O, no Celery, no Redis; they import only each other.
+PURE = {
+    f"ductape_jobs.{name}"
+    for name in (
+        "brief",
+        "clock",
+        "errors",
+        "health",
+        "keyring",
+        "keys",
+        "models",
+        "planning",
+        "records",
+        "registry",
+        "scripts",
+        "scrub",
+        "sealed",
+        "sessions",
+        "settings",
+        "timing",
+        "urls",
+    )
+}
+CELERY = ("celery", "kombu", "billiard")
+REDIS = ("redis", "hiredis")
+# Where Celery may be imported: the message builder, the app factory, Flower's guard, kombu's
+# transport fix, and the thin adapters (the workers app, beat's scheduler).
+CELERY_USERS = {
+    "ductape_jobs.wire",
+    "ductape_jobs.celery_app",
+    "ductape_jobs.flower_guard",
+    "ductape_jobs.transport",
+    "workers",
+    "workers.factory",
+    "beat.scheduler",
+}
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_of(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+@cache
+def imported(module: str) -> frozenset[str]:
+    """The module names ``module`` imports directly (``from a import b`` gives ``a.b`` when that
+    is a module of ours, else ``a``)."""
+    tree = ast.parse(MODULES[module].read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{alias.name}" for alias in node.names} & MODULES.keys()
+            found.update(subs or {node.module})
+    return frozenset(found)
+
+
+@cache
+def reaches(module: str) -> frozenset[str]:
+    """Every module ``module`` loads through its own imports, ours followed to the end."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        for name in imported(todo.pop()):
+            if name not in seen:
+                seen.add(name)
+                if name in MODULES and MODULES[name].name != "__init__.py":
+                    todo.append(name)
+    return frozenset(seen)
+
+
+def _outside(names: frozenset[str], roots: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in names if n.split(".")[0] in roots)
+
+
+@pytest.mark.parametrize("module", sorted(PURE))
+def test_the_pure_core_imports_only_itself(module: str):
+    ours = {n for n in reaches(module) if n.split(".")[0] in PACKAGES and n != "ductape_jobs"}
+    assert ours <= PURE, f"{module} reaches {sorted(ours - PURE)}"
+    assert not _outside(reaches(module), CELERY + REDIS), module
+
+
+@pytest.mark.parametrize("module", sorted(set(MODULES) - CELERY_USERS))
+def test_celery_is_imported_only_by_its_adapters(module: str):
+    direct = _outside(imported(module), CELERY)
+    assert not direct, f"{module} imports {direct}; only {sorted(CELERY_USERS)} may"
+
+
+@pytest.mark.parametrize(
+    "module", ["ductape_jobs.store", "ductape_jobs.ops", "ductape_jobs.runner", "beat.engine"]
+)
+def test_the_data_layer_the_runner_and_beats_engine_load_no_celery(module: str):
+    assert not _outside(reaches(module), CELERY), module
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [("ductape_jobs", ("workers", "beat")), ("beat", ("workers",)), ("workers", ("beat",))],
+)
+def test_packages_keep_to_their_side(package: str, forbidden: tuple[str, ...]):
+    for module in (m for m in MODULES if m.split(".")[0] == package):
+        assert not _outside(imported(module), forbidden), module
+
+
+def test_the_clock_and_connections_come_from_their_own_modules():
+    home = {"now_ms": "ductape_jobs.clock", "connect": "ductape_jobs.connection"}
+    home["connect_async"] = home["connect"]
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                for alias in node.names:
+                    where = home.get(alias.name, node.module)
+                    assert node.module == where, f"{module} takes {alias.name} from {node.module}"
+
+
+def test_a_pure_module_loads_without_celery_or_the_store():
+    # The same rule at run time, in a fresh interpreter: planning (the top of the pure core) is
+    # loaded from its file, without the package __init__ (which brings the clients).
+    code = (
+        "import importlib.util, sys, types\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "pkg = types.ModuleType('ductape_jobs'); pkg.__path__ = "
+        f"[{str(ROOT / 'ductape_jobs')!r}]; sys.modules['ductape_jobs'] = pkg\n"
+        "importlib.import_module('ductape_jobs.planning')\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('celery', 'kombu', 'redis')"
+        " or m in ('ductape_jobs.store', 'ductape_jobs.ops', 'ductape_jobs.wire')]\n"
+        "print(','.join(sorted(bad)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == ""
+
+
+def test_importing_workers_builds_nothing_and_making_its_app_connects_nothing():
+    # Redis at a closed port: any connection attempt would fail the import or the app's making.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = (
+        "import sys\n"
+        "import workers\n"
+        "assert 'examples.handlers' not in sys.modules, 'importing workers loaded the handlers'\n"
+        "app = workers.app\n"
+        "assert workers.app is app and 'examples.handlers' in sys.modules\n"
+        "print(sorted(name for name in app.tasks if name.startswith('demo.')))\n"
+    )
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "DUCTAPE_HANDLERS": "examples.handlers"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['demo.tick']"
