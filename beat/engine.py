@@ -184,12 +184,14 @@ class BeatEngine:
             why = str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure of one entry is that entry's alone
             why = reason("beat could not decide this job's next run", exc)
-        return Claim(entry, entry.run_id or "", entry.due_ms, None, self._unsent(entry), why)
+        self._note_gone(entry)
+        return Claim(entry, entry.run_id or "", entry.due_ms, None, None, why)
 
     def _decide_one(self, entry: DueEntry, now_ms: int) -> Claim:
         brief = self._brief(entry)
         if brief is None:  # the job is gone; the claim script drops its index entry
-            return Claim(entry, entry.run_id or "", entry.due_ms, None, self._unsent(entry))
+            self._note_gone(entry)
+            return Claim(entry, entry.run_id or "", entry.due_ms, None, None)
         if entry.run_id is not None:  # a retry waiting out a long backoff
             message = self._message(entry.run_id, brief, entry, now_ms)
             return Claim(entry, entry.run_id, entry.due_ms, None, message)
@@ -236,11 +238,11 @@ class BeatEngine:
             missed=missed,
         )
 
-    def _unsent(self, entry: DueEntry) -> Message:
-        if entry.brief_json is None:  # counted by the claim script (stats: due_vanished)
+    def _note_gone(self, entry: DueEntry) -> None:
+        """Log an entry whose record is gone (counted by the claim script: stats due_vanished)."""
+        if entry.brief_json is None:
             what = f"run {entry.run_id}" if entry.run_id else f"job {entry.job_id}"
             log.warning("due entry %s: the %s record is gone (evicted?); dropping it", entry.member, what)
-        return Message(self.store.keys.job(entry.job_id), "")
 
     def _message(self, run_id: str, brief: JobBrief, entry: DueEntry, now_ms: int) -> Message:
         # Released when due, so the message carries no ETA (nominal <= now).

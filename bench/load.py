@@ -21,12 +21,14 @@ from redbeat.schedulers import RedBeatSchedulerEntry, get_redis
 
 from bench.handlers import PRODUCT
 from bench.plain_app import TASK
+from ductape_jobs import ops
 from ductape_jobs.clock import now_ms
 from ductape_jobs.models import JobRequest
 from ductape_jobs.planning import plan_job
+from ductape_jobs.records import NewJob
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
-from ductape_jobs.store import NewJob, Store
+from ductape_jobs.store import Store
 
 CHUNK = 5_000
 
@@ -86,10 +88,10 @@ def load_ours(
             )
         )
         if len(batch) >= chunk:
-            written += sum(created for _, created in store.create_jobs(batch, now))
+            written += sum(created for _, created in store.run(ops.create_jobs(store.keys, batch, now)))
             batch.clear()
     if batch:
-        written += sum(created for _, created in store.create_jobs(batch, now))
+        written += sum(created for _, created in store.run(ops.create_jobs(store.keys, batch, now)))
     return written
 
 

@@ -16,7 +16,6 @@ from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.flows import ClientCore, JobFilter, Request, RunIds, Runs, SetAsides, Times
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobRequest, RunRecord, ScheduleHandle
-from ductape_jobs.publisher import Publisher
 from ductape_jobs.records import JobList
 from ductape_jobs.store import Retention, Store
 
@@ -26,13 +25,11 @@ class Ductape(ClientCore):
 
     redis: redis.Redis
     store: Store
-    publisher: Publisher
     job: JobClient
 
     def _open(self) -> None:
         self.redis = connect(self.settings)
         self.store = Store(self.redis, Keys(self.settings.key_prefix), Retention.of(self.settings))
-        self.publisher = Publisher(self.store, self.messages)
         self.job = JobClient(self)
 
     def close(self) -> None:

@@ -43,7 +43,7 @@ from ductape_jobs.models import (
 )
 from ductape_jobs.ops import Flow
 from ductape_jobs.planning import _iso, check_input, plan_job
-from ductape_jobs.records import JobList, NewJob, SetAside, Unreadable
+from ductape_jobs.records import Answer, JobList, NewJob, RunAction, SetAside, StateAction, Unreadable
 from ductape_jobs.scripts import BACKFILL_MAX_SLOTS
 from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import OPENER, Sessions, session_types_from_config
@@ -390,7 +390,7 @@ class JobFlows:
         self._refused(verdict, status, job_id, "backfill")
         return added
 
-    def _add_run(self, action: str, job_id: str, run_id: str, now: int, what: str) -> Flow[str]:
+    def _add_run(self, action: RunAction, job_id: str, run_id: str, now: int, what: str) -> Flow[str]:
         message = self._messages.build(run_id, (yield from self.get(job_id)).spec, now, now)
         kept = self._settings.runs_kept
         got = yield from ops.add_run(self._keys, action, job_id, run_id, now, message, runs_kept=kept)
@@ -398,7 +398,7 @@ class JobFlows:
         return run_id
 
     def _change(
-        self, action: str, job_id: str, next_ms: int | None = None, runs_done: int = 0
+        self, action: StateAction, job_id: str, next_ms: int | None = None, runs_done: int = 0
     ) -> Flow[JobRecord]:
         retention = self._settings.job_retention_s
         got = yield from ops.change_state(
@@ -407,10 +407,10 @@ class JobFlows:
         self._refused(*got, job_id, action)
         return (yield from self.get(job_id))
 
-    def _refused(self, verdict: str, status: str | None, what: str, action: str) -> None:
-        if verdict == "missing" or status == "missing":  # redrive: the job exists, the run does not
+    def _refused(self, answer: Answer, status: str | None, what: str, action: str) -> None:
+        if answer == Answer.MISSING or status == "missing":  # redrive: the job exists, the run does not
             raise JobNotFoundError(f"no job or run {what!r} under key prefix {self._settings.key_prefix!r}")
-        if verdict == "refused":
+        if answer == Answer.REFUSED:
             raise JobStateError(f"cannot {action} {what}: it is {status}")
 
 

@@ -22,9 +22,12 @@ from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, RunRecord
 from ductape_jobs.records import (
+    Answer,
     Message,
     NewJob,
+    RunAction,
     SetAside,
+    StateAction,
     Unreadable,
     opt,
     read_job,
@@ -268,35 +271,35 @@ def dead_run_ids(keys: Keys, limit: int) -> Flow[list[str]]:
 
 def change_state(
     keys: Keys,
-    action: str,
+    action: StateAction,
     job_id: str,
     now_ms: int,
     next_ms: int | None = None,
     runs_done: int = 0,
     *,
     job_retention_s: int,
-) -> Flow[tuple[str, str | None]]:
-    """Cancel, pause or resume atomically; returns ('ok'|'refused'|'missing', status).
+) -> Flow[tuple[Answer, str | None]]:
+    """Cancel, pause, resume or set aside atomically; the answer and the status it saw.
     A job this finishes leaves after ``job_retention_s``."""
     got = yield from one(_change_state(keys, action, job_id, now_ms, next_ms, runs_done, job_retention_s))
-    return ("ok", None) if text(got[0]) == "ok" else verdict(got)
+    return (Answer.OK, None) if text(got[0]) == "ok" else verdict(got)
 
 
 def cancel_job(
     keys: Keys, job_id: str, now_ms: int, *, terminate: bool, job_retention_s: int
-) -> Flow[tuple[str, str | None, list[str]]]:
+) -> Flow[tuple[Answer, str | None, list[str]]]:
     """Cancel a job and its running runs (``terminate``: they end at once; see scripts._CANCEL);
-    ('ok'|'refused'|'missing', status, the running runs' ids, for Celery's revoke)."""
+    the answer, the status it saw, and the running runs' ids, for Celery's revoke."""
     call = _change_state(keys, "cancel", job_id, now_ms, None, 0, job_retention_s, terminate)
     got = yield from one(call)
     if text(got[0]) != "ok":
         return (*verdict(got), [])
-    return "ok", None, [text(run_id) for run_id in got[1:]]
+    return Answer.OK, None, [text(run_id) for run_id in got[1:]]
 
 
 def _change_state(
     keys: Keys,
-    action: str,
+    action: StateAction,
     job_id: str,
     now_ms: int,
     next_ms: int | None,
@@ -310,9 +313,9 @@ def _change_state(
 
 def cancel_run(
     keys: Keys, run_id: str, now_ms: int, *, terminate: bool, job_retention_s: int
-) -> Flow[tuple[str, str | None]]:
-    """Cancel one run (scripts.CANCEL_RUN): ('ok', the status it had) | ('refused', its finished
-    status) | ('missing', None)."""
+) -> Flow[tuple[Answer, str | None]]:
+    """Cancel one run (scripts.CANCEL_RUN): OK with the status it had, REFUSED with its finished
+    status, or MISSING."""
     args = [keys.prefix, run_id, now_ms, _flag(terminate), job_retention_s]
     return verdict((yield from one(Eval("CANCEL_RUN", [keys.run(run_id)], args))))
 
@@ -322,8 +325,8 @@ def _flag(value: bool) -> str:
 
 
 def add_run(
-    keys: Keys, action: str, job_id: str, run_id: str, now_ms: int, message: Message, *, runs_kept: int
-) -> Flow[tuple[str, str | None]]:
+    keys: Keys, action: RunAction, job_id: str, run_id: str, now_ms: int, message: Message, *, runs_kept: int
+) -> Flow[tuple[Answer, str | None]]:
     """Trigger an extra run or redrive a dead one, pushing its message in the same step
     (a trigger trims the job's run records to ``runs_kept``)."""
     touched = [
@@ -340,14 +343,14 @@ def add_run(
 
 def backfill(
     keys: Keys, job_id: str, slots: Sequence[tuple[str, int, Message]], now_ms: int, *, runs_kept: int
-) -> Flow[tuple[str, str | None, list[str]]]:
+) -> Flow[tuple[Answer, str | None, list[str]]]:
     """Add the runs of past slots (run id, nominal time, message) that the job does not know yet,
-    with their messages, in one step; ('ok'|'refused'|'missing', status, the run ids added)."""
+    with their messages, in one step; the answer, the status it saw, and the run ids added."""
     args: list[Any] = [job_id, now_ms, keys.prefix, runs_kept]
     for run_id, nominal_ms, message in slots:
         args += [run_id, nominal_ms, message.queue_key, message.payload]
     got = yield from one(Eval("BACKFILL", [keys.job(job_id), keys.job_runs(job_id), keys.inflight], args))
-    head = text(got[0])
-    if head != "ok":
+    head = Answer(text(got[0]))
+    if head != Answer.OK:
         return head, text(got[1]) if len(got) > 1 else None, []
     return head, None, [text(v) for v in got[1:]]

@@ -7,12 +7,45 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.models import JobRecord, JobSpec, JobStatus, RunRecord, RunStatus
+
+# The scripts' words, as types mypy checks: what callers pass in as Literals, what Redis answers as
+# StrEnums (parsed where the reply is read, so an unknown word fails there). Both are plain str.
+StateAction = Literal["cancel", "pause", "resume", "set_aside"]  # CHANGE_STATE's action
+RunAction = Literal["trigger", "redrive"]  # ADD_RUN's action
+Finish = Literal["completed", "retry", "retry_due", "failed", "cancelled"]  # FINISH_RUN's outcome
+
+
+class Answer(StrEnum):
+    """A management script's answer (CHANGE_STATE, ADD_RUN)."""
+
+    OK = "ok"
+    REFUSED = "refused"  # not in a state the action applies to
+    MISSING = "missing"  # no such job (or, for a redrive, no such run)
+
+
+class Verdict(StrEnum):
+    """What BEGIN_RUN says of a delivery."""
+
+    RUN = "run"  # go: this delivery runs the attempt
+    DONE = "done"  # finished already (or its last attempt was lost): nothing to do
+    SKIP = "skip"  # cancelled, stale, or its record is gone
+    BUSY = "busy"  # another delivery holds the run's lease: look again later
+
+
+class Lost(StrEnum):
+    """What LOSE_RUN made of an attempt whose process died."""
+
+    DEAD = "dead"  # that was its last attempt: dead-lettered
+    RETRY = "retry"  # the next delivery runs the next attempt
+    MOVED = "moved"  # the run had moved on already (not that process's attempt)
+    CANCELLED = "cancelled"  # it was cancelled: it ends cancelled, not retried
 
 
 @dataclass(frozen=True)
@@ -107,7 +140,7 @@ class Claim:
     run_id: str
     nominal_ms: int
     new_next_ms: int | None
-    message: Message
+    message: Message | None  # None: nothing to send (the job is gone, or the entry is set aside)
     reason: str = ""  # set when beat could not read or decide the entry: it is set aside, not sent
     overlap: str = ""  # a schedule's repeat.overlap ('' = allow); CLAIM_DUE decides by it
     skip_next_ms: int | None = None  # the next run should CLAIM_DUE skip this slot (limit not counted)
@@ -115,7 +148,7 @@ class Claim:
 
 @dataclass(frozen=True)
 class Dispatch:
-    """What a publisher needs to hand one run to Celery."""
+    """What sending one run's message again needs (beat's lost-run sweep)."""
 
     run_id: str
     brief: JobBrief
@@ -169,9 +202,9 @@ class InFlight:
 
 @dataclass(frozen=True)
 class Started:
-    """The outcome of BEGIN_RUN: ``run`` (go), ``done``, ``skip`` or ``busy``."""
+    """The outcome of BEGIN_RUN, with what a ``run`` verdict needs."""
 
-    verdict: str
+    verdict: Verdict
     attempt: int = 0
     spec: JobSpec | None = None
     nominal_ms: int = 0
@@ -245,9 +278,9 @@ def run_record(run_id: str, raw: dict[bytes, bytes]) -> RunRecord:
     )
 
 
-def verdict(reply: list[Any]) -> tuple[str, str | None]:
-    """A management script's reply: ('ok'|'refused'|'missing', the status it saw)."""
-    return text(reply[0]), (text(reply[1]) if len(reply) > 1 else None)
+def verdict(reply: list[Any]) -> tuple[Answer, str | None]:
+    """A management script's reply: its answer, and the status it saw."""
+    return Answer(text(reply[0])), (text(reply[1]) if len(reply) > 1 else None)
 
 
 def _int(value: str | None) -> int | None:

@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -28,7 +28,7 @@ from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError
 from ductape_jobs.heartbeat import Heartbeat, Leases
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobSpec, job_id_of
-from ductape_jobs.records import Started
+from ductape_jobs.records import Answer, Finish, Started, StateAction, Verdict
 from ductape_jobs.registry import CancelSignal, Registry, RunContext
 from ductape_jobs.scrub import Scrubber
 from ductape_jobs.sealed import Vault
@@ -49,12 +49,15 @@ def owner_prefix(pid: int) -> str:
     return f"{socket.gethostname()}:{pid}:"
 
 
+# What became of one delivery; workers/ turns it into Celery's retry, ignore or failure.
+OutcomeKind = Literal["completed", "retry", "failed", "cancelled", "skipped", "busy"]
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one delivery: ``completed``, ``retry``, ``failed``, ``cancelled``, ``skipped``
-    or ``busy``."""
+    """What became of one delivery, with its result, its retry delay or its error."""
 
-    kind: str
+    kind: OutcomeKind
     result: Any = None
     retry_in_s: float | None = None
     error: str | None = None
@@ -97,7 +100,7 @@ class RunStore(Leases, Protocol):
         job_id: str,
         attempt: int,
         now_ms: int,
-        outcome: str,
+        outcome: Finish,
         *,
         result_json: str,
         error: str,
@@ -110,8 +113,8 @@ class RunStore(Leases, Protocol):
         """FINISH_RUN: record one attempt's outcome."""
         ...
 
-    def change_state(self, action: str, job_id: str, now_ms: int) -> tuple[str, str | None]:
-        """CHANGE_STATE: ('ok'|'refused'|'missing', status)."""
+    def change_state(self, action: StateAction, job_id: str, now_ms: int) -> tuple[Answer, str | None]:
+        """CHANGE_STATE: its answer, and the status it saw."""
         ...
 
     def cached_result(self, key: str) -> str | None:
@@ -161,10 +164,10 @@ class Runner:
         started = self._written(
             lambda: self.store.begin_run(run_id, job_id, self.clock_ms(), lease_ms, owner), "start", run_id
         )
-        if started.verdict == "busy":
+        if started.verdict == Verdict.BUSY:
             # Another delivery of the same run holds it (a duplicate publish); look again later.
             return Outcome("busy", retry_in_s=min(started.wait_ms / 1000, self.settings.horizon_ms / 1000))
-        if started.verdict != "run" or started.spec is None:
+        if started.verdict != Verdict.RUN or started.spec is None:
             return Outcome("skipped")
         cancel = CancelSignal()
         self.heartbeat.hold(run_id, owner, cancel.set)
@@ -268,7 +271,7 @@ class Runner:
     def _finish(
         self,
         ctx: RunContext,
-        outcome: str,
+        outcome: Finish,
         *,
         result_json: str = "null",
         error: str = "",

@@ -24,20 +24,24 @@ import redis
 from ductape_jobs import ops
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobRecord, JobSpec, RunRecord, job_id_of
+from ductape_jobs.models import JobSpec, job_id_of
 from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, Stream, unreachable
 from ductape_jobs.records import (
+    Answer,
     Claim,
     Dispatch,
     DueEntry,
+    Finish,
     InFlight,
+    Lost,
     Message,
-    NewJob,
     Retention,
     ScheduleState,
     Started,
+    StateAction,
     Swept,
     Unreadable,
+    Verdict,
     opt,
     reason,
     run_id_of,
@@ -48,7 +52,6 @@ __all__ = [
     "Claim",
     "Dispatch",
     "DueEntry",
-    "NewJob",
     "Retention",
     "Started",
     "Store",
@@ -221,80 +224,17 @@ class Store:
                     ops.issue(pipe, call, self._scripts)
                 return pipe.execute()
 
-    # -- producer (the flows in ops.py, for sync callers) -------------------------------------
-
-    def create_jobs(self, jobs: Sequence[NewJob], now_ms: int) -> list[tuple[str, bool]]:
-        """Write jobs atomically each, in one round trip; (job_id, created) per job (see ops)."""
-        return self.run(ops.create_jobs(self.keys, jobs, now_ms))
-
-    def anchor_ms(self, job_id: str) -> int:
-        """A job's phase anchor (its first run time)."""
-        return self.run(ops.anchor_ms(self.keys, job_id))
-
-    def events_known(self, product_tag: str, event: str) -> bool:
-        """Whether some worker has registered a handler for the pair."""
-        return self.run(ops.events_known(self.keys, product_tag, event))
-
-    def known_events(self, product_tag: str) -> list[str]:
-        """Events registered by workers for one product."""
-        return self.run(ops.known_events(self.keys, product_tag))
-
-    def get_job(self, job_id: str) -> JobRecord | Unreadable | None:
-        """The job record (Unreadable with the reason when it can't be read), or None."""
-        return self.run(ops.get_job(self.keys, job_id))
-
-    def job_ids(self, newest_first: bool = True, limit: int = 1000) -> list[str]:
-        """Job ids by creation time."""
-        return self.run(ops.job_ids(self.keys, newest_first, limit))
-
-    def get_jobs(self, job_ids: Sequence[str]) -> list[JobRecord | Unreadable]:
-        """Many job records in one round trip (missing ones left out, unreadable ones as Unreadable)."""
-        return self.run(ops.get_jobs(self.keys, job_ids))
-
-    def get_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
-        """Many run records in one round trip (expired ones left out)."""
-        return self.run(ops.get_runs(self.keys, run_ids))
-
-    def recent_run_ids(self, job_id: str, limit: int) -> list[str]:
-        """A job's latest run ids, newest first."""
-        return self.run(ops.recent_run_ids(self.keys, job_id, limit))
-
-    def dead_run_ids(self, limit: int) -> list[str]:
-        """Dead-lettered run ids, newest first."""
-        return self.run(ops.dead_run_ids(self.keys, limit))
+    # -- producer and worker ------------------------------------------------------------------
 
     def change_state(
-        self, action: str, job_id: str, now_ms: int, next_ms: int | None = None, runs_done: int = 0
-    ) -> tuple[str, str | None]:
-        """Cancel, pause or resume atomically; returns ('ok'|'refused'|'missing', status)."""
+        self, action: StateAction, job_id: str, now_ms: int, next_ms: int | None = None, runs_done: int = 0
+    ) -> tuple[Answer, str | None]:
+        """Cancel, pause, resume or set aside atomically (ops.change_state, with this store's
+        retention); the answer and the status it saw."""
         flow = ops.change_state(
             self.keys, action, job_id, now_ms, next_ms, runs_done, job_retention_s=self.retention.job_s
         )
         return self.run(flow)
-
-    def cancel_job(
-        self, job_id: str, now_ms: int, *, terminate: bool = False
-    ) -> tuple[str, str | None, list[str]]:
-        """Cancel a job and its running runs; ('ok'|'refused'|'missing', status, running run ids)."""
-        return self.run(
-            ops.cancel_job(
-                self.keys, job_id, now_ms, terminate=terminate, job_retention_s=self.retention.job_s
-            )
-        )
-
-    def cancel_run(self, run_id: str, now_ms: int, *, terminate: bool = False) -> tuple[str, str | None]:
-        """Cancel one run: ('ok', its status) | ('refused', its finished status) | ('missing', None)."""
-        return self.run(
-            ops.cancel_run(
-                self.keys, run_id, now_ms, terminate=terminate, job_retention_s=self.retention.job_s
-            )
-        )
-
-    def add_run(
-        self, action: str, job_id: str, run_id: str, now_ms: int, message: Message, runs_kept: int = 100
-    ) -> tuple[str, str | None]:
-        """Trigger an extra run or redrive a dead one, pushing its message in the same step."""
-        return self.run(ops.add_run(self.keys, action, job_id, run_id, now_ms, message, runs_kept=runs_kept))
 
     def register_worker(self, hostname: str, pairs: Sequence[str], envs: Sequence[str], now_ms: int) -> None:
         """Publish the events and envs a worker serves."""
@@ -425,8 +365,8 @@ class Store:
                         c.run_id,
                         c.nominal_ms,
                         opt(c.new_next_ms),
-                        c.message.queue_key if c.message.payload else c.reason,
-                        c.message.payload,
+                        c.reason if c.message is None else c.message.queue_key,
+                        "" if c.message is None else c.message.payload,
                         c.overlap,
                         opt(c.skip_next_ms),
                     ]
@@ -470,13 +410,6 @@ class Store:
             pipe.hset(k.job(job_id), "last_error", why)
             _guard(pipe.execute)
         self.change_state("set_aside", job_id, now_ms)
-
-    def push_messages(self, messages: Sequence[Message]) -> None:
-        """Push ready messages onto their queues in one round trip (a deliberate re-send)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for m in messages:
-                pipe.lpush(m.queue_key, m.payload)
-            _guard(pipe.execute)
 
     # -- lost messages (beat) ----------------------------------------------------------------
 
@@ -554,16 +487,16 @@ class Store:
         keys = [self.keys.run(run_id), self.keys.job(job_id), self.keys.inflight, self.keys.dead]
         args = [now_ms, lease_ms, run_id, owner, self.keys.prefix, *self._ttls]
         got = self._eval(self._begin, keys=keys, args=args)
-        verdict = text(got[0])
-        if verdict == "busy":
-            return Started("busy", wait_ms=int(text(got[1])))
-        if verdict == "gone":  # its record vanished while it was out: say so, then skip it
+        if text(got[0]) == "gone":  # its record vanished while it was out: say so, then skip it
             self.runs_gone([run_id], now_ms)
-            return Started("skip")
-        if verdict != "run":
+            return Started(Verdict.SKIP)
+        verdict = Verdict(text(got[0]))
+        if verdict == Verdict.BUSY:
+            return Started(verdict, wait_ms=int(text(got[1])))
+        if verdict != Verdict.RUN:
             return Started(verdict)
         return Started(
-            "run",
+            verdict,
             attempt=int(got[1]),
             spec=JobSpec.model_validate_json(got[2]),
             nominal_ms=int(got[3]),
@@ -577,14 +510,12 @@ class Store:
         got = self._eval(self._scripts["RENEW_RUN"], keys=keys, args=[owner, now_ms, lease_ms, run_id])
         return RENEWED[int(got)]
 
-    def lose_run(self, run_id: str, owner_prefix: str, reason: str, now_ms: int) -> str:
-        """Count the attempt of a process that died (or was killed) running it: 'dead', 'retry' or
-        'moved' (not that process's attempt any more)."""
+    def lose_run(self, run_id: str, owner_prefix: str, reason: str, now_ms: int) -> Lost:
+        """Count the attempt of a process that died (or was killed) running it."""
         k = self.keys
         keys = [k.run(run_id), k.job(job_id_of(run_id)), k.dead, k.inflight]
         args = [run_id, owner_prefix, reason, now_ms, k.prefix, *self._ttls]
-        got = self._eval(self._scripts["LOSE_RUN"], keys=keys, args=args)
-        return text(got)
+        return Lost(text(self._eval(self._scripts["LOSE_RUN"], keys=keys, args=args)))
 
     def unread(self) -> Callable[[], bool]:
         """Whether the command this thread last sent without waiting is still unread (its reply
@@ -606,7 +537,7 @@ class Store:
         job_id: str,
         attempt: int,
         now_ms: int,
-        outcome: str,
+        outcome: Finish,
         *,
         result_json: str = "null",
         error: str = "",

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ductape_jobs import Ductape, DuctapeError, JobStatus, Settings
+from ductape_jobs import Ductape, DuctapeError, JobStatus, Settings, ops
 from ductape_jobs.embedded import EmbeddedRedis
 from examples import seed
 
@@ -153,7 +153,7 @@ def spawn(args: list[str], name: str, env: dict[str, str]) -> subprocess.Popen[b
 def wait_for_worker(ductape: Ductape, procs: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
     """Block until the worker has announced its events."""
     deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
-    while not ductape.store.events_known("my-app", "send_welcome_email"):
+    while not ductape.store.run(ops.events_known(ductape.store.keys, "my-app", "send_welcome_email")):
         if any(p.poll() is not None for p in procs) or datetime.now(UTC) > deadline:
             raise SystemExit(f"the worker did not start; see {LOGS / 'worker.log'}")
         time.sleep(0.2)

@@ -20,6 +20,7 @@ from ductape_jobs.connection import connect
 from ductape_jobs.errors import HandlerError
 from ductape_jobs.flower_guard import guard_flower
 from ductape_jobs.keys import Keys
+from ductape_jobs.records import Lost
 from ductape_jobs.registry import Handler, Registry, load_handlers
 from ductape_jobs.runner import Runner, owner_prefix
 from ductape_jobs.sealed import Vault
@@ -132,14 +133,14 @@ def lost_runs_reported(store: Store) -> type[Request]:
             except Exception:  # noqa: BLE001 - the run's lease runs out instead, and BEGIN_RUN counts it
                 log.warning("could not record the lost attempt of run %s (%s)", self.id, reason)
                 return
-            log.warning("run %s: %s; %s", self.id, reason, LOST_VERDICTS.get(verdict, verdict))
+            log.warning("run %s: %s; %s", self.id, reason, LOST_VERDICTS[verdict])
 
     return RunRequest
 
 
 LOST_VERDICTS = {
-    "dead": "that was its last attempt: dead-lettered",
-    "retry": "its next delivery runs the next attempt",
-    "moved": "the run had moved on already",
-    "cancelled": "it was cancelled: it ends cancelled, not retried",
+    Lost.DEAD: "that was its last attempt: dead-lettered",
+    Lost.RETRY: "its next delivery runs the next attempt",
+    Lost.MOVED: "the run had moved on already",
+    Lost.CANCELLED: "it was cancelled: it ends cancelled, not retried",
 }

@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from ductape_jobs import Ductape, JobStatus, RunStatus, Settings
 from ductape_jobs.embedded import EmbeddedRedis
 from ductape_jobs.models import job_id_of
+from ductape_jobs.records import Dispatch
 from tests.handlers import calls_key
 from tests.support import Processes, wait_for
 
@@ -373,8 +374,11 @@ def test_redelivered_completed_run_is_not_run_again(procs: Processes, ductape: D
     [before] = ductape.job.runs(handle.job_id)
 
     now = time.time_ns() // 1_000_000
+    [dispatch] = ductape.store.dispatches([run_id])
+    assert isinstance(dispatch, Dispatch)
     for _ in range(2):  # the same run id delivered twice more, as a broker redelivery would
-        assert ductape.publisher.publish(ductape.store.dispatches([run_id]), now) == [run_id]
+        message = ductape.messages.from_brief(run_id, dispatch.brief, dispatch.nominal_ms, now)
+        r.lpush(message.queue_key, message.payload)
     wait_for(lambda: procs.log(worker).count(f"[{run_id}] received") == 3, 30, "both redeliveries to arrive")
     # Then a sentinel behind them on the same single-process worker: once it ran, they were handled.
     sentinel = ductape.job.schedule(env="dev", product_tag="tests", event="echo", input={"sentinel": True})

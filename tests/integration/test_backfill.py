@@ -10,7 +10,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from ductape_jobs import AsyncDuctape, Ductape, JobStateError, JobValidationError
+from ductape_jobs import AsyncDuctape, Ductape, JobStateError, JobValidationError, ops
 from ductape_jobs.cli.main import cli
 from ductape_jobs.clock import now_ms
 from ductape_jobs.keys import Keys
@@ -30,7 +30,7 @@ def past_schedule(ductape: Ductape, minutes: int = 10, **repeat: Any) -> tuple[s
     start and anchor (the first run's time: the slots' phase)."""
     start = now_ms() - minutes * MIN
     handle = ductape.job.schedule(**echo(start_at=start, repeat={"every": MIN, **repeat}))
-    return handle.job_id, start, ductape.store.anchor_ms(handle.job_id)
+    return handle.job_id, start, ductape.store.run(ops.anchor_ms(ductape.store.keys, handle.job_id))
 
 
 def queued(r: redis.Redis, settings: Settings) -> int:
@@ -47,7 +47,7 @@ def test_backfill_runs_each_past_slot_once_and_a_second_backfill_runs_nothing(
     added = ductape.job.backfill(job_id, start, now_ms())
     assert added == [run_id_for(job_id, at) for at in slots]  # in slot order; the first run is not added
     assert queued(r, settings) == sent + len(slots)  # each with its message, pushed in the same step
-    runs = {run.run_id: run for run in ductape.store.get_runs(added)}
+    runs = {run.run_id: run for run in ductape.store.run(ops.get_runs(ductape.store.keys, added))}
     assert all(run.status == RunStatus.QUEUED and run.manual for run in runs.values())
     assert [runs[run_id].nominal_ms for run_id in added] == slots  # the handler sees its slot's time
     assert set(added) <= {m.decode() for m in r.zrange(Keys(settings.key_prefix).inflight, 0, -1)}

@@ -14,6 +14,7 @@ import redis
 from celery import Celery
 
 from beat.engine import BeatEngine, TickReport
+from ductape_jobs import ops
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.keys import Keys
@@ -120,7 +121,7 @@ def schedule_many(store: Store, settings: Settings, now_ms: int, requests: list[
         )
         for fields in requests
     ]
-    return [job_id for job_id, _ in store.create_jobs(plans, now_ms)]
+    return [job_id for job_id, _ in store.run(ops.create_jobs(store.keys, plans, now_ms))]
 
 
 def with_overlap(fields: dict[str, Any]) -> dict[str, Any]:

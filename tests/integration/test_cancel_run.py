@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ductape_jobs import Ductape, JobStateError
+from ductape_jobs import Ductape, JobStateError, ops
 from ductape_jobs.errors import JobNotFoundError
 from tests.integration import test_lifecycle as life
 from tests.integration.test_lifecycle import MIN, SEC, T0, World
@@ -20,6 +20,16 @@ world = life.world
 
 LEASE = 60 * SEC
 OWNER = "host:4242:aaaa"
+
+
+def _cancel_run(world: World, run_id: str, at: int, terminate: bool = False) -> tuple[str, str | None]:
+    return world.op(ops.cancel_run, run_id, at, terminate=terminate, job_retention_s=life.RETENTION_S)
+
+
+def _cancel_job(
+    world: World, job_id: str, at: int, terminate: bool = False
+) -> tuple[str, str | None, list[str]]:
+    return world.op(ops.cancel_job, job_id, at, terminate=terminate, job_retention_s=life.RETENTION_S)
 
 
 def _run_field(world: World, run_id: str, field: str) -> str | None:
@@ -41,14 +51,14 @@ def test_a_queued_run_cancelled_never_starts_and_its_one_off_ends_cancelled(worl
     job_id = world.schedule(retries=3)
     run_id = _take_message(world)  # held by a worker, not started
 
-    assert world.store.cancel_run(run_id, T0 + SEC) == ("ok", "queued")
+    assert _cancel_run(world, run_id, T0 + SEC) == ("ok", "queued")
     assert _run_field(world, run_id, "status") == "cancelled" and _untracked(world, run_id)
     assert _job_field(world, job_id, "status") == "cancelled"
     assert world.store.begin_run(run_id, job_id, T0 + 2 * SEC, LEASE, OWNER).verdict == "done"
     assert _run_field(world, run_id, "attempts") == "0"  # never started
     # A finished run is refused with its status; an unknown one is missing.
-    assert world.store.cancel_run(run_id, T0 + 3 * SEC) == ("refused", "cancelled")
-    assert world.store.cancel_run(f"{job_id}:1", T0 + 3 * SEC) == ("missing", None)
+    assert _cancel_run(world, run_id, T0 + 3 * SEC) == ("refused", "cancelled")
+    assert _cancel_run(world, f"{job_id}:1", T0 + 3 * SEC) == ("missing", None)
 
 
 def test_a_running_run_is_flagged_its_heartbeat_says_so_and_it_ends_cancelled_not_retried(world: World):
@@ -57,7 +67,7 @@ def test_a_running_run_is_flagged_its_heartbeat_says_so_and_it_ends_cancelled_no
     assert world.store.begin_run(run_id, job_id, T0, LEASE, OWNER).verdict == "run"
     assert world.store.renew_run(run_id, OWNER, T0 + SEC, LEASE) == "held"
 
-    assert world.store.cancel_run(run_id, T0 + 2 * SEC) == ("ok", "running")
+    assert _cancel_run(world, run_id, T0 + 2 * SEC) == ("ok", "running")
     assert _run_field(world, run_id, "status") == "running"  # its handler decides when to stop
     assert world.store.renew_run(run_id, OWNER, T0 + 3 * SEC, LEASE) == "cancelled"
     assert world.store.renew_run(run_id, "host:1:other", T0 + 3 * SEC, LEASE) == "lost"
@@ -74,7 +84,7 @@ def test_a_cancelled_run_that_completes_anyway_is_completed(world: World):
     job_id = world.schedule()
     run_id = _take_message(world)
     world.store.begin_run(run_id, job_id, T0, LEASE, OWNER)
-    world.store.cancel_run(run_id, T0 + SEC)
+    _cancel_run(world, run_id, T0 + SEC)
     world.store.finish_run(run_id, job_id, 1, T0 + 2 * SEC, "completed", result_json='{"done": 1}')
     assert _run_field(world, run_id, "status") == "completed"  # its work was done: recorded as such
     assert _job_field(world, job_id, "status") == "completed"
@@ -85,7 +95,7 @@ def test_a_terminated_run_ends_at_once_and_nothing_of_its_attempt_moves_it_again
     run_id = _take_message(world)
     world.store.begin_run(run_id, job_id, T0, LEASE, OWNER)
 
-    assert world.store.cancel_run(run_id, T0 + SEC, terminate=True) == ("ok", "running")
+    assert _cancel_run(world, run_id, T0 + SEC, terminate=True) == ("ok", "running")
     assert _run_field(world, run_id, "status") == "cancelled" and _untracked(world, run_id)
     assert _job_field(world, job_id, "status") == "cancelled"
     # Its process, if the revoke did not reach it, is told by its heartbeat.
@@ -104,7 +114,7 @@ def test_a_retry_waiting_in_the_due_index_cancelled_is_never_sent(world: World):
     world.store.finish_run(run_id, job_id, 1, T0 + SEC, "retry_due", error="boom", due_ms=T0 + 2 * MIN)
     assert world.store.redis.zscore(world.keys.due, f"r:{run_id}") is not None
 
-    assert world.store.cancel_run(run_id, T0 + 2 * SEC) == ("ok", "retrying")
+    assert _cancel_run(world, run_id, T0 + 2 * SEC) == ("ok", "retrying")
     assert _untracked(world, run_id)
     assert run_id not in world.at(T0 + 3 * MIN).work()  # beat sends nothing for it
     assert _run_field(world, run_id, "status") == "cancelled"
@@ -115,7 +125,7 @@ def test_a_lost_attempt_of_a_cancelled_run_ends_it_cancelled_not_retried(world: 
     job_id = world.schedule(retries=3)
     run_id = _take_message(world)
     world.store.begin_run(run_id, job_id, T0, LEASE, OWNER)
-    world.store.cancel_run(run_id, T0 + SEC)
+    _cancel_run(world, run_id, T0 + SEC)
     assert world.store.lose_run(run_id, "host:4242:", "worker lost", T0 + 2 * SEC) == "cancelled"
     assert _run_field(world, run_id, "status") == "cancelled" and _untracked(world, run_id)
     assert _job_field(world, job_id, "status") == "cancelled"
@@ -125,10 +135,10 @@ def test_a_lapsed_lease_of_a_cancelled_run_ends_it_cancelled_not_dead_lettered(w
     job_id = world.schedule(retries=0)  # its last attempt: a lost one would be a dead letter
     run_id = _take_message(world)
     world.store.begin_run(run_id, job_id, T0, 10 * SEC, OWNER)
-    world.store.cancel_run(run_id, T0 + SEC)
+    _cancel_run(world, run_id, T0 + SEC)
     assert world.store.begin_run(run_id, job_id, T0 + 11 * SEC, 10 * SEC, "host:2:bbbb").verdict == "done"
     assert _run_field(world, run_id, "status") == "cancelled" and _untracked(world, run_id)
-    assert world.store.dead_run_ids(10) == []
+    assert world.op(ops.dead_run_ids, 10) == []
 
 
 def test_cancelling_a_job_cancels_its_running_runs_and_names_them(world: World):
@@ -136,17 +146,17 @@ def test_cancelling_a_job_cancels_its_running_runs_and_names_them(world: World):
     run_id = _take_message(world)
     world.store.begin_run(run_id, job_id, T0, LEASE, OWNER)
 
-    assert world.store.cancel_job(job_id, T0 + SEC) == ("ok", None, [run_id])
+    assert _cancel_job(world, job_id, T0 + SEC) == ("ok", None, [run_id])
     assert _run_field(world, run_id, "cancel") == "1" and _run_field(world, run_id, "status") == "running"
     assert world.store.renew_run(run_id, OWNER, T0 + 2 * SEC, LEASE) == "cancelled"
-    assert world.store.cancel_job(job_id, T0 + 3 * SEC) == ("refused", "cancelled", [])
+    assert _cancel_job(world, job_id, T0 + 3 * SEC) == ("refused", "cancelled", [])
 
 
 def test_cancelling_a_job_with_terminate_ends_its_running_runs_at_once(world: World):
     job_id = world.schedule(repeat={"every": MIN})
     run_id = _take_message(world)
     world.store.begin_run(run_id, job_id, T0, LEASE, OWNER)
-    assert world.store.cancel_job(job_id, T0 + SEC, terminate=True) == ("ok", None, [run_id])
+    assert _cancel_job(world, job_id, T0 + SEC, terminate=True) == ("ok", None, [run_id])
     assert _run_field(world, run_id, "status") == "cancelled" and _untracked(world, run_id)
     assert _job_field(world, job_id, "status") == "cancelled"
 

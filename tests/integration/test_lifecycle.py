@@ -8,8 +8,8 @@ import base64
 import json
 import logging
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -20,12 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from beat.engine import BeatEngine
 from beat.health import RedisWatch
 from beat.metrics import BeatMetrics
-from ductape_jobs import Ductape
+from ductape_jobs import Ductape, ops
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.cli.doctor import probe
 from ductape_jobs.embedded import EmbeddedRedis
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRequest
+from ductape_jobs.ops import Flow
 from ductape_jobs.planning import plan_job
 from ductape_jobs.registry import Registry, RunContext
 from ductape_jobs.runner import Runner
@@ -38,6 +39,7 @@ T0 = 1_893_456_000_000  # 2030-01-01T00:00:00Z
 SEC = 1_000
 MIN = 60_000
 RETENTION_S = 3_600
+T = TypeVar("T")
 DEAD_RETENTION_S = 7_200
 
 
@@ -72,8 +74,12 @@ class World:
         plan = plan_job(
             JobRequest.parse(request), self.settings, Sessions({}), self.now, uuid.uuid4().hex, build
         )
-        [(job_id, _)] = self.store.create_jobs([plan], self.now)
+        [(job_id, _)] = self.op(ops.create_jobs, [plan], self.now)
         return job_id
+
+    def op(self, flow: Callable[..., Flow[T]], *args: Any, **kwargs: Any) -> T:
+        """Drive one of ops.py's flows on this deployment's store."""
+        return self.store.run(flow(self.keys, *args, **kwargs))
 
     def at(self, now_ms: int) -> World:
         """Move the clock, tick beat once, and let the worker run every message waiting."""
@@ -143,14 +149,14 @@ def test_finished_jobs_leave_after_retention_with_everything_pointing_at_them(wo
         world.at(T0 + minute * MIN)
         if minute == 1:
             assert world.store.change_state("cancel", cancelled, world.now) == ("ok", None)
-    status = {j: world.store.get_job(j).status.value for j in [*done, later, limited, cancelled, failing]}  # type: ignore[union-attr]
+    status = {j: world.op(ops.get_job, j).status.value for j in [*done, later, limited, cancelled, failing]}  # type: ignore[union-attr]
     assert list(status.values()) == ["completed"] * 5 + ["cancelled", "failed"]
-    [dead_run] = world.store.dead_run_ids(10)
+    [dead_run] = world.op(ops.dead_run_ids, 10)
     assert world.store.redis.ttl(world.keys.job(limited)) > RETENTION_S  # the backstop TTL
 
     # Within the retention everything is still there ...
     world.store.sweep(world.now + RETENTION_S * SEC - 6 * MIN, 1_000, 0)
-    assert len(world.store.job_ids()) == 7
+    assert len(world.op(ops.job_ids)) == 7
 
     # ... after it, each finished job is gone with its runs, index entries and fingerprints;
     # the dead letter stays for its own retention.
@@ -171,13 +177,13 @@ def test_a_paused_schedule_whose_end_date_passed_is_finished_and_leaves(world: W
     for job_id in (ending, open_ended):
         assert world.store.change_state("pause", job_id, T0) == ("ok", None)
     world.store.sweep(T0 + 3 * MIN, 1_000, 0)  # the end date itself may still run (inclusive)
-    assert world.store.get_job(ending).status.value == "paused"  # type: ignore[union-attr]
+    assert world.op(ops.get_job, ending).status.value == "paused"  # type: ignore[union-attr]
     swept = world.store.sweep(T0 + 3 * MIN + 1, 1_000, 0)
     assert swept.retired == 1
-    assert world.store.get_job(ending).status.value == "completed"  # type: ignore[union-attr]
-    assert world.store.get_job(open_ended).status.value == "paused"  # type: ignore[union-attr]
+    assert world.op(ops.get_job, ending).status.value == "completed"  # type: ignore[union-attr]
+    assert world.op(ops.get_job, open_ended).status.value == "paused"  # type: ignore[union-attr]
     world.store.sweep(T0 + 3 * MIN + 1 + RETENTION_S * SEC, 1_000, 0)
-    assert world.store.get_job(ending) is None and world.store.get_job(open_ended) is not None
+    assert world.op(ops.get_job, ending) is None and world.op(ops.get_job, open_ended) is not None
 
 
 def test_listing_skips_records_that_have_gone(world: World, ductape: Ductape):
@@ -192,7 +198,7 @@ def test_listing_skips_records_that_have_gone(world: World, ductape: Ductape):
     assert [run.run_id for run in ductape.job.failed()] == [f"{failing[1]}:{T0}"]
 
     swept = world.store.sweep(world.now, 1_000, 0)  # the audit finds the entry whose record went
-    assert swept.jobs_vanished == 1 and gone not in world.store.job_ids()
+    assert swept.jobs_vanished == 1 and gone not in world.op(ops.job_ids)
     assert world.counters()["jobs_vanished"] == 1
 
 
@@ -225,17 +231,17 @@ def test_a_redriven_failure_stays_until_it_finishes_again(world: World):
     world.at(T0)
     assert world.store.redis.zscore(world.keys.retired, job_id) is not None
     run_id = f"{job_id}:{T0}"
-    job = world.store.get_job(job_id)
+    job = world.op(ops.get_job, job_id)
     assert job is not None
     message = world.engine.messages.build(run_id, job.spec, T0, T0)
-    assert world.store.add_run("redrive", job_id, run_id, T0 + SEC, message) == ("ok", None)
+    assert world.op(ops.add_run, "redrive", job_id, run_id, T0 + SEC, message, runs_kept=100) == ("ok", None)
     assert world.store.redis.zscore(world.keys.retired, job_id) is None
     assert (
         world.store.redis.ttl(world.keys.job(job_id)) == -1
         and world.store.redis.ttl(world.keys.run(run_id)) == -1
     )
     world.store.sweep(T0 + DEAD_RETENTION_S * SEC * 2, 1_000, 0)
-    assert world.store.get_job(job_id) is not None  # queued again: not finished, never swept
+    assert world.op(ops.get_job, job_id) is not None  # queued again: not finished, never swept
 
 
 def test_a_due_entry_whose_job_vanished_is_logged_and_counted(world: World, caplog: pytest.LogCaptureFixture):

@@ -40,12 +40,12 @@ def finish(store: Store, run_id: str, at: int) -> None:
 
 
 def statuses(store: Store, job_id: str) -> dict[int, RunStatus]:
-    runs = store.get_runs(store.recent_run_ids(job_id, 100))
+    runs = store.run(ops.get_runs(store.keys, store.run(ops.recent_run_ids(store.keys, job_id, 100))))
     return {run.nominal_ms: run.status for run in runs}
 
 
 def job(store: Store, job_id: str) -> JobRecord:
-    got = store.get_job(job_id)
+    got = store.run(ops.get_job(store.keys, job_id))
     assert isinstance(got, JobRecord), got
     return got
 
@@ -78,7 +78,7 @@ def test_skip_skips_a_slot_while_the_previous_run_is_queued_or_running_and_count
     assert ticked(engine, 3) == [0]  # slot 3: slot 1 running
     record = job(store, job_id)
     assert (record.skipped_slots, record.runs_done, record.next_run_ms) == (2, 1, T0 + 4 * MIN)
-    runs = store.get_runs([slot(job_id, 2)])
+    runs = store.run(ops.get_runs(store.keys, [slot(job_id, 2)]))
     assert runs[0].status == RunStatus.SKIPPED
     assert "repeat.overlap=skip" in (runs[0].error or "") and slot(job_id, 1) in (runs[0].error or "")
     assert queues.nominal(job_id) == [T0 + MIN]  # nothing sent for the skipped slots

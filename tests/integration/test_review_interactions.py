@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 
-from ductape_jobs import Ductape
+from ductape_jobs import Ductape, ops
 from tests.integration import test_lifecycle as life
 from tests.integration.test_lifecycle import DEAD_RETENTION_S, MIN, RETENTION_S, SEC, T0, World
 
@@ -58,7 +58,7 @@ def test_a_run_dead_lettered_for_its_lapsed_lease_is_not_dead_lettered_again_by_
     # sweep resends it and that delivery finds the lease run out: the last attempt is lost.
     lapsed = world.store.begin_run(run_id, job_id, T0 + 11 * SEC, 10 * SEC, "host:2:bbbb")
     assert lapsed.verdict == "done"
-    assert world.store.dead_run_ids(10) == [run_id]
+    assert world.op(ops.dead_run_ids, 10) == [run_id]
     assert _job_field(world, job_id, "failed_runs") == "1"
 
     # The first delivery was alive after all and now records its own failure of attempt 1.
@@ -78,20 +78,20 @@ def test_a_run_dead_lettered_for_its_lapsed_lease_is_not_completed_while_still_a
     # Either the late outcome is refused (still a dead letter) or it is accepted and the run
     # leaves the dead letters; never a completed run listed as failed.
     assert (run_status, in_dead) in {(b"failed", True), (b"completed", False)}, (run_status, in_dead)
-    assert world.store.get_job(job_id).status.value in ("failed", "completed")  # type: ignore[union-attr]
+    assert world.op(ops.get_job, job_id).status.value in ("failed", "completed")  # type: ignore[union-attr]
     assert (_job_field(world, job_id, "status") == "completed") == (run_status == b"completed")
 
 
 def _add_run(world: World, action: str, job_id: str, run_id: str, now_ms: int) -> tuple[str, str | None]:
-    spec = world.store.get_job(job_id).spec  # type: ignore[union-attr]
+    spec = world.op(ops.get_job, job_id).spec  # type: ignore[union-attr]
     message = world.engine.messages.build(run_id, spec, now_ms, now_ms)
-    return world.store.add_run(action, job_id, run_id, now_ms, message)
+    return world.op(ops.add_run, action, job_id, run_id, now_ms, message, runs_kept=100)
 
 
 def test_a_run_triggered_just_before_its_jobs_retention_ends_is_not_swept_before_it_runs(world: World):
     job_id = world.schedule()
     world.at(T0)  # the one-off runs and completes: retired until T0 + RETENTION_S
-    assert world.store.get_job(job_id).status.value == "completed"  # type: ignore[union-attr]
+    assert world.op(ops.get_job, job_id).status.value == "completed"  # type: ignore[union-attr]
 
     late = T0 + RETENTION_S * SEC - SEC
     run_id = f"{job_id}:{late}m"
@@ -101,7 +101,7 @@ def test_a_run_triggered_just_before_its_jobs_retention_ends_is_not_swept_before
     assert world.store.redis.exists(world.keys.run(run_id)) == 1, "the triggered run was deleted"
     world.now = late + 3 * SEC
     assert world.work() == [run_id]
-    [record] = world.store.get_runs([run_id])
+    [record] = world.op(ops.get_runs, [run_id])
     assert record.status.value == "completed"
 
 
@@ -184,7 +184,7 @@ def test_a_late_duplicate_of_a_completed_run_trimmed_from_its_schedule_is_no_dea
     # visibility timeout; a lost-run resend that turned out spare): the worker skips it ...
     assert world.runner.execute(first).kind == "skipped"
     # ... and a run that completed is not turned into a dead letter nor counted as vanished.
-    assert world.store.dead_run_ids(10) == []
+    assert world.op(ops.dead_run_ids, 10) == []
     assert world.counters().get("runs_vanished", 0) == 0
 
 
