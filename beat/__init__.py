@@ -1,12 +1,13 @@
 """The Redis-backed beat: ``celery -A workers beat`` (or ``-S beat.RedisScheduler``).
 
-Owns: leader election with fencing, releasing due runs from the Redis due index to Celery (claim,
-advance and message push atomic per claim script, decided up to 250 ms ahead), and sending again
-runs whose message was lost (``lost``), removing what left after its retention (``retention``),
-and watching Redis's eviction policy and memory headroom (``health``). ``engine`` never imports
-Celery (it takes the time and a message builder); ``scheduler`` is the thin Celery adapter,
-``metrics`` its Prometheus endpoint.
-Talks to Redis only through ``ductape_jobs.store``.
+Owns: leader election with fencing (``leader``: one object owns the lock and its token),
+releasing due runs from the Redis due index to Celery (claim, advance and message push atomic per
+claim script, decided up to 250 ms ahead), and sending again runs whose message was lost
+(``lost``), removing what left after its retention (``retention``), and watching Redis's
+eviction policy and memory headroom (``health``). ``engine`` never imports Celery (it takes the
+time and a message builder); ``scheduler`` is the thin Celery adapter, ``metrics`` its
+Prometheus endpoint. Must not import ``workers``; talks to Redis only through
+``ductape_jobs.store``.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from beat.leader import Leadership
 from beat.lost import LostRuns
 from beat.retention import Sweeper, SweepTotals
 from ductape_jobs import timing
@@ -78,7 +79,7 @@ class BeatEngine:
         self.settings = settings
         self.messages = messages
         self.instance = instance
-        self.token: str | None = None
+        self.leadership = Leadership(store, instance, settings.beat_lock_ttl_ms)
         self._briefs: OrderedDict[str, tuple[str, JobBrief]] = OrderedDict()
         self._brief_bytes = 0
         self._prepared: list[Claim] = []  # decided ahead for the next due time (see _prepare)
@@ -87,31 +88,22 @@ class BeatEngine:
 
     # -- leadership -------------------------------------------------------------------------
 
-    def lead(self) -> bool:
-        """Renew our lock, or take it when free; returns whether we lead now."""
-        ttl = self.settings.beat_lock_ttl_ms
-        if self.token is not None and self.store.renew_lock(self.token, ttl):
-            return True
-        if self.token is not None:
-            log.warning("beat %s lost the leader lock", self.instance)
-        acquired, token = self.store.acquire_lock(self.instance, ttl)
-        self.token = token if acquired else None
-        if acquired:
-            log.info("beat %s is leader (fencing token %s)", self.instance, token.split(":", 1)[0])
-        return acquired
+    @property
+    def token(self) -> str | None:
+        """The fencing token we lead with (``Leadership`` owns it), or None."""
+        return self.leadership.token
 
     def step_down(self) -> None:
         """Release the lock so a standby takes over at once."""
-        if self.token is not None:
-            self.store.release_lock(self.token)
-            self.token = None
+        self.leadership.step_down()
 
     # -- ticking ----------------------------------------------------------------------------
 
     def tick(self, now_ms: int) -> TickReport:
         """Release everything due at now_ms (in batches) and say how long to sleep."""
         report = TickReport()
-        if not self.lead():
+        token = self.leadership.lead()
+        if token is None:
             self._prepared = []
             report.sleep_ms = max(self.settings.beat_lock_ttl_ms // 4, 100)
             return report
@@ -121,7 +113,7 @@ class BeatEngine:
             self._prepared = []  # woke late: decide afresh, with the real time
         elif ready:
             self._prepared = [c for c in self._prepared if c.entry.due_ms > now_ms]
-            if not self._hand_over(report, ready, now_ms):
+            if not self._hand_over(report, token, ready, now_ms):
                 return report
         batch = self.settings.beat_batch
         while True:
@@ -129,7 +121,7 @@ class BeatEngine:
             if not entries:
                 break
             decided = (self._decide(e, now_ms) for e in entries)  # decided as the claims stream out
-            if not self._hand_over(report, decided, now_ms):
+            if not self._hand_over(report, token, decided, now_ms):
                 return report
             if len(entries) < batch:
                 break
@@ -140,11 +132,12 @@ class BeatEngine:
         report.sleep_ms = self._prepare(now_ms)
         return report
 
-    def _hand_over(self, report: TickReport, claims: Iterable[Claim], now_ms: int) -> bool:
+    def _hand_over(self, report: TickReport, token: str, claims: Iterable[Claim], now_ms: int) -> bool:
         """Claim and send; False when fenced out (a newer leader exists: we stalled past our lock)."""
-        claimed = self.store.claim(self.token or "", claims, now_ms, self.settings.runs_kept)
+        claimed = self.store.claim(token, claims, now_ms, self.settings.runs_kept)
         if claimed is None:
-            report.fenced_out, self.token, self._prepared = True, None, []
+            report.fenced_out, self._prepared = True, []
+            self.leadership.fenced_out(token)
             log.warning("beat %s was fenced out; standing by", self.instance)
             return False
         aside = [c for c in claimed if c.reason]

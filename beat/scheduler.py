@@ -57,7 +57,7 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
         self._renewer = threading.Thread(target=self._renew_loop, name="beat-lock", daemon=True)
         self._renewer.start()
         if self.settings.metrics_port is not None:
-            self.metrics = BeatMetrics(self.store, lambda: self.engine.token is not None, self.settings)
+            self.metrics = BeatMetrics(self.store, lambda: self.engine.leadership.held, self.settings)
             self._metrics_server = self.metrics.serve()
             log.info("metrics on %s:%d/metrics", self.settings.metrics_addr, self.settings.metrics_port)
 
@@ -84,11 +84,7 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
         period = self.settings.beat_lock_ttl_ms / 3000
         while not self._stop.wait(period):
             try:
-                if self.engine.token is not None and not self.store.renew_lock(
-                    self.engine.token, self.settings.beat_lock_ttl_ms
-                ):
-                    self.engine.token = None
-                    log.warning("beat %s lost the leader lock; standing by", self.engine.instance)
+                self.engine.leadership.renew()
             except Exception:  # noqa: BLE001
                 log.warning("could not renew the beat lock; will retry")
 

@@ -177,3 +177,14 @@ def test_importing_workers_builds_nothing_and_making_its_app_connects_nothing():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['demo.tick']"
+
+
+def test_only_beats_leadership_touches_the_leader_lock():
+    # One owner of the fencing token: nothing else takes, renews or releases the lock.
+    lock_calls = {"acquire_lock", "renew_lock", "release_lock"}
+    for module, path in MODULES.items():
+        if module in ("beat.leader", "ductape_jobs.store"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                assert node.attr not in lock_calls, f"{module} calls {node.attr}; only beat.leader may"
