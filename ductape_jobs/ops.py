@@ -29,11 +29,13 @@ from ductape_jobs.records import (
     SetAside,
     StateAction,
     Unreadable,
+    WorkerEntry,
     opt,
     read_job,
     run_record,
     text,
     verdict,
+    worker_entry,
 )
 
 T = TypeVar("T")
@@ -222,6 +224,12 @@ def known_events(keys: Keys, product_tag: str) -> Flow[list[str]]:
     """Events registered by workers for one product."""
     pairs = sorted(text(m) for m in (yield from one(Call("smembers", (keys.events,)))))
     return [p.split("/", 1)[1] for p in pairs if p.startswith(f"{product_tag}/")]
+
+
+def workers(keys: Keys) -> Flow[dict[str, WorkerEntry | None]]:
+    """Every registered worker by hostname, as published (None for an entry that can't be read)."""
+    got = yield from one(Call("hgetall", (keys.workers,)))
+    return {text(name): worker_entry(name, raw) for name, raw in got.items()}
 
 
 def get_job(keys: Keys, job_id: str) -> Flow[JobRecord | Unreadable | None]:

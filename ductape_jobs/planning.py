@@ -1,6 +1,7 @@
 """From a validated request to what gets written: settings checks, sessions, the first run.
 
 Pure: the clock and ids come in as arguments, so every rule here is unit-tested without Redis.
+Imports neither Celery nor the store (the message builder comes in as ``build``).
 """
 
 from __future__ import annotations

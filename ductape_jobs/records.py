@@ -1,6 +1,8 @@
 """The data model's values: what the store writes and hands back, and how Redis replies become them.
 
-Pure: no I/O. Both stores (store.py, astore.py) and the operations in ops.py build on this.
+Pure: no I/O, and imports neither Celery nor the store (``Message`` is only carried here;
+wire.py builds it). Both stores (store.py, astore.py) and the operations in ops.py build on this,
+and so do the scripts' words (``Verdict``, ``Answer``, ``StateAction`` ...), typed for mypy.
 """
 
 from __future__ import annotations
@@ -247,6 +249,26 @@ class JobList(list[JobRecord]):
     def __init__(self, jobs: list[JobRecord] = (), unreadable: list[Unreadable] | None = None) -> None:  # type: ignore[assignment]
         super().__init__(jobs)
         self.unreadable: list[Unreadable] = unreadable or []
+
+
+@dataclass(frozen=True)
+class WorkerEntry:
+    """A worker's entry in the workers hash (``Store.register_worker`` writes it)."""
+
+    name: str  # its Celery hostname
+    envs: list[str]  # the envs whose queues it consumes
+    events: int  # how many events it serves
+    seen_ms: int  # when it last said it is here (0: unknown)
+
+
+def worker_entry(name: Any, raw: Any) -> WorkerEntry | None:
+    """One entry of the workers hash, or None when it can't be read."""
+    try:
+        info = json.loads(raw)
+        events = len(info.get("events") or [])
+        return WorkerEntry(text(name), list(info.get("envs") or []), events, int(info.get("seen_ms") or 0))
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 @dataclass(frozen=True)

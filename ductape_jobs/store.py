@@ -1,9 +1,11 @@
 """The Redis data model (sync): every read and write of job, run, due-index and dead-letter records.
 
-Only this module (with ops.py, records.py, scripts.py and keys.py) talks to Redis about jobs; the
-client, the worker runner and the beat engine call it. The producer's operations are flows from
-ops.py, driven here and, for asyncio, by astore.py; beat's and workers' steps are sync only. Times
-are passed in, never read here.
+Every read and write of the data model goes through this module and ops.py (with the scripts of
+scripts.py, the keys of keys.py and the values of records.py); the client, the runner, the beat
+engine and doctor call them. Only doctor also reads a few keys itself, to diagnose a deployment
+(the beat lock's TTL, index and queue lengths, set-aside reasons). The producer's operations are
+flows from ops.py, driven here by ``run`` and, for asyncio, by astore.py; beat's and workers'
+steps are methods here, sync only. Times are passed in, never read here.
 """
 
 from __future__ import annotations
@@ -248,14 +250,12 @@ class Store:
     def forget_workers(self, unseen_since_ms: int) -> int:
         """Drop registrations of workers not seen since then (hostnames of replaced containers
         would otherwise pile up); returns how many went."""
-        gone = []
-        for name, raw in self.redis.hgetall(self.keys.workers).items():
-            try:
-                seen = int(json.loads(raw)["seen_ms"])
-            except (ValueError, KeyError, TypeError):
-                seen = 0  # unreadable: nothing can tell when it was seen, so it goes too
-            if seen < unseen_since_ms:
-                gone.append(name)
+        # An entry that can't be read can't tell when its worker was seen, so it goes too.
+        gone = [
+            name
+            for name, entry in self.run(ops.workers(self.keys)).items()
+            if entry is None or entry.seen_ms < unseen_since_ms
+        ]
         if gone:
             self.redis.hdel(self.keys.workers, *gone)
         return len(gone)

@@ -8,7 +8,6 @@ long ago each was seen), and no job set aside by beat.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -18,10 +17,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ductape_jobs import health
+from ductape_jobs import health, ops
 from ductape_jobs.cli.context import EXIT_PROBLEMS, EXIT_UNAVAILABLE, Context, json_option, pass_context
 from ductape_jobs.cli.output import echo_json, note, printable, redact, say, span
 from ductape_jobs.clock import now_ms
+from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
@@ -78,8 +78,8 @@ def probe(settings: Settings, timeout_s: float) -> tuple[list[Finding], list[Wor
         reached = check_redis(client, settings, timeout_s)
         if reached.status != OK:
             return [reached], [], False
-        workers = workers_seen(client, keys, now_ms())
         store = Store(client, keys)
+        workers = workers_seen(store, now_ms())
         findings = [
             reached,
             check_eviction(store),
@@ -91,7 +91,7 @@ def probe(settings: Settings, timeout_s: float) -> tuple[list[Finding], list[Wor
             check_set_aside(client, keys),
         ]
         return findings, workers, True
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except (redis.ConnectionError, redis.TimeoutError, BackendUnavailableError) as exc:
         lost = Finding(
             "redis",
             FAIL,
@@ -120,7 +120,7 @@ def check_redis(client: redis.Redis, settings: Settings, timeout_s: float) -> Fi
 
 
 def check_eviction(store: Store) -> Finding:
-    """An eviction policy that never drops job records or schedules (noeviction, volatile-*)."""
+    """An eviction policy that never drops job records or schedules (``health.eviction_safe``)."""
     return _finding("eviction", health.eviction_verdict(store.eviction_policy()))
 
 
@@ -217,24 +217,11 @@ def check_set_aside(client: redis.Redis, keys: Keys) -> Finding:
     )
 
 
-def workers_seen(client: redis.Redis, keys: Keys, now: int) -> list[WorkerSeen]:
-    """The workers hash, parsed, oldest-seen last."""
-    seen = []
-    for name, raw in client.hgetall(keys.workers).items():
-        try:
-            info = json.loads(raw)
-            seen_ms = int(info.get("seen_ms") or 0)
-            seen.append(
-                WorkerSeen(
-                    _text(name),
-                    list(info.get("envs") or []),
-                    len(info.get("events") or []),
-                    seen_ms,
-                    max(now - seen_ms, 0),
-                )
-            )
-        except (ValueError, TypeError, AttributeError):
-            continue  # an entry we cannot read says nothing about who serves what
+def workers_seen(store: Store, now: int) -> list[WorkerSeen]:
+    """The registered workers, oldest-seen last (an entry that can't be read says nothing about
+    who serves what, so it is left out)."""
+    entries = store.run(ops.workers(store.keys)).values()
+    seen = [WorkerSeen(w.name, w.envs, w.events, w.seen_ms, max(now - w.seen_ms, 0)) for w in entries if w]
     return sorted(seen, key=lambda w: (w.age_ms, w.name))
 
 
