@@ -28,6 +28,7 @@ PURE = {
         "clock",
         "errors",
         "health",
+        "jitter",
         "keyring",
         "keys",
         "models",
@@ -117,6 +118,13 @@ def test_celery_is_imported_only_by_its_adapters(module: str):
 )
 def test_the_data_layer_the_runner_and_beats_engine_load_no_celery(module: str):
     assert not _outside(reaches(module), CELERY), module
+
+
+@pytest.mark.parametrize("module", ["ductape_jobs.runner", "ductape_jobs.heartbeat"])
+def test_the_runner_takes_its_store_and_does_not_import_it(module: str):
+    data_layer = {"ductape_jobs.store", "ductape_jobs.ops", "ductape_jobs.astore", "ductape_jobs.wire"}
+    assert not data_layer & reaches(module), module
+    assert not _outside(reaches(module), CELERY + REDIS), module
 
 
 @pytest.mark.parametrize(
