@@ -53,7 +53,6 @@ CELERY_USERS = {
     "ductape_jobs.celery_app",
     "ductape_jobs.flower_guard",
     "ductape_jobs.transport",
-    "workers",
     "workers.factory",
     "beat.scheduler",
 }
@@ -166,20 +165,25 @@ def test_a_pure_module_loads_without_celery_or_the_store():
     assert done.stdout.strip() == ""
 
 
-def test_importing_workers_builds_nothing_and_making_its_app_connects_nothing():
+def test_importing_workers_makes_nothing_and_celery_finds_its_app_without_connecting():
     # Redis at a closed port: any connection attempt would fail the import or the app's making.
+    # The handlers live in the working directory, off sys.path, as under the `celery` command:
+    # Celery's own lookup (find_app, what `celery -A workers` runs) must still load them.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     code = (
-        "import sys\n"
+        "import os, sys\n"
+        "sys.path[:] = [p for p in sys.path if p not in ('', os.getcwd())]\n"
         "import workers\n"
         "assert 'examples.handlers' not in sys.modules, 'importing workers loaded the handlers'\n"
-        "app = workers.app\n"
-        "assert workers.app is app and 'examples.handlers' in sys.modules\n"
+        "assert 'workers.celery' not in sys.modules, 'importing workers made the app'\n"
+        "from celery.app.utils import find_app\n"
+        "app = find_app('workers')\n"
         "print(sorted(name for name in app.tasks if name.startswith('demo.')))\n"
     )
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{port}/0", "DUCTAPE_HANDLERS": "examples.handlers"}
+    env.pop("PYTHONPATH", None)
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
     )
