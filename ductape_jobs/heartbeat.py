@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ductape_jobs.errors import BackendUnavailableError
+from ductape_jobs.records import Lease
 
 log = logging.getLogger("ductape_jobs.heartbeat")
 CONFIRM_AFTER_S = 1.0
@@ -32,7 +33,7 @@ CANCEL_CHECK_S = 2.0  # the longest a running handler waits to learn of a cancel
 class Leases(Protocol):
     """What the heartbeat needs of the store (``Store``)."""
 
-    def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> str:
+    def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> Lease:
         """Extend ``owner``'s lease of a running attempt: 'held', 'cancelled' (still theirs, and
         cancelled) or 'lost' (not theirs any more)."""
         ...
@@ -100,9 +101,9 @@ class Heartbeat:
         for run_id, (owner, on_cancel) in held:
             try:
                 renewed = self.store.renew_run(run_id, owner, self.clock_ms(), self.lease_ms)
-                if renewed == "lost":
+                if renewed == Lease.LOST:
                     self.release(run_id)  # another delivery owns it now, or it is gone
-                elif renewed == "cancelled":
+                elif renewed == Lease.CANCELLED:
                     on_cancel()
             except BackendUnavailableError:
                 log.warning("could not renew the lease of run %s; Redis is unreachable", run_id)

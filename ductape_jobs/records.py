@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.models import JobRecord, JobSpec, JobStatus, RunRecord, RunStatus
+from ductape_jobs.timing import Overlap
 
 # The scripts' words, as types mypy checks: what callers pass in as Literals, what Redis answers as
 # StrEnums (parsed where the reply is read, so an unknown word fails there). Both are plain str.
@@ -39,6 +40,14 @@ class Verdict(StrEnum):
     DONE = "done"  # finished already (or its last attempt was lost): nothing to do
     SKIP = "skip"  # cancelled, stale, or its record is gone
     BUSY = "busy"  # another delivery holds the run's lease: look again later
+
+
+class Lease(StrEnum):
+    """What RENEW_RUN says of a lease (its replies 0, 1, 2, in this order)."""
+
+    LOST = "lost"  # not this delivery's attempt any more: let it go
+    HELD = "held"  # extended
+    CANCELLED = "cancelled"  # extended, and the run was cancelled: tell the handler
 
 
 class Lost(StrEnum):
@@ -144,7 +153,7 @@ class Claim:
     new_next_ms: int | None
     message: Message | None  # None: nothing to send (the job is gone, or the entry is set aside)
     reason: str = ""  # set when beat could not read or decide the entry: it is set aside, not sent
-    overlap: str = ""  # a schedule's repeat.overlap ('' = allow); CLAIM_DUE decides by it
+    overlap: Overlap | Literal[""] = ""  # a schedule's repeat.overlap ('' = allow); CLAIM_DUE decides by it
     skip_next_ms: int | None = None  # the next run should CLAIM_DUE skip this slot (limit not counted)
 
 

@@ -35,6 +35,7 @@ from ductape_jobs.records import (
     DueEntry,
     Finish,
     InFlight,
+    Lease,
     Lost,
     Message,
     Retention,
@@ -63,7 +64,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-RENEWED = ("lost", "held", "cancelled")  # RENEW_RUN's replies 0, 1, 2
 CLAIM_CHUNK = 250  # claims per CLAIM_DUE call: small enough to overlap, large enough to batch
 log = logging.getLogger("ductape_jobs.store")
 
@@ -503,12 +503,12 @@ class Store:
             manual=text(got[4]) == "1",
         )
 
-    def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> str:
+    def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> Lease:
         """Heartbeat: extend the lease of ``owner``'s running attempt. 'held', 'cancelled' (still
         theirs, and cancelled: the handler is told) or 'lost' (not theirs any more)."""
         keys = [self.keys.run(run_id), self.keys.inflight]
         got = self._eval(self._scripts["RENEW_RUN"], keys=keys, args=[owner, now_ms, lease_ms, run_id])
-        return RENEWED[int(got)]
+        return list(Lease)[int(got)]
 
     def lose_run(self, run_id: str, owner_prefix: str, reason: str, now_ms: int) -> Lost:
         """Count the attempt of a process that died (or was killed) running it."""
