@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from celery import Celery
 from kombu.entity import Queue
+from kombu.exceptions import OperationalError
 
+from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import hard_limit_s
 from ductape_jobs.settings import Settings
@@ -54,6 +58,19 @@ def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def revoke_runs(app: Celery, run_ids: Sequence[str], *, terminate: bool) -> None:
+    """Celery's revoke of these runs (their task ids), broadcast to every worker over the broker;
+    with ``terminate`` the processes running them get SIGTERM. BackendUnavailableError when the
+    broker can't be reached (the cancel itself is already recorded)."""
+    try:
+        app.control.revoke(list(run_ids), terminate=terminate, signal="SIGTERM")
+    except (OperationalError, OSError) as exc:  # kombu's wrap of a broker connection error
+        raise BackendUnavailableError(
+            f"the cancel is recorded, but Celery's revoke of {', '.join(run_ids)} could not be "
+            f"sent ({type(exc).__name__}); check the broker (REDIS_URL) and cancel again with terminate"
+        ) from None
 
 
 def _queue(name: str) -> Queue:

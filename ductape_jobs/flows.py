@@ -14,15 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict, cast
 
-from kombu.exceptions import OperationalError
 from pydantic import TypeAdapter
 
 from ductape_jobs import ops, timing
 from ductape_jobs.brief import ARGSREPR_MAX, JobBrief
-from ductape_jobs.celery_app import create_app
+from ductape_jobs.celery_app import create_app, revoke_runs
 from ductape_jobs.clock import now_ms
 from ductape_jobs.errors import (
-    BackendUnavailableError,
     JobNotFoundError,
     JobStateError,
     JobValidationError,
@@ -107,15 +105,8 @@ class ClientCore:
         """Send Celery's revoke for cancelled runs (a broadcast to every worker over the broker):
         a worker drops a revoked run it has not started and kills the process of one it runs
         when ``terminate``; each sends ``task-revoked``, which Flower shows."""
-        if not revoke.run_ids:
-            return
-        try:
-            self.celery.control.revoke(list(revoke.run_ids), terminate=revoke.terminate, signal="SIGTERM")
-        except (OperationalError, OSError) as exc:  # kombu's wrap of a broker connection error
-            raise BackendUnavailableError(
-                f"the cancel is recorded, but Celery's revoke of {', '.join(revoke.run_ids)} could not be "
-                f"sent ({type(exc).__name__}); check the broker (REDIS_URL) and cancel again with terminate"
-            ) from None
+        if revoke.run_ids:
+            revoke_runs(self.celery, revoke.run_ids, terminate=revoke.terminate)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(key_prefix={self.settings.key_prefix!r})"
