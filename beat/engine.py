@@ -17,6 +17,7 @@ from beat.lost import LostRuns
 from beat.retention import Sweeper, SweepTotals
 from ductape_jobs import timing
 from ductape_jobs.brief import JobBrief
+from ductape_jobs.imported import BeatSchedule
 from ductape_jobs.jitter import Spread
 from ductape_jobs.models import run_id_for
 from ductape_jobs.records import Message, Messages, reason
@@ -71,8 +72,13 @@ class BeatEngine:
         instance: str,
         *,
         record_releases: bool = False,
+        imports: BeatSchedule | None = None,
     ) -> None:
         self.store = store
+        # A Celery app's beat_schedule, synced each time this beat takes the lead (before it
+        # decides anything), under that leadership's fencing token.
+        self.imports = imports
+        self._synced: str | None = None  # the token the imports were last synced under
         # Per-run release records (with the missed-slot count) only feed metrics: skip the work
         # on the hot path unless something reads them.
         self.record_releases = record_releases
@@ -108,6 +114,8 @@ class BeatEngine:
             report.sleep_ms = max(self.settings.beat_lock_ttl_ms // 4, 100)
             return report
         report.leader = True
+        if self.imports is not None and token != self._synced and not self._sync(report, token, now_ms):
+            return report
         ready = [c for c in self._prepared if c.entry.due_ms <= now_ms]
         if ready and now_ms - min(c.entry.due_ms for c in ready) > PREPARE_AHEAD_MS:
             self._prepared = []  # woke late: decide afresh, with the real time
@@ -131,6 +139,24 @@ class BeatEngine:
         report.runs_set_aside = self.lost.set_aside - aside
         report.sleep_ms = self._prepare(now_ms)
         return report
+
+    def _sync(self, report: TickReport, token: str, now_ms: int) -> bool:
+        """Sync the imported beat_schedule; False when fenced out."""
+        assert self.imports is not None
+        rows, refused = self.imports.rows(now_ms)
+        for why in refused:
+            log.error("%s", why)
+        counts = self.store.sync_imported(token, self.imports.app, rows, now_ms)
+        if counts is None:
+            report.fenced_out, self._prepared = True, []
+            self.leadership.fenced_out(token)
+            return False
+        self._synced = token
+        log.info(
+            "beat_schedule of %r: %d created, %d updated, %d unchanged, %d removed",
+            self.imports.app, *counts,
+        )  # fmt: skip
+        return True
 
     def _hand_over(self, report: TickReport, token: str, claims: Iterable[Claim], now_ms: int) -> bool:
         """Claim and send; False when fenced out (a newer leader exists: we stalled past our lock)."""
@@ -200,6 +226,10 @@ class BeatEngine:
         # The next run is fixed now, when this one is handed over (BullMQ's rule).
         following = spread.next_run(slot_ms, entry.runs_done + 1, now_ms)
         next_ms = None if following is None else following[1]
+        if brief.celery is not None:
+            # An imported beat_schedule entry sends its own Celery task at every slot, as Celery
+            # beat does, and its run is recorded 'sent' (CLAIM_DUE's overlap 'celery').
+            return Claim(entry, run_id, slot_ms, next_ms, message, overlap="celery")
         if rule.overlap == "allow":
             return Claim(entry, run_id, slot_ms, next_ms, message)
         # CLAIM_DUE may skip the slot instead (repeat.overlap): a skipped slot does not count

@@ -15,6 +15,7 @@ from celery import beat as celery_beat
 
 from beat.engine import BeatEngine
 from beat.health import RedisWatch
+from beat.imported import beat_schedule
 from beat.metrics import BeatMetrics
 from ductape_jobs.clock import now_ms
 from ductape_jobs.connection import connect
@@ -42,6 +43,8 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
             MessageBuilder(app, self.settings),
             instance,
             record_releases=self.settings.metrics_port is not None,
+            # app.conf.beat_schedule's entries, synced whenever this beat takes the lead
+            imports=beat_schedule(app, self.settings),
         )
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -50,7 +53,8 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
         super().__init__(app, *args, **kwargs)
 
     def setup_schedule(self) -> None:
-        """Schedules live in Redis and change at run time; nothing to load from config."""
+        """Schedules live in Redis; app.conf.beat_schedule is synced into them by the leader
+        (beat/imported.py, SYNC_IMPORTED), not kept here as Celery's schedulers keep it."""
         # Everything loaded so far (Celery, kombu, our modules) lives as long as the process:
         # keep it out of the collector's full passes, which otherwise stall a tick now and then.
         gc.freeze()

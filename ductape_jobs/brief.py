@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from ductape_jobs import timing
-from ductape_jobs.models import JobSpec
+from ductape_jobs.models import CeleryCall, JobSpec
 from ductape_jobs.sessions import redact
 
 ARGSREPR_MAX = 1_024  # Celery's argsrepr (shown by Flower) is the input's repr cut to this length
@@ -30,6 +30,7 @@ class JobBrief(BaseModel):
     rule: dict[str, Any] | None = None
     argsrepr: str = "{}"
     timeout_s: int | None = None  # the job's timeout (its messages' hard limit); None: the default
+    celery: CeleryCall | None = None  # an imported beat_schedule entry: its task, not our handler
 
     @classmethod
     def of(cls, spec: JobSpec, input: dict[str, Any] | None = None) -> JobBrief:
@@ -41,6 +42,7 @@ class JobBrief(BaseModel):
             rule=spec.rule,
             argsrepr=argsrepr(spec, input),
             timeout_s=spec.timeout_s,
+            celery=spec.celery,
         )
 
     @classmethod

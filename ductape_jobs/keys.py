@@ -57,6 +57,11 @@ class Keys:
         """ZSET: finished job ids by when their retention ends; beat's sweep removes them then."""
         return f"{self.prefix}:retired"
 
+    def imported(self, app: str) -> str:
+        """HASH: job id -> digest of each beat_schedule entry imported from Celery app ``app``
+        (SYNC_IMPORTED; an entry leaves when it leaves the config)."""
+        return f"{self.prefix}:imported:{app}"
+
     @property
     def stats(self) -> str:
         """HASH: counters of records that left (by retention, cap, or vanished), for doctor/metrics."""

@@ -71,6 +71,9 @@ class RunStatus(StrEnum):
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
     BUFFERED = "buffered"  # repeat.overlap=buffer_one: waits in the due index for the run before it
+    # A plain Celery task of an imported beat_schedule entry, handed to the broker: from here on
+    # its execution is Celery's (the app's own worker runs it; no outcome comes back to us).
+    SENT = "sent"
 
 
 class _Frozen(BaseModel):
@@ -312,6 +315,19 @@ def _unknown_field_message(loc: list[str]) -> str:
     return f"is not a known field (known: {', '.join(known)}){hint}"
 
 
+class CeleryCall(_Frozen):
+    """A plain Celery task an imported ``beat_schedule`` entry sends (beat/imported.py), as
+    ``app.send_task(task, args, kwargs, **options)`` would."""
+
+    entry: str  # the beat_schedule entry's name
+    task: str
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    # Resolved at import: queue (its broker list), exchange, routing_key, priority, expires,
+    # headers, time_limit, soft_time_limit
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
 class JobSpec(_Frozen):
     """The immutable part of a stored job: what to run, where, how often."""
 
@@ -332,6 +348,7 @@ class JobSpec(_Frozen):
     sealed: str | None = None
     input_digest: str | None = None
     created_ms: int
+    celery: CeleryCall | None = None  # an imported beat_schedule entry's own task (else our handler)
 
     def timing_rule(self) -> timing.Rule | None:
         """The repeat rule, or None for a one-off job."""

@@ -43,6 +43,7 @@ T = TypeVar("T")
 SCRIPT_NAMES = (
     "CREATE_JOBS",
     "CLAIM_DUE",
+    "SYNC_IMPORTED",
     "READ_DUE",
     "BEGIN_RUN",
     "FINISH_RUN",

@@ -153,7 +153,9 @@ class Claim:
     new_next_ms: int | None
     message: Message | None  # None: nothing to send (the job is gone, or the entry is set aside)
     reason: str = ""  # set when beat could not read or decide the entry: it is set aside, not sent
-    overlap: Overlap | Literal[""] = ""  # a schedule's repeat.overlap ('' = allow); CLAIM_DUE decides by it
+    # a schedule's repeat.overlap ('' = allow), or 'celery': an imported beat_schedule entry's plain
+    # Celery task, always released and recorded 'sent'. CLAIM_DUE decides by it
+    overlap: Overlap | Literal["", "celery"] = ""
     skip_next_ms: int | None = None  # the next run should CLAIM_DUE skip this slot (limit not counted)
 
 

@@ -80,7 +80,8 @@ local function trim_runs(prefix, runs, kept)
     local status = redis.call('HGET', run, 'status')
     if status == 'failed' then
       redis.call('ZREM', runs, run_id)
-    elseif not status or status == 'completed' or status == 'skipped' or status == 'cancelled' then
+    elseif not status or status == 'completed' or status == 'skipped' or status == 'cancelled'
+        or status == 'sent' then
       redis.call('DEL', run)
       redis.call('ZREM', runs, run_id)
     end
@@ -232,6 +233,9 @@ CREATE_BATCH = 1_000  # jobs per CREATE_JOBS call: bounds its unpack() sizes and
 # An item beat could not read or decide has no message; its queue_key slot carries the reason,
 # and its job is set aside: marked failed with that reason (retired like any finished job),
 # listed in the set-aside index.
+# An imported beat_schedule entry (overlap 'celery') sends its own plain Celery task: always
+# released (Celery beat has no overlap rule), its run recorded 'sent' and kept out of the
+# in-flight index (no runner reports on it, so lost-run resend must never look at it).
 # A recurring slot obeys its repeat.overlap (see overlap() below): skipped (recorded as a
 # 'skipped' run, counted in the job's skipped_slots, its schedule advanced without counting
 # toward limit) or buffered (a 'buffered' run waiting as an r: entry, handed over once the run
@@ -353,7 +357,8 @@ for i = 0, n - 1 do
         claimed[#claimed+1] = i + 1
       end
     elseif st[1] == 'scheduled' and st[2] == score and st[3] == done then
-      local verdict, prev, prev_status = overlap(ARGV[b+9], id, st[6], st[7], done)
+      local plain = ARGV[b+9] == 'celery'
+      local verdict, prev, prev_status = overlap(plain and '' or ARGV[b+9], id, st[6], st[7], done)
       local run = prefix .. ':run:' .. run_id
       local runs = prefix .. ':runs:' .. id
       if verdict == 'skip' then
@@ -369,6 +374,9 @@ for i = 0, n - 1 do
           redis.call('HSET', run, 'status', 'buffered', 'behind', prev)
           rescheduled[#rescheduled+1] = tonumber(now) + BUFFER_POLL_MS
           rescheduled[#rescheduled+1] = 'r:' .. run_id
+        elseif plain then
+          redis.call('HSET', run, 'status', 'sent')
+          push(queue, message)
         else
           redis.call('HSET', run, 'status', 'queued')
           push(queue, message)
@@ -402,6 +410,70 @@ add_all(KEYS[2], rescheduled)
 add_all(KEYS[3], inflight)
 push_all()
 return claimed
+"""
+)
+
+# Beat, as the leader, when it takes the lead: make the live schedules imported from a Celery
+# app's beat_schedule the ones its config lists (beat/imported.py), in one step fenced by the
+# leader's token, so two beats starting together never double an entry. A job id is derived from
+# the app and the entry's name; an entry whose digest (everything the config says of it) is
+# unchanged and whose job is live is left alone; a changed one is written over in place (same
+# job id, runs and their history kept, next run from the new rule; a paused job stays paused);
+# a new one, or one whose job finished (cancelled by hand, or set aside), is created afresh; an
+# entry no longer in the config is cancelled and retired like any cancelled schedule.
+# KEYS: beat_lock, imported, due, jobs, retired, set_aside
+# ARGV: prefix, fence, now_ms, job_retention_s, then 6 per entry:
+#   job_id, digest, spec, brief, next_run_ms, anchor_ms
+# Returns {created, updated, unchanged, removed} counts, or {-1} when fenced out.
+SYNC_IMPORTED = (
+    _LIFECYCLE
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {-1} end
+local prefix, now, job_ttl = ARGV[1], ARGV[3], ARGV[4]
+local wanted, counts = {}, {0, 0, 0, 0}
+for b = 5, #ARGV, 6 do
+  local id, digest, next_ms = ARGV[b], ARGV[b+1], ARGV[b+4]
+  wanted[id] = true
+  local job = prefix .. ':job:' .. id
+  local status = redis.call('HGET', job, 'status')
+  local live = status and not FINISHED[status]
+  if live and redis.call('HGET', KEYS[2], id) == digest then
+    counts[3] = counts[3] + 1
+  else
+    if live then
+      counts[2] = counts[2] + 1
+      redis.call('HSET', job, 'spec', ARGV[b+2], 'brief', ARGV[b+3], 'anchor_ms', ARGV[b+5],
+        'next_run_ms', next_ms, 'updated_ms', now)
+    else
+      counts[1] = counts[1] + 1
+      status = 'scheduled'
+      redis.call('DEL', job)
+      redis.call('HSET', job, 'spec', ARGV[b+2], 'brief', ARGV[b+3], 'status', status,
+        'recurring', 1, 'next_run_ms', next_ms, 'anchor_ms', ARGV[b+5], 'runs_done', 0,
+        'attempts', 0, 'created_ms', now, 'updated_ms', now, 'fp', '', 'last_run_id', '')
+      redis.call('PERSIST', prefix .. ':runs:' .. id)
+      redis.call('ZADD', KEYS[4], now, id)
+      redis.call('ZREM', KEYS[5], id)
+      redis.call('ZREM', KEYS[6], id)
+    end
+    if status == 'scheduled' then redis.call('ZADD', KEYS[3], next_ms, 'j:' .. id) end
+    redis.call('HSET', KEYS[2], id, digest)
+  end
+end
+for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if not wanted[id] then
+    local job = prefix .. ':job:' .. id
+    local status = redis.call('HGET', job, 'status')
+    if status and not FINISHED[status] then
+      redis.call('HSET', job, 'status', 'cancelled', 'next_run_ms', '', 'updated_ms', now)
+      redis.call('ZREM', KEYS[3], 'j:' .. id)
+      retire(prefix, id, job_ttl, now)
+    end
+    redis.call('HDEL', KEYS[2], id)
+    counts[4] = counts[4] + 1
+  end
+end
+return counts
 """
 )
 

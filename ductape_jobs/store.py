@@ -25,6 +25,7 @@ import redis
 
 from ductape_jobs import ops
 from ductape_jobs.brief import JobBrief
+from ductape_jobs.imported import ImportCounts, ImportRow
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobSpec, job_id_of
 from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, Stream, unreachable
@@ -343,6 +344,19 @@ class Store:
             for at, spec in zip(older, _guard(pipe.execute) if older else [], strict=True):
                 briefs[at] = b"spec:" + spec if spec else None
         return [text(v) if v else None for v in briefs]
+
+    def sync_imported(
+        self, fence: str, app: str, rows: Sequence[ImportRow], now_ms: int
+    ) -> ImportCounts | None:
+        """Make app's imported beat_schedule jobs the ones ``rows`` lists, in one SYNC_IMPORTED
+        step fenced by the leader's token; what it did, or None when fenced out."""
+        k = self.keys
+        keys = [k.beat_lock, k.imported(app), k.due, k.jobs, k.retired, k.set_aside]
+        args: list[Any] = [k.prefix, fence, now_ms, self.retention.job_s]
+        for row in rows:
+            args += [row.job_id, row.digest, row.spec_json, row.brief_json, row.next_run_ms, row.anchor_ms]
+        got = [int(v) for v in self._eval(self._scripts["SYNC_IMPORTED"], keys=keys, args=args)]
+        return None if got == [-1] else ImportCounts(*got)
 
     def claim(self, fence: str, claims: Iterable[Claim], now_ms: int, runs_kept: int) -> list[Claim] | None:
         """Claim, advance and push messages atomically, in CLAIM_DUE calls of ``CLAIM_CHUNK``

@@ -13,13 +13,15 @@ import base64
 import json
 import os
 import re
+from bisect import bisect
 from typing import Any
 
 from celery import Celery
+from kombu import serialization
 
 from ductape_jobs.brief import JobBrief, argsrepr
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobSpec, hard_limit_s, ms_to_datetime, task_name
+from ductape_jobs.models import CeleryCall, JobSpec, hard_limit_s, ms_to_datetime, task_name
 from ductape_jobs.records import Message
 from ductape_jobs.settings import Settings
 
@@ -61,6 +63,8 @@ class MessageBuilder:
 
     def from_brief(self, run_id: str, brief: JobBrief, nominal_ms: int, now_ms: int) -> Message:
         """The same message, built from a job's brief (beat never loads a job's input)."""
+        if brief.celery is not None:
+            return self.plain_task(run_id, brief.celery, now_ms)
         where = (brief.env, brief.product_tag, brief.event, brief.timeout_s)
         return self._build(run_id, where, brief.argsrepr, nominal_ms, now_ms)
 
@@ -120,6 +124,52 @@ class MessageBuilder:
         self._templates[(task, queue)] = re.sub(r'"@@hole:(\w+)@@"', r"%(\1)s", text)
         return self._templates[(task, queue)]
 
+    def plain_task(self, run_id: str, call: CeleryCall, now_ms: int) -> Message:
+        """The message ``app.send_task(call.task, call.args, call.kwargs, **call.options)`` would
+        publish, with ``run_id`` as its task id, onto the list the app's own workers read.
+
+        Built whole each time (not from a template): imported beat_schedule entries are few.
+        """
+        opts = call.options
+        headers, properties, body, _ = self.app.amqp.create_task_message(
+            run_id, call.task, call.args, call.kwargs,
+            expires=opts.get("expires"), time_limit=opts.get("time_limit"),
+            soft_time_limit=opts.get("soft_time_limit"), origin=self.hostname,
+            ignore_result=bool(opts.get("ignore_result", False)), create_sent_event=False,
+            now=ms_to_datetime(now_ms),
+        )  # fmt: skip
+        headers = {**headers, **(opts.get("headers") or {})}  # as send_task merges its headers=
+        # kombu ships no type information either
+        dumped = serialization.dumps(body, serializer=self.app.conf.task_serializer)  # type: ignore[no-untyped-call]
+        content_type, encoding, data = dumped
+        raw = data if isinstance(data, bytes) else data.encode(encoding)
+        priority = int(opts.get("priority") or 0)
+        props = {
+            **properties,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": opts.get("exchange", ""), "routing_key": opts["routing_key"]},
+            "priority": priority,
+            "body_encoding": "base64",
+            "delivery_tag": os.urandom(16).hex(),
+        }
+        envelope = {
+            "body": base64.b64encode(raw).decode(),
+            "content-encoding": encoding,
+            "content-type": content_type,
+            "headers": headers,
+            "properties": props,
+        }
+        return Message(self._app_queue_key(opts["queue"], priority), json.dumps(envelope))
+
+    def _app_queue_key(self, queue: str, priority: int) -> str:
+        """The Redis list kombu's transport would push onto for the app: its global_keyprefix,
+        the queue, and the queue's priority step (kombu's ``Channel._q_for_pri``)."""
+        transport = self.app.conf.broker_transport_options or {}
+        steps = transport.get("priority_steps", _PRIORITY_STEPS)
+        step = steps[bisect(steps, max(0, min(priority, 9))) - 1]
+        name = f"{queue}{transport.get('sep', _PRIORITY_SEP)}{step}" if step else queue
+        return str(transport.get("global_keyprefix", "")) + name
+
 
 def _iso(value_ms: int) -> str:
     when = ms_to_datetime(value_ms)
@@ -128,6 +178,8 @@ def _iso(value_ms: int) -> str:
 
 
 _HOLE = "@@hole:%s@@"
+_PRIORITY_STEPS = [0, 3, 6, 9]  # kombu's Redis transport defaults (priority_steps, sep)
+_PRIORITY_SEP = "\x06\x16"
 _quote = json.encoder.encode_basestring_ascii  # a JSON string literal, as json.dumps writes it
 # Celery protocol 2's third body element: no callbacks, errbacks, chain or chord.
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}

@@ -70,15 +70,19 @@ class Processes:
         env.update(extra)
         return {name: value for name, value in env.items() if value is not None}
 
-    def start(self, args: list[str], name: str, **extra: str | None) -> subprocess.Popen[bytes]:
-        """Start ``celery -A workers <args>`` (output in its log) without waiting for anything."""
-        return self._spawn(args, name, self.env(**extra))
+    def start(
+        self, args: list[str], name: str, app: str = "workers", **extra: str | None
+    ) -> subprocess.Popen[bytes]:
+        """Start ``celery -A <app> <args>`` (output in its log) without waiting for anything."""
+        return self._spawn(args, name, self.env(**extra), app)
 
-    def _spawn(self, args: list[str], name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, args: list[str], name: str, env: dict[str, str], app: str = "workers"
+    ) -> subprocess.Popen[bytes]:
         self.count += 1
         log = open(self.log_dir / f"{name}-{self.count}.log", "wb")  # noqa: SIM115 - lives with the process
         proc = subprocess.Popen(
-            [*self.celery, "-A", "workers", *args],
+            [*self.celery, "-A", app, *args],
             cwd=self.cwd,
             env=env,
             stdout=log,
