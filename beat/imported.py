@@ -92,8 +92,8 @@ def _repeat(app: Celery, when: object) -> Repeat:
     if isinstance(when, crontab):
         return Repeat(cron=_cron(when), tz=getattr(app.timezone, "key", "UTC"), overlap="allow")
     raise ValueError(
-        f"its schedule {when!r} cannot be imported (numbers, timedelta and crontab can); "
-        "move it to a crontab or an interval"
+        f"its schedule (a {type(when).__name__}) cannot be imported: numbers, timedelta and "
+        "crontab can (solar schedules cannot); move it to a crontab or an interval"
     )
 
 

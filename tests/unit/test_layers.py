@@ -28,6 +28,7 @@ PURE = {
         "clock",
         "errors",
         "health",
+        "imported",
         "jitter",
         "keyring",
         "keys",
@@ -47,7 +48,7 @@ PURE = {
 CELERY = ("celery", "kombu", "billiard")
 REDIS = ("redis", "hiredis")
 # Where Celery may be imported: the message builder, the app factory, Flower's guard, kombu's
-# transport fix, and the thin adapters (the workers app, beat's scheduler).
+# transport fix, and the thin adapters (the workers app, beat's scheduler and its beat_schedule reader).
 CELERY_USERS = {
     "ductape_jobs.wire",
     "ductape_jobs.celery_app",
@@ -55,6 +56,7 @@ CELERY_USERS = {
     "ductape_jobs.transport",
     "workers.factory",
     "beat.scheduler",
+    "beat.imported",
 }
 
 
