@@ -353,6 +353,7 @@ class JobFlows:
         end_ms = timing.parse_instant_ms(end, "end")
         now = now_ms()
         job = yield from self.get(job_id)
+        _not_imported(job, "backfill")
         rule = job.spec.timing_rule()
         if rule is None:
             raise JobValidationError(
@@ -382,7 +383,9 @@ class JobFlows:
         return added
 
     def _add_run(self, action: RunAction, job_id: str, run_id: str, now: int, what: str) -> Flow[str]:
-        message = self._messages.build(run_id, (yield from self.get(job_id)).spec, now, now)
+        job = yield from self.get(job_id)
+        _not_imported(job, action)
+        message = self._messages.build(run_id, job.spec, now, now)
         kept = self._settings.runs_kept
         got = yield from ops.add_run(self._keys, action, job_id, run_id, now, message, runs_kept=kept)
         self._refused(*got, what, action)
@@ -403,6 +406,16 @@ class JobFlows:
             raise JobNotFoundError(f"no job or run {what!r} under key prefix {self._settings.key_prefix!r}")
         if answer == Answer.REFUSED:
             raise JobStateError(f"cannot {action} {what}: it is {status}")
+
+
+def _not_imported(job: JobRecord, action: str) -> None:
+    """An imported beat_schedule entry's runs are plain Celery tasks that report nothing back:
+    a run added outside beat's release would be taken for lost and sent again."""
+    if job.spec.celery is not None:
+        raise JobStateError(
+            f"cannot {action} {job.job_id}: it is the imported beat_schedule entry "
+            f"{job.spec.celery.entry!r}; send its task with app.send_task({job.spec.celery.task!r}, ...)"
+        )
 
 
 def _check_range(

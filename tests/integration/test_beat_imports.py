@@ -14,7 +14,8 @@ from celery import Celery
 
 from beat.engine import BeatEngine
 from beat.imported import beat_schedule
-from ductape_jobs import ops
+from ductape_jobs import Ductape, ops
+from ductape_jobs.errors import JobStateError
 from ductape_jobs.imported import ImportCounts, job_id_for
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobStatus, RunStatus
@@ -147,3 +148,18 @@ def test_two_beats_ticking_together_import_once(
         f"{job_id_for(APP, 'add')}:{T0}",
         f"{job_id_for(APP, 'add')}:{T0 + 10_000}",
     ]
+
+
+def test_trigger_and_backfill_of_an_imported_entry_are_refused(
+    store: Store, settings: Settings, redis_url: str, prefix: str
+) -> None:
+    engine(store, settings, app_with(redis_url, prefix, {"add": ADD})).tick(T0)
+    job_id = job_id_for(APP, "add")
+    with Ductape(settings=settings) as ductape:
+        for call in (
+            lambda: ductape.job.trigger(job_id),
+            lambda: ductape.job.backfill(job_id, T0, T0 + 20_000),
+        ):
+            with pytest.raises(JobStateError, match=r"imported beat_schedule entry 'add'.*app\.send_task"):
+                call()
+    assert store.redis.zcard(store.keys.job_runs(job_id)) == 1  # the slot beat released, nothing added
