@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import json
 
+from celery import Celery
 from kombu.serialization import dumps
 
 from ductape_jobs.celery_app import create_app
-from ductape_jobs.models import JobSpec, ms_to_datetime
+from ductape_jobs.models import CeleryCall, JobSpec, ms_to_datetime
 from ductape_jobs.settings import Settings
 from ductape_jobs.wire import MessageBuilder
 
@@ -80,3 +81,30 @@ def test_a_stand_in_input_and_awkward_text_still_make_celerys_message() -> None:
     headers, _, body = celery_message(app, "job2:9000", 9_000, repr(given), time_limit=330)
     assert envelope["headers"] == headers  # the stand-in input, not SPEC's, is shown
     assert base64.b64decode(envelope["body"]).decode() == body
+
+
+def test_an_imported_entrys_message_is_what_send_task_publishes() -> None:
+    app = Celery("proj", broker="memory://")
+    app.conf.broker_transport_options = {"global_keyprefix": "p:app:"}
+    options = {
+        "queue": "q",
+        "exchange": "q",
+        "routing_key": "q",
+        "priority": 6,
+        "expires": 30,
+        "headers": {"h": 1},
+    }
+    call = CeleryCall(entry="e", task="proj.add", args=[2, 3], kwargs={"k": "v"}, options=options)
+    now_ms = 1_900_000_000_000
+    message = MessageBuilder(app, Settings(key_prefix="w")).plain_task("job1:5", call, now_ms)
+    ours = json.loads(message.payload)
+    with app.connection_for_write() as conn:
+        sent = {k: v for k, v in options.items() if k not in ("exchange", "routing_key")}
+        app.send_task("proj.add", [2, 3], {"k": "v"}, task_id="job1:5", connection=conn, **sent)
+        theirs = conn.SimpleQueue("q").get(timeout=5)
+    assert message.queue_key == "p:app:q\x06\x166"  # kombu's list for priority 6 (its step)
+    assert base64.b64decode(ours["body"]) == theirs.body
+    same = set(theirs.headers) - {"expires", "origin", "ignore_result"}  # the time, host, app's default
+    assert {k: ours["headers"][k] for k in same} == {k: theirs.headers[k] for k in same}
+    assert ours["headers"]["expires"] == ms_to_datetime(now_ms + 30_000).isoformat()  # type: ignore[union-attr]
+    assert (ours["properties"]["priority"], ours["content-type"]) == (6, theirs.content_type)
