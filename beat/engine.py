@@ -143,6 +143,7 @@ class BeatEngine:
     def _sync(self, report: TickReport, token: str, now_ms: int) -> bool:
         """Sync the imported beat_schedule; False when fenced out."""
         assert self.imports is not None
+        self._prepared = []  # decided under an earlier lead: decide afresh after the sync
         rows, refused = self.imports.rows(now_ms)
         for why in refused:
             log.error("%s", why)

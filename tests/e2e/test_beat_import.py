@@ -68,8 +68,8 @@ def test_beat_schedule_entries_run_as_their_own_tasks_once_per_slot(
     assert spec.celery is not None and spec.celery.entry == "office hours"
     upcoming = ductape.job.upcoming(cron, 3)
     assert [(t.weekday() < 5, 9 <= t.hour <= 17, t.minute % 15) for t in upcoming] == [(True, True, 0)] * 3
-    listed = run_cli(redis_url, prefix, f"show {greet}")
-    assert listed.returncode == 0 and "tests.beatapp.greet" in listed.stdout, listed.stderr
+    listed = run_cli(redis_url, prefix, f"list --product-tag {PRODUCT_TAG}")  # as the README shows
+    assert listed.returncode == 0 and all(j in listed.stdout for j in (tick, greet, cron)), listed.stderr
 
     # Restart with "greet" dropped from the config: its schedule is cancelled, the others go on.
     for beat in beats:
