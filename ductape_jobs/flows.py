@@ -9,15 +9,12 @@ client drives these flows with ``Store.run`` and the async one with ``await Asyn
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict, cast
 
-from pydantic import TypeAdapter
-
 from ductape_jobs import ops, timing
-from ductape_jobs.brief import ARGSREPR_MAX, JobBrief
 from ductape_jobs.celery_app import create_app, revoke_runs
 from ductape_jobs.clock import now_ms
 from ductape_jobs.errors import (
@@ -40,12 +37,13 @@ from ductape_jobs.models import (
     run_id_for,
 )
 from ductape_jobs.ops import Flow
-from ductape_jobs.planning import _iso, check_input, plan_job
+from ductape_jobs.planning import _iso, handle_of, plan_job
 from ductape_jobs.records import Answer, JobList, NewJob, RunAction, SetAside, StateAction, Unreadable
 from ductape_jobs.scripts import BACKFILL_MAX_SLOTS
 from ductape_jobs.sealed import Vault
-from ductape_jobs.sessions import OPENER, Sessions, session_types_from_config
+from ductape_jobs.sessions import Sessions, session_types_from_config
 from ductape_jobs.settings import Settings
+from ductape_jobs.twins import Shapes, Twin, shape_key
 from ductape_jobs.wire import MessageBuilder
 
 Request = JobRequest | Mapping[str, Any]
@@ -135,48 +133,51 @@ class JobFlows:
     def schedule_many(self, requests: Sequence[Request]) -> Flow[list[ScheduleHandle]]:
         """Schedule a batch: every request is validated first, then all are written in one round trip.
 
-        Requests that differ only in ``input`` from one already planned in the batch (a one-off
-        job without a session) share its plan: only their input is checked again, and their rows
-        are built from the shared one while the writes stream to Redis.
+        Requests that differ only in ``input`` from one already planned in the batch take the
+        batch shortcut (twins.py): only their input is checked again.
         """
         now = now_ms()
-        accepted: list[NewJob | _Twin] = []
-        shapes: dict[tuple[Any, ...], _Shape | None] = {}
+        planned = yield from self._plan_all(requests, now)
+        rows = (
+            item.row(now, self._messages) if isinstance(item, Twin) else ops.create_row(self._keys, item)
+            for item in planned
+        )
+        twins = dict((yield from ops.create_rows(self._keys, rows, now)))
+        handles = []
+        for at, item in enumerate(planned):
+            if at in twins:
+                handles.append((yield from self._existing_handle(twins[at])))
+            else:
+                handles.append(item.handle() if isinstance(item, Twin) else handle_of(item))
+        return handles
+
+    def _plan_all(self, requests: Sequence[Request], now: int) -> Flow[list[NewJob | Twin]]:
+        """Each request parsed and planned, or taken as a twin; the first refusal is raised, with
+        its place in the batch."""
+        planned: list[NewJob | Twin] = []
+        shapes = Shapes(self._keys, self._settings, new_job_id)
         for index, raw in enumerate(requests):
             try:
-                key = _shape_key(raw)
-                shape = shapes.get(key) if key is not None else None
-                twin = shape.twin(raw, self._settings) if shape and isinstance(raw, dict) else None
+                key = shape_key(raw)
+                twin = shapes.twin(key, raw)
                 if twin is not None:
-                    accepted.append(twin)
+                    planned.append(twin)
                     continue
-                req = JobRequest.parse(dict(raw) if isinstance(raw, Mapping) else raw)
-                if self._settings.require_handler:
-                    yield from self._check_event(req.product_tag, req.event)
-                plan = plan_job(req, self._settings, self._sessions, now, new_job_id(), self._messages.build)
-                accepted.append(plan)
-                if key is not None and key not in shapes:
-                    shapes[key] = _Shape.of(plan, self._keys)
+                plan = yield from self._plan(raw, now)
+                shapes.learn(key, plan)
+                planned.append(plan)
             except JobValidationError as exc:
                 if len(requests) > 1:
                     raise type(exc)(f"requests[{index}].{exc.field}", str(exc).split(": ", 1)[1]) from None
                 raise
+        return planned
 
-        def rows() -> Iterator[Sequence[Any]]:
-            for item in accepted:
-                if isinstance(item, NewJob):
-                    yield ops.create_args(self._keys, item)
-                else:
-                    yield item.shape.row(item, now, self._messages)
-
-        twins = dict((yield from ops.create_rows(self._keys, rows(), now)))
-        handles = []
-        for at, item in enumerate(accepted):
-            if at in twins:
-                handles.append((yield from self._existing_handle(twins[at])))
-            else:
-                handles.append(_handle(item) if isinstance(item, NewJob) else item.shape.handle(item.job_id))
-        return handles
+    def _plan(self, raw: Request, now: int) -> Flow[NewJob]:
+        """One request parsed, checked and planned the long way."""
+        req = JobRequest.parse(dict(raw) if isinstance(raw, Mapping) else raw)
+        if self._settings.require_handler:
+            yield from self._check_event(req.product_tag, req.event)
+        return plan_job(req, self._settings, self._sessions, now, new_job_id(), self._messages.build)
 
     def validate(self, request: Request) -> Flow[JobRequest]:
         """Check a request exactly as ``schedule()`` would, writing and sending nothing."""
@@ -450,111 +451,6 @@ def _at(value_ms: int) -> datetime:
     return cast(datetime, ms_to_datetime(value_ms))
 
 
-def _handle(plan: NewJob) -> ScheduleHandle:
-    when = plan.nominal_ms if plan.run_id is not None else plan.next_run_ms
-    return ScheduleHandle(
-        job_id=plan.job_id,
-        status=JobStatus.QUEUED if plan.run_id is not None and not plan.recurring else plan.status,
-        scheduled_at=ms_to_datetime(when or plan.anchor_ms),
-        recurring=plan.recurring,
-        next_run_at=ms_to_datetime(plan.next_run_ms if plan.recurring else when),
-    )
-
-
 def new_job_id() -> str:
     """A fresh job id: 128 random bits as 32 hex digits (uuid4().hex's form, a tenth of its cost)."""
     return os.urandom(16).hex()
-
-
-def _shape_key(raw: object) -> tuple[Any, ...] | None:
-    """A dict request's fields other than ``input``, with their types (``1`` is not ``True``);
-    None when a value can't be compared cheaply (a nested dict such as ``repeat``)."""
-    if type(raw) is not dict:
-        return None
-    key = tuple([(name, type(value), value) for name, value in raw.items() if name != "input"])
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
-
-
-@dataclass(frozen=True)
-class _Twin:
-    """A request accepted because it matches a shape: its own job id and input."""
-
-    shape: _Shape
-    job_id: str
-    input: dict[str, Any]
-    input_json: str
-
-
-@dataclass(frozen=True)
-class _Shape:
-    """A planned request whose plan does not depend on its input (a one-off or undeduplicated
-    job without a session), shared by the batch's requests that differ from it only in input.
-
-    Their CREATE_JOBS rows are its row with the job id, the input in the spec JSON and the run's
-    id and message replaced; their handles are its handle with their job id.
-    """
-
-    plan: NewJob
-    row_template: tuple[Any, ...]
-    spec_head: str
-    spec_tail: str
-    brief_head: str
-    brief_tail: str
-    shown: dict[str, Any]  # the handle's fields but job_id
-
-    @classmethod
-    def of(cls, plan: NewJob, keys: Keys) -> _Shape | None:
-        spec = plan.spec
-        if plan.dedupe or spec.session_tag is not None or spec.redact_paths:
-            return None
-        spec_json = spec.model_copy(update={"input": _INPUT_MARK}).model_dump_json()
-        head, found, tail = spec_json.partition(_INPUT_MARK_JSON)
-        if not found:
-            return None
-        brief_json = JobBrief.of(spec).model_copy(update={"argsrepr": _INPUT_MARK_JSON}).model_dump_json()
-        brief_head, found, brief_tail = brief_json.partition(_JSON_STR.dump_json(_INPUT_MARK_JSON).decode())
-        if not found:
-            return None
-        shown = _handle(plan).model_dump(exclude={"job_id"})
-        return cls(plan, ops.create_args(keys, plan), head, tail, brief_head, brief_tail, shown)
-
-    def twin(self, raw: Mapping[str, Any], settings: Settings) -> _Twin | None:
-        """The request as a twin of this shape if its input passes; None sends it the long way
-        (which raises the same error a lone request would get)."""
-        given = raw.get("input", {})
-        if type(given) is not dict:
-            return None
-        try:
-            input_json = check_input(given, settings)
-        except JobValidationError:
-            return None
-        if OPENER in input_json:  # a placeholder without a session: the long way refuses it
-            return None
-        return _Twin(self, new_job_id(), given, input_json)
-
-    def row(self, twin: _Twin, now_ms: int, messages: MessageBuilder) -> tuple[Any, ...]:
-        """The twin's CREATE_JOBS row."""
-        plan, row = self.plan, list(self.row_template)
-        row[ops.ROW_JOB_ID] = twin.job_id
-        row[ops.ROW_SPEC] = self.spec_head + twin.input_json + self.spec_tail
-        shown = repr(twin.input)[:ARGSREPR_MAX]  # as argsrepr() has it: a shape has no session values
-        row[ops.ROW_BRIEF] = self.brief_head + _JSON_STR.dump_json(shown).decode() + self.brief_tail
-        if plan.run_id is not None and plan.nominal_ms is not None:
-            run_id = run_id_for(twin.job_id, plan.nominal_ms)
-            row[ops.ROW_RUN_ID] = run_id
-            message = messages.build(run_id, plan.spec, plan.nominal_ms, now_ms, shown=shown)
-            row[ops.ROW_MESSAGE] = message.payload
-        return tuple(row)
-
-    def handle(self, job_id: str) -> ScheduleHandle:
-        """The twin's handle."""
-        return ScheduleHandle.model_validate({"job_id": job_id, **self.shown})
-
-
-_JSON_STR = TypeAdapter(str)  # a string as model_dump_json writes it (so a twin's row is byte-identical)
-_INPUT_MARK = {"@@ductape-input@@": 0}
-_INPUT_MARK_JSON = '{"@@ductape-input@@":0}'

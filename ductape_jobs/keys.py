@@ -1,11 +1,13 @@
 """The whole Redis key space of one deployment, in one screen.
 
 Every key is built here, under the deployment's prefix, so several deployments can share one
-server and the data model can be read at a glance.
+server and the data model can be read at a glance. The Lua scripts build theirs with the functions
+of ``lua_prelude()``, generated from these builders.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -106,3 +108,38 @@ class Keys:
     def broker_unacked(self) -> str:
         """HASH (kombu's): messages workers hold unacknowledged, by delivery tag."""
         return f"{self.broker_prefix}unacked"
+
+
+# The keys the Lua scripts build themselves, as Lua functions of the prefix (and an id): the
+# prelude is derived from the builders above, so the scripts and Python cannot disagree.
+LUA_KEYS = {
+    "job_key": "job",
+    "run_key": "run",
+    "runs_key": "job_runs",
+    "jobs_key": "jobs",
+    "due_key": "due",
+    "inflight_key": "inflight",
+    "dead_key": "dead",
+    "retired_key": "retired",
+    "stats_key": "stats",
+    "set_aside_key": "set_aside",
+}
+_PREFIX, _ID = "\x00prefix\x00", "\x00id\x00"
+
+
+def lua_prelude() -> str:
+    """Lua functions ``job_key(prefix, id)``, ``due_key(prefix)``, ... building keys as ``Keys`` does."""
+    keys = Keys(_PREFIX)
+    lines = []
+    for name, builder in LUA_KEYS.items():
+        made = getattr(keys, builder)
+        built = made(_ID) if callable(made) else made
+        params = "prefix, id" if callable(made) else "prefix"
+        parts = [part for part in re.split(f"({_PREFIX}|{_ID})", built) if part]
+        expr = " .. ".join({_PREFIX: "prefix", _ID: "id"}.get(p) or _lua_string(p) for p in parts)
+        lines.append(f"local function {name}({params}) return {expr} end")
+    return "\n".join(lines) + "\n"
+
+
+def _lua_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -34,8 +34,16 @@ from ductape_jobs.records import (
     read_job,
     run_record,
     text,
-    verdict,
     worker_entry,
+)
+from ductape_jobs.rows import (
+    Answered,
+    Backfilled,
+    BackfillHead,
+    BackfillRow,
+    CreateJobsHead,
+    CreateJobsRow,
+    TwinFound,
 )
 
 T = TypeVar("T")
@@ -152,56 +160,53 @@ def create_jobs(keys: Keys, jobs: Sequence[NewJob], now_ms: int) -> Flow[list[tu
     Returns (job_id, created) per job; created is False when a live recurring job with the
     same fingerprint exists (or comes earlier in the batch), and job_id is then that job's.
     """
-    twins = dict((yield from create_rows(keys, (create_args(keys, job) for job in jobs), now_ms)))
+    twins = dict((yield from create_rows(keys, (create_row(keys, job) for job in jobs), now_ms)))
     return [(twins[i], False) if i in twins else (job.job_id, True) for i, job in enumerate(jobs)]
 
 
-def create_rows(keys: Keys, rows: Iterable[Sequence[Any]], now_ms: int) -> Flow[list[tuple[int, str]]]:
-    """Write jobs given as CREATE_JOBS rows (see ``create_args``), streamed in calls of
-    ``scripts.CREATE_BATCH`` jobs, each call atomic. Rows are built as the calls go out.
+def create_rows(keys: Keys, rows: Iterable[CreateJobsRow], now_ms: int) -> Flow[list[TwinFound]]:
+    """Write jobs given as CREATE_JOBS rows, streamed in calls of ``scripts.CREATE_BATCH`` jobs,
+    each call atomic. Rows are built as the calls go out.
 
     Returns (index, twin_job_id) for each job not written because a live recurring job with the
     same fingerprint exists (or comes earlier in the batch).
     """
     touched = [keys.jobs, keys.due, keys.inflight]
+    head = CreateJobsHead(keys.prefix, now_ms)
 
     def calls() -> Iterator[Eval]:
         for chunk in batched(rows, scripts.CREATE_BATCH):
-            args: list[Any] = [keys.prefix, now_ms]
+            args: list[Any] = [*head]
             for row in chunk:
                 args += row
             yield Eval("CREATE_JOBS", touched, args)
 
     replies = yield Stream(calls())
     return [
-        (chunk * scripts.CREATE_BATCH + int(twins[at]) - 1, text(twins[at + 1]))
-        for chunk, twins in enumerate(replies)
-        for at in range(0, len(twins), 2)
+        TwinFound(chunk * scripts.CREATE_BATCH + twin.at, twin.job_id)
+        for chunk, reply in enumerate(replies)
+        for twin in TwinFound.from_reply(reply)
     ]
 
 
-# Where a row of CREATE_JOBS arguments holds what differs between jobs of one shape (flows.py).
-ROW_JOB_ID, ROW_SPEC, ROW_RUN_ID, ROW_MESSAGE, ROW_BRIEF = 0, 1, 7, 12, 13
-
-
-def create_args(k: Keys, job: NewJob) -> tuple[Any, ...]:
-    """One job's row of CREATE_JOBS arguments (the order of the script's per-job ARGV)."""
+def create_row(k: Keys, job: NewJob) -> CreateJobsRow:
+    """One job's CREATE_JOBS row."""
     message = job.message
-    return (
-        job.job_id,
-        job.spec.model_dump_json(),
-        job.status.value,
-        int(job.recurring),
-        opt(job.next_run_ms),
-        job.anchor_ms,
-        job.runs_done,
-        job.run_id or "",
-        opt(job.nominal_ms),
-        opt(job.due_ms),
-        _fingerprints(k, job) if job.dedupe else "",
-        "" if message is None else message.queue_key,
-        "" if message is None else message.payload,
-        JobBrief.of(job.spec).model_dump_json(),
+    return CreateJobsRow(
+        job_id=job.job_id,
+        spec=job.spec.model_dump_json(),
+        status=job.status.value,
+        recurring=int(job.recurring),
+        next_run_ms=opt(job.next_run_ms),
+        anchor_ms=job.anchor_ms,
+        runs_done=job.runs_done,
+        run_id=job.run_id or "",
+        nominal_ms=opt(job.nominal_ms),
+        due_ms=opt(job.due_ms),
+        fp_keys=_fingerprints(k, job) if job.dedupe else "",
+        queue_key="" if message is None else message.queue_key,
+        message="" if message is None else message.payload,
+        brief=JobBrief.of(job.spec).model_dump_json(),
     )
 
 
@@ -287,11 +292,11 @@ def change_state(
     runs_done: int = 0,
     *,
     job_retention_s: int,
-) -> Flow[tuple[Answer, str | None]]:
+) -> Flow[Answered]:
     """Cancel, pause, resume or set aside atomically; the answer and the status it saw.
     A job this finishes leaves after ``job_retention_s``."""
     got = yield from one(_change_state(keys, action, job_id, now_ms, next_ms, runs_done, job_retention_s))
-    return (Answer.OK, None) if text(got[0]) == "ok" else verdict(got)
+    return Answered(Answer.OK, None) if text(got[0]) == "ok" else Answered.from_reply(got)
 
 
 def cancel_job(
@@ -302,7 +307,7 @@ def cancel_job(
     call = _change_state(keys, "cancel", job_id, now_ms, None, 0, job_retention_s, terminate)
     got = yield from one(call)
     if text(got[0]) != "ok":
-        return (*verdict(got), [])
+        return (*Answered.from_reply(got), [])
     return Answer.OK, None, [text(run_id) for run_id in got[1:]]
 
 
@@ -322,11 +327,11 @@ def _change_state(
 
 def cancel_run(
     keys: Keys, run_id: str, now_ms: int, *, terminate: bool, job_retention_s: int
-) -> Flow[tuple[Answer, str | None]]:
+) -> Flow[Answered]:
     """Cancel one run (scripts.CANCEL_RUN): OK with the status it had, REFUSED with its finished
     status, or MISSING."""
     args = [keys.prefix, run_id, now_ms, _flag(terminate), job_retention_s]
-    return verdict((yield from one(Eval("CANCEL_RUN", [keys.run(run_id)], args))))
+    return Answered.from_reply((yield from one(Eval("CANCEL_RUN", [keys.run(run_id)], args))))
 
 
 def _flag(value: bool) -> str:
@@ -335,7 +340,7 @@ def _flag(value: bool) -> str:
 
 def add_run(
     keys: Keys, action: RunAction, job_id: str, run_id: str, now_ms: int, message: Message, *, runs_kept: int
-) -> Flow[tuple[Answer, str | None]]:
+) -> Flow[Answered]:
     """Trigger an extra run or redrive a dead one, pushing its message in the same step
     (a trigger trims the job's run records to ``runs_kept``)."""
     touched = [
@@ -347,19 +352,16 @@ def add_run(
         keys.inflight,
     ]
     args = [action, job_id, run_id, now_ms, message.payload, keys.prefix, runs_kept]
-    return verdict((yield from one(Eval("ADD_RUN", touched, args))))
+    return Answered.from_reply((yield from one(Eval("ADD_RUN", touched, args))))
 
 
 def backfill(
     keys: Keys, job_id: str, slots: Sequence[tuple[str, int, Message]], now_ms: int, *, runs_kept: int
-) -> Flow[tuple[Answer, str | None, list[str]]]:
+) -> Flow[Backfilled]:
     """Add the runs of past slots (run id, nominal time, message) that the job does not know yet,
     with their messages, in one step; the answer, the status it saw, and the run ids added."""
-    args: list[Any] = [job_id, now_ms, keys.prefix, runs_kept]
+    args: list[Any] = [*BackfillHead(job_id, now_ms, keys.prefix, runs_kept)]
     for run_id, nominal_ms, message in slots:
-        args += [run_id, nominal_ms, message.queue_key, message.payload]
-    got = yield from one(Eval("BACKFILL", [keys.job(job_id), keys.job_runs(job_id), keys.inflight], args))
-    head = Answer(text(got[0]))
-    if head != Answer.OK:
-        return head, text(got[1]) if len(got) > 1 else None, []
-    return head, None, [text(v) for v in got[1:]]
+        args += BackfillRow(run_id, nominal_ms, message.queue_key, message.payload)
+    touched = [keys.job(job_id), keys.job_runs(job_id), keys.inflight]
+    return Backfilled.from_reply((yield from one(Eval("BACKFILL", touched, args))))

@@ -16,7 +16,7 @@ from typing import Any
 from ductape_jobs import timing
 from ductape_jobs.errors import JobValidationError, SessionError
 from ductape_jobs.jitter import Spread
-from ductape_jobs.models import JobRequest, JobSpec, JobStatus, ms_to_datetime, run_id_for
+from ductape_jobs.models import JobRequest, JobSpec, JobStatus, ScheduleHandle, ms_to_datetime, run_id_for
 from ductape_jobs.records import Message, NewJob
 from ductape_jobs.sealed import seal_input
 from ductape_jobs.sessions import OPENER, Sessions, has_placeholders, redact, resolve_placeholders
@@ -322,3 +322,15 @@ def _session_fields(
 def _iso(value_ms: int) -> str:
     when = ms_to_datetime(value_ms)
     return when.isoformat() if when else "?"
+
+
+def handle_of(plan: NewJob) -> ScheduleHandle:
+    """What ``schedule()`` hands back for a job it wrote as planned."""
+    when = plan.nominal_ms if plan.run_id is not None else plan.next_run_ms
+    return ScheduleHandle(
+        job_id=plan.job_id,
+        status=JobStatus.QUEUED if plan.run_id is not None and not plan.recurring else plan.status,
+        scheduled_at=ms_to_datetime(when or plan.anchor_ms),
+        recurring=plan.recurring,
+        next_run_at=ms_to_datetime(plan.next_run_ms if plan.recurring else when),
+    )

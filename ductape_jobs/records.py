@@ -311,11 +311,6 @@ def run_record(run_id: str, raw: dict[bytes, bytes]) -> RunRecord:
     )
 
 
-def verdict(reply: list[Any]) -> tuple[Answer, str | None]:
-    """A management script's reply: its answer, and the status it saw."""
-    return Answer(text(reply[0])), (text(reply[1]) if len(reply) > 1 else None)
-
-
 def _int(value: str | None) -> int | None:
     return int(value) if value else None
 

@@ -1,11 +1,18 @@
 """The Lua scripts of the data model: every step that must be atomic is one of these.
 
-Keys of other records are built inside a script from the prefix passed in ARGV, so the scripts
-assume one Redis node (or a cluster with hash tags on the prefix); keys.py has the layout.
+Keys of other records are built inside a script from the prefix passed in ARGV, by the key
+functions of the prelude keys.py generates, so the scripts assume one Redis node (or a cluster with
+hash tags on the prefix). The rows and replies are laid out in rows.py.
 Status words are the values of models.JobStatus and models.RunStatus.
 """
 
 from __future__ import annotations
+
+from ductape_jobs.keys import lua_prelude
+
+# Shared by every script that builds a key from the prefix: job_key(prefix, id), due_key(prefix),
+# ... derived from keys.py, so Lua builds no key that keys.py does not (keys.lua_prelude).
+_KEYS = lua_prelude()
 
 # Shared by the batch scripts: writes collected while items are handled, then made once per key.
 # push() groups Celery messages by queue list; one LPUSH per queue keeps their order.
@@ -30,27 +37,29 @@ end
 
 # Shared by the scripts that finish a job, trim its runs or remove what left (the lifecycle;
 # README "Sizing Redis"). Keys are the ones keys.py builds from the prefix.
-_LIFECYCLE = """
+_LIFECYCLE = (
+    _KEYS
+    + """
 local FINISHED = {completed = true, failed = true, cancelled = true}
 local MARGIN_S = 3600  -- TTLs outlast the sweep's own deadline: a backstop when no beat runs
 local function job_of(run_id) return string.match(run_id, '^(.*):') end
 -- A finished job leaves after ttl seconds: beat's sweep deletes it, its runs and every entry
 -- pointing at them once its time in 'retired' passes. A dead-lettered run keeps its own TTL.
 local function retire(prefix, id, ttl, now)
-  local job, runs = prefix .. ':job:' .. id, prefix .. ':runs:' .. id
+  local job, runs = job_key(prefix, id), runs_key(prefix, id)
   local keep = tonumber(ttl) + MARGIN_S
   redis.call('EXPIRE', job, keep)
   for _, run_id in ipairs(redis.call('ZRANGE', runs, 0, -1)) do
-    local run = prefix .. ':run:' .. run_id
+    local run = run_key(prefix, run_id)
     if redis.call('HGET', run, 'status') ~= 'failed' then redis.call('EXPIRE', run, keep) end
   end
   redis.call('EXPIRE', runs, keep)
   local fp = redis.call('HGET', job, 'fp')
   if fp and fp ~= '' and redis.call('GET', fp) == id then redis.call('DEL', fp) end
-  redis.call('ZADD', prefix .. ':retired', tonumber(now) + tonumber(ttl) * 1000, id)
+  redis.call('ZADD', retired_key(prefix), tonumber(now) + tonumber(ttl) * 1000, id)
 end
 local function retire_if_finished(prefix, id, ttl, now)
-  if FINISHED[redis.call('HGET', prefix .. ':job:' .. id, 'status')] then retire(prefix, id, ttl, now) end
+  if FINISHED[redis.call('HGET', job_key(prefix, id), 'status')] then retire(prefix, id, ttl, now) end
 end
 -- A one-off's own (not triggered) run moves the job's status, unless the job was cancelled:
 -- a cancel is never undone by what becomes of a run already out.
@@ -76,7 +85,7 @@ local function trim_runs(prefix, runs, kept)
   local excess = redis.call('ZCARD', runs) - tonumber(kept)
   if excess <= 0 then return end
   for _, run_id in ipairs(redis.call('ZRANGE', runs, 0, math.min(excess, 64) - 1)) do
-    local run = prefix .. ':run:' .. run_id
+    local run = run_key(prefix, run_id)
     local status = redis.call('HGET', run, 'status')
     if status == 'failed' then
       redis.call('ZREM', runs, run_id)
@@ -89,19 +98,19 @@ local function trim_runs(prefix, runs, kept)
 end
 -- Delete a job that left, its runs (not its dead letters) and every index entry pointing at them.
 local function drop(prefix, id)
-  local job, runs = prefix .. ':job:' .. id, prefix .. ':runs:' .. id
+  local job, runs = job_key(prefix, id), runs_key(prefix, id)
   for _, run_id in ipairs(redis.call('ZRANGE', runs, 0, -1)) do
-    local run = prefix .. ':run:' .. run_id
+    local run = run_key(prefix, run_id)
     if redis.call('HGET', run, 'status') ~= 'failed' then redis.call('DEL', run) end
-    redis.call('ZREM', prefix .. ':due', 'r:' .. run_id)
-    redis.call('ZREM', prefix .. ':inflight', run_id)
+    redis.call('ZREM', due_key(prefix), 'r:' .. run_id)
+    redis.call('ZREM', inflight_key(prefix), run_id)
   end
   local fp = redis.call('HGET', job, 'fp')
   if fp and fp ~= '' and redis.call('GET', fp) == id then redis.call('DEL', fp) end
   redis.call('DEL', job, runs)
-  redis.call('ZREM', prefix .. ':jobs', id)
-  redis.call('ZREM', prefix .. ':retired', id)
-  redis.call('ZREM', prefix .. ':set_aside', id)
+  redis.call('ZREM', jobs_key(prefix), id)
+  redis.call('ZREM', retired_key(prefix), id)
+  redis.call('ZREM', set_aside_key(prefix), id)
 end
 -- A run whose record is gone while its job is not (evicted, deleted by hand): counted under
 -- `counter`, recorded again as a dead letter saying so (listed by failed(), can be redriven),
@@ -110,26 +119,27 @@ end
 local function run_vanished(prefix, run_id, now, job_ttl, dead_ttl, counter)
   local id = job_of(run_id)
   if not id then return 0 end
-  local job = prefix .. ':job:' .. id
+  local job = job_key(prefix, id)
   local st = redis.call('HMGET', job, 'status', 'recurring')
   if not st[1] then return 0 end
   local why = 'its run record vanished from Redis (evicted, or deleted by hand); see ductape-jobs doctor'
-  local run = prefix .. ':run:' .. run_id
+  local run = run_key(prefix, run_id)
   redis.call('HSET', run, 'job_id', id, 'nominal_ms', string.match(run_id, ':(%d+)m?$') or 0,
     'status', 'failed', 'attempts', 0, 'error', why, 'finished_ms', now)
   if string.sub(run_id, -1) == 'm' then redis.call('HSET', run, 'manual', '1') end
   redis.call('EXPIRE', run, dead_ttl)
-  redis.call('ZADD', prefix .. ':dead', now, run_id)
-  redis.call('ZREM', prefix .. ':inflight', run_id)
-  redis.call('HINCRBY', prefix .. ':stats', counter, 1)
+  redis.call('ZADD', dead_key(prefix), now, run_id)
+  redis.call('ZREM', inflight_key(prefix), run_id)
+  redis.call('HINCRBY', stats_key(prefix), counter, 1)
   if st[2] == '0' and string.sub(run_id, -1) ~= 'm' and not FINISHED[st[1]] and st[1] ~= 'paused' then
     redis.call('HSET', job, 'status', 'failed', 'next_run_ms', '', 'last_error', why, 'updated_ms', now)
-    redis.call('ZREM', prefix .. ':due', 'j:' .. id)
+    redis.call('ZREM', due_key(prefix), 'j:' .. id)
     retire(prefix, id, job_ttl, now)
   end
   return 1
 end
 """
+)
 
 # Cancelling a run (issue 14), shared by CANCEL_RUN, CHANGE_STATE and the worker's scripts; needs
 # _LIFECYCLE. A run not started yet (queued, or retrying: its retry parked in the due index or
@@ -142,19 +152,19 @@ _CANCEL = """
 local function end_cancelled(prefix, run, run_id, now, why, job_ttl)
   redis.call('HSET', run, 'status', 'cancelled', 'finished_ms', now, 'error', why)
   redis.call('HDEL', run, 'lease_ms')  -- 'owner' stays: RENEW_RUN still tells a live handler
-  redis.call('ZREM', prefix .. ':due', 'r:' .. run_id)
-  redis.call('ZREM', prefix .. ':inflight', run_id)
+  redis.call('ZREM', due_key(prefix), 'r:' .. run_id)
+  redis.call('ZREM', inflight_key(prefix), run_id)
   local id = job_of(run_id)
-  local job = prefix .. ':job:' .. id
+  local job = job_key(prefix, id)
   if one_off_of(job, run) then
     redis.call('HSET', job, 'status', 'cancelled', 'next_run_ms', '', 'updated_ms', now)
-    redis.call('ZREM', prefix .. ':due', 'j:' .. id)
+    redis.call('ZREM', due_key(prefix), 'j:' .. id)
     retire(prefix, id, job_ttl, now)
   end
 end
 -- Returns the status the run had (false when it has no record).
 local function cancel_one(prefix, run_id, now, terminate, why, job_ttl)
-  local run = prefix .. ':run:' .. run_id
+  local run = run_key(prefix, run_id)
   local status = redis.call('HGET', run, 'status')
   if status == 'running' then redis.call('HSET', run, 'cancel', '1') end
   -- a 'buffered' run (repeat.overlap) has not started either: it waits in the due index
@@ -171,50 +181,50 @@ end
 # A run due now is recorded and its Celery message pushed in the same step. Index and queue
 # entries are written with one command per key for the whole batch (at most CREATE_BATCH jobs).
 # KEYS: jobs, due, inflight
-# ARGV: prefix, now_ms, then 14 per job:
-#   job_id, spec, status, recurring, next_run_ms, anchor_ms, runs_done,
-#   run_id ('' = none), nominal_ms, due_ms ('' = none), fp_keys ('' = no dedupe), queue_key, message,
-#   brief (what beat reads instead of the spec: brief.py)
+# ARGV: rows.CreateJobsHead, then one rows.CreateJobsRow per job.
 # fp_keys: the job's fingerprint key, then its twins' under older session keys, one per line;
 # a twin under any of them is found, only the first is written.
-# Returns {index, twin_job_id, ...} (1-based) for the jobs not written because of a twin.
+# Returns {index, twin_job_id, ...} (1-based) for the jobs not written because of a twin
+# (rows.TwinFound).
 CREATE_JOBS = (
-    _BATCHED_WRITES
+    _KEYS
+    + _BATCHED_WRITES
     + """
-local prefix, now = ARGV[1], ARGV[2]
+local HEAD, ROW = 2, 14  -- rows.CreateJobsHead, rows.CreateJobsRow
+local prefix, now_ms = unpack(ARGV, 1, HEAD)
 local twins, created, due, inflight = {}, {}, {}, {}
-for b = 3, #ARGV, 14 do
-  local id, run_id = ARGV[b], ARGV[b+7]
+for i = 1, (#ARGV - HEAD) / ROW do
+  local at = HEAD + (i - 1) * ROW
+  local job_id, spec, status, recurring, next_run_ms, anchor_ms, runs_done, run_id, nominal_ms,
+    due_ms, fp_keys, queue_key, message, brief = unpack(ARGV, at + 1, at + ROW)
   local fp, twin = '', false
-  for key in string.gmatch(ARGV[b+10], '[^\\n]+') do
+  for key in string.gmatch(fp_keys, '[^\\n]+') do
     if fp == '' then fp = key end
     local found = not twin and redis.call('GET', key)
     -- a fingerprint naming a job whose record vanished is no twin: it is written anew below
-    if found and redis.call('EXISTS', prefix .. ':job:' .. found) == 1 then twin = found end
+    if found and redis.call('EXISTS', job_key(prefix, found)) == 1 then twin = found end
   end
   if twin then
-    twins[#twins+1] = (b - 3) / 14 + 1
+    twins[#twins+1] = i
     twins[#twins+1] = twin
   else
-    if fp ~= '' then redis.call('SET', fp, id) end
-    local job = prefix .. ':job:' .. id
-    redis.call('HSET', job, 'spec', ARGV[b+1], 'status', ARGV[b+2], 'recurring', ARGV[b+3],
-      'next_run_ms', ARGV[b+4], 'anchor_ms', ARGV[b+5], 'runs_done', ARGV[b+6], 'attempts', 0,
-      'created_ms', now, 'updated_ms', now, 'fp', fp, 'last_run_id', run_id, 'brief', ARGV[b+13])
-    created[#created+1] = now
-    created[#created+1] = id
+    if fp ~= '' then redis.call('SET', fp, job_id) end
+    redis.call('HSET', job_key(prefix, job_id), 'spec', spec, 'status', status, 'recurring', recurring,
+      'next_run_ms', next_run_ms, 'anchor_ms', anchor_ms, 'runs_done', runs_done, 'attempts', 0,
+      'created_ms', now_ms, 'updated_ms', now_ms, 'fp', fp, 'last_run_id', run_id, 'brief', brief)
+    created[#created+1] = now_ms
+    created[#created+1] = job_id
     if run_id ~= '' then
-      local nominal = ARGV[b+8]
-      redis.call('HSET', prefix .. ':run:' .. run_id, 'job_id', id, 'nominal_ms', nominal,
-        'status', 'queued', 'attempts', 0, 'queued_ms', now)
-      redis.call('ZADD', prefix .. ':runs:' .. id, nominal, run_id)
-      inflight[#inflight+1] = now
+      redis.call('HSET', run_key(prefix, run_id), 'job_id', job_id, 'nominal_ms', nominal_ms,
+        'status', 'queued', 'attempts', 0, 'queued_ms', now_ms)
+      redis.call('ZADD', runs_key(prefix, job_id), nominal_ms, run_id)
+      inflight[#inflight+1] = now_ms
       inflight[#inflight+1] = run_id
-      if ARGV[b+11] ~= '' then push(ARGV[b+11], ARGV[b+12]) end
+      if queue_key ~= '' then push(queue_key, message) end
     end
-    if ARGV[b+9] ~= '' then
-      due[#due+1] = ARGV[b+9]
-      due[#due+1] = 'j:' .. id
+    if due_ms ~= '' then
+      due[#due+1] = due_ms
+      due[#due+1] = 'j:' .. job_id
     end
   end
 end
@@ -241,27 +251,25 @@ CREATE_BATCH = 1_000  # jobs per CREATE_JOBS call: bounds its unpack() sizes and
 # toward limit) or buffered (a 'buffered' run waiting as an r: entry, handed over once the run
 # before it finishes). A skipped slot is not returned as claimed: nothing was sent.
 # KEYS: beat_lock, due, inflight, dead, set_aside
-# ARGV: prefix, fence, now_ms, runs_kept, job_retention_s, dead_retention_s, then 10 per item:
-#   member, expected_score, expected_runs_done, run_id, nominal_ms, new_next_ms ('' = none),
-#   queue_key (the reason when message is ''), message ('' = not sendable),
-#   overlap ('' = allow), skip_next_ms (the next run when this slot is skipped; '' = none)
-# Returns the indexes (1-based) of the claimed or set-aside items, or {-1} when fenced out.
+# ARGV: rows.ClaimDueHead, then one rows.ClaimDueRow per item.
+# Returns the indexes (1-based) of the claimed or set-aside items, or {-1} when fenced out
+# (rows.Claimed).
 CLAIM_DUE = (
     _BATCHED_WRITES
     + _LIFECYCLE
     + """
-if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {-1} end
-local prefix, now, kept = ARGV[1], ARGV[3], tonumber(ARGV[4])
-local job_ttl, dead_ttl = ARGV[5], ARGV[6]
+local HEAD, ROW = 6, 10  -- rows.ClaimDueHead, rows.ClaimDueRow
+local prefix, fence, now_ms, runs_kept, job_retention_s, dead_retention_s = unpack(ARGV, 1, HEAD)
+if redis.call('GET', KEYS[1]) ~= fence then return {-1} end
 -- Queue pushes and index writes are made once per key at the end: no item reads another
 -- item's entries (due-index members are distinct).
 local claimed, inflight, rescheduled = {}, {}, {}
 local function set_aside(id, reason)
-  local job = prefix .. ':job:' .. id
-  redis.call('HSET', job, 'status', 'failed', 'next_run_ms', '', 'updated_ms', now, 'last_error', reason)
+  local job = job_key(prefix, id)
+  redis.call('HSET', job, 'status', 'failed', 'next_run_ms', '', 'updated_ms', now_ms, 'last_error', reason)
   redis.call('ZREM', KEYS[2], 'j:' .. id)
-  retire(prefix, id, job_ttl, now)  -- also frees its fingerprint: scheduling it again creates one
-  redis.call('ZADD', KEYS[5], now, id)
+  retire(prefix, id, job_retention_s, now_ms)  -- also frees its fingerprint: scheduling it again creates one
+  redis.call('ZADD', KEYS[5], now_ms, id)
   redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -1001)  -- the newest 1,000 are listed
 end
 -- repeat.overlap, decided here so that no two beats can both release: while the schedule's
@@ -272,132 +280,131 @@ end
 -- Returns 'release', or 'buffer' | 'skip' with the previous run id and its status.
 local UNFINISHED = {queued = true, running = true, retrying = true, buffered = true}
 local BUFFER_POLL_MS = 1000  -- how often a buffered run looks again at the run it waits on
-local function overlap(policy, id, slot_run, anchor, done)
+local function overlap(policy, id, slot_run, anchor, runs_done)
   if policy == '' or policy == 'allow' then return 'release' end
   local prev = slot_run
-  if not prev and done ~= '0' then prev = id .. ':' .. anchor end
-  local status = prev and redis.call('HGET', prefix .. ':run:' .. prev, 'status')
+  if not prev and runs_done ~= '0' then prev = id .. ':' .. anchor end
+  local status = prev and redis.call('HGET', run_key(prefix, prev), 'status')
   if not status or not UNFINISHED[status] then return 'release' end
   if policy == 'buffer_one' and status ~= 'buffered' then return 'buffer', prev, status end
   return 'skip', prev, status
 end
-local n = (#ARGV - 6) / 10
-for i = 0, n - 1 do
-  local b = 6 + i * 10
-  local member, score, done = ARGV[b+1], ARGV[b+2], ARGV[b+3]
-  local run_id, nominal, new_next = ARGV[b+4], ARGV[b+5], ARGV[b+6]
-  local queue, message = ARGV[b+7], ARGV[b+8]
+for i = 1, (#ARGV - HEAD) / ROW do
+  local at = HEAD + (i - 1) * ROW
+  local member, due_ms, runs_done, run_id, nominal_ms, next_ms, queue_key, message, overlap_policy,
+    skip_next_ms = unpack(ARGV, at + 1, at + ROW)
   local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
   if kind == 'r' then
-    local run = prefix .. ':run:' .. id
+    local run = run_key(prefix, id)
     local rs = redis.call('HMGET', run, 'status', 'job_id', 'manual', 'behind')
-    local job = prefix .. ':job:' .. (rs[2] or '')
+    local job = job_key(prefix, rs[2] or '')
     local js = redis.call('HMGET', job, 'status', 'recurring')
     if rs[1] == 'buffered' and (js[1] == 'cancelled' or message == '' or not js[1]) then
       -- nothing will send it: it ends skipped, so its schedule never waits on it
-      redis.call('HSET', run, 'status', 'skipped', 'finished_ms', now)
+      redis.call('HSET', run, 'status', 'skipped', 'finished_ms', now_ms)
       redis.call('ZREM', KEYS[2], member)
     elseif rs[1] == 'buffered' then
-      local before = rs[4] and redis.call('HGET', prefix .. ':run:' .. rs[4], 'status')
-      if redis.call('ZSCORE', KEYS[2], member) ~= score then
+      local before = rs[4] and redis.call('HGET', run_key(prefix, rs[4]), 'status')
+      if redis.call('ZSCORE', KEYS[2], member) ~= due_ms then
         -- moved since beat read it: left for the next tick
       elseif before and UNFINISHED[before] then
-        rescheduled[#rescheduled+1] = tonumber(now) + BUFFER_POLL_MS
+        rescheduled[#rescheduled+1] = tonumber(now_ms) + BUFFER_POLL_MS
         rescheduled[#rescheduled+1] = member
       else
-        redis.call('HSET', run, 'status', 'queued', 'queued_ms', now)
+        redis.call('HSET', run, 'status', 'queued', 'queued_ms', now_ms)
         redis.call('HDEL', run, 'behind')
         redis.call('ZREM', KEYS[2], member)
-        push(queue, message)
-        inflight[#inflight+1] = now
+        push(queue_key, message)
+        inflight[#inflight+1] = now_ms
         inflight[#inflight+1] = id
-        claimed[#claimed+1] = i + 1
+        claimed[#claimed+1] = i
       end
     elseif rs[1] == 'retrying' and js[1] == 'cancelled' then
       -- cancelled while its retry waited here: the run ends skipped and is never sent, so the
       -- cancel is not undone by the claim below setting the one-off's status back to queued
-      redis.call('HSET', run, 'status', 'skipped', 'finished_ms', now)
+      redis.call('HSET', run, 'status', 'skipped', 'finished_ms', now_ms)
       redis.call('ZREM', KEYS[2], member)
-    elseif rs[1] == 'retrying' and message == '' and queue ~= '' and js[1] then
-      redis.call('HSET', run, 'status', 'failed', 'error', queue, 'finished_ms', now)
+    elseif rs[1] == 'retrying' and message == '' and queue_key ~= '' and js[1] then
+      redis.call('HSET', run, 'status', 'failed', 'error', queue_key, 'finished_ms', now_ms)
       redis.call('ZREM', KEYS[2], member)
-      redis.call('ZADD', KEYS[4], now, id)
+      redis.call('ZADD', KEYS[4], now_ms, id)
       redis.call('HINCRBY', job, 'failed_runs', 1)  -- read by beat's metrics
-      redis.call('EXPIRE', run, dead_ttl)  -- a dead letter keeps its own retention
-      set_aside(rs[2], queue)
-      claimed[#claimed+1] = i + 1
+      redis.call('EXPIRE', run, dead_retention_s)  -- a dead letter keeps its own retention
+      set_aside(rs[2], queue_key)
+      claimed[#claimed+1] = i
     elseif rs[1] ~= 'retrying' or message == '' or not js[1] then
       -- another delivery already ran it (or the run or its job is gone): a stale entry that
       -- would otherwise be read again on every tick, with beat never sleeping
       if redis.call('ZREM', KEYS[2], member) == 1 and not rs[1] then
-        run_vanished(prefix, id, now, job_ttl, dead_ttl, 'due_vanished')
+        run_vanished(prefix, id, now_ms, job_retention_s, dead_retention_s, 'due_vanished')
       end
-    elseif redis.call('ZSCORE', KEYS[2], member) == score then
-      redis.call('HSET', run, 'status', 'queued', 'queued_ms', now)
+    elseif redis.call('ZSCORE', KEYS[2], member) == due_ms then
+      redis.call('HSET', run, 'status', 'queued', 'queued_ms', now_ms)
       redis.call('ZREM', KEYS[2], member)
-      push(queue, message)
-      inflight[#inflight+1] = now
+      push(queue_key, message)
+      inflight[#inflight+1] = now_ms
       inflight[#inflight+1] = id
       if js[2] == '0' and rs[3] ~= '1' then
-        redis.call('HSET', job, 'status', 'queued', 'updated_ms', now)
+        redis.call('HSET', job, 'status', 'queued', 'updated_ms', now_ms)
       end
-      claimed[#claimed+1] = i + 1
+      claimed[#claimed+1] = i
     end
   else
-    local job = prefix .. ':job:' .. id
+    local job = job_key(prefix, id)
     local st = redis.call('HMGET', job, 'status', 'next_run_ms', 'runs_done', 'recurring', 'fp',
       'slot_run', 'anchor_ms')
     if message == '' then
       -- the job is gone, or beat could not read or decide it: never retried on every tick
       if redis.call('ZREM', KEYS[2], member) == 1 and not st[1] then
-        redis.call('HINCRBY', prefix .. ':stats', 'due_vanished', 1)
+        redis.call('HINCRBY', stats_key(prefix), 'due_vanished', 1)
       end
       if st[1] == 'scheduled' then
-        set_aside(id, queue ~= '' and queue or 'beat could not read this job record')
-        claimed[#claimed+1] = i + 1
+        set_aside(id, queue_key ~= '' and queue_key or 'beat could not read this job record')
+        claimed[#claimed+1] = i
       end
-    elseif st[1] == 'scheduled' and st[2] == score and st[3] == done then
-      local plain = ARGV[b+9] == 'celery'
-      local verdict, prev, prev_status = overlap(plain and '' or ARGV[b+9], id, st[6], st[7], done)
-      local run = prefix .. ':run:' .. run_id
-      local runs = prefix .. ':runs:' .. id
+    elseif st[1] == 'scheduled' and st[2] == due_ms and st[3] == runs_done then
+      local plain = overlap_policy == 'celery'
+      local verdict, prev, prev_status = overlap(plain and '' or overlap_policy, id, st[6], st[7], runs_done)
+      local run = run_key(prefix, run_id)
+      local runs = runs_key(prefix, id)
       if verdict == 'skip' then
         -- recorded, counted, and the schedule moves on without counting it toward limit
-        redis.call('HSET', run, 'job_id', id, 'nominal_ms', nominal, 'status', 'skipped',
-          'attempts', 0, 'finished_ms', now,
-          'error', 'repeat.overlap=' .. ARGV[b+9] .. ': run ' .. prev .. ' was still ' .. prev_status)
+        redis.call('HSET', run, 'job_id', id, 'nominal_ms', nominal_ms, 'status', 'skipped',
+          'attempts', 0, 'finished_ms', now_ms,
+          'error', 'repeat.overlap=' .. overlap_policy .. ': run ' .. prev .. ' was still ' .. prev_status)
         redis.call('HINCRBY', job, 'skipped_slots', 1)
-        new_next = ARGV[b+10]
+        next_ms = skip_next_ms
       else
-        redis.call('HSET', run, 'job_id', id, 'nominal_ms', nominal, 'attempts', 0, 'queued_ms', now)
+        redis.call('HSET', run, 'job_id', id, 'nominal_ms', nominal_ms, 'attempts', 0, 'queued_ms', now_ms)
         if verdict == 'buffer' then
           redis.call('HSET', run, 'status', 'buffered', 'behind', prev)
-          rescheduled[#rescheduled+1] = tonumber(now) + BUFFER_POLL_MS
+          rescheduled[#rescheduled+1] = tonumber(now_ms) + BUFFER_POLL_MS
           rescheduled[#rescheduled+1] = 'r:' .. run_id
         elseif plain then
           redis.call('HSET', run, 'status', 'sent')
-          push(queue, message)
+          push(queue_key, message)
         else
           redis.call('HSET', run, 'status', 'queued')
-          push(queue, message)
-          inflight[#inflight+1] = now
+          push(queue_key, message)
+          inflight[#inflight+1] = now_ms
           inflight[#inflight+1] = run_id
         end
-        redis.call('HSET', job, 'runs_done', tonumber(done) + 1, 'last_run_id', run_id, 'slot_run', run_id)
-        claimed[#claimed+1] = i + 1
+        redis.call('HSET', job, 'runs_done', tonumber(runs_done) + 1, 'last_run_id', run_id,
+          'slot_run', run_id)
+        claimed[#claimed+1] = i
       end
-      redis.call('ZADD', runs, nominal, run_id)
-      trim_runs(prefix, runs, kept)
-      redis.call('HSET', job, 'next_run_ms', new_next, 'updated_ms', now)
+      redis.call('ZADD', runs, nominal_ms, run_id)
+      trim_runs(prefix, runs, runs_kept)
+      redis.call('HSET', job, 'next_run_ms', next_ms, 'updated_ms', now_ms)
       if st[4] == '0' then
         redis.call('HSET', job, 'status', 'queued')
         redis.call('ZREM', KEYS[2], member)
-      elseif new_next == '' then
+      elseif next_ms == '' then
         redis.call('HSET', job, 'status', 'completed')
         redis.call('ZREM', KEYS[2], member)
-        retire(prefix, id, job_ttl, now)
+        retire(prefix, id, job_retention_s, now_ms)
       else
-        rescheduled[#rescheduled+1] = new_next
+        rescheduled[#rescheduled+1] = next_ms
         rescheduled[#rescheduled+1] = member
       end
     elseif st[1] ~= 'scheduled' then
@@ -434,7 +441,7 @@ local wanted, counts = {}, {0, 0, 0, 0}
 for b = 5, #ARGV, 6 do
   local id, digest, next_ms = ARGV[b], ARGV[b+1], ARGV[b+4]
   wanted[id] = true
-  local job = prefix .. ':job:' .. id
+  local job = job_key(prefix, id)
   local status = redis.call('HGET', job, 'status')
   local live = status and not FINISHED[status]
   if live and redis.call('HGET', KEYS[2], id) == digest then
@@ -451,7 +458,7 @@ for b = 5, #ARGV, 6 do
       redis.call('HSET', job, 'spec', ARGV[b+2], 'brief', ARGV[b+3], 'status', status,
         'recurring', 1, 'next_run_ms', next_ms, 'anchor_ms', ARGV[b+5], 'runs_done', 0,
         'attempts', 0, 'created_ms', now, 'updated_ms', now, 'fp', '', 'last_run_id', '')
-      redis.call('PERSIST', prefix .. ':runs:' .. id)
+      redis.call('PERSIST', runs_key(prefix, id))
       redis.call('ZADD', KEYS[4], now, id)
       redis.call('ZREM', KEYS[5], id)
       redis.call('ZREM', KEYS[6], id)
@@ -462,7 +469,7 @@ for b = 5, #ARGV, 6 do
 end
 for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
   if not wanted[id] then
-    local job = prefix .. ':job:' .. id
+    local job = job_key(prefix, id)
     local status = redis.call('HGET', job, 'status')
     if status and not FINISHED[status] then
       redis.call('HSET', job, 'status', 'cancelled', 'next_run_ms', '', 'updated_ms', now)
@@ -613,15 +620,15 @@ return 'retry'
 # A run flagged cancelled ends 'cancelled' unless it completed: never retried nor dead-lettered,
 # whatever its handler raised once cancelled (_CANCEL).
 # KEYS: run, job, due, dead, inflight
-# ARGV: attempt, now_ms, outcome ('completed' | 'retry' | 'retry_due' | 'failed' | 'cancelled'),
-#       result_json, error, traceback, cached, retention_s, due_ms, run_id,
-#       prefix, job_retention_s, dead_retention_s
+# ARGV: rows.FinishRunArgs
 FINISH_RUN = (
     _LIFECYCLE
     + _CANCEL
     + """
-if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
-local now, outcome = ARGV[2], ARGV[3]
+local ARGS = 13  -- rows.FinishRunArgs
+local attempt, now_ms, outcome, result_json, error_text, traceback, cached, retention_s, due_ms,
+  run_id, prefix, job_retention_s, dead_retention_s = unpack(ARGV, 1, ARGS)
+if redis.call('HGET', KEYS[1], 'attempts') ~= attempt then return 0 end
 local prior = redis.call('HGET', KEYS[1], 'status')
 if prior ~= 'running' then
   -- Sent again because its reply was lost: already written, so written once (failed_runs
@@ -635,44 +642,45 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   -- alone, or the writes below would bring back a job record without its spec.
   local ended = (outcome == 'completed' or outcome == 'cancelled') and outcome or 'failed'
   redis.call('HSET', KEYS[1], 'status', ended,
-    'finished_ms', now, 'error', ARGV[5])
-  redis.call('EXPIRE', KEYS[1], ARGV[8])
-  redis.call('ZREM', KEYS[5], ARGV[10])
+    'finished_ms', now_ms, 'error', error_text)
+  redis.call('EXPIRE', KEYS[1], retention_s)
+  redis.call('ZREM', KEYS[5], run_id)
   return 1
 end
 -- A triggered run leaves the status alone; so does any run of a job cancelled while it ran (its
 -- retry then finds the job cancelled and is skipped: the cancel is never undone).
 local one_off = one_off_of(KEYS[2], KEYS[1])
-redis.call('HSET', KEYS[2], 'last_run_id', ARGV[10], 'updated_ms', now)
+redis.call('HSET', KEYS[2], 'last_run_id', run_id, 'updated_ms', now_ms)
 if outcome == 'cancelled' or (outcome ~= 'completed' and redis.call('HGET', KEYS[1], 'cancel') == '1') then
-  end_cancelled(ARGV[11], KEYS[1], ARGV[10], now, ARGV[5] ~= '' and ARGV[5] or 'cancelled', ARGV[12])
+  local why = error_text ~= '' and error_text or 'cancelled'
+  end_cancelled(prefix, KEYS[1], run_id, now_ms, why, job_retention_s)
   return 1
 end
 if outcome == 'completed' then
-  redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_ms', now, 'result', ARGV[4],
-    'cached', ARGV[7])
+  redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_ms', now_ms, 'result', result_json,
+    'cached', cached)
   redis.call('HDEL', KEYS[1], 'error', 'traceback')
-  redis.call('EXPIRE', KEYS[1], ARGV[8])
-  redis.call('HSET', KEYS[2], 'result', ARGV[4])
+  redis.call('EXPIRE', KEYS[1], retention_s)
+  redis.call('HSET', KEYS[2], 'result', result_json)
   redis.call('HDEL', KEYS[2], 'last_error')
   if one_off then redis.call('HSET', KEYS[2], 'status', 'completed') end
-  redis.call('ZREM', KEYS[5], ARGV[10])
-  retire_if_finished(ARGV[11], job_of(ARGV[10]), ARGV[12], now)
+  redis.call('ZREM', KEYS[5], run_id)
+  retire_if_finished(prefix, job_of(run_id), job_retention_s, now_ms)
   return 1
 end
-redis.call('HSET', KEYS[1], 'error', ARGV[5], 'traceback', ARGV[6], 'finished_ms', now)
-redis.call('HSET', KEYS[2], 'last_error', ARGV[5])
+redis.call('HSET', KEYS[1], 'error', error_text, 'traceback', traceback, 'finished_ms', now_ms)
+redis.call('HSET', KEYS[2], 'last_error', error_text)
 if outcome == 'failed' then
-  dead_letter(KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[10], now, {ARGV[11], ARGV[12], ARGV[13]})
+  dead_letter(KEYS[1], KEYS[2], KEYS[4], KEYS[5], run_id, now_ms, {prefix, job_retention_s, dead_retention_s})
 else
   redis.call('HSET', KEYS[1], 'status', 'retrying')
   if outcome == 'retry_due' then
-    redis.call('ZADD', KEYS[3], ARGV[9], 'r:' .. ARGV[10])
-    redis.call('ZREM', KEYS[5], ARGV[10])  -- in the due index until beat hands it back
+    redis.call('ZADD', KEYS[3], due_ms, 'r:' .. run_id)
+    redis.call('ZREM', KEYS[5], run_id)  -- in the due index until beat hands it back
     if one_off then redis.call('HSET', KEYS[2], 'status', 'scheduled') end
   else
-    redis.call('HSET', KEYS[1], 'queued_ms', now)  -- Celery sends the retry next
-    redis.call('ZADD', KEYS[5], now, ARGV[10])
+    redis.call('HSET', KEYS[1], 'queued_ms', now_ms)  -- Celery sends the retry next
+    redis.call('ZADD', KEYS[5], now_ms, run_id)
     if one_off then redis.call('HSET', KEYS[2], 'status', 'queued') end
   end
 end
@@ -713,8 +721,8 @@ if action == 'cancel' or action == 'set_aside' then
   redis.call('HSET', KEYS[1], 'status', status, 'next_run_ms', '', 'updated_ms', now)
   redis.call('ZREM', KEYS[2], member)
   if action == 'cancel' then
-    for _, run_id in ipairs(redis.call('ZRANGE', ARGV[6] .. ':runs:' .. ARGV[2], 0, -1)) do
-      if redis.call('HGET', ARGV[6] .. ':run:' .. run_id, 'status') == 'running' then
+    for _, run_id in ipairs(redis.call('ZRANGE', runs_key(ARGV[6], ARGV[2]), 0, -1)) do
+      if redis.call('HGET', run_key(ARGV[6], run_id), 'status') == 'running' then
         cancel_one(ARGV[6], run_id, now, ARGV[8] == '1', 'cancelled with its job', ARGV[7])
         running[#running+1] = run_id
       end
@@ -790,7 +798,7 @@ end
 -- finished job again then.
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[3])
-redis.call('ZREM', ARGV[6] .. ':retired', ARGV[2])
+redis.call('ZREM', retired_key(ARGV[6]), ARGV[2])
 redis.call('LPUSH', KEYS[4], ARGV[5])
 redis.call('ZADD', KEYS[6], now, ARGV[3])
 return {'ok'}
@@ -803,40 +811,42 @@ return {'ok'}
 # repeat.overlap skipped is run now. Runs go in the runs index at now_ms, so they are trimmed
 # in the order they were added (beside triggered runs), not first for being old.
 # KEYS: job, job_runs, inflight
-# ARGV: job_id, now_ms, prefix, runs_kept, then 4 per slot: run_id, nominal_ms, queue_key, message
-# Returns {'ok', run_id, ...} (the runs added), {'refused', status} or {'missing'}
+# ARGV: rows.BackfillHead, then one rows.BackfillRow per slot.
+# Returns {'ok', run_id, ...} (the runs added), {'refused', status} or {'missing'} (rows.Backfilled)
 BACKFILL = (
     _BATCHED_WRITES
     + _LIFECYCLE
     + """
+local HEAD, ROW = 4, 4  -- rows.BackfillHead, rows.BackfillRow
+local job_id, now_ms, prefix, runs_kept = unpack(ARGV, 1, HEAD)
 local st = redis.call('HMGET', KEYS[1], 'status', 'recurring')
 if not st[1] then return {'missing'} end
 -- a cancel is never undone, and a schedule set aside runs no more (BEGIN_RUN would skip them)
 if st[1] == 'cancelled' or st[1] == 'failed' or st[2] ~= '1' then return {'refused', st[1]} end
-local now, prefix = ARGV[2], ARGV[3]
 local added, inflight = {'ok'}, {}
-for b = 5, #ARGV, 4 do
-  local run_id, nominal = ARGV[b], ARGV[b+1]
-  local run = prefix .. ':run:' .. run_id
+for i = 1, (#ARGV - HEAD) / ROW do
+  local at = HEAD + (i - 1) * ROW
+  local run_id, nominal_ms, queue_key, message = unpack(ARGV, at + 1, at + ROW)
+  local run = run_key(prefix, run_id)
   local status = redis.call('HGET', run, 'status')
   local known = status or redis.call('ZSCORE', KEYS[2], run_id)
   if not known or status == 'skipped' then
     redis.call('DEL', run)  -- a skipped slot's record: its reason no longer applies
-    redis.call('HSET', run, 'job_id', ARGV[1], 'nominal_ms', nominal, 'status', 'queued',
-      'attempts', 0, 'queued_ms', now, 'manual', '1')
-    redis.call('ZADD', KEYS[2], now, run_id)
-    push(ARGV[b+2], ARGV[b+3])
-    inflight[#inflight+1] = now
+    redis.call('HSET', run, 'job_id', job_id, 'nominal_ms', nominal_ms, 'status', 'queued',
+      'attempts', 0, 'queued_ms', now_ms, 'manual', '1')
+    redis.call('ZADD', KEYS[2], now_ms, run_id)
+    push(queue_key, message)
+    inflight[#inflight+1] = now_ms
     inflight[#inflight+1] = run_id
     added[#added+1] = run_id
   end
 end
 if #added > 1 then
-  trim_runs(prefix, KEYS[2], ARGV[4])
+  trim_runs(prefix, KEYS[2], runs_kept)
   -- runs are out: a finished schedule stays until they finish (FINISH_RUN retires it again)
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[2])
-  redis.call('ZREM', prefix .. ':retired', ARGV[1])
+  redis.call('ZREM', retired_key(prefix), job_id)
   add_all(KEYS[3], inflight)
   push_all()
 end
@@ -884,7 +894,9 @@ return 1
 # KEYS: due   ARGV: prefix, until_ms, limit
 # Returns 6 per entry: member, due_ms, job_id, brief, runs_done, anchor_ms. The brief is '' when
 # the job is gone, and 'spec:' .. spec for a record written before briefs existed.
-READ_DUE = """
+READ_DUE = (
+    _KEYS
+    + """
 local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
 local out = {}
 for i = 1, #rows, 2 do
@@ -892,11 +904,11 @@ for i = 1, #rows, 2 do
   local id = string.sub(member, 3)
   local job_id = id
   if string.sub(member, 1, 1) == 'r' then
-    job_id = redis.call('HGET', ARGV[1] .. ':run:' .. id, 'job_id') or ''
+    job_id = redis.call('HGET', run_key(ARGV[1], id), 'job_id') or ''
   end
   local st = {false, false, false}
   if job_id ~= '' then
-    local job = ARGV[1] .. ':job:' .. job_id
+    local job = job_key(ARGV[1], job_id)
     st = redis.call('HMGET', job, 'brief', 'runs_done', 'anchor_ms')
     if not st[1] and redis.call('EXISTS', job) == 1 then
       st[1] = 'spec:' .. (redis.call('HGET', job, 'spec') or '')
@@ -911,6 +923,7 @@ for i = 1, #rows, 2 do
 end
 return out
 """
+)
 
 # Worker or beat: a run whose record is gone although its job is not (see run_vanished).
 # KEYS: none   ARGV: prefix, run_id, now_ms, job_retention_s, dead_retention_s
@@ -919,8 +932,8 @@ RUN_GONE = (
     _LIFECYCLE
     + """
 local prefix, run_id = ARGV[1], ARGV[2]
-if redis.call('EXISTS', prefix .. ':run:' .. run_id) == 1 then return 0 end
-redis.call('ZREM', prefix .. ':inflight', run_id)
+if redis.call('EXISTS', run_key(prefix, run_id)) == 1 then return 0 end
+redis.call('ZREM', inflight_key(prefix), run_id)
 return run_vanished(prefix, run_id, ARGV[3], ARGV[4], ARGV[5], 'runs_vanished')
 """
 )
@@ -944,7 +957,7 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[6]
 local over = redis.call('ZCARD', KEYS[2]) - #dead - tonumber(ARGV[7])
 if over > 0 then dead = redis.call('ZRANGE', KEYS[2], 0, #dead + math.min(over, limit) - 1) end
 for _, run_id in ipairs(dead) do
-  redis.call('DEL', prefix .. ':run:' .. run_id)
+  redis.call('DEL', run_key(prefix, run_id))
   redis.call('ZREM', KEYS[2], run_id)
 end
 if #dead > 0 then redis.call('HINCRBY', KEYS[4], 'dead_dropped', #dead) end
@@ -961,7 +974,7 @@ end
 local ids = redis.call('ZRANGE', KEYS[3], cursor, cursor + limit - 1)
 local retired, vanished, removed = 0, 0, 0
 for _, id in ipairs(ids) do
-  local status = redis.call('HGET', prefix .. ':job:' .. id, 'status')
+  local status = redis.call('HGET', job_key(prefix, id), 'status')
   local waiting = redis.call('ZSCORE', KEYS[1], id)
   if not status then
     -- gone before its retention ended (a retired job's TTL outlasts it): evicted or deleted
@@ -971,9 +984,9 @@ for _, id in ipairs(ids) do
   elseif FINISHED[status] and not waiting then
     retire(prefix, id, ARGV[5], now)
     retired = retired + 1
-  elseif status == 'paused' and paused_past_its_end(prefix .. ':job:' .. id, now) then
+  elseif status == 'paused' and paused_past_its_end(job_key(prefix, id), now) then
     -- nothing is left to resume (resume would finish it): it is finished, and retires
-    redis.call('HSET', prefix .. ':job:' .. id, 'status', 'completed', 'next_run_ms', '', 'updated_ms', now)
+    redis.call('HSET', job_key(prefix, id), 'status', 'completed', 'next_run_ms', '', 'updated_ms', now)
     retire(prefix, id, ARGV[5], now)
     retired = retired + 1
   end

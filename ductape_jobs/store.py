@@ -30,7 +30,6 @@ from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobSpec, job_id_of
 from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, Stream, unreachable
 from ductape_jobs.records import (
-    Answer,
     Claim,
     Dispatch,
     DueEntry,
@@ -50,6 +49,16 @@ from ductape_jobs.records import (
     reason,
     run_id_of,
     text,
+)
+from ductape_jobs.rows import (
+    Answered,
+    BeginReply,
+    ClaimDueHead,
+    ClaimDueRow,
+    Claimed,
+    DueRead,
+    FinishRunArgs,
+    LockReply,
 )
 
 __all__ = [
@@ -231,7 +240,7 @@ class Store:
 
     def change_state(
         self, action: StateAction, job_id: str, now_ms: int, next_ms: int | None = None, runs_done: int = 0
-    ) -> tuple[Answer, str | None]:
+    ) -> Answered:
         """Cancel, pause, resume or set aside atomically (ops.change_state, with this store's
         retention); the answer and the status it saw."""
         flow = ops.change_state(
@@ -268,7 +277,7 @@ class Store:
         got = self._eval(
             self._acquire, keys=[self.keys.beat_lock, self.keys.beat_fence], args=[instance, ttl_ms]
         )
-        return bool(int(got[0])), text(got[1])
+        return LockReply.from_reply(got)
 
     def renew_lock(self, token: str, ttl_ms: int) -> bool:
         """Extend our leadership; False when the lock is someone else's (or gone)."""
@@ -310,24 +319,21 @@ class Store:
 
     def due_entries(self, until_ms: int, limit: int) -> list[DueEntry]:
         """Due-index members with score <= until_ms, with their job state: one round trip."""
-        flat = self._eval(
+        got = self._eval(
             self._scripts["READ_DUE"], keys=[self.keys.due], args=[self.keys.prefix, until_ms, limit]
         )
-        entries = []
-        for i in range(0, len(flat), 6):
-            member, score, job_id, brief, done, anchor = (text(v) for v in flat[i : i + 6])
-            entries.append(
-                DueEntry(
-                    member,
-                    int(float(score)),
-                    job_id,
-                    brief or None,
-                    int(done or 0),
-                    int(anchor or 0),
-                    run_id=member[2:] if member.startswith("r:") else None,
-                )
+        return [
+            DueEntry(
+                e.member,
+                e.due_ms,
+                e.job_id,
+                e.brief or None,
+                e.runs_done,
+                e.anchor_ms,
+                run_id=e.member[2:] if e.member.startswith("r:") else None,
             )
-        return entries
+            for e in DueRead.from_reply(got)
+        ]
 
     def _briefs(self, job_ids: Sequence[str]) -> list[str | None]:
         """Each job's stored brief (``spec:`` and its spec for a record older than briefs)."""
@@ -367,12 +373,14 @@ class Store:
         k = self.keys
         touched = [k.beat_lock, k.due, k.inflight, k.dead, k.set_aside]
 
+        head = ClaimDueHead(self.keys.prefix, fence, now_ms, runs_kept, *self._ttls)
+
         def calls() -> Iterator[ops.Eval]:
             for chunk in ops.batched(claims, CLAIM_CHUNK):
                 chunks.append(chunk)
-                args: list[Any] = [self.keys.prefix, fence, now_ms, runs_kept, *self._ttls]
+                args: list[Any] = [*head]
                 for c in chunk:
-                    args += [
+                    args += ClaimDueRow(
                         c.entry.member,
                         c.entry.due_ms,
                         c.entry.runs_done,
@@ -383,13 +391,13 @@ class Store:
                         "" if c.message is None else c.message.payload,
                         c.overlap,
                         opt(c.skip_next_ms),
-                    ]
+                    )
                 yield ops.Eval("CLAIM_DUE", touched, args)
 
-        replies = self._stream(Stream(calls()))
-        if any(got and int(got[0]) == -1 for got in replies):
+        replies = [Claimed.from_reply(got) for got in self._stream(Stream(calls()))]
+        if any(got.fenced for got in replies):
             return None
-        return [chunk[int(i) - 1] for chunk, got in zip(chunks, replies, strict=True) for i in got]
+        return [chunk[i] for chunk, got in zip(chunks, replies, strict=True) for i in got.indexes]
 
     def dispatches(self, run_ids: Sequence[str]) -> list[Dispatch | Unreadable]:
         """Load what building a message needs for these runs (two round trips): the job's brief,
@@ -500,21 +508,21 @@ class Store:
         its last)."""
         keys = [self.keys.run(run_id), self.keys.job(job_id), self.keys.inflight, self.keys.dead]
         args = [now_ms, lease_ms, run_id, owner, self.keys.prefix, *self._ttls]
-        got = self._eval(self._begin, keys=keys, args=args)
-        if text(got[0]) == "gone":  # its record vanished while it was out: say so, then skip it
+        got = BeginReply.from_reply(self._eval(self._begin, keys=keys, args=args))
+        if got.verdict == "gone":  # its record vanished while it was out: say so, then skip it
             self.runs_gone([run_id], now_ms)
             return Started(Verdict.SKIP)
-        verdict = Verdict(text(got[0]))
+        verdict = Verdict(got.verdict)
         if verdict == Verdict.BUSY:
-            return Started(verdict, wait_ms=int(text(got[1])))
+            return Started(verdict, wait_ms=got.wait_ms)
         if verdict != Verdict.RUN:
             return Started(verdict)
         return Started(
             verdict,
-            attempt=int(got[1]),
-            spec=JobSpec.model_validate_json(got[2]),
-            nominal_ms=int(got[3]),
-            manual=text(got[4]) == "1",
+            attempt=got.attempt,
+            spec=JobSpec.model_validate_json(got.spec),
+            nominal_ms=got.nominal_ms,
+            manual=got.manual,
         )
 
     def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> Lease:
@@ -570,11 +578,24 @@ class Store:
         if not wait and outcome != "completed":
             raise ValueError("only a 'completed' outcome is sent without waiting")
         k = self.keys
-        outcome_args = [outcome, result_json, error, traceback, int(cached)]
+        args = FinishRunArgs(
+            attempt,
+            now_ms,
+            outcome,
+            result_json,
+            error,
+            traceback,
+            int(cached),
+            retention_s,
+            opt(due_ms),
+            run_id,
+            k.prefix,
+            *self._ttls,
+        )
         got = self._eval(
             self._finish,
             keys=[k.run(run_id), k.job(job_id), k.due, k.dead, k.inflight],
-            args=[attempt, now_ms, *outcome_args, retention_s, opt(due_ms), run_id, k.prefix, *self._ttls],
+            args=list(args),
             defer=not wait,
         )
         return not wait or bool(got)

@@ -24,7 +24,7 @@ from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRequest, JobSpec
 from ductape_jobs.ops import REDIS_DOWN, Call, Eval, Flow, unreachable
 from ductape_jobs.planning import plan_job
-from ductape_jobs.sessions import Sessions
+from ductape_jobs.rows import CreateJobsHead, CreateJobsRow
 from ductape_jobs.settings import Settings
 
 T = TypeVar("T")
@@ -167,19 +167,19 @@ def run_hash(job_id: str, status: str, **fields: Any) -> dict[bytes, bytes]:
 def long_way_row(c: ClientCore, request: dict[str, Any], job_id: str, now: int) -> tuple[Any, ...]:
     """The CREATE_JOBS row a lone request planned at ``now`` as ``job_id`` gets (delivery tag aside)."""
     plan = plan_job(JobRequest.parse(request), c.settings, c.sessions, now, job_id, c.messages.build)
-    return _normalized(ops.create_args(Keys(c.settings.key_prefix), plan))
+    return _normalized(ops.create_row(Keys(c.settings.key_prefix), plan))
 
 
 def create_rows(create: Eval) -> list[tuple[Any, ...]]:
     """The rows of one CREATE_JOBS call (its ARGV after the prefix and the clock), delivery tags aside."""
-    args = list(create.args)[2:]
+    args = list(create.args)[len(CreateJobsHead._fields) :]
     assert len(args) % CREATE_ROW_WIDTH == 0, f"{len(args)} row arguments"
     return [_normalized(args[at : at + CREATE_ROW_WIDTH]) for at in range(0, len(args), CREATE_ROW_WIDTH)]
 
 
 def row_job_id(row: Sequence[Any]) -> str:
     """The job id a CREATE_JOBS row writes."""
-    return str(row[ops.ROW_JOB_ID])
+    return CreateJobsRow(*row).job_id
 
 
 def _normalized(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -187,13 +187,8 @@ def _normalized(row: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(_TAG.sub('"delivery_tag": "-"', v) if isinstance(v, str) else v for v in row)
 
 
-def _row_width() -> int:
-    request = JobRequest.parse({"env": "dev", "product_tag": "p", "event": "e"})
-    return len(ops.create_args(Keys(), plan_job(request, Settings(), Sessions({}), 0, "x")))
-
-
 _TAG = re.compile(r'"delivery_tag": "[0-9a-f]{32}"')
-CREATE_ROW_WIDTH = _row_width()
+CREATE_ROW_WIDTH = len(CreateJobsRow._fields)
 
 
 # -- the runner's store ------------------------------------------------------------------------
