@@ -40,7 +40,7 @@ def main(url: str, prefix: str, expected: int) -> None:
         MessageBuilder(create_app(settings), settings),
         "rss",
     )
-    engine.lead()
+    engine.leadership.lead()
     started = memory_kb()
     released = ticks = 0
     deadline = time.monotonic() + 120

@@ -65,7 +65,7 @@ def beat_release(bench: Bench, reps: int, stored: int = 100_000, due: int = 10_0
     )
 
     # Warm both sides up (connections, scripts, Celery's lazy setup) without releasing anything.
-    engine.lead()
+    engine.leadership.lead()
     store.redis.script_load(scripts.CLAIM_DUE)
     engine.messages.build("warm:0", base.spec, now, now)
     scheduler = RedBeatScheduler(app=app, lazy=False)
@@ -83,7 +83,7 @@ def beat_release(bench: Bench, reps: int, stored: int = 100_000, due: int = 10_0
             ("theirs", scheduler.tick, theirs_queue),
         ]
         for side, tick, queue in sides if rep % 2 == 0 else reversed(sides):
-            engine.lead()  # untimed: RedBeat's turn may outlast our lock; a tick then only renews it
+            engine.leadership.lead()  # untimed: RedBeat's turn may outlast our lock; a tick then only renews it
             db.delete(queue)
             before = command_calls(db)
             ticks = 0
