@@ -223,6 +223,7 @@ class Started:
     nominal_ms: int = 0
     manual: bool = False
     wait_ms: int = 0
+    unreadable: str = ""  # with 'run': why the job's spec could not be read (the run is set aside)
 
 
 def job_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:

@@ -167,6 +167,8 @@ class Runner:
         if started.verdict == Verdict.BUSY:
             # Another delivery of the same run holds it (a duplicate publish); look again later.
             return Outcome("busy", retry_in_s=min(started.wait_ms / 1000, self.settings.horizon_ms / 1000))
+        if started.verdict == Verdict.RUN and started.unreadable:
+            return self._unreadable(run_id, job_id, started)
         if started.verdict != Verdict.RUN or started.spec is None:
             return Outcome("skipped")
         cancel = CancelSignal()
@@ -252,6 +254,24 @@ class Runner:
         # Every later run would fail the same way: the schedule stops here, with the reason.
         self.store.change_state("set_aside", ctx.job_id, self.clock_ms())
         return outcome
+
+    def _unreadable(self, run_id: str, job_id: str, started: Started) -> Outcome:
+        # Its spec will not read any better on the next attempt: the run fails at once with the
+        # reason and the job is set aside (as beat does with a record it cannot read), instead of
+        # the run staying 'running' until its leases run out attempt after attempt.
+        log.error("run %s: %s; its job is set aside (ductape-jobs set-aside)", run_id, started.unreadable)
+        ctx = RunContext(
+            job_id=job_id,
+            run_id=run_id,
+            attempt=started.attempt,
+            env="",
+            product_tag="",
+            event="",
+            app=None,
+            scheduled_ms=started.nominal_ms,
+            max_attempts=started.attempt,
+        )
+        return self._set_aside(ctx, started.unreadable)
 
     def _written(self, step: Callable[[], T], what: str, run_id: str) -> T:
         """``step()``, tried again while Redis is unreachable: a run's start or outcome is written

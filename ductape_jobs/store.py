@@ -17,7 +17,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
 
 import hiredis
@@ -517,13 +517,11 @@ class Store:
             return Started(verdict, wait_ms=got.wait_ms)
         if verdict != Verdict.RUN:
             return Started(verdict)
-        return Started(
-            verdict,
-            attempt=got.attempt,
-            spec=JobSpec.model_validate_json(got.spec),
-            nominal_ms=got.nominal_ms,
-            manual=got.manual,
-        )
+        started = Started(verdict, attempt=got.attempt, nominal_ms=got.nominal_ms, manual=got.manual)
+        try:
+            return replace(started, spec=JobSpec.model_validate_json(got.spec))
+        except ValueError as exc:  # pydantic's ValidationError too: the runner sets the run aside
+            return replace(started, unreadable=reason("this worker could not read the job's spec", exc))
 
     def renew_run(self, run_id: str, owner: str, now_ms: int, lease_ms: int) -> Lease:
         """Heartbeat: extend the lease of ``owner``'s running attempt. 'held', 'cancelled' (still

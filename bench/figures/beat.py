@@ -83,7 +83,8 @@ def beat_release(bench: Bench, reps: int, stored: int = 100_000, due: int = 10_0
             ("theirs", scheduler.tick, theirs_queue),
         ]
         for side, tick, queue in sides if rep % 2 == 0 else reversed(sides):
-            engine.leadership.lead()  # untimed: RedBeat's turn may outlast our lock; a tick then only renews it
+            # untimed: RedBeat's turn may outlast our lock; a tick then only renews it
+            engine.leadership.lead()
             db.delete(queue)
             before = command_calls(db)
             ticks = 0

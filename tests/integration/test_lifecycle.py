@@ -278,6 +278,25 @@ def test_a_run_that_vanished_fails_its_one_off_instead_of_leaving_it_queued(
     assert world.store.redis.zcard(world.keys.inflight) == 0
 
 
+def test_a_run_whose_spec_this_worker_cannot_read_fails_at_once_and_sets_its_job_aside(
+    world: World, ductape: Ductape, caplog: pytest.LogCaptureFixture
+):
+    # A spec this worker's models refuse (written by hand, or by a newer version): before, the run
+    # stayed 'running' until lease after lease ran out, and the worker raised a ValidationError.
+    job_id = world.schedule(retries=3)
+    spec = json.loads(world.store.redis.hget(world.keys.job(job_id), "spec"))
+    world.store.redis.hset(world.keys.job(job_id), "spec", json.dumps({**spec, "from_the_future": 1}))
+    with caplog.at_level(logging.ERROR):
+        [run_id] = world.work()
+    [run] = world.op(ops.get_runs, [run_id])
+    assert (run.status.value, run.attempts) == ("failed", 1)
+    assert "could not read the job's spec" in (run.error or "")
+    assert [r.run_id for r in ductape.job.failed()] == [run_id]  # a dead letter, never retried
+    assert world.store.redis.zscore(world.keys.set_aside, job_id) is not None
+    assert world.store.redis.zcard(world.keys.inflight) == 0
+    assert "set aside" in caplog.text and "from_the_future" in caplog.text
+
+
 def test_beat_rechecks_eviction_and_memory_and_doctor_and_metrics_show_them(prefix: str):
     server = EmbeddedRedis.start(appendonly=False)
     client = redis.Redis.from_url(server.url)
