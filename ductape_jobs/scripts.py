@@ -47,7 +47,10 @@ local function job_of(run_id) return string.match(run_id, '^(.*):') end
 -- pointing at them once its time in 'retired' passes. A dead-lettered run keeps its own TTL.
 local function retire(prefix, id, ttl, now)
   local job, runs = job_key(prefix, id), runs_key(prefix, id)
-  local keep = tonumber(ttl) + MARGIN_S
+  -- A job with dead letters stays as long as they do ('keep_s', set when one is made), so a
+  -- redrive on their last day still finds the job it runs.
+  ttl = math.max(tonumber(ttl), tonumber(redis.call('HGET', job, 'keep_s') or 0) or 0)
+  local keep = ttl + MARGIN_S
   redis.call('EXPIRE', job, keep)
   for _, run_id in ipairs(redis.call('ZRANGE', runs, 0, -1)) do
     local run = run_key(prefix, run_id)
@@ -75,6 +78,7 @@ local function dead_letter(run, job, dead, inflight, run_id, now, lifecycle)
   redis.call('ZADD', dead, now, run_id)
   redis.call('ZREM', inflight, run_id)
   redis.call('HINCRBY', job, 'failed_runs', 1)
+  redis.call('HSET', job, 'keep_s', lifecycle[3])
   if one_off_of(job, run) then redis.call('HSET', job, 'status', 'failed') end
   redis.call('EXPIRE', run, lifecycle[3])
   retire_if_finished(lifecycle[1], job_of(run_id), lifecycle[2], now)
@@ -128,6 +132,7 @@ local function run_vanished(prefix, run_id, now, job_ttl, dead_ttl, counter)
     'status', 'failed', 'attempts', 0, 'error', why, 'finished_ms', now)
   if string.sub(run_id, -1) == 'm' then redis.call('HSET', run, 'manual', '1') end
   redis.call('EXPIRE', run, dead_ttl)
+  redis.call('HSET', job, 'keep_s', dead_ttl)
   redis.call('ZADD', dead_key(prefix), now, run_id)
   redis.call('ZREM', inflight_key(prefix), run_id)
   redis.call('HINCRBY', stats_key(prefix), counter, 1)

@@ -159,16 +159,32 @@ def test_finished_jobs_leave_after_retention_with_everything_pointing_at_them(wo
     assert len(world.op(ops.job_ids)) == 7
 
     # ... after it, each finished job is gone with its runs, index entries and fingerprints;
-    # the dead letter stays for its own retention.
+    # the dead letter stays for its own retention, and so does its job (a redrive needs it).
     swept = world.store.sweep(T0 + 5 * MIN + RETENTION_S * SEC, 1_000, 0)
-    assert swept.jobs_expired == 7 and swept.dead_dropped == 0
+    assert swept.jobs_expired == 6 and swept.dead_dropped == 0
     left = world.keys_now() - baseline
-    assert left == {world.keys.dead, world.keys.run(dead_run), world.keys.stats}, left
+    kept = {world.keys.job(failing), world.keys.job_runs(failing), world.keys.run(dead_run)}
+    assert left == {world.keys.dead, world.keys.retired, world.keys.jobs, world.keys.stats} | kept, left
+    assert world.op(ops.dead_run_ids, 10) == [dead_run]
+    assert world.store.redis.ttl(world.keys.job(failing)) > DEAD_RETENTION_S  # the backstop TTL too
 
     swept = world.store.sweep(T0 + 5 * MIN + DEAD_RETENTION_S * SEC, 1_000, 0)
-    assert swept.dead_dropped == 1
+    assert swept.dead_dropped == 1 and swept.jobs_expired == 1
     assert world.keys_now() - baseline == {world.keys.stats}
     assert world.counters() == {"jobs_expired": 7, "dead_dropped": 1}
+
+
+def test_a_dead_letter_can_be_redriven_on_its_last_day_after_the_jobs_own_retention(world: World):
+    job_id = world.schedule("boom", retries=0)
+    world.at(T0)
+    run_id = f"{job_id}:{T0}"
+    assert world.op(ops.dead_run_ids, 10) == [run_id]
+    last_day = T0 + (DEAD_RETENTION_S - 60) * SEC  # past the job's retention, within the dead letter's
+    world.store.sweep(last_day, 1_000, 0)
+    job = world.op(ops.get_job, job_id)
+    assert job is not None  # before, JobNotFoundError here: the job left after RETENTION_S
+    message = world.engine.messages.build(run_id, job.spec, last_day, last_day)
+    assert world.op(ops.add_run, "redrive", job_id, run_id, last_day, message, runs_kept=100) == ("ok", None)
 
 
 def test_a_paused_schedule_whose_end_date_passed_is_finished_and_leaves(world: World):
