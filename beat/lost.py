@@ -46,9 +46,9 @@ class LostRuns:
         runs = self.store.unmoved_runs(now_ms - self.after_ms, self.batch)
         live = [run for run in runs if run.status is not None and run.status not in FINISHED]
         loaded = self.store.dispatches([run.run_id for run in live])
-        dispatches = {d.run_id: d for d in self._readable(loaded, now_ms)}
+        dispatches = {d.run_id: d for d in self._readable(loaded, {run.run_id: run for run in live}, now_ms)}
         self.store.runs_gone([run.run_id for run in runs if run.status is None], now_ms)  # counted, logged
-        self.store.forget_runs([run.run_id for run in runs if run.run_id not in dispatches])
+        self.store.forget_runs([run for run in runs if run.run_id not in dispatches])
 
         heads: dict[str, int | None] = {}
         waiting: list[str] = []
@@ -79,13 +79,15 @@ class LostRuns:
             log.warning("sent %d run(s) again whose message was lost: %s", len(sent), ", ".join(sent[:5]))
         return len(sent)
 
-    def _readable(self, loaded: list[Dispatch | Unreadable], now_ms: int) -> list[Dispatch]:
-        """The runs whose job could be read; each other one is set aside with its reason, so one
-        bad record never stops the sweep (it would fail on every pass)."""
-        for bad in loaded:
-            if isinstance(bad, Unreadable) and bad.run_id is not None:
+    def _readable(
+        self, loaded: list[Dispatch | Unreadable], read: dict[str, InFlight], now_ms: int
+    ) -> list[Dispatch]:
+        """The runs whose job could be read; each other one is set aside with its reason (unless
+        it moved meanwhile), so one bad record never stops the sweep (it would fail every pass)."""
+        for bad in (b for b in loaded if isinstance(b, Unreadable) and b.run_id in read):
+            assert bad.run_id is not None  # it is in `read`
+            if self.store.set_aside_run(read[bad.run_id], bad.job_id, bad.reason, now_ms):
                 log.error("set aside run %s: %s", bad.run_id, bad.reason)
-                self.store.set_aside_run(bad.run_id, bad.job_id, bad.reason, now_ms)
                 self.set_aside += 1
         return [d for d in loaded if isinstance(d, Dispatch)]
 

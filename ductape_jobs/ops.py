@@ -62,6 +62,8 @@ SCRIPT_NAMES = (
     "ADD_RUN",
     "BACKFILL",
     "RESEND_RUN",
+    "FORGET_RUNS",
+    "SET_ASIDE_RUN",
     "ACQUIRE_LOCK",
     "RENEW_LOCK",
     "RUN_GONE",

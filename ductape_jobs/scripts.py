@@ -877,6 +877,36 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
 """
 
+# Beat: drop finished runs from the in-flight index, each only if it has not moved since beat
+# read it (its score is still the one read): a run redriven or resent meanwhile stays watched.
+# KEYS: inflight   ARGV: run_id, moved_ms, ... (pairs)
+# Returns how many were dropped.
+FORGET_RUNS = """
+local dropped = 0
+for i = 1, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == tonumber(ARGV[i + 1]) then
+    dropped = dropped + redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return dropped
+"""
+
+# Beat: take an in-flight run whose job can't be read out of flight (dead-lettered with the
+# reason), only if it has not moved since beat read it. The job is then set aside (CHANGE_STATE).
+# KEYS: run, inflight, dead, job   ARGV: run_id, moved_ms, why, now_ms, dead_retention_s
+# Returns 1 when the run was set aside, 0 when it had moved.
+SET_ASIDE_RUN = """
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[3], 'finished_ms', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('HSET', KEYS[4], 'last_error', ARGV[3], 'keep_s', ARGV[5])
+return 1
+"""
+
 # Beat leadership. A new leader takes the next fencing token; CLAIM_DUE checks it.
 # KEYS: beat_lock, beat_fence   ARGV: instance, ttl_ms
 ACQUIRE_LOCK = """

@@ -420,18 +420,17 @@ class Store:
                 out.append(Unreadable(text(job_id), reason("could not read this job's record", exc), run_id))
         return out
 
-    def set_aside_run(self, run_id: str, job_id: str, why: str, now_ms: int) -> None:
-        """Take an in-flight run whose job can't be read out of flight: the run is dead-lettered
-        and its job failed with the reason, retired and listed as set aside (CHANGE_STATE)."""
+    def set_aside_run(self, run: InFlight, job_id: str, why: str, now_ms: int) -> bool:
+        """Take an in-flight run whose job can't be read out of flight, unless it moved since
+        ``run`` was read: the run is dead-lettered and its job failed with the reason, retired and
+        listed as set aside (CHANGE_STATE). False when it had moved."""
         k = self.keys
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(k.run(run_id), mapping={"status": "failed", "error": why, "finished_ms": now_ms})
-            pipe.expire(k.run(run_id), self.retention.dead_s)  # a dead letter keeps its own retention
-            pipe.zrem(k.inflight, run_id)
-            pipe.zadd(k.dead, {run_id: now_ms})
-            pipe.hset(k.job(job_id), "last_error", why)
-            _guard(pipe.execute)
+        keys = [k.run(run.run_id), k.inflight, k.dead, k.job(job_id)]
+        args = [run.run_id, run.moved_ms, why, now_ms, self.retention.dead_s]
+        if not self._eval(self._scripts["SET_ASIDE_RUN"], keys=keys, args=args):
+            return False
         self.change_state("set_aside", job_id, now_ms)
+        return True
 
     # -- lost messages (beat) ----------------------------------------------------------------
 
@@ -489,10 +488,12 @@ class Store:
         if run_ids:
             _guard(lambda: self.redis.zadd(self.keys.inflight, dict.fromkeys(run_ids, now_ms), xx=True))
 
-    def forget_runs(self, run_ids: Sequence[str]) -> None:
-        """Drop finished or vanished runs from the in-flight index."""
-        if run_ids:
-            _guard(lambda: self.redis.zrem(self.keys.inflight, *run_ids))
+    def forget_runs(self, runs: Sequence[InFlight]) -> int:
+        """Drop finished or vanished runs from the in-flight index, each unless it moved since read."""
+        if not runs:
+            return 0
+        args = [value for run in runs for value in (run.run_id, run.moved_ms)]
+        return int(self._eval(self._scripts["FORGET_RUNS"], keys=[self.keys.inflight], args=args))
 
     def resend(self, run: InFlight, message: Message, now_ms: int) -> bool:
         """Push a lost run's message again, if the run has not moved since ``run`` was read."""

@@ -200,3 +200,29 @@ def test_a_parked_retry_of_a_cancelled_job_beat_cannot_read_leaves_the_job_cance
     world.at(due + SEC)
     assert _job_field(world, job_id, "status") == "cancelled"  # a cancel is final
     assert world.store.redis.hget(world.keys.run(run_id), "status") == b"skipped"
+
+
+def test_the_lost_sweep_drops_or_sets_aside_only_runs_that_have_not_moved_since_it_read_them(world: World):
+    # Beat reads unmoved runs, then writes: a run redriven or resent in between (its in-flight
+    # score moved) must stay watched, and must not be dead-lettered for what beat read earlier.
+    done, unreadable = world.schedule(), world.schedule()
+    world.work()  # `done` completes; `unreadable` completes too, and is then made to look running
+    done_run, bad_run = f"{done}:{T0}", f"{unreadable}:{T0}"
+    world.store.redis.zadd(world.keys.inflight, {done_run: T0, bad_run: T0})
+    world.store.redis.hset(world.keys.run(bad_run), "status", "queued")
+    read = {run.run_id: run for run in world.store.unmoved_runs(T0 + MIN, 10)}
+    assert set(read) == {done_run, bad_run}
+
+    world.store.redis.zadd(world.keys.inflight, {done_run: T0 + SEC, bad_run: T0 + SEC})  # both moved
+    assert world.store.forget_runs([read[done_run]]) == 0
+    assert not world.store.set_aside_run(read[bad_run], unreadable, "unreadable", T0 + 2 * SEC)
+    assert world.store.redis.zscore(world.keys.inflight, done_run) == T0 + SEC
+    assert world.store.redis.zscore(world.keys.inflight, bad_run) == T0 + SEC
+    assert _job_field(world, unreadable, "status") == "completed"
+
+    # Unmoved, both go as before.
+    read = {run.run_id: run for run in world.store.unmoved_runs(T0 + MIN, 10)}
+    assert world.store.forget_runs([read[done_run]]) == 1
+    assert world.store.set_aside_run(read[bad_run], unreadable, "unreadable", T0 + 2 * SEC)
+    assert world.store.redis.zcard(world.keys.inflight) == 0
+    assert world.store.redis.zscore(world.keys.dead, bad_run) is not None
