@@ -6,5 +6,7 @@ to 127.0.0.1 unless told otherwise, with or without this file.
 """
 
 # The task list shows each run under its event (the task name, ``<product_tag>.<event>``) with
-# its arguments: the message's argsrepr, where session-derived values are already ``***``.
-tasks_columns = "name,uuid,state,args,result,received,started,runtime,worker"
+# its arguments: the message's argsrepr, where session-derived values are already ``***``; its
+# keyword arguments name its job (``{'job_id': ...}``, the kwargsrepr), and a run sent ahead of
+# its time (task-sent, before a worker has it) shows its ETA.
+tasks_columns = "name,uuid,state,args,kwargs,result,eta,received,started,runtime,worker"

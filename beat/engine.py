@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from beat.leader import Leadership
@@ -61,8 +61,19 @@ class TickReport:
     runs_set_aside: int = 0  # in-flight runs the lost-run sweep could not read (beat.lost)
 
 
+Handed = Callable[[Sequence[Message]], None]
+
+
+def _nothing(messages: Sequence[Message]) -> None:
+    """What ``handed`` does unless told: nothing."""
+
+
 class BeatEngine:
-    """Releases due runs; only the instance holding the leader lock does any work."""
+    """Releases due runs; only the instance holding the leader lock does any work.
+
+    ``handed`` is told of every message pushed to Celery (released runs, retries released from
+    the due index, lost runs sent again): the Celery adapter sends ``task-sent`` events for them.
+    """
 
     def __init__(
         self,
@@ -73,8 +84,10 @@ class BeatEngine:
         *,
         record_releases: bool = False,
         imports: BeatSchedule | None = None,
+        handed: Handed = _nothing,
     ) -> None:
         self.store = store
+        self.handed = handed
         # A Celery app's beat_schedule, synced each time this beat takes the lead (before it
         # decides anything), under that leadership's fencing token.
         self.imports = imports
@@ -89,7 +102,7 @@ class BeatEngine:
         self._briefs: OrderedDict[str, tuple[str, JobBrief]] = OrderedDict()
         self._brief_bytes = 0
         self._prepared: list[Claim] = []  # decided ahead for the next due time (see _prepare)
-        self.lost = LostRuns(store, settings, messages)
+        self.lost = LostRuns(store, settings, messages, handed)
         self.sweeper = Sweeper(store)
 
     # -- leadership -------------------------------------------------------------------------
@@ -173,6 +186,8 @@ class BeatEngine:
             report.set_aside += aside
             for c in aside:
                 log.error("set aside %s: %s", c.entry.member, c.reason)
+        # a buffer_one slot claimed but held back (buffered) is reported too: it is on its way
+        self.handed([c.message for c in claimed if c.message is not None])
         report.released += len(claimed)
         report.lateness_ms += [max(now_ms - c.entry.due_ms, 0) for c in claimed]
         if self.record_releases:

@@ -13,6 +13,7 @@ even though its message is still held: that worker will never finish or acknowle
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 from ductape_jobs.records import Dispatch, InFlight, Message, Messages, Unreadable
 from ductape_jobs.settings import Settings
@@ -27,9 +28,16 @@ LOST_AFTER_MAX_MS = 60_000  # never wait longer than this to look at a run that 
 class LostRuns:
     """Finds in-flight runs whose message is gone and sends them again."""
 
-    def __init__(self, store: Store, settings: Settings, messages: Messages) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        messages: Messages,
+        handed: Callable[[Sequence[Message]], None] = lambda _: None,
+    ) -> None:
         self.store = store
         self.messages = messages
+        self.handed = handed  # told of each message sent again (beat: task-sent events)
         self.batch = settings.beat_batch
         # A worker holds a message it runs in kombu's unacked hash for up to the visibility
         # timeout; a run unmoved for that long (or a minute) is worth a look.
@@ -70,11 +78,13 @@ class LostRuns:
         held = self.store.held_run_ids() if suspects else set()
         waiting += [run.run_id for run, _ in suspects if run.run_id in held and not lapsed(run, now_ms)]
         self.store.touch_runs(waiting, now_ms)
-        sent = [
-            run.run_id
+        resent = [
+            (run.run_id, message)
             for run, message in suspects
             if (run.run_id not in held or lapsed(run, now_ms)) and self.store.resend(run, message, now_ms)
         ]
+        self.handed([message for _, message in resent])
+        sent = [run_id for run_id, _ in resent]
         if sent:
             log.warning("sent %d run(s) again whose message was lost: %s", len(sent), ", ".join(sent[:5]))
         return len(sent)

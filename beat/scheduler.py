@@ -19,6 +19,7 @@ from beat.imported import beat_schedule
 from beat.metrics import BeatMetrics
 from ductape_jobs.clock import now_ms
 from ductape_jobs.connection import connect
+from ductape_jobs.events import SentEvents
 from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Retention, Store
@@ -37,6 +38,10 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
         self.store = Store(connect(self.settings), keys, retention)
         self.watch = RedisWatch(self.store)  # eviction policy, memory headroom, vanished records
         instance = f"{socket.gethostname()}:{os.getpid()}"
+        # task-sent for what beat pushes: with the app's task_send_sent_event (``celery -A proj
+        # beat``: the project's setting) or DUCTAPE_TASK_EVENTS
+        events_on = bool(app.conf.task_send_sent_event) or self.settings.task_events
+        self.sent = SentEvents(app, enabled=events_on)
         self.engine = BeatEngine(
             self.store,
             self.settings,
@@ -45,6 +50,7 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
             record_releases=self.settings.metrics_port is not None,
             # app.conf.beat_schedule's entries, synced whenever this beat takes the lead
             imports=beat_schedule(app, self.settings),
+            handed=self.sent,
         )
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -103,6 +109,7 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
         # Best effort: if Redis is unreachable the lock lapses on its TTL and a standby takes over.
         with contextlib.suppress(Exception):
             self.engine.step_down()
+        self.sent.close()
         super().close()
 
     @property

@@ -18,7 +18,7 @@ from ductape_jobs.connection import connect_async
 from ductape_jobs.flows import ClientCore, JobFilter, Request, RunIds, Runs, SetAsides, Times
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobRequest, RunRecord, ScheduleHandle
-from ductape_jobs.records import JobList
+from ductape_jobs.records import JobList, Message
 
 
 class AsyncDuctape(ClientCore):
@@ -32,10 +32,22 @@ class AsyncDuctape(ClientCore):
         self.redis = connect_async(self.settings)
         self.store = AsyncStore(self.redis, Keys(self.settings.key_prefix))
         self.job = AsyncJobClient(self)
+        self._sending: set[asyncio.Future[None]] = set()
+
+    def handed(self, messages: Sequence[Message]) -> None:
+        """``task-sent`` events, when on, are published by kombu, which blocks: on a thread, so
+        the event loop never waits for them (``aclose()`` does)."""
+        if not self.sent.enabled or not messages:
+            return
+        sending = asyncio.get_running_loop().run_in_executor(None, self.sent, messages)
+        self._sending.add(sending)
+        sending.add_done_callback(self._sending.discard)
 
     async def aclose(self) -> None:
-        """Release connections."""
+        """Release connections (once the task-sent events under way are out)."""
+        await asyncio.gather(*self._sending)
         await self.redis.aclose()
+        self.sent.close()
         self.celery.close()
 
     async def __aenter__(self) -> AsyncDuctape:

@@ -52,6 +52,9 @@ def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
         # Task events cost about as much as the run itself on a no-op; Flower turns them on
         # (enable_events) while it watches, and DUCTAPE_TASK_EVENTS=true keeps them on.
         worker_send_task_events=settings.task_events,
+        # The same switch for task-sent: Celery's own retries send it, and our producers and
+        # beat send it for the runs they push (events.SentEvents reads this setting).
+        task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         beat_scheduler="beat:RedisScheduler",
         timezone="UTC",

@@ -35,6 +35,7 @@ class Ductape(ClientCore):
     def close(self) -> None:
         """Release connections."""
         self.redis.close()
+        self.sent.close()
         self.celery.close()
 
     def __enter__(self) -> Ductape:

@@ -9,7 +9,7 @@ client drives these flows with ``Store.run`` and the async one with ``await Asyn
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict, cast
@@ -24,6 +24,7 @@ from ductape_jobs.errors import (
     RecordUnreadableError,
     UnknownEventError,
 )
+from ductape_jobs.events import SentEvents
 from ductape_jobs.jitter import Spread
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import (
@@ -38,7 +39,17 @@ from ductape_jobs.models import (
 )
 from ductape_jobs.ops import Flow
 from ductape_jobs.planning import _iso, handle_of, plan_job
-from ductape_jobs.records import Answer, JobList, NewJob, RunAction, SetAside, StateAction, Unreadable
+from ductape_jobs.records import (
+    Answer,
+    JobList,
+    Message,
+    NewJob,
+    RunAction,
+    SetAside,
+    StateAction,
+    Unreadable,
+)
+from ductape_jobs.rows import CreateJobsRow
 from ductape_jobs.scripts import BACKFILL_MAX_SLOTS
 from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions, session_types_from_config
@@ -74,7 +85,8 @@ class Revoke:
 
 
 class ClientCore:
-    """Settings, sessions and the message builder: what both clients hold besides Redis."""
+    """Settings, sessions, the message builder and the task-sent events: what both clients hold
+    besides Redis."""
 
     def __init__(
         self,
@@ -92,12 +104,17 @@ class ClientCore:
         self.vault = Vault(self.sessions)
         self.celery = create_app(settings, name="ductape_jobs.producer")
         self.messages = MessageBuilder(self.celery, settings)
+        self.sent = SentEvents(self.celery)
         self.flows = JobFlows(self)
         self._open()
 
     def _open(self) -> None:
         """Connect to Redis and build ``job``: each client does it its own way."""
         raise NotImplementedError
+
+    def handed(self, messages: Sequence[Message]) -> None:
+        """Runs just handed to Celery: Celery's ``task-sent`` for each, when events are on."""
+        self.sent(messages)
 
     def revoke(self, revoke: Revoke) -> None:
         """Send Celery's revoke for cancelled runs (a broadcast to every worker over the broker):
@@ -119,6 +136,8 @@ class JobFlows:
         self._sessions = core.sessions
         self._vault = core.vault
         self._messages = core.messages
+        self._handed = core.handed
+        self._report = core.sent.enabled  # collect what is handed over only for someone to tell
         self._known_events: set[tuple[str, str]] = set()
 
     # -- scheduling -------------------------------------------------------------------------
@@ -138,11 +157,20 @@ class JobFlows:
         """
         now = now_ms()
         planned = yield from self._plan_all(requests, now)
-        rows = (
-            item.row(now, self._messages) if isinstance(item, Twin) else ops.create_row(self._keys, item)
-            for item in planned
-        )
-        twins = dict((yield from ops.create_rows(self._keys, rows, now)))
+        messages: dict[int, Message] = {}  # by request: the run it hands to Celery (events on)
+
+        def rows() -> Iterator[CreateJobsRow]:
+            for at, item in enumerate(planned):
+                if isinstance(item, Twin):
+                    row = item.row(now, self._messages)
+                else:
+                    row = ops.create_row(self._keys, item)
+                if self._report and row.message:
+                    messages[at] = Message(row.queue_key, row.message)
+                yield row
+
+        twins = dict((yield from ops.create_rows(self._keys, rows(), now)))
+        self._handed([message for at, message in messages.items() if at not in twins])
         handles = []
         for at, item in enumerate(planned):
             if at in twins:
@@ -381,6 +409,8 @@ class JobFlows:
         kept = self._settings.runs_kept
         verdict, status, added = yield from ops.backfill(self._keys, job_id, messages, now, runs_kept=kept)
         self._refused(verdict, status, job_id, "backfill")
+        pushed = set(added)
+        self._handed([message for run_id, _, message in messages if run_id in pushed])
         return added
 
     def _add_run(self, action: RunAction, job_id: str, run_id: str, now: int, what: str) -> Flow[str]:
@@ -390,6 +420,7 @@ class JobFlows:
         kept = self._settings.runs_kept
         got = yield from ops.add_run(self._keys, action, job_id, run_id, now, message, runs_kept=kept)
         self._refused(*got, what, action)
+        self._handed([message])
         return run_id
 
     def _change(

@@ -21,7 +21,7 @@ from kombu import serialization
 
 from ductape_jobs.brief import JobBrief, argsrepr
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import CeleryCall, JobSpec, hard_limit_s, ms_to_datetime, task_name
+from ductape_jobs.models import CeleryCall, JobSpec, hard_limit_s, job_id_of, ms_to_datetime, task_name
 from ductape_jobs.records import Message
 from ductape_jobs.settings import Settings
 
@@ -31,9 +31,9 @@ class MessageBuilder:
 
     Celery's headers and properties for a (task, queue) pair are made once by Celery itself and
     serialized once into a template with holes; each message fills in what differs: the run id,
-    the ETA, the argsrepr, the time limits and a fresh delivery tag. That keeps building off the
-    hot paths of ``schedule_many()`` and beat (a few microseconds a message, no per-message
-    ``json.dumps``).
+    the ETA, the argsrepr, the kwargsrepr (naming the job, which Flower shows), the time limits
+    and a fresh delivery tag. That keeps building off the hot paths of ``schedule_many()`` and
+    beat (a few microseconds a message, no per-message ``json.dumps``).
     """
 
     def __init__(self, app: Celery, settings: Settings) -> None:
@@ -83,6 +83,8 @@ class MessageBuilder:
             "id": quoted_id,
             "eta": "null" if nominal_ms <= now_ms else _quote(_iso(nominal_ms)),
             "argsrepr": _quote(shown),
+            # What Flower shows as the run's keyword arguments: its job (the body has none).
+            "kwargsrepr": _quote(repr({"job_id": job_id_of(run_id)})),
             "tag": '"' + os.urandom(16).hex() + '"',  # unique across processes and forks
             # Celery's per-message (hard, soft) limits: the worker kills the run's process at the
             # hard one; the soft one (the job's timeout) is applied by the runner itself.
@@ -101,6 +103,7 @@ class MessageBuilder:
             root_id=_HOLE % "id",
             eta=_HOLE % "eta",
             argsrepr=_HOLE % "argsrepr",
+            kwargsrepr=_HOLE % "kwargsrepr",
             timelimit=_HOLE % "timelimit",
         )
         props = dict(properties)

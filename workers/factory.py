@@ -82,7 +82,10 @@ def _register_task(app: Celery, runner: Runner, entry: Handler, request_class: t
     def run(self: Task, run_id: str) -> Any:
         outcome = runner.execute(run_id)
         if outcome.kind in ("retry", "busy") and outcome.retry_in_s is not None:
-            raise self.retry(countdown=outcome.retry_in_s, max_retries=None)
+            # The retry's message shows what the first one did (the masked input, the job),
+            # not Celery's repr of its arguments (the run id).
+            shown = {k: getattr(self.request, k, None) for k in ("argsrepr", "kwargsrepr")}
+            raise self.retry(countdown=outcome.retry_in_s, max_retries=None, **shown)
         if outcome.kind == "cancelled":
             # Stopped by its handler after a cancel: Flower shows it revoked (a terminated run's
             # revoke is announced by Celery itself).

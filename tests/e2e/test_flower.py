@@ -1,6 +1,7 @@
 """Flower end to end: a real worker and Flower, the tasks page rendered by headless Chromium.
 
-Checks that runs show up under their event names, that session-derived arguments are masked,
+Checks that runs show up under their event names, and as soon as they are sent (task-sent, from
+the producer and from beat) before any worker takes them, that session-derived arguments are masked,
 that no secret reaches any page or API reply, and that Flower refuses requests without
 credentials. The screenshot and DOM are kept under tests/output/flower/. Flower started as the
 README says (``celery -A workers flower``, what `make flower` and compose run) refuses to start
@@ -13,12 +14,15 @@ import json
 import os
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ductape_jobs import Ductape, JobStatus
+from ductape_jobs import Ductape, JobStatus, Settings
+from ductape_jobs.celery_app import create_app
+from ductape_jobs.clock import now_ms
 from tests.support import (
     ROOT,
     Processes,
@@ -179,6 +183,79 @@ def test_flower_shows_runs_by_event_with_secrets_masked(
     for path in ("/", "/tasks", "/api/tasks", "/tasks/datatable", f"/task/{sealed_run}", "/workers"):
         assert get(port, path, auth=None)[0] == 401, path
     assert get(port, "/api/tasks", auth=(USER, "wrong"))[0] == 401
+
+
+def test_flower_shows_runs_when_sent_before_any_worker_takes_them(
+    procs: Processes, settings: Settings, env_prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    procs.flower(port, f"{USER}:{PASSWORD}")
+    # Flower's event receiver subscribes after it listens: send a probe event until Flower shows
+    # it, so no event below goes out before it hears them.
+    app = create_app(settings)
+    with app.connection_for_write() as conn:
+        probe = app.events.Dispatcher(conn)
+
+        def heard() -> bool:
+            probe.send("task-sent", uuid=f"probe-{env_prefix}", name="probe")
+            return f"probe-{env_prefix}" in api_tasks(port)
+
+        wait_for(heard, 60, "Flower to hear events")
+        probe.close()
+    app.close()
+    procs.beat("-S", "beat.RedisScheduler", DUCTAPE_TASK_EVENTS="true")
+
+    # The producer sends what falls due within its horizon (5 s here) with an ETA; beat sends a
+    # run due later at its time. No worker runs yet.
+    events_on = settings.model_copy(update={"task_events": True, "horizon_ms": 5_000})
+    with Ductape(settings=events_on) as ductape:
+        by_beat = ductape.job.schedule(
+            env="dev", product_tag="tests", event="echo", start_at=now_ms() + 12_000, input={"via": "beat"}
+        )
+        eta_at = now_ms() + 4_000
+        by_producer = ductape.job.schedule(
+            env="dev", product_tag="tests", event="echo", start_at=eta_at, input={"via": "producer"}
+        )
+        assert ductape.job.get(by_beat.job_id).status == JobStatus.SCHEDULED  # in the due index
+        runs = {
+            by_producer.job_id: ductape.job.get(by_producer.job_id).last_run_id or "",
+            by_beat.job_id: wait_for(
+                lambda: ductape.job.get(by_beat.job_id).last_run_id, 60, "beat to release its run"
+            ),
+        }
+
+        def states() -> dict[str, str]:
+            tasks = api_tasks(port)
+            return {job_id: tasks.get(run, {}).get("state", "") for job_id, run in runs.items()}
+
+        wait_for(lambda: set(states().values()) == {"PENDING"}, 60, "Flower to show both runs as sent")
+        tasks = api_tasks(port)
+        for job_id, run in runs.items():
+            assert tasks[run]["name"] == "tests.echo" and tasks[run]["sent"] and not tasks[run]["received"]
+            assert tasks[run]["kwargs"] == repr({"job_id": job_id})
+        assert tasks[runs[by_producer.job_id]]["eta"].startswith(ms_iso_second(eta_at))
+        assert tasks[runs[by_beat.job_id]]["eta"] is None  # released at its time
+        OUTPUT.mkdir(parents=True, exist_ok=True)
+        page = chromium(port, f"/task/{runs[by_producer.job_id]}", tmp_path / "profile", "--dump-dom")
+        (OUTPUT / "task-sent.html").write_text(page)
+        assert "PENDING" in page and by_producer.job_id in page and ">ETA<" in page and ">Sent<" in page
+        listed = chromium(port, "/tasks", tmp_path / "profile", "--dump-dom")
+        assert all(run in listed and job_id in listed for job_id, run in runs.items())  # kwargs column
+        chromium(port, "/tasks", tmp_path / "profile", f"--screenshot={OUTPUT / 'tasks-sent.png'}")
+
+        # Then a worker takes them: the same tasks turn SUCCESS, still naming their jobs.
+        procs.worker(DUCTAPE_TASK_EVENTS="true")
+        for job_id in runs:
+            wait_for(lambda j=job_id: ductape.job.get(j).status == JobStatus.COMPLETED, 60, "the runs")
+    wait_for(lambda: set(states().values()) == {"SUCCESS"}, 60, "Flower to show both runs succeeded")
+    page = chromium(port, f"/task/{runs[by_beat.job_id]}", tmp_path / "profile", "--dump-dom")
+    (OUTPUT / "task-succeeded.html").write_text(page)
+    assert "SUCCESS" in page and by_beat.job_id in page and ">Sent<" in page and ">Received<" in page
+
+
+def ms_iso_second(value_ms: int) -> str:
+    """An instant as Celery writes an ETA, to the second (``2026-12-01T12:00:04``)."""
+    return datetime.fromtimestamp(value_ms // 1000, tz=UTC).isoformat()[:19]
 
 
 def test_flower_refuses_to_start_without_credentials(procs: Processes) -> None:

@@ -3,9 +3,10 @@
 A handler raises exceptions built from session values in every form we know (str, repr, repr of
 a repr, JSON with and without escapes, upper case, a dict as the exception's argument, pydantic's
 shortened ``input_value``, chained exceptions, texts long enough to be cut) and returns them as a
-result. Then every key in Redis (the broker's included), the worker's log, the Celery events and
-the CLI's output are read for each value: whole, in every escape and case, and for any piece of
-8 characters or more (what a cut or an ellipsis leaves), base64-decoded where kombu encodes.
+result. Then every key in Redis (the broker's included), the worker's log, the Celery events (the
+producer's task-sent ones included) and the CLI's output are read for each value: whole, in every
+escape and case, and for any piece of 8 characters or more (what a cut or an ellipsis leaves),
+base64-decoded where kombu encodes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ductape_jobs import Ductape, JobStatus, Settings
 from tests.e2e.test_cli import run_cli
 from tests.e2e.test_sessions_e2e import EventTap, _decodings, every_key, finished
 from tests.handlers import Card
-from tests.support import Processes
+from tests.support import Processes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -123,9 +124,11 @@ def test_no_session_value_reaches_redis_logs_events_or_the_cli(
     assert needles.found("control", json.dumps({"pin": values["pin"]}).encode())
     assert not needles.found("control", b"nothing here 2026-12-01 08:45:43,123: INFO")
 
-    with EventTap(settings) as tap:
+    # The producer sends task-sent events (DUCTAPE_TASK_EVENTS), so they are scanned too.
+    sender = Ductape(settings=settings.model_copy(update={"task_events": True}))
+    with EventTap(settings) as tap, sender:
         handles = {
-            how: ductape.job.schedule(
+            how: sender.job.schedule(
                 env="dev", product_tag="tests", event="leak", input={"v": "$Session{v}", "how": how},
                 session=session, retries=1 if how in RETRIED else 0,
             )
@@ -135,7 +138,21 @@ def test_no_session_value_reaches_redis_logs_events_or_the_cli(
         jobs["return"] = finished(ductape, handles["return"].job_id, JobStatus.COMPLETED, 90)
         for how, job in jobs.items():
             kinds = ("task-succeeded",) if how == "return" else ("task-failed",)
-            tap.wait(job.last_run_id or "", *kinds, *(("task-retried",) if how in RETRIED else ()))
+            run_id = job.last_run_id or ""
+            tap.wait(run_id, "task-sent", *kinds, *(("task-retried",) if how in RETRIED else ()))
+            # Sent by the producer, and again by Celery's retry: each shows the masked input and the job.
+            sent = wait_for(
+                lambda r=run_id, n=2 if how in RETRIED else 1: (
+                    len(s := [e for e in list(tap.events) if e["type"] == "task-sent" and e["uuid"] == r])
+                    >= n
+                    and s
+                ),
+                30,
+                f"task-sent events of {run_id}",
+            )
+            assert {(e["args"], e["kwargs"]) for e in sent} == {
+                (repr({"v": "***", "how": how}), repr({"job_id": job.job_id}))
+            }
         assert tap.error is None
 
     # The runs did happen, with the real values, and their errors were masked, not dropped.

@@ -9,6 +9,7 @@ from celery import Celery
 from kombu.serialization import dumps
 
 from ductape_jobs.celery_app import create_app
+from ductape_jobs.events import sent_fields
 from ductape_jobs.models import CeleryCall, JobSpec, ms_to_datetime
 from ductape_jobs.settings import Settings
 from ductape_jobs.wire import MessageBuilder
@@ -20,7 +21,8 @@ SPEC = JobSpec(env="prd", product_tag="billing", event="process_payment", retrie
 def celery_message(app, run_id: str, eta_ms: int | None, argsrepr: str, time_limit: int | None = None):
     headers, properties, body, _ = app.amqp.create_task_message(
         run_id, "billing.process_payment", [run_id], {}, eta=ms_to_datetime(eta_ms), argsrepr=argsrepr,
-        kwargsrepr="{}", origin="ductape-jobs", ignore_result=True, create_sent_event=False,
+        kwargsrepr=repr({"job_id": run_id.rsplit(":", 1)[0]}), origin="ductape-jobs", ignore_result=True,
+        create_sent_event=False,
         time_limit=time_limit,
     )  # fmt: skip
     return headers, properties, dumps(body, serializer="json")[2]
@@ -108,3 +110,23 @@ def test_an_imported_entrys_message_is_what_send_task_publishes() -> None:
     assert {k: ours["headers"][k] for k in same} == {k: theirs.headers[k] for k in same}
     assert ours["headers"]["expires"] == ms_to_datetime(now_ms + 30_000).isoformat()  # type: ignore[union-attr]
     assert (ours["properties"]["priority"], ours["content-type"]) == (6, theirs.content_type)
+
+
+def test_a_messages_task_sent_fields_are_those_celery_sends_for_it() -> None:
+    # Celery's send_task_message sends create_task_message's sent_event plus queue, exchange
+    # and routing key; ours are read back from the message we push (events.SentEvents).
+    settings = Settings(key_prefix="w")
+    app = create_app(settings)
+    builder = MessageBuilder(app, settings)
+    queue = app.amqp.queues["w.prd"]
+    for nominal_ms, now_ms in ((1_000, 5_000), (9_000, 5_000)):
+        run_id = f"job1:{nominal_ms}"
+        message = builder.build(run_id, SPEC, nominal_ms, now_ms)
+        celery_event = app.amqp.create_task_message(
+            run_id, "billing.process_payment", [run_id], {},
+            eta=ms_to_datetime(nominal_ms if nominal_ms > now_ms else None), argsrepr=repr(SPEC.input),
+            kwargsrepr="{'job_id': 'job1'}", create_sent_event=True,
+        ).sent_event  # fmt: skip
+        celery_event.update(queue="w.prd", exchange=queue.exchange.name, routing_key=queue.routing_key)
+        assert sent_fields(message, {"w.prd": queue.exchange.name}) == celery_event
+        assert celery_event["kwargs"] == "{'job_id': 'job1'}"  # Flower's task page names the job
