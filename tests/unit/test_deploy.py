@@ -157,6 +157,16 @@ def test_readme_shows_the_install_recipe() -> None:
         assert re.search(rf"^{re.escape(line)}(\s+#.*)?$", readme, re.M), line
 
 
+@pytest.mark.parametrize(
+    "path", ["examples/fastapi_app.py", "examples/django_app/apps.py", "examples/django_app/views.py"]
+)
+def test_readme_shows_the_web_examples_as_they_are(path: str) -> None:
+    # The README's integration section shows each file whole, under a comment naming it, so what
+    # a reader copies is what tests/e2e/test_web_examples.py runs.
+    readme = (ROOT / "README.md").read_text()
+    assert f"```python\n# {path}\n{(ROOT / path).read_text()}```\n" in readme
+
+
 def test_make_worker_starts_the_worker_again_until_it_exits_cleanly(tmp_path: Path) -> None:
     # The recipe itself, with a stand-in for celery that fails twice, then exits 0 (a clean stop).
     count = tmp_path / "count"

@@ -47,11 +47,13 @@ PURE = {
 }
 CELERY = ("celery", "kombu", "billiard")
 REDIS = ("redis", "hiredis")
-# Where Celery may be imported: the message builder, the app factory, Flower's guard, kombu's
-# transport fix, and the thin adapters (the workers app, beat's scheduler and its beat_schedule reader).
+# Where Celery may be imported: the message builder, the app factory, the task-sent events,
+# Flower's guard, kombu's transport fix, and the thin adapters (the workers app, beat's scheduler
+# and its beat_schedule reader).
 CELERY_USERS = {
     "ductape_jobs.wire",
     "ductape_jobs.celery_app",
+    "ductape_jobs.events",
     "ductape_jobs.flower_guard",
     "ductape_jobs.transport",
     "workers.factory",
