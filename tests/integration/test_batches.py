@@ -75,10 +75,11 @@ def test_a_batch_writes_what_one_by_one_scheduling_writes(ductape: Ductape, sett
         assert env_b["headers"]["id"] == env_b["headers"]["root_id"] == run_b
         assert env_b["properties"]["correlation_id"] == run_b
         assert env_b["headers"]["argsrepr"] == env_a["headers"]["argsrepr"] == repr(inputs[i])
+        assert env_b["headers"]["kwargsrepr"] == repr({"job_id": b.job_id})  # Flower names the job
         assert json.loads(base64.b64decode(env_b["body"]))[0] == [run_b]
         assert env_a["properties"]["delivery_tag"] != env_b["properties"]["delivery_tag"]
         for part in ("headers", "properties"):
-            varying = {"id", "root_id", "correlation_id", "delivery_tag"}
+            varying = {"id", "root_id", "correlation_id", "delivery_tag", "kwargsrepr"}
             assert {k: v for k, v in env_a[part].items() if k not in varying} == {
                 k: v for k, v in env_b[part].items() if k not in varying
             }
