@@ -1,7 +1,7 @@
 """Celery's task-sent events for every run we hand over, over real Redis, heard by a real event
 receiver (what Flower and ``celery events`` run): from both clients (due now, within the horizon
-with its ETA, triggered, redriven, backfilled, a batch) and from beat's engine (a released run, a
-retry released from the due index), and none at all while events are off."""
+with its ETA, triggered, backfilled, a batch) and from beat (a released run, a retry
+released from the due index, a lost run sent again), and none at all while events are off."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from beat.engine import BeatEngine
+from beat.lost import LostRuns
 from ductape_jobs import AsyncDuctape, Ductape, JobStatus
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.clock import now_ms
@@ -113,6 +114,23 @@ def test_beat_sends_task_sent_for_released_runs_and_retries(
         wait_for(lambda: len(sent_all(tap, run_id)) == 2, 30, "the retry's task-sent")
     handed.close()
     store.redis.close()
+    app.close()
+
+
+def test_beat_sends_task_sent_for_a_lost_run_it_sends_again(
+    on: Settings, settings: Settings, tap: EventTap
+) -> None:
+    app = create_app(on)
+    handed = SentEvents(app)
+    with Ductape(settings=settings) as ductape:  # events off here: only beat's sweep sends
+        lost = LostRuns(ductape.store, on, MessageBuilder(app, on), handed)
+        handle = ductape.job.schedule(**echo())
+        run_id = ductape.job.get(handle.job_id).last_run_id or ""
+        # Popped by a worker that died before kombu recorded it as unacknowledged: gone.
+        assert ductape.store.redis.rpop(ductape.store.keys.broker_prefix + on.queue_for("dev"))
+        assert lost.sweep(now_ms() + lost.after_ms + 1) == 1
+    assert sent(tap, run_id)["kwargs"] == repr({"job_id": handle.job_id})
+    handed.close()
     app.close()
 
 
