@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -65,9 +65,9 @@ class SentEvents:
         self._lock = threading.Lock()  # one kombu channel: one publisher at a time
         self._exchanges = {name: queue.exchange.name for name, queue in app.amqp.queues.items()}
 
-    def __call__(self, messages: Iterable[Message]) -> None:
+    def __call__(self, messages: Sequence[Message]) -> None:
         """Send ``task-sent`` for each message just handed to Celery."""
-        if not self.enabled:
+        if not self.enabled or not messages:
             return
         try:
             with self._lock:
