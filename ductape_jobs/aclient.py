@@ -101,6 +101,10 @@ class AsyncJobClient:
         """Awaitable ``JobClient.upcoming``: the next n run times."""
         return await self._run(self._flows.upcoming(job_id, n))
 
+    async def update(self, job_id: str, /, **fields: Any) -> JobRecord:
+        """Awaitable ``JobClient.update``: change a live job in place, same job id, runs kept."""
+        return await self._run(self._flows.update(job_id, fields))
+
     async def cancel(self, job_id: str, *, terminate: bool = False) -> JobRecord:
         """Awaitable ``JobClient.cancel``: no further runs; running runs cancelled."""
         job, revoke = await self._run(self._flows.cancel(job_id, terminate))

@@ -90,6 +90,11 @@ class JobClient:
         """The next n run times (aware UTC datetimes), honouring limit, endDate and tz."""
         return self._run(self._flows.upcoming(job_id, n))
 
+    def update(self, job_id: str, /, **fields: Any) -> JobRecord:
+        """Change a live job in place (``repeat``, ``input``, ``retries``, ``timeout``, ``start_at``,
+        ``app``, ``cache``, ``session``): same job id, its runs kept, the next run from the new rule."""
+        return self._run(self._flows.update(job_id, fields))
+
     def cancel(self, job_id: str, *, terminate: bool = False) -> JobRecord:
         """Stop the job: no further runs; released runs that have not started are skipped; its
         running runs are cancelled (``terminate``: their worker processes are killed)."""

@@ -9,10 +9,10 @@ client drives these flows with ``Store.run`` and the async one with ``await Asyn
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypedDict, cast
+from typing import Any, TypedDict, TypeVar, cast
 
 from ductape_jobs import ops, timing
 from ductape_jobs.celery_app import create_app, revoke_runs
@@ -30,6 +30,7 @@ from ductape_jobs.keys import Keys
 from ductape_jobs.models import (
     JobRecord,
     JobRequest,
+    JobSpec,
     JobStatus,
     RunRecord,
     ScheduleHandle,
@@ -41,6 +42,7 @@ from ductape_jobs.ops import Flow
 from ductape_jobs.planning import _iso, handle_of, plan_job
 from ductape_jobs.records import (
     Answer,
+    Current,
     JobList,
     Message,
     NewJob,
@@ -55,14 +57,17 @@ from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions, session_types_from_config
 from ductape_jobs.settings import Settings
 from ductape_jobs.twins import Shapes, Twin, shape_key
+from ductape_jobs.updating import UPDATABLE, plan_update, request_of, settings_differ
 from ductape_jobs.wire import MessageBuilder
 
+T = TypeVar("T")
 Request = JobRequest | Mapping[str, Any]
 Jobs = list[JobRecord]
 Runs = list[RunRecord]
 Times = list[datetime]
 RunIds = list[str]
 SetAsides = list[SetAside]
+UPDATE_TRIES = 10  # reads and writes of one update racing beat's releases of the same job
 
 
 class JobFilter(TypedDict, total=False):
@@ -173,7 +178,9 @@ class JobFlows:
         self._handed([message for at, message in messages.items() if at not in twins])
         handles = []
         for at, item in enumerate(planned):
-            if at in twins:
+            if at in twins and isinstance(item, NewJob):
+                handles.append((yield from self._met(twins[at], item)))
+            elif at in twins:
                 handles.append((yield from self._existing_handle(twins[at])))
             else:
                 handles.append(item.handle() if isinstance(item, Twin) else handle_of(item))
@@ -229,29 +236,80 @@ class JobFlows:
         )
 
     def _existing_handle(self, job_id: str) -> Flow[ScheduleHandle]:
+        return _existing((yield from self.get(job_id)))
+
+    def _met(self, job_id: str, plan: NewJob) -> Flow[ScheduleHandle]:
+        """The handle for a request that met an existing job: the job of its idempotency key as
+        it is; the job of its key, or a fingerprint twin asking other settings, updated to it
+        (never a silent no-op: docs/design.md section 4)."""
         job = yield from self.get(job_id)
-        when = job.next_run_ms or job.created_ms
-        return ScheduleHandle(
-            job_id=job_id,
-            status=job.status,
-            scheduled_at=ms_to_datetime(when),
-            recurring=job.recurring,
-            next_run_at=job.next_run_at,
-            created=False,
+        spec = plan.spec
+        if spec.idempotency_key is None and (spec.key is not None or settings_differ(job.spec, spec)):
+            job, changed = yield from self._update(job_id, lambda _, __: (spec, True))
+            return _existing(job, updated=changed)
+        return _existing(job)
+
+    # -- updating ---------------------------------------------------------------------------
+
+    def update(self, job_id: str, fields: Mapping[str, Any]) -> Flow[JobRecord]:
+        """Change a live job in place: same job id, its runs kept, the next run from the new
+        rule; fields not given keep their values (``repeat`` replaces the whole rule)."""
+        fixed = sorted(set(fields) - UPDATABLE)
+        if fixed:
+            raise JobValidationError(
+                fixed[0],
+                f"cannot be changed by update() (it changes {', '.join(sorted(UPDATABLE))}); "
+                "cancel the job and schedule a new one",
+            )
+
+        def planned(current: Current, now: int) -> tuple[JobSpec, bool]:
+            req = JobRequest.parse({**request_of(current.job.spec), **fields})
+            return plan_job(req, self._settings, self._sessions, now, job_id).spec, "input" in fields
+
+        job, _ = yield from self._update(job_id, planned)
+        return job
+
+    def _update(
+        self, job_id: str, planned: Callable[[Current, int], tuple[JobSpec, bool]]
+    ) -> Flow[tuple[JobRecord, bool]]:
+        """Read, plan and write an update, again while beat releases a run of the job in between
+        (UPDATE_JOB refuses a write planned from a state that moved); the job, and whether it
+        changed (an update asking for what the job already is writes nothing). ``planned`` gives
+        the spec asked for (as ``plan_job`` makes it) and whether it brings its own input."""
+        retention = self._settings.job_retention_s
+        for _ in range(UPDATE_TRIES):
+            current = self._found(job_id, (yield from ops.current_job(self._keys, job_id)))
+            now = now_ms()
+            spec, input_given = planned(current, now)
+            update = plan_update(current, spec, now, input_given=input_given)
+            if update.spec == current.job.spec and update.next_run_ms == current.job.next_run_ms:
+                return self._opened(current.job), False
+            identity = ops.identity_key(self._keys, update.spec, current.identity)
+            got = yield from ops.update_job(
+                self._keys, current, update, identity, now, job_retention_s=retention
+            )
+            if got.answer == Answer.OK:
+                return (yield from self.get(job_id)), True
+            self._refused(*got, job_id, "update")
+        raise JobStateError(
+            f"job {job_id} changed {UPDATE_TRIES} times while it was being updated; try again"
         )
 
     # -- reading ----------------------------------------------------------------------------
 
     def get(self, job_id: str) -> Flow[JobRecord]:
         """The job's record; JobNotFoundError when there is none."""
-        job = yield from ops.get_job(self._keys, job_id)
-        if job is None:
+        return self._opened(self._found(job_id, (yield from ops.get_job(self._keys, job_id))))
+
+    def _found(self, job_id: str, got: T | Unreadable | None) -> T:
+        """What was read of a job, or the error for a job that is missing or can't be read."""
+        if got is None:
             raise JobNotFoundError(f"no job {job_id!r} under key prefix {self._settings.key_prefix!r}")
-        if isinstance(job, Unreadable):
+        if isinstance(got, Unreadable):
             raise RecordUnreadableError(
-                f"job {job_id}: {job.reason}; cancel it (ductape-jobs cancel {job_id}) and schedule it again"
+                f"job {job_id}: {got.reason}; cancel it (ductape-jobs cancel {job_id}) and schedule it again"
             )
-        return self._opened(job)
+        return got
 
     def list(
         self,
@@ -480,6 +538,18 @@ def _check_range(
 
 def _at(value_ms: int) -> datetime:
     return cast(datetime, ms_to_datetime(value_ms))
+
+
+def _existing(job: JobRecord, *, updated: bool = False) -> ScheduleHandle:
+    return ScheduleHandle(
+        job_id=job.job_id,
+        status=job.status,
+        scheduled_at=ms_to_datetime(job.next_run_ms or job.created_ms),
+        recurring=job.recurring,
+        next_run_at=job.next_run_at,
+        created=False,
+        updated=updated,
+    )
 
 
 def new_job_id() -> str:

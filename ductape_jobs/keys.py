@@ -18,7 +18,7 @@ class Keys:
     prefix: str = "ductape"
 
     def job(self, job_id: str) -> str:
-        """HASH: a job's spec (JSON, immutable) and its mutable state fields."""
+        """HASH: a job's spec (JSON, changed only by UPDATE_JOB) and its state fields."""
         return f"{self.prefix}:job:{job_id}"
 
     def run(self, run_id: str) -> str:
@@ -32,6 +32,15 @@ class Keys:
     def fingerprint(self, digest: str) -> str:
         """STRING: job id of the live recurring job with this fingerprint."""
         return f"{self.prefix}:fp:{digest}"
+
+    def key_index(self, key: str) -> str:
+        """STRING: job id of the live job scheduled with this ``key`` (removed when it retires)."""
+        return f"{self.prefix}:key:{key}"
+
+    def idempotency(self, key: str) -> str:
+        """STRING: job id of the one-off scheduled with this ``idempotency_key``; expires with the
+        idempotency window (or goes with its job)."""
+        return f"{self.prefix}:idem:{key}"
 
     @property
     def jobs(self) -> str:

@@ -37,6 +37,11 @@ from ductape_jobs.errors import JobValidationError, SessionError, shown
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 SLUG_FIX = "use letters, digits, '_', '.' or '-', starting with a letter or digit, at most 128 characters"
+# A caller-chosen ``key`` or ``idempotency_key``: part of a Redis key name, so bounded and plain.
+KEY = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$"
+KEY_FIX = (
+    "use letters, digits, '_', '.', ':', '/' or '-', starting with a letter or digit, at most 200 characters"
+)
 # Upper bounds of the numeric fields, so that no number is too large to store, read back or show
 # (CPython cannot even print an int past 4,300 digits): repeat.every, limit and catchup_ms hold
 # in a signed 64-bit integer; start_at and endDate end at the year 9999 (timing.MAX_MS).
@@ -211,6 +216,11 @@ class JobRequest(_Frozen):
     cache: str | None = Field(default=None, pattern=SLUG, strict=True)
     session: SessionRef | None = None
     repeat: Repeat | None = None
+    # The job's own name: scheduling the same key again updates that job in place (docs/design.md
+    # section 4, "Keys and updates").
+    key: str | None = Field(default=None, pattern=KEY, strict=True)
+    # A one-off's retry token: the same key within DUCTAPE_IDEMPOTENCY_WINDOW_S gets the same job.
+    idempotency_key: str | None = Field(default=None, pattern=KEY, strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -248,6 +258,22 @@ class JobRequest(_Frozen):
     @classmethod
     def _drop_empty(cls, value: Repeat | None) -> Repeat | None:
         return None if value is None or value.is_empty else value
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> JobRequest:
+        if self.idempotency_key is not None and self.key is not None:
+            raise JobValidationError(
+                "idempotency_key",
+                "give key or idempotency_key, not both: scheduling the same key again already "
+                "returns (and updates) the same job",
+            )
+        if self.idempotency_key is not None and self.repeat is not None:
+            raise JobValidationError(
+                "idempotency_key",
+                "is for one-off jobs; name a repeating job with key= instead "
+                "(the same key again updates it in place)",
+            )
+        return self
 
     @property
     def start_ms(self) -> int:
@@ -294,6 +320,8 @@ def validation_error(exc: ValidationError, data: Any) -> JobValidationError:
         message = _unknown_field_message(loc)
     elif first["type"] == "missing":
         message = "is required"
+    elif first["type"] == "string_pattern_mismatch" and loc[-1] in ("key", "idempotency_key"):
+        message = f"{shown(first.get('input'))} is not a valid key; {KEY_FIX}"
     elif first["type"] == "string_pattern_mismatch":
         message = f"{shown(first.get('input'))} is not a valid tag; {SLUG_FIX}"
     elif first["type"] != "value_error":
@@ -329,7 +357,7 @@ class CeleryCall(_Frozen):
 
 
 class JobSpec(_Frozen):
-    """The immutable part of a stored job: what to run, where, how often."""
+    """What to run, where, how often: a stored job's request part (changed only by an update)."""
 
     env: str
     product_tag: str
@@ -349,6 +377,8 @@ class JobSpec(_Frozen):
     input_digest: str | None = None
     created_ms: int
     celery: CeleryCall | None = None  # an imported beat_schedule entry's own task (else our handler)
+    key: str | None = None  # JobRequest.key: the job's key index entry names it (keys.key_index)
+    idempotency_key: str | None = None
 
     def timing_rule(self) -> timing.Rule | None:
         """The repeat rule, or None for a one-off job."""
@@ -379,6 +409,7 @@ class JobRecord(_Frozen):
     created_ms: int
     updated_ms: int
     skipped_slots: int = 0  # slots repeat.overlap skipped (not counted toward limit)
+    version: int = 0  # bumped by every update (UPDATE_JOB); beat's claim checks it
 
     @property
     def next_run_at(self) -> datetime | None:
@@ -413,6 +444,7 @@ class ScheduleHandle(_Frozen):
     recurring: bool
     next_run_at: datetime | None
     created: bool = True
+    updated: bool = False  # an existing job (its key's, or a twin asking other settings) was changed
 
 
 def hard_limit_s(timeout_s: int) -> int:

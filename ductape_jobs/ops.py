@@ -20,15 +20,17 @@ from ductape_jobs import scripts
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobRecord, RunRecord
+from ductape_jobs.models import JobRecord, JobSpec, RunRecord
 from ductape_jobs.records import (
     Answer,
+    Current,
     Message,
     NewJob,
     RunAction,
     SetAside,
     StateAction,
     Unreadable,
+    Update,
     WorkerEntry,
     opt,
     read_job,
@@ -44,6 +46,7 @@ from ductape_jobs.rows import (
     CreateJobsHead,
     CreateJobsRow,
     TwinFound,
+    UpdateJobArgs,
 )
 
 T = TypeVar("T")
@@ -68,6 +71,7 @@ SCRIPT_NAMES = (
     "RENEW_LOCK",
     "RUN_GONE",
     "SWEEP",
+    "UPDATE_JOB",
 )
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
@@ -209,11 +213,19 @@ def create_row(k: Keys, job: NewJob) -> CreateJobsRow:
         queue_key="" if message is None else message.queue_key,
         message="" if message is None else message.payload,
         brief=JobBrief.of(job.spec).model_dump_json(),
+        # the idempotency index entry and its TTL (ms); '' = none
+        idem_key="" if job.spec.idempotency_key is None else k.idempotency(job.spec.idempotency_key),
+        idem_ttl_ms=job.idempotency_ttl_ms or "",
     )
 
 
 def _fingerprints(k: Keys, job: NewJob) -> str:
-    """The job's fingerprint key, then its twins' under older session keys, one per line."""
+    """The job's fingerprint key, then its twins' under older session keys, one per line.
+
+    A keyed job's identity is its key: its key index entry stands in for the fingerprint, with
+    the same lifecycle (written with the job, deleted when it retires or leaves)."""
+    if job.spec.key is not None:
+        return k.key_index(job.spec.key)
     older = (job.spec.model_copy(update={"input_digest": d}) for d in job.older_digests)
     return "\n".join(k.fingerprint(spec.fingerprint()) for spec in (job.spec, *older))
 
@@ -367,3 +379,53 @@ def backfill(
         args += BackfillRow(run_id, nominal_ms, message.queue_key, message.payload)
     touched = [keys.job(job_id), keys.job_runs(job_id), keys.inflight]
     return Backfilled.from_reply((yield from one(Eval("BACKFILL", touched, args))))
+
+
+def current_job(keys: Keys, job_id: str) -> Flow[Current | Unreadable | None]:
+    """A job as an update reads it (one round trip), or None; Unreadable when it can't be read."""
+    raw, latest = yield from send(
+        Call("hgetall", (keys.job(job_id),)),
+        Call("zrevrange", (keys.job_runs(job_id), 0, 0), {"withscores": True}),
+    )
+    if not raw:
+        return None
+    job = read_job(job_id, raw)
+    if isinstance(job, Unreadable):
+        return job
+    # The newest run by slot is the latest released (a triggered run's slot is when it was
+    # triggered: taken as released too, which only ever moves the bound later).
+    last = int(latest[0][1]) if latest else None
+    return Current(job, int(raw.get(b"anchor_ms") or 0), job.version, last, text(raw.get(b"fp") or b""))
+
+
+def update_job(
+    keys: Keys, current: Current, update: Update, fp_key: str, now_ms: int, *, job_retention_s: int
+) -> Flow[Answered]:
+    """Write an update if the job is as ``current`` read it: the answer (``moved`` when it
+    changed since) and the status it saw. A schedule the update leaves nothing to run completes
+    and retires."""
+    job, spec = current.job, update.spec
+    args = UpdateJobArgs(
+        job_id=job.job_id,
+        now_ms=now_ms,
+        version=current.version,
+        runs_done=job.runs_done,
+        status=job.status.value,
+        spec=spec.model_dump_json(),
+        brief=JobBrief.of(spec).model_dump_json(),
+        next_run_ms=opt(update.next_run_ms),
+        anchor_ms=update.anchor_ms,
+        fp=fp_key,
+        prefix=keys.prefix,
+        job_retention_s=job_retention_s,
+    )
+    got = yield from one(Eval("UPDATE_JOB", [keys.job(job.job_id), keys.due], list(args)))
+    return Answered.from_reply(got)
+
+
+def identity_key(keys: Keys, spec: JobSpec, current_fp: str) -> str:
+    """The index entry an updated job should hold: its key's, or (for a job deduplicated by
+    fingerprint, ``current_fp`` not '') its new fingerprint's; '' for none."""
+    if spec.key is not None:
+        return keys.key_index(spec.key)
+    return keys.fingerprint(spec.fingerprint()) if current_fp else ""

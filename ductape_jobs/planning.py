@@ -70,6 +70,8 @@ def plan_job(
             "start_ms": req.start_ms,
             "rule": None if rule is None else _stored_rule(rule),
             "created_ms": now_ms,
+            "key": req.key,
+            "idempotency_key": req.idempotency_key,
             **spec_fields,
         }
     )
@@ -77,6 +79,11 @@ def plan_job(
         plan = _plan_once(job_id, spec, settings, now_ms, build)
     else:
         plan = _plan_repeat(job_id, spec, rule, settings, now_ms, build)
+    if req.key is not None:
+        # A keyed job is found by its key, not by its fingerprint, while it is live.
+        plan = dataclasses.replace(plan, dedupe=plan.status in _LIVE)
+    if req.idempotency_key is not None:
+        plan = dataclasses.replace(plan, idempotency_ttl_ms=settings.idempotency_window_s * 1000)
     return dataclasses.replace(plan, older_digests=older_digests) if older_digests else plan
 
 
@@ -87,6 +94,9 @@ def _stored_rule(rule: timing.Rule) -> dict[str, Any]:
     if not stored["jitter_ms"]:
         del stored["jitter_ms"]
     return stored
+
+
+_LIVE = (JobStatus.SCHEDULED, JobStatus.QUEUED)
 
 
 def _first_run(job_id: str, spec: JobSpec, at_ms: int, now_ms: int, build: Build | None) -> dict[str, Any]:

@@ -26,11 +26,12 @@ Finish = Literal["completed", "retry", "retry_due", "failed", "cancelled"]  # FI
 
 
 class Answer(StrEnum):
-    """A management script's answer (CHANGE_STATE, ADD_RUN)."""
+    """A management script's answer (CHANGE_STATE, ADD_RUN, UPDATE_JOB)."""
 
     OK = "ok"
     REFUSED = "refused"  # not in a state the action applies to
     MISSING = "missing"  # no such job (or, for a redrive, no such run)
+    MOVED = "moved"  # UPDATE_JOB: the job changed since it was read; read and plan again
 
 
 class Verdict(StrEnum):
@@ -103,6 +104,28 @@ class NewJob:
     # The input digest under the session key ring's older keys: a twin scheduled before the
     # newest key came in is still found (dedupe) after a rotation.
     older_digests: tuple[str, ...] = ()
+    idempotency_ttl_ms: int = 0  # with spec.idempotency_key: how long the key returns this job
+
+
+@dataclass(frozen=True)
+class Current:
+    """A job as an update reads it: its record, phase anchor, version (the UPDATE_JOB check)
+    and the latest slot of it ever released (None before its first run)."""
+
+    job: JobRecord
+    anchor_ms: int
+    version: int
+    last_slot_ms: int | None
+    identity: str = ""  # the job hash's ``fp``: its key index or fingerprint entry ('' = none)
+
+
+@dataclass(frozen=True)
+class Update:
+    """What UPDATE_JOB writes: the new spec, the job's next run and phase anchor."""
+
+    spec: JobSpec
+    next_run_ms: int | None
+    anchor_ms: int
 
 
 @dataclass(frozen=True)
@@ -141,6 +164,7 @@ class DueEntry:
     runs_done: int
     anchor_ms: int
     run_id: str | None = None  # set for a retry entry ``r:<run_id>``
+    version: int = 0  # the job's version (UPDATE_JOB bumps it): the claim holds only if unchanged
 
 
 @dataclass(frozen=True)
@@ -244,6 +268,7 @@ def job_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
         created_ms=int(f["created_ms"]),
         updated_ms=int(f["updated_ms"]),
         skipped_slots=int(f.get("skipped_slots") or 0),
+        version=int(f.get("version") or 0),
     )
 
 

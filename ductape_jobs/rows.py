@@ -39,10 +39,13 @@ class CreateJobsRow(NamedTuple):
     run_id: str  # '' = no run now
     nominal_ms: ScriptArg
     due_ms: ScriptArg  # when beat releases the job ('' = not in the due index)
-    fp_keys: str  # its fingerprint key, then its twins' under older session keys, one per line
+    fp_keys: str  # its fingerprint key (a keyed job: its key entry), then its twins' under older
+    # session keys, one per line
     queue_key: str
     message: str
     brief: str  # what beat reads instead of the spec (brief.py)
+    idem_key: str  # a one-off's idempotency entry ('' = none), written in the same step
+    idem_ttl_ms: ScriptArg  # how long that entry returns the job
 
 
 class TwinFound(NamedTuple):
@@ -84,6 +87,7 @@ class ClaimDueRow(NamedTuple):
     message: str  # '' = not sendable: the entry is dropped or its job set aside
     overlap_policy: str  # repeat.overlap ('' = allow)
     skip_next_ms: ScriptArg  # the next run when this slot is skipped ('' = none)
+    version: int  # the job's version beat read: an update in between (UPDATE_JOB) changes it
 
 
 class Claimed(NamedTuple):
@@ -149,6 +153,7 @@ class DueRead(NamedTuple):
     brief: str  # '' when the job is gone; 'spec:' and the spec for a record older than briefs
     runs_done: int
     anchor_ms: int
+    version: int  # bumped by every update (UPDATE_JOB); the claim checks it
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> list[DueRead]:
@@ -156,8 +161,18 @@ class DueRead(NamedTuple):
         size = len(cls._fields)
         out = []
         for at in range(0, len(reply), size):
-            member, score, job_id, brief, done, anchor = (text(v) for v in reply[at : at + size])
-            out.append(cls(member, int(float(score)), job_id, brief, int(done or 0), int(anchor or 0)))
+            member, score, job_id, brief, done, anchor, version = (text(v) for v in reply[at : at + size])
+            out.append(
+                cls(
+                    member,
+                    int(float(score)),
+                    job_id,
+                    brief,
+                    int(done or 0),
+                    int(anchor or 0),
+                    int(version or 0),
+                )
+            )
         return out
 
 
@@ -217,6 +232,23 @@ class Answered(NamedTuple):
     def from_reply(cls, reply: list[Any]) -> Answered:
         """``{'ok'}``, ``{'refused', status}`` or ``{'missing'}``."""
         return cls(Answer(text(reply[0])), text(reply[1]) if len(reply) > 1 else None)
+
+
+class UpdateJobArgs(NamedTuple):
+    """UPDATE_JOB's ARGV: the job as the producer read it, and what to write over it."""
+
+    job_id: str
+    now_ms: int
+    version: int  # the job's version read
+    runs_done: int  # read: a claim in between changes it
+    status: str  # read
+    spec: str  # the new JobSpec JSON
+    brief: str
+    next_run_ms: ScriptArg  # '' = nothing left: the schedule completes
+    anchor_ms: int
+    fp: str  # the identity entry it should hold (key entry or fingerprint key; '' = none)
+    prefix: str
+    job_retention_s: int
 
 
 # -- beat ---------------------------------------------------------------------------------------

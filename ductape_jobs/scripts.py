@@ -111,6 +111,10 @@ local function drop(prefix, id)
   end
   local fp = redis.call('HGET', job, 'fp')
   if fp and fp ~= '' and redis.call('GET', fp) == id then redis.call('DEL', fp) end
+  -- an idempotency entry outlives its job's retirement (a retry still finds the finished
+  -- job), never the job itself
+  local idem = redis.call('HGET', job, 'idem')
+  if idem and idem ~= '' and redis.call('GET', idem) == id then redis.call('DEL', idem) end
   redis.call('DEL', job, runs)
   redis.call('ZREM', jobs_key(prefix), id)
   redis.call('ZREM', retired_key(prefix), id)
@@ -181,27 +185,30 @@ local function cancel_one(prefix, run_id, now, terminate, why, job_ttl)
 end
 """
 
-# Create a batch of jobs; a job with a fingerprint whose live twin exists is not written, and
-# the twin's id is returned for it instead (dedupe, also between jobs of the same batch).
+# Create a batch of jobs; a job with a fingerprint (or key index entry, for a keyed job) whose
+# live twin exists is not written, and the twin's id is returned for it instead (dedupe, also
+# between jobs of the same batch); so is a one-off whose idempotency key names a job that exists.
 # A run due now is recorded and its Celery message pushed in the same step. Index and queue
 # entries are written with one command per key for the whole batch (at most CREATE_BATCH jobs).
 # KEYS: jobs, due, inflight
 # ARGV: rows.CreateJobsHead, then one rows.CreateJobsRow per job.
-# fp_keys: the job's fingerprint key, then its twins' under older session keys, one per line;
-# a twin under any of them is found, only the first is written.
+# fp_keys: the job's fingerprint key (a keyed job: its key entry), then its twins' under older
+# session keys, one per line; a twin under any of them is found, only the first is written.
+# idem_key is written with the job in this same step, so a call that timed out after its write
+# landed is answered with that job when retried.
 # Returns {index, twin_job_id, ...} (1-based) for the jobs not written because of a twin
 # (rows.TwinFound).
 CREATE_JOBS = (
     _KEYS
     + _BATCHED_WRITES
     + """
-local HEAD, ROW = 2, 14  -- rows.CreateJobsHead, rows.CreateJobsRow
+local HEAD, ROW = 2, 16  -- rows.CreateJobsHead, rows.CreateJobsRow
 local prefix, now_ms = unpack(ARGV, 1, HEAD)
 local twins, created, due, inflight = {}, {}, {}, {}
 for i = 1, (#ARGV - HEAD) / ROW do
   local at = HEAD + (i - 1) * ROW
   local job_id, spec, status, recurring, next_run_ms, anchor_ms, runs_done, run_id, nominal_ms,
-    due_ms, fp_keys, queue_key, message, brief = unpack(ARGV, at + 1, at + ROW)
+    due_ms, fp_keys, queue_key, message, brief, idem_key, idem_ttl_ms = unpack(ARGV, at + 1, at + ROW)
   local fp, twin = '', false
   for key in string.gmatch(fp_keys, '[^\\n]+') do
     if fp == '' then fp = key end
@@ -209,14 +216,19 @@ for i = 1, (#ARGV - HEAD) / ROW do
     -- a fingerprint naming a job whose record vanished is no twin: it is written anew below
     if found and redis.call('EXISTS', job_key(prefix, found)) == 1 then twin = found end
   end
+  local held = idem_key ~= '' and redis.call('GET', idem_key)
+  -- likewise an idempotency key whose job left: the job is created anew
+  if held and redis.call('EXISTS', job_key(prefix, held)) == 1 then twin = held end
   if twin then
     twins[#twins+1] = i
     twins[#twins+1] = twin
   else
     if fp ~= '' then redis.call('SET', fp, job_id) end
+    if idem_key ~= '' then redis.call('SET', idem_key, job_id, 'PX', idem_ttl_ms) end
     redis.call('HSET', job_key(prefix, job_id), 'spec', spec, 'status', status, 'recurring', recurring,
       'next_run_ms', next_run_ms, 'anchor_ms', anchor_ms, 'runs_done', runs_done, 'attempts', 0,
-      'created_ms', now_ms, 'updated_ms', now_ms, 'fp', fp, 'last_run_id', run_id, 'brief', brief)
+      'created_ms', now_ms, 'updated_ms', now_ms, 'fp', fp, 'last_run_id', run_id, 'brief', brief,
+      'idem', idem_key)
     created[#created+1] = now_ms
     created[#created+1] = job_id
     if run_id ~= '' then
@@ -256,14 +268,15 @@ CREATE_BATCH = 1_000  # jobs per CREATE_JOBS call: bounds its unpack() sizes and
 # toward limit) or buffered (a 'buffered' run waiting as an r: entry, handed over once the run
 # before it finishes). A skipped slot is not returned as claimed: nothing was sent.
 # KEYS: beat_lock, due, inflight, dead, set_aside
-# ARGV: rows.ClaimDueHead, then one rows.ClaimDueRow per item.
+# ARGV: rows.ClaimDueHead, then one rows.ClaimDueRow per item (its version: the job's, as beat
+# read it; an update in between changes it, and the item is not claimed).
 # Returns the indexes (1-based) of the claimed or set-aside items, or {-1} when fenced out
 # (rows.Claimed).
 CLAIM_DUE = (
     _BATCHED_WRITES
     + _LIFECYCLE
     + """
-local HEAD, ROW = 6, 10  -- rows.ClaimDueHead, rows.ClaimDueRow
+local HEAD, ROW = 6, 11  -- rows.ClaimDueHead, rows.ClaimDueRow
 local prefix, fence, now_ms, runs_kept, job_retention_s, dead_retention_s = unpack(ARGV, 1, HEAD)
 if redis.call('GET', KEYS[1]) ~= fence then return {-1} end
 -- Queue pushes and index writes are made once per key at the end: no item reads another
@@ -297,7 +310,7 @@ end
 for i = 1, (#ARGV - HEAD) / ROW do
   local at = HEAD + (i - 1) * ROW
   local member, due_ms, runs_done, run_id, nominal_ms, next_ms, queue_key, message, overlap_policy,
-    skip_next_ms = unpack(ARGV, at + 1, at + ROW)
+    skip_next_ms, version = unpack(ARGV, at + 1, at + ROW)
   local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
   if kind == 'r' then
     local run = run_key(prefix, id)
@@ -357,7 +370,7 @@ for i = 1, (#ARGV - HEAD) / ROW do
   else
     local job = job_key(prefix, id)
     local st = redis.call('HMGET', job, 'status', 'next_run_ms', 'runs_done', 'recurring', 'fp',
-      'slot_run', 'anchor_ms')
+      'slot_run', 'anchor_ms', 'version')
     if message == '' then
       -- the job is gone, or beat could not read or decide it: never retried on every tick
       if redis.call('ZREM', KEYS[2], member) == 1 and not st[1] then
@@ -367,7 +380,7 @@ for i = 1, (#ARGV - HEAD) / ROW do
         set_aside(id, queue_key ~= '' and queue_key or 'beat could not read this job record')
         claimed[#claimed+1] = i
       end
-    elseif st[1] == 'scheduled' and st[2] == due_ms and st[3] == runs_done then
+    elseif st[1] == 'scheduled' and st[2] == due_ms and st[3] == runs_done and (st[8] or '0') == version then
       local plain = overlap_policy == 'celery'
       local verdict, prev, prev_status = overlap(plain and '' or overlap_policy, id, st[6], st[7], runs_done)
       local run = run_key(prefix, run_id)
@@ -927,8 +940,8 @@ return 1
 # Beat: read a batch of due entries with what deciding them needs, in one round trip: a job's
 # brief (brief.py), never its spec, which holds the input (up to 256 KiB, plus a sealed copy).
 # KEYS: due   ARGV: prefix, until_ms, limit
-# Returns 6 per entry: member, due_ms, job_id, brief, runs_done, anchor_ms. The brief is '' when
-# the job is gone, and 'spec:' .. spec for a record written before briefs existed.
+# Returns 7 per entry: member, due_ms, job_id, brief, runs_done, anchor_ms, version. The brief
+# is '' when the job is gone, and 'spec:' .. spec for a record written before briefs existed.
 READ_DUE = (
     _KEYS
     + """
@@ -941,10 +954,10 @@ for i = 1, #rows, 2 do
   if string.sub(member, 1, 1) == 'r' then
     job_id = redis.call('HGET', run_key(ARGV[1], id), 'job_id') or ''
   end
-  local st = {false, false, false}
+  local st = {false, false, false, false}
   if job_id ~= '' then
     local job = job_key(ARGV[1], job_id)
-    st = redis.call('HMGET', job, 'brief', 'runs_done', 'anchor_ms')
+    st = redis.call('HMGET', job, 'brief', 'runs_done', 'anchor_ms', 'version')
     if not st[1] and redis.call('EXISTS', job) == 1 then
       st[1] = 'spec:' .. (redis.call('HGET', job, 'spec') or '')
     end
@@ -955,6 +968,7 @@ for i = 1, #rows, 2 do
   out[#out+1] = st[1] or ''
   out[#out+1] = st[2] or '0'
   out[#out+1] = st[3] or '0'
+  out[#out+1] = st[4] or '0'
 end
 return out
 """
@@ -1030,5 +1044,51 @@ if vanished > 0 then redis.call('HINCRBY', KEYS[4], 'jobs_vanished', vanished) e
 local next_cursor = cursor + #ids - removed
 if #ids < limit then next_cursor = 0 end
 return {#expired, #dead, retired, vanished, next_cursor}
+"""
+)
+
+# Producer: change a live job in place (job.update, or schedule() meeting its key or a twin with
+# other settings), only if it is as the producer read it: same version (bumped here, and checked
+# by CLAIM_DUE, so a claim beat decided from the old rule fails), status and runs_done (a claim
+# that landed in between changes it: the producer reads again and plans anew). The job's runs
+# and their history stay; the next run moves to what the new rule gives.
+# KEYS: job, due
+# ARGV: rows.UpdateJobArgs (next_run_ms '' = nothing left: the schedule completes; fp = the
+# identity entry it should hold, key entry or fingerprint key, '' = none)
+# Returns {'ok'}, {'moved', status}, {'refused', status} or {'missing'} (rows.Answered)
+UPDATE_JOB = (
+    _LIFECYCLE
+    + """
+local ARGS = 12  -- rows.UpdateJobArgs
+local job_id, now_ms, version, runs_done, status, spec, brief, next_run_ms, anchor_ms, fp, prefix,
+  job_retention_s = unpack(ARGV, 1, ARGS)
+local st = redis.call('HMGET', KEYS[1], 'status', 'runs_done', 'version', 'fp')
+if not st[1] then return {'missing'} end
+if st[1] ~= status or st[2] ~= runs_done or (st[3] or '0') ~= version then return {'moved', st[1]} end
+if st[1] ~= 'scheduled' and st[1] ~= 'paused' then return {'refused', st[1]} end
+redis.call('HSET', KEYS[1], 'spec', spec, 'brief', brief, 'next_run_ms', next_run_ms,
+  'anchor_ms', anchor_ms, 'version', tonumber(version) + 1, 'updated_ms', now_ms)
+local old_fp = st[4] or ''
+if old_fp ~= fp then
+  -- a new input gives a fingerprinted schedule a new identity: it moves to that entry, unless
+  -- a live twin already holds it (then this job is found by its id alone)
+  if old_fp ~= '' and redis.call('GET', old_fp) == job_id then redis.call('DEL', old_fp) end
+  local holder = fp ~= '' and redis.call('GET', fp)
+  if fp ~= '' and not (holder and redis.call('EXISTS', job_key(prefix, holder)) == 1) then
+    redis.call('SET', fp, job_id)
+  else
+    fp = ''
+  end
+  redis.call('HSET', KEYS[1], 'fp', fp)
+end
+if next_run_ms == '' then
+  -- nothing left under the new rule (its limit reached, its end passed): done
+  redis.call('HSET', KEYS[1], 'status', 'completed')
+  redis.call('ZREM', KEYS[2], 'j:' .. job_id)
+  retire(prefix, job_id, job_retention_s, now_ms)
+elseif st[1] == 'scheduled' then
+  redis.call('ZADD', KEYS[2], next_run_ms, 'j:' .. job_id)
+end
+return {'ok'}
 """
 )

@@ -74,6 +74,8 @@ class Settings(BaseModel):
     job_retention_s: int = Field(default=7 * 86_400, ge=1)
     dead_retention_s: int = Field(default=30 * 86_400, ge=1)
     dead_max: int = Field(default=100_000, ge=1)
+    # How long an idempotency_key returns its one-off (the key's TTL): 1 s .. 30 days.
+    idempotency_window_s: int = Field(default=86_400, ge=1, le=30 * 86_400)
     socket_timeout_s: float = Field(default=5.0, gt=0)
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)  # beat's Prometheus endpoint
     metrics_addr: str = Field(default="127.0.0.1", min_length=1)  # the address it listens on

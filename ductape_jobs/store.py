@@ -331,6 +331,7 @@ class Store:
                 e.runs_done,
                 e.anchor_ms,
                 run_id=e.member[2:] if e.member.startswith("r:") else None,
+                version=e.version,
             )
             for e in DueRead.from_reply(got)
         ]
@@ -391,6 +392,7 @@ class Store:
                         "" if c.message is None else c.message.payload,
                         c.overlap,
                         opt(c.skip_next_ms),
+                        c.entry.version,
                     )
                 yield ops.Eval("CLAIM_DUE", touched, args)
 

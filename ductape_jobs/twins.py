@@ -103,7 +103,7 @@ class Shape:
     def of(cls, plan: NewJob, keys: Keys) -> Shape | None:
         """The plan as a shape, or None when its plan depends on its input."""
         spec = plan.spec
-        if plan.dedupe or spec.session_tag is not None or spec.redact_paths:
+        if plan.dedupe or spec.session_tag is not None or spec.redact_paths or spec.idempotency_key:
             return None
         spec_json = spec.model_copy(update={"input": _INPUT_MARK}).model_dump_json()
         head, found, tail = spec_json.partition(_INPUT_MARK_JSON)
@@ -155,4 +155,6 @@ class Shape:
             template.queue_key,
             message,
             self.brief_head + _JSON_STR.dump_json(shown).decode() + self.brief_tail,
+            template.idem_key,  # '' (a one-off with an idempotency key is no shape)
+            template.idem_ttl_ms,
         )

@@ -169,6 +169,8 @@ def job_detail(job: JobRecord) -> str:
         ("env", spec.env),
         ("product_tag", spec.product_tag),
         ("event", spec.event),
+        ("key", spec.key),
+        ("idempotency_key", spec.idempotency_key),
         ("app", spec.app),
         ("cache", spec.cache),
         ("retries", spec.retries),

@@ -1,4 +1,5 @@
-"""``schedule``: one job from flags, or jobs from a JSON file, through the library's own validation."""
+"""``schedule``: one job from flags, or jobs from a JSON file, through the library's own validation;
+``update``: change a live job in place."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from typing import IO, Any
 import click
 
 from ductape_jobs.cli.context import Context, json_option, pass_context
-from ductape_jobs.cli.output import echo_json, handle_json, handles_table, note, say, stamp
+from ductape_jobs.cli.output import echo_json, handle_json, handles_table, job_json, note, say, stamp
 from ductape_jobs.client import Ductape
 from ductape_jobs.errors import DuctapeError, JobValidationError
-from ductape_jobs.models import ScheduleHandle
+from ductape_jobs.models import ScheduleHandle, ms_to_datetime
 
 EXAMPLES = """\b
 Examples:
@@ -45,6 +46,12 @@ _HUGE = "a number too large to read (over 4,300 digits); every numeric field has
 @click.option("--app", help="Optional app tag, handed to the handler.")
 @click.option("--cache", help="A configured cache tag (DUCTAPE_CACHES).")
 @click.option("--repeat", "repeat_json", metavar="JSON", help='e.g. \'{"every": 86400000, "limit": 4}\'.')
+@click.option("--key", help="The job's own name: the same key again updates that job in place.")
+@click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    help="A one-off's retry token: the same key within DUCTAPE_IDEMPOTENCY_WINDOW_S returns the same job.",
+)
 @click.option(
     "--jitter-ms",
     metavar="MS",
@@ -73,6 +80,8 @@ def schedule(
     cache: str | None,
     repeat_json: str | None,
     jitter_ms: str | None,
+    key: str | None,
+    idempotency_key: str | None,
     chunk_size: int,
     as_json: bool,
 ) -> None:
@@ -84,6 +93,7 @@ def schedule(
     flags = _flags(env, product_tag, event, start_at, retries, timeout, input_json, app, cache, repeat_json)
     if jitter_ms is not None:
         flags["repeat"] = _with_jitter(flags.get("repeat"), jitter_ms)
+    flags.update({k: v for k, v in (("key", key), ("idempotency_key", idempotency_key)) if v is not None})
     if file is not None and flags:
         raise click.UsageError("give either a JSON file or flags (--env, --event, ...), not both")
     if file is None and not flags:
@@ -230,13 +240,73 @@ def _load(file: IO[str]) -> Any:
 
 
 def _sentence(handle: ScheduleHandle) -> str:
-    if not handle.created:
+    if handle.updated:
+        head = f"updated {handle.job_id} in place: {handle.status.value}"
+    elif not handle.created:
         head = f"already scheduled as {handle.job_id} (the same schedule exists): {handle.status.value}"
     else:
         head = f"scheduled {handle.job_id}: {handle.status.value}, first run {stamp(handle.scheduled_at)}"
     return head + (f", next run {stamp(handle.next_run_at)}" if handle.recurring else "")
 
 
+UPDATE_EXAMPLES = """\b
+Examples:
+  ductape-jobs update 3f2a... --every 300000            # every 5 minutes from now on
+  ductape-jobs update 3f2a... --cron '0 9 * * MON-FRI' --tz Europe/Paris
+  ductape-jobs update 3f2a... --retries 3 --input '{"orderId": "order_789"}'
+"""
+
+
+@click.command(epilog=UPDATE_EXAMPLES)
+@click.argument("job_id")
+@click.option("--every", metavar="MS", help="A new interval in milliseconds (replaces the rule).")
+@click.option("--cron", metavar="EXPR", help="A new cron expression (replaces the rule).")
+@click.option("--tz", help="The new cron's time zone (with --cron).")
+@click.option("--repeat", "repeat_json", metavar="JSON", help="A whole new repeat rule, as for schedule.")
+@click.option("--start-at", metavar="WHEN", help="A new earliest run: Unix seconds, epoch ms, or ISO-8601.")
+@click.option("--retries", metavar="N", help="Extra attempts, 0..25.")
+@click.option("--timeout", metavar="S", help="Seconds a run may take, 1..86400.")
+@click.option("--input", "input_json", metavar="JSON", help="A new input, a JSON object.")
+@json_option
+@pass_context
+def update(
+    obj: Context,
+    job_id: str,
+    every: str | None,
+    cron: str | None,
+    tz: str | None,
+    repeat_json: str | None,
+    start_at: str | None,
+    retries: str | None,
+    timeout: str | None,
+    input_json: str | None,
+    as_json: bool,
+) -> None:
+    """Change a live job in place: same job id, its runs kept, its next run from the new rule.
+
+    What is not given stays; a new rule (--every, --cron or --repeat) replaces the old one whole.
+    """
+    if sum(x is not None for x in (every, cron, repeat_json)) > 1:
+        raise click.UsageError("give one of --every, --cron or --repeat")
+    if tz is not None and cron is None:
+        raise click.UsageError("--tz goes with --cron")
+    fields = _flags(None, None, None, start_at, retries, timeout, input_json, None, None, repeat_json)
+    if every is not None:
+        fields["repeat"] = {"every": number_or_text(every)}
+    if cron is not None:
+        fields["repeat"] = {"cron": cron, **({"tz": tz} if tz is not None else {})}
+    if not fields:
+        raise click.UsageError(
+            "nothing to change: give --every, --cron, --repeat, --start-at, --retries, --timeout or --input"
+        )
+    job = obj.ductape.job.update(job_id, **fields)
+    if as_json:
+        echo_json(job_json(job))
+    else:
+        say(f"updated {job.job_id}: {job.status.value}, next run {stamp(ms_to_datetime(job.next_run_ms))}")
+
+
 def register(group: click.Group) -> None:
-    """Add the command to the CLI."""
+    """Add the commands to the CLI."""
     group.add_command(schedule)
+    group.add_command(update)

@@ -24,8 +24,8 @@ from tests.support import Processes, wait_for
 pytestmark = pytest.mark.e2e
 
 ENTRY = Path(sys.executable).with_name("ductape-jobs")
-COMMANDS = ("schedule", "list", "show", "cancel", "cancel-run", "pause", "resume", "trigger", "upcoming",
-            "runs", "failed", "redrive", "set-aside", "doctor")  # fmt: skip
+COMMANDS = ("schedule", "update", "list", "show", "cancel", "cancel-run", "pause", "resume", "trigger",
+            "upcoming", "runs", "failed", "redrive", "set-aside", "doctor")  # fmt: skip
 Done = subprocess.CompletedProcess[str]
 
 
@@ -157,6 +157,38 @@ def test_schedule_and_manage_a_recurring_job(cli, ductape: Ductape):
     ]
     for line, done in zip(missing, side_by_side(cli, *missing), strict=True):
         failed_with(done, 3, line.split()[1].split(":")[0])
+
+
+def test_keys_idempotency_keys_and_update_from_the_cli(cli, ductape: Ductape):
+    base = "schedule --env dev --product-tag reports --event digest --start-at 2099-01-01T00:00:00Z"
+    first = out(cli(f"""{base} --key tenant:7/digest --repeat '{{"every": 3600000}}' --json"""))
+    again = cli(f"""{base} --key tenant:7/digest --repeat '{{"every": 7200000}}' --retries 2""")
+    assert again.returncode == 0 and again.stdout.startswith(f"updated {first['job_id']} in place")
+    job = ductape.job.get(first["job_id"])
+    assert (job.spec.retries, job.spec.rule["every_ms"], job.spec.key) == (2, 7_200_000, "tenant:7/digest")
+
+    done = cli(f"update {first['job_id']} --cron '0 9 * * MON-FRI' --tz Europe/Paris --input '{{\"v\": 2}}'")
+    assert done.returncode == 0 and done.stdout.startswith(f"updated {first['job_id']}: scheduled, next run")
+    shown = out(cli(f"update {first['job_id']} --retries 3 --json"))
+    assert shown["spec"]["rule"]["cron"] == "0 9 * * MON-FRI" and shown["spec"]["input"] == {"v": 2}
+    assert (shown["spec"]["retries"], shown["version"]) == (3, 3)
+
+    one = out(cli("schedule --env dev --product-tag pay --event charge --idempotency-key order-9 --json"))
+    two = out(cli("schedule --env dev --product-tag pay --event charge --idempotency-key order-9 --json"))
+    assert two["job_id"] == one["job_id"] and (one["created"], two["created"]) == (True, False)
+
+    refused = side_by_side(
+        cli, f"update {first['job_id']}", f"update {first['job_id']} --every 1000 --cron '* * * * *'",
+        f"update {first['job_id']} --every 10", "update nope --retries 1",
+        f"update {one['job_id']} --retries 1",
+        "schedule --env dev --product-tag p --event e --key 'no spaces'",
+    )  # fmt: skip
+    assert refused[0].returncode == 2 and "nothing to change" in refused[0].stderr
+    assert refused[1].returncode == 2 and "one of --every" in refused[1].stderr
+    failed_with(refused[2], 2, "repeat.every")
+    failed_with(refused[3], 3, "nope")
+    failed_with(refused[4], 4, "already handed to a worker")
+    failed_with(refused[5], 2, "key:", "not a valid key")
 
 
 def test_invalid_schedules_exit_2_and_write_nothing(cli, r, prefix: str, tmp_path: Path):

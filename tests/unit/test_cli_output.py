@@ -95,7 +95,7 @@ def test_tables_and_details_escape_every_field_read_from_redis() -> None:
         assert "\\x1b]0;pwned\\x07" in text
     detail = job_detail(job)
     assert not UNSAFE.search(detail.replace("\n", ""))
-    assert len(detail.splitlines()) == 20  # one line a field
+    assert len(detail.splitlines()) == 22  # one line a field
     assert "\\x1b" in detail.split("last_error")[1].splitlines()[0]
 
 
