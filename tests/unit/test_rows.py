@@ -30,6 +30,7 @@ from ductape_jobs.rows import (
     FinishRunArgs,
     LockReply,
     TwinFound,
+    UpdateJobArgs,
 )
 
 ROW_SCRIPTS = [
@@ -83,23 +84,26 @@ def test_each_row_script_reads_its_head_and_rows_as_the_named_tuples_lay_them_ou
     assert re.findall(r"for i = 1, \(#ARGV - HEAD\) / ROW do\n  local at = HEAD \+ \(i - 1\) \* ROW\n", lua)
 
 
-def test_finish_run_reads_its_arguments_as_the_named_tuple_lays_them_out() -> None:
-    lua = scripts.FINISH_RUN
-    assert re.findall(r"local ARGS = (\d+)", lua) == [str(len(FinishRunArgs._fields))]
-    assert unpacked(lua, "1, ARGS") == list(FinishRunArgs._fields)
+@pytest.mark.parametrize(("name", "args"), [("FINISH_RUN", FinishRunArgs), ("UPDATE_JOB", UpdateJobArgs)])
+def test_finish_run_and_update_job_read_their_arguments_as_the_named_tuples_lay_them_out(
+    name: str, args: type[NamedTuple]
+) -> None:
+    lua = getattr(scripts, name)
+    assert re.findall(r"local ARGS = (\d+)", lua) == [str(len(args._fields))]
+    assert unpacked(lua, "1, ARGS") == list(args._fields)
     assert "ARGV[" not in lua
 
 
 def test_a_field_added_on_one_side_only_is_caught() -> None:
-    lua = scripts.CREATE_JOBS.replace("brief = unpack", "brief, extra = unpack")
+    lua = scripts.CREATE_JOBS.replace(" = unpack(ARGV, at + 1", ", extra = unpack(ARGV, at + 1")
     assert unpacked(lua, "at + 1, at + ROW") != list(CreateJobsRow._fields)
 
 
 def test_the_per_item_replies_append_one_field_per_named_tuple_field() -> None:
     assert scripts.CREATE_JOBS.count("twins[#twins+1] =") == len(TwinFound._fields)
     assert scripts.READ_DUE.count("out[#out+1] =") == len(DueRead._fields)
-    flat = [b"j:a", b"5.0", b"a", b"{}", b"2", b"3"] * 2
-    assert DueRead.from_reply(flat) == [DueRead("j:a", 5, "a", "{}", 2, 3)] * 2
+    flat = [b"j:a", b"5.0", b"a", b"{}", b"2", b"3", b"4"] * 2
+    assert DueRead.from_reply(flat) == [DueRead("j:a", 5, "a", "{}", 2, 3, 4)] * 2
     assert TwinFound.from_reply([1, b"x", 3, b"y"]) == [TwinFound(0, "x"), TwinFound(2, "y")]
 
 
@@ -126,7 +130,7 @@ def test_every_begin_run_reply_decodes_whole() -> None:
                 BeginReply.from_reply(sample(table)[:-1])
 
 
-@pytest.mark.parametrize("name", ["CHANGE_STATE", "ADD_RUN"])
+@pytest.mark.parametrize("name", ["CHANGE_STATE", "ADD_RUN", "UPDATE_JOB"])
 def test_management_replies_fit_a_verdict(name: str) -> None:
     tables = returned(getattr(scripts, name))
     assert tables

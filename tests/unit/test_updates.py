@@ -8,7 +8,7 @@ import pytest
 
 from ductape_jobs.errors import JobStateError, JobValidationError
 from ductape_jobs.jitter import Spread
-from ductape_jobs.models import CeleryCall, JobRecord, JobRequest, JobStatus
+from ductape_jobs.models import CeleryCall, JobRecord, JobRequest, JobSpec, JobStatus
 from ductape_jobs.planning import plan_job
 from ductape_jobs.records import Current
 from ductape_jobs.sessions import Sessions
@@ -46,9 +46,14 @@ def current(
     return Current(job, anchor_ms, 0, last_slot_ms)
 
 
+def asked(req: JobRequest, now_ms: int) -> JobSpec:
+    """The spec a request asks for, as the client plans it before an update."""
+    return plan_job(req, SETTINGS, NO_SESSIONS, now_ms, "j1").spec
+
+
 def update(cur: Current, now_ms: int, **fields: Any) -> tuple[int | None, int]:
     req = JobRequest.parse({**JOB, **fields})
-    planned = plan_update(cur, req, SETTINGS, NO_SESSIONS, now_ms)
+    planned = plan_update(cur, asked(req, now_ms), now_ms)
     assert planned.spec.created_ms == T0  # the job's creation time stays
     return planned.next_run_ms, planned.anchor_ms
 
@@ -150,7 +155,7 @@ def test_a_one_off_moves_to_its_new_start_and_keeps_it_when_unchanged():
 )
 def test_what_names_the_job_cannot_change(fields: dict[str, Any], field: str):
     with pytest.raises(JobValidationError) as caught:
-        plan_update(current(EVERY), JobRequest.parse(fields), SETTINGS, NO_SESSIONS, T0)
+        plan_update(current(EVERY), asked(JobRequest.parse(fields), T0), T0)
     assert caught.value.field == field and "cancel" in str(caught.value)
 
 
@@ -169,13 +174,13 @@ def test_only_a_job_waiting_for_its_next_run_can_change(
 ):
     cur = current(fields, status=status, runs_done=runs_done)
     with pytest.raises(JobStateError, match="cannot update job j1"):
-        plan_update(cur, JobRequest.parse({**JOB, **fields}), SETTINGS, NO_SESSIONS, T0)
+        plan_update(cur, asked(JobRequest.parse({**JOB, **fields}), T0), T0)
 
 
 def test_an_update_without_input_keeps_the_stored_input_fields():
     cur = current({**EVERY, "input": {"a": 1}})
     req = JobRequest.parse({**JOB, **EVERY, "input": {"ignored": True}, "retries": 2})
-    planned = plan_update(cur, req, SETTINGS, NO_SESSIONS, T0, input_given=False)
+    planned = plan_update(cur, asked(req, T0), T0, input_given=False)
     assert (planned.spec.input, planned.spec.retries) == ({"a": 1}, 2)
 
 
@@ -185,6 +190,4 @@ def test_an_imported_beat_schedule_entry_is_changed_in_its_config_not_by_update(
         update={"spec": cur.job.spec.model_copy(update={"celery": CeleryCall(entry="nightly", task="app.t")})}
     )
     with pytest.raises(JobStateError, match="imported beat_schedule entry 'nightly'"):
-        plan_update(
-            Current(imported, T0, 0, None), JobRequest.parse({**JOB, **EVERY}), SETTINGS, NO_SESSIONS, T0
-        )
+        plan_update(Current(imported, T0, 0, None), asked(JobRequest.parse({**JOB, **EVERY}), T0), T0)
