@@ -469,6 +469,8 @@ for b = 5, #ARGV, 6 do
       counts[2] = counts[2] + 1
       redis.call('HSET', job, 'spec', ARGV[b+2], 'brief', ARGV[b+3], 'anchor_ms', ARGV[b+5],
         'next_run_ms', next_ms, 'updated_ms', now)
+      -- as UPDATE_JOB does: a claim decided from the old entry fails CLAIM_DUE's version check
+      redis.call('HINCRBY', job, 'version', 1)
     else
       counts[1] = counts[1] + 1
       status = 'scheduled'

@@ -98,9 +98,12 @@ def test_sync_creates_leaves_alone_updates_in_place_and_removes(
     assert store.redis.hget(store.keys.job(add_id), "next_run_ms") == next_before
     store.release_lock(token)
 
-    # "add" changed, "greet" gone: "add" is updated in place (same job, its runs kept).
+    # "add" changed, "greet" gone: "add" is updated in place (same job, its runs kept), with its
+    # version bumped as UPDATE_JOB bumps it, so a claim decided from the old entry fails.
+    version_before = int(store.redis.hget(store.keys.job(add_id), "version") or 0)
     changed = engine(store, settings, app_with(redis_url, prefix, {"add": {**ADD, "args": (7, 7)}}), "c")
     changed.tick(T0 + 30_000)
+    assert int(store.redis.hget(store.keys.job(add_id), "version") or 0) == version_before + 1
     assert status(store, greet_id) == JobStatus.CANCELLED
     assert store.redis.zscore(store.keys.due, f"j:{greet_id}") is None
     assert store.redis.hkeys(store.keys.imported(APP)) == [add_id.encode()]
