@@ -43,6 +43,9 @@ class LostRuns:
         # timeout; a run unmoved for that long (or a minute) is worth a look.
         self.after_ms = min(settings.visibility_timeout_s * 1000, LOST_AFTER_MAX_MS)
         self.every_ms = max(self.after_ms // 4, 500)
+        # kombu puts a held message back once it is older than the visibility timeout; one held
+        # twice that long was never put back (its worker died inside kombu's restore, say).
+        self.stuck_after_ms = 2 * settings.visibility_timeout_s * 1000
         self._next_ms = 0
         self.set_aside = 0  # runs set aside so far (their job's record could not be read)
 
@@ -75,7 +78,7 @@ class LostRuns:
                 waiting.append(run.run_id)
             else:
                 suspects.append((run, message))
-        held = self.store.held_run_ids() if suspects else set()
+        held = self.store.held_run_ids(now_ms - self.stuck_after_ms) if suspects else set()
         waiting += [run.run_id for run, _ in suspects if run.run_id in held and not lapsed(run, now_ms)]
         self.store.touch_runs(waiting, now_ms)
         resent = [

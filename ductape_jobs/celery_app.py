@@ -44,6 +44,10 @@ def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
             # few seconds so a dead worker's runs come back soon after the timeout.
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),
             "unacked_restore_throttle": 1,
+            # The restore runs under a mutex kombu holds for up to 300 s by default: a worker
+            # killed inside it (SIGKILL, OOM) would stop every restore, and so every message a
+            # dead worker held, for five minutes. The restore itself takes milliseconds.
+            "unacked_mutex_expire": 10,
             "socket_timeout": settings.socket_timeout_s,
             "socket_connect_timeout": settings.socket_timeout_s,
         },

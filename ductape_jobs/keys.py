@@ -118,6 +118,11 @@ class Keys:
         """HASH (kombu's): messages workers hold unacknowledged, by delivery tag."""
         return f"{self.broker_prefix}unacked"
 
+    @property
+    def broker_unacked_index(self) -> str:
+        """ZSET (kombu's): delivery tag -> when a worker took the message (epoch seconds)."""
+        return f"{self.broker_prefix}unacked_index"
+
 
 # The keys the Lua scripts build themselves, as Lua functions of the prefix (and an id): the
 # prelude is derived from the builders above, so the scripts and Python cannot disagree.

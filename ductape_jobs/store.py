@@ -472,11 +472,16 @@ class Store:
             return 0
         return int(_guard(lambda: self.redis.hget(self.keys.run(run_id), "queued_ms")) or 0)
 
-    def held_run_ids(self) -> set[str]:
-        """Runs whose messages workers hold unacknowledged (kombu's unacked hash)."""
+    def held_run_ids(self, since_ms: int) -> set[str]:
+        """Runs whose messages workers hold unacknowledged (kombu's unacked hash), taken since
+        ``since_ms`` (its unacked index). One held longer should have been put back by kombu's
+        restore long ago: it is stuck (its index entry gone, the restore blocked), not held."""
         held: set[str] = set()
         with guarded():
-            for _, value in self.redis.hscan_iter(self.keys.broker_unacked, count=500):
+            fresh = set(self.redis.zrangebyscore(self.keys.broker_unacked_index, since_ms / 1000, "+inf"))
+            for tag, value in self.redis.hscan_iter(self.keys.broker_unacked, count=500):
+                if tag not in fresh:
+                    continue
                 try:
                     run_id = run_id_of(json.loads(value)[0])  # kombu stores [message, exchange, key]
                 except (ValueError, LookupError, TypeError):
