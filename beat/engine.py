@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from beat.leader import Leadership
 from beat.lost import LostRuns
 from beat.retention import Sweeper, SweepTotals
-from ductape_jobs import timing
+from ductape_jobs import ops, timing
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.imported import BeatSchedule
 from ductape_jobs.jitter import Spread
@@ -138,7 +138,7 @@ class BeatEngine:
                 return report
         batch = self.settings.beat_batch
         while True:
-            entries = self.store.due_entries(now_ms, batch)
+            entries = self.store.run(ops.beat.due_entries(self.store.keys, now_ms, batch))
             if not entries:
                 break
             decided = (self._decide(e, now_ms) for e in entries)  # decided as the claims stream out
@@ -160,7 +160,11 @@ class BeatEngine:
         rows, refused = self.imports.rows(now_ms)
         for why in refused:
             log.error("%s", why)
-        counts = self.store.sync_imported(token, self.imports.app, rows, now_ms)
+        counts = self.store.run(
+            ops.beat.sync_imported(
+                self.store.keys, self.store.retention, token, self.imports.app, rows, now_ms
+            )
+        )
         if counts is None:
             report.fenced_out, self._prepared = True, []
             self.leadership.fenced_out(token)
@@ -174,7 +178,11 @@ class BeatEngine:
 
     def _hand_over(self, report: TickReport, token: str, claims: Iterable[Claim], now_ms: int) -> bool:
         """Claim and send; False when fenced out (a newer leader exists: we stalled past our lock)."""
-        claimed = self.store.claim(token, claims, now_ms, self.settings.runs_kept)
+        claimed = self.store.run(
+            ops.beat.claim(
+                self.store.keys, self.store.retention, token, claims, now_ms, self.settings.runs_kept
+            )
+        )
         if claimed is None:
             report.fenced_out, self._prepared = True, []
             self.leadership.fenced_out(token)
@@ -198,13 +206,15 @@ class BeatEngine:
         """Decide ahead what falls due within PREPARE_AHEAD_MS (as if at its due time), so the
         tick at that time only sends it; how long to sleep."""
         cap = min(self.settings.beat_max_sleep_ms, self.settings.beat_lock_ttl_ms // 3)
-        next_due = self.store.next_due_ms()
+        next_due = self.store.run(ops.beat.next_due_ms(self.store.keys))
         if next_due is None:
             return cap
         if not self._prepared:
             if next_due - now_ms > PREPARE_AHEAD_MS:  # wake up in time to decide ahead
                 return max(0, min(cap, next_due - now_ms - PREPARE_AHEAD_MS))
-            entries = self.store.due_entries(now_ms + PREPARE_AHEAD_MS, self.settings.beat_batch)
+            entries = self.store.run(
+                ops.beat.due_entries(self.store.keys, now_ms + PREPARE_AHEAD_MS, self.settings.beat_batch)
+            )
             # Nothing is sent early: a claim holds only if its schedule is unchanged when it is
             # sent at its due time, and carries the same message and next run as if decided then.
             self._prepared = [self._decide(e, e.due_ms) for e in entries if e.due_ms > now_ms]

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ductape_jobs import health
+from ductape_jobs import health, ops
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.store import Store
 
@@ -39,10 +39,10 @@ class RedisWatch:
         self._next_ms = now_ms + self.every_ms
         try:
             verdicts = [
-                health.eviction_verdict(self.store.eviction_policy()),
-                health.memory_verdict(self.store.memory()),
+                health.eviction_verdict(self.store.run(ops.beat.eviction_policy())),
+                health.memory_verdict(self.store.run(ops.beat.memory())),
             ]
-            counters = self.store.counters()
+            counters = self.store.run(ops.beat.counters(self.store.keys))
         except BackendUnavailableError:
             return None  # the tick says so already
         vanished = sum(counters.get(name, 0) for name in health.VANISHED)
@@ -66,9 +66,9 @@ class HealthCollector(Collector):
         if not self.is_leader():
             return
         try:
-            policy = self.store.eviction_policy()
-            memory = self.store.memory()
-            counters = self.store.counters()
+            policy = self.store.run(ops.beat.eviction_policy())
+            memory = self.store.run(ops.beat.memory())
+            counters = self.store.run(ops.beat.counters(self.store.keys))
         except BackendUnavailableError:
             log.warning("metrics: Redis is unreachable; its memory and record counts left out of this scrape")
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from ductape_jobs import ops
 from ductape_jobs.store import Store
 
 log = logging.getLogger("beat")
@@ -39,11 +40,15 @@ class Leadership:
     def lead(self) -> str | None:
         """Renew our lock, or take it when free; the token we lead with now, or None."""
         with self._lock:
-            if self._token is not None and self.store.renew_lock(self._token, self.ttl_ms):
+            if self._token is not None and self.store.run(
+                ops.beat.renew_lock(self.store.keys, self._token, self.ttl_ms)
+            ):
                 return self._token
             if self._token is not None:
                 log.warning("beat %s lost the leader lock", self.instance)
-            acquired, token = self.store.acquire_lock(self.instance, self.ttl_ms)
+            acquired, token = self.store.run(
+                ops.beat.acquire_lock(self.store.keys, self.instance, self.ttl_ms)
+            )
             self._token = token if acquired else None
             if acquired:
                 log.info("beat %s is leader (fencing token %s)", self.instance, token.split(":", 1)[0])
@@ -52,7 +57,9 @@ class Leadership:
     def renew(self) -> None:
         """Extend the lock if we hold it; stand by when it is someone else's (or gone)."""
         with self._lock:
-            if self._token is not None and not self.store.renew_lock(self._token, self.ttl_ms):
+            if self._token is not None and not self.store.run(
+                ops.beat.renew_lock(self.store.keys, self._token, self.ttl_ms)
+            ):
                 self._token = None
                 log.warning("beat %s lost the leader lock; standing by", self.instance)
 
@@ -66,5 +73,5 @@ class Leadership:
         """Release the lock so a standby takes over at once."""
         with self._lock:
             if self._token is not None:
-                self.store.release_lock(self._token)
+                self.store.run(ops.beat.release_lock(self.store.keys, self._token))
                 self._token = None

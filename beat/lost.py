@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from ductape_jobs import ops
 from ductape_jobs.records import Dispatch, InFlight, Message, Messages, Unreadable
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
@@ -54,12 +55,21 @@ class LostRuns:
         if now_ms < self._next_ms:
             return 0
         self._next_ms = now_ms + self.every_ms
-        runs = self.store.unmoved_runs(now_ms - self.after_ms, self.batch)
+        runs = self.store.run(ops.beat.unmoved_runs(self.store.keys, now_ms - self.after_ms, self.batch))
         live = [run for run in runs if run.status is not None and run.status not in FINISHED]
-        loaded = self.store.dispatches([run.run_id for run in live])
+        loaded = self.store.run(ops.beat.dispatches(self.store.keys, [run.run_id for run in live]))
         dispatches = {d.run_id: d for d in self._readable(loaded, {run.run_id: run for run in live}, now_ms)}
-        self.store.runs_gone([run.run_id for run in runs if run.status is None], now_ms)  # counted, logged
-        self.store.forget_runs([run for run in runs if run.run_id not in dispatches])
+        self.store.run(
+            ops.worker.runs_gone(
+                self.store.keys,
+                self.store.retention,
+                [run.run_id for run in runs if run.status is None],
+                now_ms,
+            )
+        )  # counted, logged
+        self.store.run(
+            ops.beat.forget_runs(self.store.keys, [run for run in runs if run.run_id not in dispatches])
+        )
 
         heads: dict[str, int | None] = {}
         waiting: list[str] = []
@@ -70,7 +80,9 @@ class LostRuns:
                 continue
             message = self.messages.from_brief(run.run_id, dispatch.brief, dispatch.nominal_ms, now_ms)
             if message.queue_key not in heads:
-                heads[message.queue_key] = self.store.head_queued_ms(message.queue_key)
+                heads[message.queue_key] = self.store.run(
+                    ops.beat.head_queued_ms(self.store.keys, message.queue_key)
+                )
             head_ms = heads[message.queue_key]
             # Queues are FIFO: while the next message out was pushed no later than this run's,
             # this run's message may still be behind it.
@@ -78,13 +90,18 @@ class LostRuns:
                 waiting.append(run.run_id)
             else:
                 suspects.append((run, message))
-        held = self.store.held_run_ids(now_ms - self.stuck_after_ms) if suspects else set()
+        held = (
+            self.store.run(ops.beat.held_run_ids(self.store.keys, now_ms - self.stuck_after_ms))
+            if suspects
+            else set()
+        )
         waiting += [run.run_id for run, _ in suspects if run.run_id in held and not lapsed(run, now_ms)]
-        self.store.touch_runs(waiting, now_ms)
+        self.store.run(ops.beat.touch_runs(self.store.keys, waiting, now_ms))
         resent = [
             (run.run_id, message)
             for run, message in suspects
-            if (run.run_id not in held or lapsed(run, now_ms)) and self.store.resend(run, message, now_ms)
+            if (run.run_id not in held or lapsed(run, now_ms))
+            and self.store.run(ops.beat.resend(self.store.keys, run, message, now_ms))
         ]
         self.handed([message for _, message in resent])
         sent = [run_id for run_id, _ in resent]
@@ -99,7 +116,11 @@ class LostRuns:
         it moved meanwhile), so one bad record never stops the sweep (it would fail every pass)."""
         for bad in (b for b in loaded if isinstance(b, Unreadable) and b.run_id in read):
             assert bad.run_id is not None  # it is in `read`
-            if self.store.set_aside_run(read[bad.run_id], bad.job_id, bad.reason, now_ms):
+            if self.store.run(
+                ops.beat.set_aside_run(
+                    self.store.keys, self.store.retention, read[bad.run_id], bad.job_id, bad.reason, now_ms
+                )
+            ):
                 log.error("set aside run %s: %s", bad.run_id, bad.reason)
                 self.set_aside += 1
         return [d for d in loaded if isinstance(d, Dispatch)]

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from beat.engine import TickReport
 from beat.health import HealthCollector
+from ductape_jobs import ops
 from ductape_jobs.clock import now_ms
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.settings import Settings
@@ -133,7 +134,7 @@ class BeatMetrics:
         self._refreshed_ms = at_ms
         with self._lock:
             known = list(self._schedules.items())
-        states = self.store.schedule_states([job_id for job_id, _ in known])
+        states = self.store.run(ops.beat.schedule_states(self.store.keys, [job_id for job_id, _ in known]))
         with self._lock:
             for (job_id, labels), state in zip(known, states, strict=True):
                 counts = (

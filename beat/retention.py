@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ductape_jobs import ops
 from ductape_jobs.store import Store, Swept
 
 log = logging.getLogger("beat")
@@ -57,14 +58,18 @@ class Sweeper:
         self._next_ms = now_ms + SWEEP_EVERY_MS
         totals = SweepTotals()
         for _ in range(SWEEP_CALLS_MAX):
-            got = self.store.sweep(now_ms, SWEEP_LIMIT, self.cursor)
+            got = self.store.run(
+                ops.beat.sweep(self.store.keys, self.store.retention, now_ms, SWEEP_LIMIT, self.cursor)
+            )
             self.cursor = got.next_cursor
             totals.add(got)
             if max(got.jobs_expired, got.dead_dropped) < SWEEP_LIMIT:
                 break
         if now_ms >= self._workers_next_ms:
             self._workers_next_ms = now_ms + WORKERS_EVERY_MS
-            totals.workers_forgotten = self.store.forget_workers(now_ms - self.store.retention.job_s * 1000)
+            totals.workers_forgotten = self.store.run(
+                ops.beat.forget_workers(self.store.keys, now_ms - self.store.retention.job_s * 1000)
+            )
         if totals.jobs_vanished:
             log.warning(
                 "%d job record(s) vanished from Redis before their retention (evicted, or deleted by "

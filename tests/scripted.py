@@ -1,6 +1,6 @@
 """Scripted replies for the sans-IO parts: no Redis, every request checked, every reply chosen.
 
-``drive`` runs a flow (ops.py, flows.py) against a script of round trips: each command the flow
+``drive`` runs a flow (ops/, flows.py) against a script of round trips: each command the flow
 sends must be the next one the script names, and gets the script's reply. ``ScriptedStore`` is
 the runner's store (runner.RunStore) answering the same way. What a script names (script and
 command names, store methods) is the flows' public behaviour; the record layouts live in the
@@ -86,8 +86,9 @@ class Driven:
 def drive(flow: Flow[T], *rounds: Round, sent: Driven | None = None) -> T:
     """Run ``flow`` to its end: its round trips must be ``rounds`` in order (a Step, or a list of
     Steps for one pipeline or stream), each fed the steps' replies. Fails when the flow sends
-    something else, more, or ends before the script does. A reply that is an exception is raised
-    from the driver as ``Store.run`` raises it (connection trouble as BackendUnavailableError)."""
+    something else, more, or ends before the script does. A reply that is an exception is thrown
+    into the flow as ``Store.run`` throws it (connection trouble as BackendUnavailableError):
+    unless the flow catches it, it comes out of ``drive``."""
     log = sent if sent is not None else Driven([])
     try:
         request = next(flow)
@@ -105,13 +106,11 @@ def drive(flow: Flow[T], *rounds: Round, sent: Driven | None = None) -> T:
             step.check(got, f"round {at} command {n}")
         replies = [step.reply for step in steps]
         failed = next((r for r in replies if isinstance(r, BaseException)), None)
-        if failed is not None:
-            flow.close()
-            if isinstance(failed, REDIS_DOWN):
-                raise unreachable(failed) from None
-            raise failed
         try:
-            request = flow.send(replies)
+            if failed is None:
+                request = flow.send(replies)
+            else:  # thrown into the flow at its yield, as Store.run does: it may expect it
+                request = flow.throw(unreachable(failed) if isinstance(failed, REDIS_DOWN) else failed)
         except StopIteration as done:
             left = rounds[at + 1 :]
             assert not left, f"the flow ended after round {at}; the script still has {left}"

@@ -14,7 +14,7 @@ from celery.exceptions import Ignore
 from celery.signals import heartbeat_sent, worker_ready
 from celery.worker.request import Request
 
-from ductape_jobs import celery_app
+from ductape_jobs import celery_app, ops
 from ductape_jobs.clock import now_ms
 from ductape_jobs.connection import connect
 from ductape_jobs.errors import HandlerError
@@ -57,7 +57,11 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     def announce(sender: Any = None, **_: Any) -> None:
         # Producers refuse events no worker serves: publish ours, with the envs we consume.
         seen["hostname"], seen["at"] = getattr(sender, "hostname", "worker"), time.monotonic()
-        store.register_worker(seen["hostname"], [h.pair for h in registry], list(envs), now_ms())
+        store.run(
+            ops.worker.register_worker(
+                store.keys, seen["hostname"], [h.pair for h in registry], list(envs), now_ms()
+            )
+        )
         log.info("serving %d event(s) for envs %s", len(registry), ",".join(envs))
 
     def still_here(sender: Any = None, **_: Any) -> None:
@@ -66,7 +70,11 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             return
         seen["at"] = time.monotonic()
         try:
-            store.register_worker(seen["hostname"], [h.pair for h in registry], list(envs), now_ms())
+            store.run(
+                ops.worker.register_worker(
+                    store.keys, seen["hostname"], [h.pair for h in registry], list(envs), now_ms()
+                )
+            )
         except Exception:  # noqa: BLE001 - a missed refresh only ages seen_ms; the next one retries
             log.warning("could not refresh this worker's registration; will retry")
 
@@ -132,7 +140,11 @@ def lost_runs_reported(store: Store) -> type[Request]:
             if not self.worker_pid:
                 return
             try:
-                verdict = store.lose_run(self.id, owner_prefix(self.worker_pid), reason, now_ms())
+                verdict = store.run(
+                    ops.worker.lose_run(
+                        store.keys, store.retention, self.id, owner_prefix(self.worker_pid), reason, now_ms()
+                    )
+                )
             except Exception:  # noqa: BLE001 - the run's lease runs out instead, and BEGIN_RUN counts it
                 log.warning("could not record the lost attempt of run %s (%s)", self.id, reason)
                 return

@@ -121,17 +121,17 @@ def check_redis(client: redis.Redis, settings: Settings, timeout_s: float) -> Fi
 
 def check_eviction(store: Store) -> Finding:
     """An eviction policy that never drops job records or schedules (``health.eviction_safe``)."""
-    return _finding("eviction", health.eviction_verdict(store.eviction_policy()))
+    return _finding("eviction", health.eviction_verdict(store.run(ops.beat.eviction_policy())))
 
 
 def check_memory(store: Store) -> Finding:
     """Headroom: used_memory well below maxmemory (and a maxmemory set at all)."""
-    return _finding("memory", health.memory_verdict(store.memory()))
+    return _finding("memory", health.memory_verdict(store.run(ops.beat.memory())))
 
 
 def check_records(store: Store) -> Finding:
     """What left Redis: by retention and the dead-letter cap, and what vanished before its time."""
-    return _finding("records", health.records_verdict(store.counters()))
+    return _finding("records", health.records_verdict(store.run(ops.beat.counters(store.keys))))
 
 
 def _finding(check: str, verdict: health.Verdict) -> Finding:
@@ -187,7 +187,7 @@ def check_beat(client: redis.Redis, keys: Keys, settings: Settings, now: int) ->
             f"{waiting} entries in the due index",
         )
     ]
-    oldest = Store(client, keys).next_due_ms()
+    oldest = Store(client, keys).run(ops.beat.next_due_ms(keys))
     late_ms = 0 if oldest is None else now - oldest
     if late_ms > max(3 * settings.beat_lock_ttl_ms, 30_000):
         found.append(

@@ -17,7 +17,7 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from ductape_jobs import Ductape, JobStatus, RunStatus, Settings
+from ductape_jobs import Ductape, JobStatus, RunStatus, Settings, ops
 from ductape_jobs.embedded import EmbeddedRedis
 from ductape_jobs.models import job_id_of
 from ductape_jobs.records import Dispatch
@@ -378,7 +378,7 @@ def test_redelivered_completed_run_is_not_run_again(procs: Processes, ductape: D
     [before] = ductape.job.runs(handle.job_id)
 
     now = time.time_ns() // 1_000_000
-    [dispatch] = ductape.store.dispatches([run_id])
+    [dispatch] = ductape.store.run(ops.beat.dispatches(ductape.store.keys, [run_id]))
     assert isinstance(dispatch, Dispatch)
     for _ in range(2):  # the same run id delivered twice more, as a broker redelivery would
         message = ductape.messages.from_brief(run_id, dispatch.brief, dispatch.nominal_ms, now)

@@ -32,6 +32,7 @@ from ductape_jobs import (
     SessionError,
     Settings,
     UnknownEventError,
+    ops,
 )
 from ductape_jobs.aclient import AsyncJobClient
 from ductape_jobs.client import JobClient
@@ -245,7 +246,7 @@ def test_unknown_event_is_refused_until_a_worker_registers_it(settings: Settings
             await ductape.job.schedule(job())
         assert stored_keys(r, settings.key_prefix) == []
         with Ductape(settings=strict) as sync:
-            sync.store.register_worker("w1@test", ["tests/echo"], ["dev"], 0)
+            sync.store.run(ops.worker.register_worker(sync.store.keys, "w1@test", ["tests/echo"], ["dev"], 0))
         assert (await ductape.job.validate(job())).event == "echo"
         assert (await ductape.job.schedule(job())).status == JobStatus.QUEUED
 

@@ -6,8 +6,8 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
 
 import pytest
 import redis
@@ -19,7 +19,9 @@ from ductape_jobs.brief import JobBrief
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRequest, JobStatus
+from ductape_jobs.ops import Flow, Stream
 from ductape_jobs.planning import plan_job
+from ductape_jobs.rows import ClaimDueHead, ClaimDueRow
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Claim, DueEntry, Store
@@ -31,6 +33,7 @@ MIN = 60_000
 HOUR = 3_600_000
 DAY = 86_400_000
 NO_SESSIONS = Sessions({})
+T = TypeVar("T")
 
 
 class Queues:
@@ -65,17 +68,20 @@ class RacingStore(Store):
     after_read: Callable[[list[DueEntry]], None] | None = None
     batches: list[int]
 
-    def claim(self, fence: str, claims: Iterable[Claim], now_ms: int, runs_kept: int) -> list[Claim] | None:
-        claims = list(claims)
-        self.batches = [*getattr(self, "batches", []), len(claims)]
-        return super().claim(fence, claims, now_ms, runs_kept)
+    def run(self, flow: Flow[T]) -> T:
+        got = super().run(flow)
+        if flow.__name__ == "due_entries":  # a flow is a generator, named after its function
+            hook, self.after_read = self.after_read, None  # fire once
+            if hook is not None and got:
+                hook(cast(list[DueEntry], got))
+        return got
 
-    def due_entries(self, until_ms: int, limit: int) -> list[DueEntry]:
-        entries = super().due_entries(until_ms, limit)
-        hook, self.after_read = self.after_read, None  # fire once
-        if hook is not None and entries:
-            hook(entries)
-        return entries
+    def _stream(self, stream: Stream) -> list[Any]:
+        calls = list(stream.calls)  # the claims of one claim() call, all decided
+        if calls and calls[0].script == "CLAIM_DUE":
+            rows = sum(len(c.args) - len(ClaimDueHead._fields) for c in calls) // len(ClaimDueRow._fields)
+            self.batches = [*getattr(self, "batches", []), rows]
+        return super()._stream(Stream(iter(calls)))
 
 
 @pytest.fixture
@@ -138,7 +144,7 @@ def drive(engine: BeatEngine, until_ms: int, max_ticks: int = 1_000) -> list[Tic
     """Tick the way a perfect beat would: at each next due time, up to until_ms."""
     reports = []
     for _ in range(max_ticks):
-        at = engine.store.next_due_ms()
+        at = engine.store.run(ops.beat.next_due_ms(engine.store.keys))
         if at is None or at > until_ms:
             return reports
         reports.append(engine.tick(at))
@@ -395,12 +401,12 @@ def test_fenced_out_engine_claims_nothing(store: RacingStore, settings: Settings
     assert sorted(queues.run_ids) == sorted(f"{j}:{at}" for j in job_ids)  # each once, by beat-b
     # The stale token is refused by the claim script itself: nothing claimed, advanced or pushed.
     later = schedule(store, settings, at, start_at=at + HOUR)
-    [entry] = store.due_entries(at + HOUR, 10)
+    [entry] = store.run(ops.beat.due_entries(store.keys, at + HOUR, 10))
     message = stalled.messages.from_brief(
         f"{later}:{at + HOUR}", JobBrief.read(entry.brief_json or ""), at + HOUR, at + HOUR
     )
     claim = Claim(entry, f"{later}:{at + HOUR}", at + HOUR, None, message)
-    assert store.claim(old_token, [claim], at + HOUR, 100) is None
+    assert store.run(ops.beat.claim(store.keys, store.retention, old_token, [claim], at + HOUR, 100)) is None
     assert job_state(store, later)["status"] == "scheduled" and due_members(store) == {
         f"j:{later}": at + HOUR
     }
@@ -607,7 +613,7 @@ def test_a_late_wake_decides_afresh_with_the_real_time(store: Store, settings: S
 def test_beat_reads_a_jobs_brief_never_its_input(store: Store, settings: Settings, celery_app: Celery):
     blob = "x" * (settings.max_input_bytes - 100)
     big = schedule(store, settings, T0, start_at=T0 + MIN, input={"blob": blob}, repeat={"every": MIN})
-    [entry] = store.due_entries(T0 + MIN, 10)
+    [entry] = store.run(ops.beat.due_entries(store.keys, T0 + MIN, 10))
     assert entry.job_id == big and entry.brief_json is not None
     assert len(entry.brief_json) < 1_500 and blob[:2_000] not in entry.brief_json
     engine, queues = engine_for(store, settings, celery_app)

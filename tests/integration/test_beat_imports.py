@@ -91,12 +91,14 @@ def test_sync_creates_leaves_alone_updates_in_place_and_removes(
     next_before = store.redis.hget(store.keys.job(add_id), "next_run_ms")
     imports = beat_schedule(app_with(redis_url, prefix, {"add": ADD, "greet": greet}), settings)
     assert imports is not None
-    token = store.acquire_lock("b", 5_000)[1]
-    assert store.sync_imported(token, APP, imports.rows(T0 + 5_000)[0], T0 + 5_000) == ImportCounts(
-        0, 0, 2, 0
-    )
+    token = store.run(ops.beat.acquire_lock(store.keys, "b", 5_000))[1]
+    assert store.run(
+        ops.beat.sync_imported(
+            store.keys, store.retention, token, APP, imports.rows(T0 + 5_000)[0], T0 + 5_000
+        )
+    ) == ImportCounts(0, 0, 2, 0)
     assert store.redis.hget(store.keys.job(add_id), "next_run_ms") == next_before
-    store.release_lock(token)
+    store.run(ops.beat.release_lock(store.keys, token))
 
     # "add" changed, "greet" gone: "add" is updated in place (same job, its runs kept), with its
     # version bumped as UPDATE_JOB bumps it, so a claim decided from the old entry fails.
@@ -134,8 +136,15 @@ def test_a_sync_under_a_stale_token_writes_nothing(
     assert beat_schedule(app_with(redis_url, prefix, {}), settings) is None  # nothing to import
     imports = beat_schedule(app_with(redis_url, prefix, {"add": ADD}), settings)
     assert imports is not None
-    token = store.acquire_lock("a", 5_000)[1]
-    assert store.sync_imported("stale:" + token, APP, imports.rows(T0)[0], T0) is None
+    token = store.run(ops.beat.acquire_lock(store.keys, "a", 5_000))[1]
+    assert (
+        store.run(
+            ops.beat.sync_imported(
+                store.keys, store.retention, "stale:" + token, APP, imports.rows(T0)[0], T0
+            )
+        )
+        is None
+    )
     assert not store.redis.exists(store.keys.imported(APP), store.keys.job(job_id_for(APP, "add")))
 
 

@@ -101,7 +101,14 @@ def test_a_terminated_run_ends_at_once_and_nothing_of_its_attempt_moves_it_again
     # Its process, if the revoke did not reach it, is told by its heartbeat.
     assert world.store.renew_run(run_id, OWNER, T0 + 2 * SEC, LEASE) == "cancelled"
     # Its pool process killed: no attempt is counted, nothing is retried.
-    assert world.store.lose_run(run_id, "host:4242:", "worker lost", T0 + 3 * SEC) == "moved"
+    assert (
+        world.store.run(
+            ops.worker.lose_run(
+                world.store.keys, world.store.retention, run_id, "host:4242:", "worker lost", T0 + 3 * SEC
+            )
+        )
+        == "moved"
+    )
     assert not world.store.finish_run(run_id, job_id, 1, T0 + 4 * SEC, "failed", error="killed")
     assert world.store.begin_run(run_id, job_id, T0 + 5 * SEC, LEASE, "host:2:bbbb").verdict == "done"
     assert _run_field(world, run_id, "status") == "cancelled" and _untracked(world, run_id)
@@ -126,7 +133,14 @@ def test_a_lost_attempt_of_a_cancelled_run_ends_it_cancelled_not_retried(world: 
     run_id = _take_message(world)
     world.store.begin_run(run_id, job_id, T0, LEASE, OWNER)
     _cancel_run(world, run_id, T0 + SEC)
-    assert world.store.lose_run(run_id, "host:4242:", "worker lost", T0 + 2 * SEC) == "cancelled"
+    assert (
+        world.store.run(
+            ops.worker.lose_run(
+                world.store.keys, world.store.retention, run_id, "host:4242:", "worker lost", T0 + 2 * SEC
+            )
+        )
+        == "cancelled"
+    )
     assert _run_field(world, run_id, "status") == "cancelled" and _untracked(world, run_id)
     assert _job_field(world, job_id, "status") == "cancelled"
 

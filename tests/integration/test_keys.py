@@ -16,7 +16,7 @@ from celery import Celery
 from pydantic import SecretStr
 
 from beat.engine import BeatEngine
-from ductape_jobs import AsyncDuctape, Ductape
+from ductape_jobs import AsyncDuctape, Ductape, ops
 from ductape_jobs.errors import BackendUnavailableError, JobStateError, JobValidationError
 from ductape_jobs.models import JobStatus
 from ductape_jobs.ops import Batch
@@ -347,7 +347,15 @@ def test_an_idempotency_key_goes_with_its_job_when_the_sweep_removes_it(ductape:
     idem = ductape.store.keys.idempotency("swept")
     assert r.get(idem) == job.job_id.encode()  # a retry still gets the cancelled job
     assert ductape.job.schedule(**JOB, idempotency_key="swept").job_id == job.job_id
-    ductape.store.sweep(now_ms() + ductape.settings.job_retention_s * 1000 + 1, 100, 0)
+    ductape.store.run(
+        ops.beat.sweep(
+            ductape.store.keys,
+            ductape.store.retention,
+            now_ms() + ductape.settings.job_retention_s * 1000 + 1,
+            100,
+            0,
+        )
+    )
     assert not r.exists(ductape.store.keys.job(job.job_id)) and not r.exists(idem)
 
 

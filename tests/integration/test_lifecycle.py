@@ -102,7 +102,7 @@ class World:
         return {k.decode() for k in self.store.redis.scan_iter(match=f"{self.keys.prefix}:*", count=1_000)}
 
     def counters(self) -> dict[str, int]:
-        return self.store.counters()
+        return self.store.run(ops.beat.counters(self.store.keys))
 
 
 @pytest.fixture
@@ -155,12 +155,18 @@ def test_finished_jobs_leave_after_retention_with_everything_pointing_at_them(wo
     assert world.store.redis.ttl(world.keys.job(limited)) > RETENTION_S  # the backstop TTL
 
     # Within the retention everything is still there ...
-    world.store.sweep(world.now + RETENTION_S * SEC - 6 * MIN, 1_000, 0)
+    world.store.run(
+        ops.beat.sweep(
+            world.store.keys, world.store.retention, world.now + RETENTION_S * SEC - 6 * MIN, 1_000, 0
+        )
+    )
     assert len(world.op(ops.job_ids)) == 7
 
     # ... after it, each finished job is gone with its runs, index entries and fingerprints;
     # the dead letter stays for its own retention, and so does its job (a redrive needs it).
-    swept = world.store.sweep(T0 + 5 * MIN + RETENTION_S * SEC, 1_000, 0)
+    swept = world.store.run(
+        ops.beat.sweep(world.store.keys, world.store.retention, T0 + 5 * MIN + RETENTION_S * SEC, 1_000, 0)
+    )
     assert swept.jobs_expired == 6 and swept.dead_dropped == 0
     left = world.keys_now() - baseline
     kept = {world.keys.job(failing), world.keys.job_runs(failing), world.keys.run(dead_run)}
@@ -168,7 +174,11 @@ def test_finished_jobs_leave_after_retention_with_everything_pointing_at_them(wo
     assert world.op(ops.dead_run_ids, 10) == [dead_run]
     assert world.store.redis.ttl(world.keys.job(failing)) > DEAD_RETENTION_S  # the backstop TTL too
 
-    swept = world.store.sweep(T0 + 5 * MIN + DEAD_RETENTION_S * SEC, 1_000, 0)
+    swept = world.store.run(
+        ops.beat.sweep(
+            world.store.keys, world.store.retention, T0 + 5 * MIN + DEAD_RETENTION_S * SEC, 1_000, 0
+        )
+    )
     assert swept.dead_dropped == 1 and swept.jobs_expired == 1
     assert world.keys_now() - baseline == {world.keys.stats}
     assert world.counters() == {"jobs_expired": 7, "dead_dropped": 1}
@@ -180,7 +190,7 @@ def test_a_dead_letter_can_be_redriven_on_its_last_day_after_the_jobs_own_retent
     run_id = f"{job_id}:{T0}"
     assert world.op(ops.dead_run_ids, 10) == [run_id]
     last_day = T0 + (DEAD_RETENTION_S - 60) * SEC  # past the job's retention, within the dead letter's
-    world.store.sweep(last_day, 1_000, 0)
+    world.store.run(ops.beat.sweep(world.store.keys, world.store.retention, last_day, 1_000, 0))
     job = world.op(ops.get_job, job_id)
     assert job is not None  # before, JobNotFoundError here: the job left after RETENTION_S
     message = world.engine.messages.build(run_id, job.spec, last_day, last_day)
@@ -192,13 +202,21 @@ def test_a_paused_schedule_whose_end_date_passed_is_finished_and_leaves(world: W
     open_ended = world.schedule(start_at=T0 + MIN, repeat={"every": MIN})
     for job_id in (ending, open_ended):
         assert world.store.change_state("pause", job_id, T0) == ("ok", None)
-    world.store.sweep(T0 + 3 * MIN, 1_000, 0)  # the end date itself may still run (inclusive)
+    world.store.run(
+        ops.beat.sweep(world.store.keys, world.store.retention, T0 + 3 * MIN, 1_000, 0)
+    )  # the end date itself may still run (inclusive)
     assert world.op(ops.get_job, ending).status.value == "paused"  # type: ignore[union-attr]
-    swept = world.store.sweep(T0 + 3 * MIN + 1, 1_000, 0)
+    swept = world.store.run(
+        ops.beat.sweep(world.store.keys, world.store.retention, T0 + 3 * MIN + 1, 1_000, 0)
+    )
     assert swept.retired == 1
     assert world.op(ops.get_job, ending).status.value == "completed"  # type: ignore[union-attr]
     assert world.op(ops.get_job, open_ended).status.value == "paused"  # type: ignore[union-attr]
-    world.store.sweep(T0 + 3 * MIN + 1 + RETENTION_S * SEC, 1_000, 0)
+    world.store.run(
+        ops.beat.sweep(
+            world.store.keys, world.store.retention, T0 + 3 * MIN + 1 + RETENTION_S * SEC, 1_000, 0
+        )
+    )
     assert world.op(ops.get_job, ending) is None and world.op(ops.get_job, open_ended) is not None
 
 
@@ -213,7 +231,9 @@ def test_listing_skips_records_that_have_gone(world: World, ductape: Ductape):
     assert ductape.job.runs(kept) == []
     assert [run.run_id for run in ductape.job.failed()] == [f"{failing[1]}:{T0}"]
 
-    swept = world.store.sweep(world.now, 1_000, 0)  # the audit finds the entry whose record went
+    swept = world.store.run(
+        ops.beat.sweep(world.store.keys, world.store.retention, world.now, 1_000, 0)
+    )  # the audit finds the entry whose record went
     assert swept.jobs_vanished == 1 and gone not in world.op(ops.job_ids)
     assert world.counters()["jobs_vanished"] == 1
 
@@ -236,7 +256,7 @@ def test_dead_letters_beyond_the_cap_are_dropped_and_counted(
     for n in range(5):  # one failure a second, so the dead letters have an order
         world.now = T0 + n * SEC
         world.runner.execute(f"{failing[n]}:{T0}")
-    swept = world.store.sweep(world.now, 1_000, 0)
+    swept = world.store.run(ops.beat.sweep(world.store.keys, world.store.retention, world.now, 1_000, 0))
     assert swept.dead_dropped == 3 and world.counters()["dead_dropped"] == 3
     assert [run.job_id for run in ductape.job.failed()] == [failing[4], failing[3]]
     assert not world.store.redis.exists(*(world.keys.run(f"{j}:{T0}") for j in failing[:3]))
@@ -256,7 +276,9 @@ def test_a_redriven_failure_stays_until_it_finishes_again(world: World):
         world.store.redis.ttl(world.keys.job(job_id)) == -1
         and world.store.redis.ttl(world.keys.run(run_id)) == -1
     )
-    world.store.sweep(T0 + DEAD_RETENTION_S * SEC * 2, 1_000, 0)
+    world.store.run(
+        ops.beat.sweep(world.store.keys, world.store.retention, T0 + DEAD_RETENTION_S * SEC * 2, 1_000, 0)
+    )
     assert world.op(ops.get_job, job_id) is not None  # queued again: not finished, never swept
 
 
@@ -322,7 +344,7 @@ def test_beat_rechecks_eviction_and_memory_and_doctor_and_metrics_show_them(pref
         watch = RedisWatch(store, every_ms=30_000)
         assert watch.check(T0) == []
         client.config_set("maxmemory-policy", "allkeys-lru")
-        reading = store.memory()
+        reading = store.run(ops.beat.memory())
         assert reading is not None
         used = reading[0]
         client.config_set("maxmemory", str(int(used * 1.1)))
@@ -356,8 +378,12 @@ def test_beat_rechecks_eviction_and_memory_and_doctor_and_metrics_show_them(pref
 
 def test_registrations_of_workers_unseen_for_the_retention_are_dropped(world: World):
     # Containers come back under new hostnames: registrations of the ones long gone must not pile up.
-    world.store.register_worker("gone-host", ["life/ok"], ["dev"], T0)
-    world.store.register_worker("live-host", ["life/ok"], ["dev"], T0 + RETENTION_S * 1000)
+    world.store.run(ops.worker.register_worker(world.store.keys, "gone-host", ["life/ok"], ["dev"], T0))
+    world.store.run(
+        ops.worker.register_worker(
+            world.store.keys, "live-host", ["life/ok"], ["dev"], T0 + RETENTION_S * 1000
+        )
+    )
     swept = world.engine.sweeper.sweep(T0 + RETENTION_S * 1000 + 1)
     assert swept is not None and swept.workers_forgotten == 1
     assert world.store.redis.hkeys(world.keys.workers) == [b"live-host"]

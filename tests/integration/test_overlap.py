@@ -174,7 +174,7 @@ def test_a_buffered_run_of_a_cancelled_schedule_ends_skipped(
     engine.tick(T0 + 2 * MIN + 2_000)
     assert statuses(store, job_id)[T0 + 2 * MIN] == RunStatus.SKIPPED
     assert queues.nominal(job_id) == [T0 + MIN]
-    assert store.next_due_ms() is None  # nothing of it is left to look at
+    assert store.run(ops.beat.next_due_ms(store.keys)) is None  # nothing of it is left to look at
 
 
 def test_the_decision_is_the_claims_own_a_run_finishing_after_beat_decided_is_seen(

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from beat.engine import BeatEngine
-from ductape_jobs import Ductape, JobValidationError
+from ductape_jobs import Ductape, JobValidationError, ops
 from ductape_jobs.models import MAX_INT, JobSpec
 from ductape_jobs.records import Dispatch
 from ductape_jobs.settings import Settings
@@ -158,10 +158,10 @@ def assert_reads_back(job_id: str, ductape: Ductape, settings: Settings) -> None
     # The worker's read (BEGIN_RUN hands it the spec) and the lost-run sweep's.
     JobSpec.model_validate_json(store.redis.hget(keys.job(job_id), "spec") or b"")
     if job.last_run_id:
-        assert [type(d) for d in store.dispatches([job.last_run_id])] == [Dispatch]
+        assert [type(d) for d in store.run(ops.beat.dispatches(store.keys, [job.last_run_id]))] == [Dispatch]
     # Beat's read, and its decision at the entry's due time and a day later.
     engine = BeatEngine(store, settings, ductape.messages, "read-back")
-    entries = store.due_entries(2**62, 10)
+    entries = store.run(ops.beat.due_entries(store.keys, 2**62, 10))
     assert [e.job_id for e in entries] == ([job_id] if job.next_run_ms is not None else [])
     for entry in entries:
         for at in (entry.due_ms, entry.due_ms + int(timedelta(days=1).total_seconds() * 1000)):

@@ -42,7 +42,14 @@ def test_a_pool_process_lost_after_a_cancel_does_not_resurrect_the_one_off(world
     # The pool process running it is killed (hard time limit, OOM): the worker's main process
     # reports it, and Celery puts the delivery back. The cancel reached the running run too
     # (issue 14): it ends cancelled, with no further attempt.
-    assert world.store.lose_run(run_id, "host:4242:", "worker lost", T0 + 2 * SEC) == "cancelled"
+    assert (
+        world.store.run(
+            ops.worker.lose_run(
+                world.store.keys, world.store.retention, run_id, "host:4242:", "worker lost", T0 + 2 * SEC
+            )
+        )
+        == "cancelled"
+    )
 
     assert _job_field(world, job_id, "status") == "cancelled"  # the cancel is never undone
     again = world.store.begin_run(run_id, job_id, T0 + 3 * SEC, 60 * SEC, "host:4243:bbbb")
@@ -97,7 +104,9 @@ def test_a_run_triggered_just_before_its_jobs_retention_ends_is_not_swept_before
     run_id = f"{job_id}:{late}m"
     assert _add_run(world, "trigger", job_id, run_id, late) == ("ok", None)  # accepted: a run id
 
-    world.store.sweep(late + 2 * SEC, 1_000, 0)  # beat's sweep, before a worker takes the message
+    world.store.run(
+        ops.beat.sweep(world.store.keys, world.store.retention, late + 2 * SEC, 1_000, 0)
+    )  # beat's sweep, before a worker takes the message
     assert world.store.redis.exists(world.keys.run(run_id)) == 1, "the triggered run was deleted"
     world.now = late + 3 * SEC
     assert world.work() == [run_id]
@@ -148,8 +157,8 @@ def test_a_redriven_dead_letter_trimmed_from_its_schedule_does_not_stay_forever(
     world.work()  # the redriven run is skipped: its job was cancelled
 
     end = now + (RETENTION_S + DEAD_RETENTION_S) * SEC + 2 * 3_600 * SEC
-    world.store.sweep(end, 1_000, 0)
-    world.store.sweep(end, 1_000, 0)
+    world.store.run(ops.beat.sweep(world.store.keys, world.store.retention, end, 1_000, 0))
+    world.store.run(ops.beat.sweep(world.store.keys, world.store.retention, end, 1_000, 0))
     key = world.keys.run(first)
     assert world.store.redis.exists(key) == 0 or world.store.redis.ttl(key) > 0, "kept forever, no TTL"
 
@@ -165,7 +174,9 @@ def test_a_schedule_whose_record_vanished_can_be_scheduled_again(world: World, d
     first = ductape.job.schedule(**request)
     assert first.created
     world.store.redis.delete(world.keys.job(first.job_id))  # evicted, or deleted by hand
-    swept = world.store.sweep(world.now, 1_000, 0)  # the audit finds it and drops its entries
+    swept = world.store.run(
+        ops.beat.sweep(world.store.keys, world.store.retention, world.now, 1_000, 0)
+    )  # the audit finds it and drops its entries
     assert swept.jobs_vanished == 1
 
     again = ductape.job.schedule(**request)
@@ -210,19 +221,27 @@ def test_the_lost_sweep_drops_or_sets_aside_only_runs_that_have_not_moved_since_
     done_run, bad_run = f"{done}:{T0}", f"{unreadable}:{T0}"
     world.store.redis.zadd(world.keys.inflight, {done_run: T0, bad_run: T0})
     world.store.redis.hset(world.keys.run(bad_run), "status", "queued")
-    read = {run.run_id: run for run in world.store.unmoved_runs(T0 + MIN, 10)}
+    read = {run.run_id: run for run in world.store.run(ops.beat.unmoved_runs(world.store.keys, T0 + MIN, 10))}
     assert set(read) == {done_run, bad_run}
 
     world.store.redis.zadd(world.keys.inflight, {done_run: T0 + SEC, bad_run: T0 + SEC})  # both moved
-    assert world.store.forget_runs([read[done_run]]) == 0
-    assert not world.store.set_aside_run(read[bad_run], unreadable, "unreadable", T0 + 2 * SEC)
+    assert world.store.run(ops.beat.forget_runs(world.store.keys, [read[done_run]])) == 0
+    assert not world.store.run(
+        ops.beat.set_aside_run(
+            world.store.keys, world.store.retention, read[bad_run], unreadable, "unreadable", T0 + 2 * SEC
+        )
+    )
     assert world.store.redis.zscore(world.keys.inflight, done_run) == T0 + SEC
     assert world.store.redis.zscore(world.keys.inflight, bad_run) == T0 + SEC
     assert _job_field(world, unreadable, "status") == "completed"
 
     # Unmoved, both go as before.
-    read = {run.run_id: run for run in world.store.unmoved_runs(T0 + MIN, 10)}
-    assert world.store.forget_runs([read[done_run]]) == 1
-    assert world.store.set_aside_run(read[bad_run], unreadable, "unreadable", T0 + 2 * SEC)
+    read = {run.run_id: run for run in world.store.run(ops.beat.unmoved_runs(world.store.keys, T0 + MIN, 10))}
+    assert world.store.run(ops.beat.forget_runs(world.store.keys, [read[done_run]])) == 1
+    assert world.store.run(
+        ops.beat.set_aside_run(
+            world.store.keys, world.store.retention, read[bad_run], unreadable, "unreadable", T0 + 2 * SEC
+        )
+    )
     assert world.store.redis.zcard(world.keys.inflight) == 0
     assert world.store.redis.zscore(world.keys.dead, bad_run) is not None

@@ -9,7 +9,7 @@ import pytest
 from celery import Celery
 from click.testing import CliRunner
 
-from ductape_jobs import Ductape, RecordUnreadableError
+from ductape_jobs import Ductape, RecordUnreadableError, ops
 from ductape_jobs.cli.main import cli
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
@@ -187,5 +187,5 @@ def test_a_record_written_before_briefs_is_read_through_its_spec(
     assert engine.tick(T0 + MIN).released == 1
     assert engine.tick(T0 + 2 * MIN).released == 1
     assert queues.nominal(older) == [T0 + MIN, T0 + 2 * MIN]
-    [dispatch] = store.dispatches([f"{older}:{T0 + MIN}"])
+    [dispatch] = store.run(ops.beat.dispatches(store.keys, [f"{older}:{T0 + MIN}"]))
     assert dispatch.brief.event == "echo"  # type: ignore[union-attr]

@@ -1,26 +1,18 @@
-"""The producer's Redis operations, written once for the sync and the asyncio store.
-
-Each operation is a *flow*: a generator that yields a ``Batch`` (commands for one round trip)
-and is sent back the replies, then returns its parsed result. It does no I/O itself, so
-``Store.run`` and ``await AsyncStore.run`` drive the same code, and flows compose with
-``yield from`` (client flows in flows.py call these). psycopg 3 splits its protocol from its
-sync and async connections the same way.
+"""The producer's operations (the client, sync and asyncio, through flows.py): creating,
+reading, changing and cancelling jobs and runs. CHANGE_STATE serves the worker too (a job whose
+spec it can't read is set aside) and beat (a run whose job can't be read).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from itertools import islice
-from typing import Any, TypeVar
-
-import redis
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from ductape_jobs import scripts
 from ductape_jobs.brief import JobBrief
-from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobSpec, RunRecord
+from ductape_jobs.ops.core import Call, Eval, Flow, Stream, batched, one, send
 from ductape_jobs.records import (
     Answer,
     Current,
@@ -48,116 +40,6 @@ from ductape_jobs.rows import (
     TwinFound,
     UpdateJobArgs,
 )
-
-T = TypeVar("T")
-
-SCRIPT_NAMES = (
-    "CREATE_JOBS",
-    "CLAIM_DUE",
-    "SYNC_IMPORTED",
-    "READ_DUE",
-    "BEGIN_RUN",
-    "FINISH_RUN",
-    "RENEW_RUN",
-    "LOSE_RUN",
-    "CHANGE_STATE",
-    "CANCEL_RUN",
-    "ADD_RUN",
-    "BACKFILL",
-    "RESEND_RUN",
-    "FORGET_RUNS",
-    "SET_ASIDE_RUN",
-    "ACQUIRE_LOCK",
-    "RENEW_LOCK",
-    "RUN_GONE",
-    "SWEEP",
-    "UPDATE_JOB",
-)
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
-
-
-@dataclass(frozen=True)
-class Call:
-    """One redis-py command by method name: the name is the same on sync and asyncio clients."""
-
-    method: str
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Eval:
-    """One run of a Lua script from scripts.py, named as there."""
-
-    script: str
-    keys: list[str]
-    args: list[Any]
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Commands for one round trip: sent directly when alone, else as one pipeline."""
-
-    calls: tuple[Call | Eval, ...]
-    transaction: bool = False
-
-    @property
-    def direct(self) -> bool:
-        """Whether one plain command does (no pipeline, so no SCRIPT EXISTS round trip)."""
-        return len(self.calls) == 1 and not self.transaction
-
-
-@dataclass(frozen=True)
-class Stream:
-    """Calls for one round trip, built while they are sent: the server runs each while the next
-    is built (the sync store streams them; the asyncio store sends them as one pipeline)."""
-
-    calls: Iterator[Eval]
-
-
-Flow = Generator[Batch | Stream, list[Any], T]
-
-
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Lists of up to ``size`` items, taken from ``items`` only as each list is asked for."""
-    rest = iter(items)
-    while chunk := list(islice(rest, size)):
-        yield chunk
-
-
-def send(*calls: Call | Eval, transaction: bool = False) -> Flow[list[Any]]:
-    """Send commands in one round trip; their replies, in order (no round trip for none)."""
-    if not calls:
-        return []
-    return (yield Batch(calls, transaction))
-
-
-def one(call: Call | Eval) -> Flow[Any]:
-    """Send one command; its reply."""
-    (reply,) = yield from send(call)
-    return reply
-
-
-def register_scripts(client: Any) -> dict[str, Any]:
-    """The scripts registered on a sync or asyncio client (no I/O: loaded on first use)."""
-    return {name: client.register_script(getattr(scripts, name)) for name in SCRIPT_NAMES}
-
-
-def issue(target: Any, call: Call | Eval, registered: Mapping[str, Any]) -> Any:
-    """Put one call to a client or pipeline; the reply (awaitable on asyncio clients)."""
-    if isinstance(call, Eval):
-        return registered[call.script](keys=call.keys, args=call.args, client=target)
-    return getattr(target, call.method)(*call.args, **call.kwargs)
-
-
-def unreachable(exc: Exception) -> BackendUnavailableError:
-    """The error a caller sees for connection trouble (never the URL: it may hold a password)."""
-    return BackendUnavailableError(
-        f"Redis is unreachable ({type(exc).__name__}); check REDIS_URL and that the server is up"
-    )
-
-
-# -- producer operations ------------------------------------------------------------------------
 
 
 def create_jobs(keys: Keys, jobs: Sequence[NewJob], now_ms: int) -> Flow[list[tuple[str, bool]]]:
