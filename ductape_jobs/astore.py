@@ -1,6 +1,6 @@
-"""The Redis data model for asyncio: drives the flows of ops.py and flows.py over ``redis.asyncio``.
+"""The Redis data model for asyncio: drives the flows of ops/ and flows.py over ``redis.asyncio``.
 
-The operations themselves live in ops.py (shared with the sync ``Store``); this module only sends
+The operations themselves live in ops/ (shared with the sync ``Store``); this module only sends
 each batch a flow yields and awaits the replies. No thread pool: every round trip is real
 non-blocking I/O on the caller's event loop.
 """
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+import redis
 import redis.asyncio as aredis
 
 from ductape_jobs import ops
+from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
 from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, Stream, unreachable
 
@@ -27,13 +29,19 @@ class AsyncStore:
         self._scripts = ops.register_scripts(client)
 
     async def run(self, flow: Flow[T]) -> T:
-        """Drive a flow: send each batch it yields, awaiting the replies, until it returns."""
+        """Drive a flow: send each batch it yields, awaiting the replies, until it returns. A
+        command that fails is thrown into the flow at its ``yield``, as ``Store.run`` does."""
         try:
             batch = next(flow)
             while True:
                 if isinstance(batch, Stream):  # no overlap to gain on one event loop: one pipeline
                     batch = Batch(tuple(batch.calls))
-                batch = flow.send(await self._send(batch))
+                try:
+                    replies = await self._send(batch)
+                except (redis.RedisError, BackendUnavailableError) as exc:  # a flow may expect a refusal
+                    batch = flow.throw(exc)
+                else:
+                    batch = flow.send(replies)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 

@@ -1,6 +1,6 @@
 """What ``job.*`` does, written once for ``Ductape`` and ``AsyncDuctape``.
 
-Each method of ``JobFlows`` is a flow (see ops.py): validation, planning, message building and
+Each method of ``JobFlows`` is a flow (see ops/): validation, planning, message building and
 reading replies happen here, and every Redis round trip is yielded to the caller, so the sync
 client drives these flows with ``Store.run`` and the async one with ``await AsyncStore.run``.
 ``ClientCore`` is what both clients hold besides their Redis connection.

@@ -1,7 +1,7 @@
 """The data model's values: what the store writes and hands back, and how Redis replies become them.
 
 Pure: no I/O, and imports neither Celery nor the store (``Message`` is only carried here;
-wire.py builds it). Both stores (store.py, astore.py) and the operations in ops.py build on this,
+wire.py builds it). Both stores (store.py, astore.py) and the operations in ops/ build on this,
 and so do the scripts' words (``Verdict``, ``Answer``, ``StateAction`` ...), typed for mypy.
 """
 
@@ -290,7 +290,7 @@ class JobList(list[JobRecord]):
 
 @dataclass(frozen=True)
 class WorkerEntry:
-    """A worker's entry in the workers hash (``Store.register_worker`` writes it)."""
+    """A worker's entry in the workers hash (``ops.worker.register_worker`` writes it)."""
 
     name: str  # its Celery hostname
     envs: list[str]  # the envs whose queues it consumes

@@ -121,7 +121,7 @@ def _register_task(app: Celery, runner: Runner, entry: Handler, request_class: t
 
 def lost_runs_reported(store: Store) -> type[Request]:
     """Celery's request class, reporting (in the worker's main process) a run whose pool process
-    died or was killed at the hard time limit: its attempt counts at once (Store.lose_run), so
+    died or was killed at the hard time limit: its attempt counts at once (ops.worker.lose_run), so
     the delivery Celery puts back runs the next attempt without waiting out the run's lease."""
 
     class RunRequest(Request):  # type: ignore[misc]  # Celery is untyped

@@ -78,7 +78,7 @@ class World:
         return job_id
 
     def op(self, flow: Callable[..., Flow[T]], *args: Any, **kwargs: Any) -> T:
-        """Drive one of ops.py's flows on this deployment's store."""
+        """Drive one of the flows of ops/ on this deployment's store."""
         return self.store.run(flow(self.keys, *args, **kwargs))
 
     def at(self, now_ms: int) -> World:

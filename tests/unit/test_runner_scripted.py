@@ -105,7 +105,7 @@ def test_a_started_run_calls_the_handler_and_records_its_result() -> None:
 
 @pytest.mark.parametrize("verdict", ["done", "skip"])
 def test_a_run_finished_cancelled_or_gone_is_skipped_untouched(verdict: str) -> None:
-    # BEGIN_RUN's 'gone' reaches the runner as 'skip' (Store.begin_run records the vanished run).
+    # BEGIN_RUN's 'gone' reaches the runner as 'skip' (ops.worker.begin_run records the vanished run).
     assert execute(ScriptedStore(("begin_run", Started(verdict)))) == Outcome("skipped")
     assert seen == []
 
