@@ -253,39 +253,12 @@ class Store:
         return self.run(ops.worker.renew_run(self.keys, run_id, owner, now_ms, lease_ms))
 
     def finish_run(
-        self,
-        run_id: str,
-        job_id: str,
-        attempt: int,
-        now_ms: int,
-        outcome: Finish,
-        *,
-        result_json: str = "null",
-        error: str = "",
-        traceback: str = "",
-        cached: bool = False,
-        retention_s: int = 86_400,
-        due_ms: int | None = None,
-        wait: bool = True,
+        self, run_id: str, job_id: str, attempt: int, now_ms: int, outcome: Finish, **rest: Any
     ) -> bool:
-        """FINISH_RUN: one attempt's outcome (ops.worker.finish_run); ``wait=False`` defers it."""
-        flow = ops.worker.finish_run(
-            self.keys,
-            self.retention,
-            run_id,
-            job_id,
-            attempt,
-            now_ms,
-            outcome,
-            result_json=result_json,
-            error=error,
-            traceback=traceback,
-            cached=cached,
-            retention_s=retention_s,
-            due_ms=due_ms,
-            wait=wait,
-        )
-        return self.run(flow)
+        """FINISH_RUN: one attempt's outcome (ops.worker.finish_run, which names ``rest``);
+        ``wait=False`` defers it."""
+        k, r = self.keys, self.retention
+        return self.run(ops.worker.finish_run(k, r, run_id, job_id, attempt, now_ms, outcome, **rest))
 
     def change_state(
         self, action: StateAction, job_id: str, now_ms: int, next_ms: int | None = None, runs_done: int = 0
