@@ -159,20 +159,51 @@ class Bench:
 # -- counting what reaches Redis ---------------------------------------------------------------
 
 
+@dataclass
+class Sent:
+    """What this process sent to Redis: round trips, and the packets (read after the clock stops)."""
+
+    trips: int = 0
+    packets: list[Any] = field(default_factory=list)
+
+    @property
+    def commands(self) -> dict[str, int]:
+        """Commands sent by name (lower case), read from the RESP packets: ``*N`` then N bulk
+        strings, the first the command's name (redis-py's packers and hiredis.pack_command alike)."""
+        counts: dict[str, int] = {}
+        for packet in self.packets:
+            data = packet if isinstance(packet, bytes | bytearray) else b"".join(bytes(p) for p in packet)
+            at = 0
+            while at < len(data):
+                end = data.index(b"\r\n", at)
+                args = int(data[at + 1 : end])
+                at = end + 2
+                for n in range(args):
+                    end = data.index(b"\r\n", at)
+                    size = int(data[at + 1 : end])
+                    if n == 0:
+                        name = data[end + 2 : end + 2 + size].decode().lower()
+                        counts[name] = counts.get(name, 0) + 1
+                    at = end + 2 + size + 2
+        return counts
+
+
 @contextlib.contextmanager
-def round_trips() -> Iterator[list[int]]:
-    """Count client round trips made in this process (one per command, one per pipeline)."""
+def round_trips() -> Iterator[Sent]:
+    """Count client round trips made in this process (one per command, one per pipeline) and keep
+    what they sent, to count the commands afterwards."""
     conn_cls = redis.connection.AbstractConnection
     original = conn_cls.send_packed_command
-    counter = [0]
+    sent = Sent()
 
     def counted(self: Any, command: Any, check_health: bool = True) -> None:
-        counter[0] += 1
+        sent.trips += 1
+        sent.packets.append(command)
         original(self, command, check_health)
 
     conn_cls.send_packed_command = counted  # type: ignore[method-assign]
     try:
-        yield counter
+        yield sent
     finally:
         conn_cls.send_packed_command = original  # type: ignore[method-assign]
 
@@ -181,6 +212,27 @@ def command_calls(client: redis.Redis) -> dict[str, int]:
     """Server-side calls per command (INFO commandstats; commands run inside Lua count too)."""
     stats = client.info("commandstats")
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def command_usec(client: redis.Redis) -> dict[str, int]:
+    """Server-side microseconds spent per command (INFO commandstats; a script's own count
+    includes the commands it ran, which are also counted under their own names)."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["usec"]) for name, v in stats.items()}
+
+
+def redis_cpu_us(
+    sent: dict[str, int], calls: dict[str, int], usec: dict[str, int], skip: tuple[str, ...] = ("llen",)
+) -> float:
+    """Server CPU (us) the commands this client sent cost: per command, usec per call x the calls
+    the client made (``calls``/``usec`` are deltas over the same span). Calls made inside scripts
+    are left out: the script's own usec already holds them."""
+    total = 0.0
+    for name, n in sent.items():
+        if name in skip or not calls.get(name):
+            continue
+        total += usec.get(name, 0) / calls[name] * n
+    return total
 
 
 def calls_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

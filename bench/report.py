@@ -31,6 +31,7 @@ class Row:
     samples: dict[str, list[float]] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     command: str = ""
+    ratio_spread: tuple[float, float] = (math.nan, math.nan)  # min and max of the per-rep ratios
 
     def __post_init__(self) -> None:
         if math.isnan(self.ratio) and self.theirs:
@@ -50,6 +51,8 @@ def row(
     o, t = median(ours), median(theirs)
     ratio = o / t if t else math.nan
     met = None if check is None else bool(check(o, t, ratio))
+    # Both sides run in the same repetition, alternating who goes first: pair them up.
+    paired = [a / b for a, b in zip(ours, theirs, strict=False) if b] if len(ours) == len(theirs) else []
     return Row(
         figure,
         unit,
@@ -58,6 +61,7 @@ def row(
         target,
         met,
         ratio=ratio,
+        ratio_spread=(min(paired), max(paired)) if paired else (math.nan, math.nan),
         samples={"ours": list(ours), "theirs": list(theirs)},
         **extra,
     )
@@ -78,14 +82,15 @@ def _fmt(value: float) -> str:
 
 
 def table(rows: Sequence[Row]) -> str:
-    """The rows as a Markdown table: figure | ours | theirs | ratio | target | met?."""
-    lines = ["| figure | ours | theirs | ratio | target | met? |", "|---|---:|---:|---:|---|---|"]
+    """The rows as a Markdown table: figure | ours | theirs | ratio (min-max of the repetitions'
+    own ratios) | target | met?."""
+    lines = ["| figure | ours | theirs | ratio (min-max) | target | met? |", "|---|---:|---:|---:|---|---|"]
     for r in rows:
         met = "-" if r.met is None else ("yes" if r.met else "NO")
         theirs = _fmt(r.theirs) + (f" ({r.theirs_label})" if r.theirs_label else "")
-        lines.append(
-            f"| {r.figure}, {r.unit} | {_fmt(r.ours)} | {theirs} | {_fmt(r.ratio)} | {r.target} | {met} |"
-        )
+        lo, hi = r.ratio_spread
+        ratio = _fmt(r.ratio) + ("" if math.isnan(lo) else f" ({_fmt(lo)}-{_fmt(hi)})")
+        lines.append(f"| {r.figure}, {r.unit} | {_fmt(r.ours)} | {theirs} | {ratio} | {r.target} | {met} |")
     return "\n".join(lines)
 
 

@@ -1,26 +1,24 @@
 """Figures 4 and 7: releasing 10,000 due runs among 100,000 schedules, ours beside RedBeat.
 
 Both schedulers are driven in-process on the same server: our ``BeatEngine.tick`` and
-``RedBeatScheduler.tick``, each until its broker queue holds every due run. The round trips each
-side makes are counted client-side, the commands it costs server-side (INFO commandstats).
+``RedBeatScheduler.tick``, each until its broker queue holds every due run. The round trips and
+commands each side sends are counted client-side, the commands they cost server-side (INFO
+commandstats, with those scripts run), and the server CPU they cost as each sent command's usec
+per call (commandstats) times the calls sent: a script's usec covers the commands it runs.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import shutil
-import subprocess
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlparse
 
 from redbeat import RedBeatScheduler
 
 from beat.engine import BeatEngine
-from bench.env import Bench, calls_delta, command_calls, round_trips
+from bench.env import Bench, calls_delta, command_calls, command_usec, redis_cpu_us, round_trips
 from bench.load import load_ours, load_redbeat, template
 from bench.plain_app import TASK, make_app, queue_key
 from bench.report import Row, row
@@ -86,9 +84,9 @@ def beat_release(bench: Bench, reps: int, stored: int = 100_000, due: int = 10_0
             # untimed: RedBeat's turn may outlast our lock; a tick then only renews it
             engine.leadership.lead()
             db.delete(queue)
-            before = command_calls(db)
+            before, before_us = command_calls(db), command_usec(db)
             ticks = 0
-            with round_trips() as trips:
+            with round_trips() as sent:
                 start = time.perf_counter()
                 while db.llen(queue) < due:
                     tick()
@@ -97,29 +95,28 @@ def beat_release(bench: Bench, reps: int, stored: int = 100_000, due: int = 10_0
                         raise TimeoutError(f"{side}: only {db.llen(queue)} of {due} runs released in 300 s")
                 elapsed = time.perf_counter() - start
             results[f"{side}_s"].append(elapsed)
-            results[f"{side}_trips"].append(trips[0] - ticks - 1)  # less our own LLEN checks
-            cmds = calls_delta(before, command_calls(db))
+            after, after_us = command_calls(db), command_usec(db)
+            results[f"{side}_trips"].append(sent.trips - ticks - 1)  # less our own LLEN checks
+            cmds = calls_delta(before, after)
+            usec = calls_delta(before_us, after_us)
+            results[f"{side}_cpu_us"].append(redis_cpu_us(sent.commands, cmds, usec))
+            results[f"{side}_sent"].append(sent.commands)
             cmds.pop("llen", None)
             results[f"{side}_cmds"].append(cmds)
             results[f"{side}_ticks"].append(ticks)
-    # Released per second and the server's own ceiling, for figure 7.
-    limit = redis_benchmark(bench)
     engine.step_down()
     store.redis.close()
     db.close()
     app.close()
     bench.drop(ours_prefix)
     bench.drop(theirs_prefix)
-    return _rows(results, due, stored, settings.beat_batch, limit)
+    return _rows(results, due, stored, settings.beat_batch)
 
 
-def _rows(
-    results: dict[str, list[Any]], due: int, stored: int, batch: int, limit: dict[str, float]
-) -> list[Row]:
+def _rows(results: dict[str, list[Any]], due: int, stored: int, batch: int) -> list[Row]:
     batches = math.ceil(due / batch)
     ours_cmds = [sum(c.values()) / due for c in results["ours_cmds"]]
     theirs_cmds = [sum(c.values()) / due for c in results["theirs_cmds"]]
-    ours_rate = [due / s for s in results["ours_s"]]
     rows = [
         row(
             f"4 beat: {due:,} due among {stored:,} schedules, until all in the broker",
@@ -159,47 +156,17 @@ def _rows(
             command=".venv/bin/python -m bench --only 7",
         ),
     ]
-    if limit:
-        ceiling = min(limit.values()) / (sum(ours_cmds) / len(ours_cmds))
-        rows.append(
-            row(
-                "7 beat release rate vs Redis ceiling (pipelined ops/s / commands per run)",
-                "runs/s",
-                ours_rate,
-                [ceiling] * len(ours_rate),
-                "-",
-                None,
-                theirs_label="ceiling",
-                details={
-                    "redis_benchmark_ops_per_s": limit,
-                    "command": "redis-benchmark -P 16 -q -t set,lpush",
-                },
-                command=".venv/bin/python -m bench --only 7",
-            )
+    rows.append(
+        row(
+            "7 Redis CPU per released run (INFO commandstats: usec per call x calls sent)",
+            "us",
+            [us / due for us in results["ours_cpu_us"]],
+            [us / due for us in results["theirs_cpu_us"]],
+            "-",
+            None,
+            theirs_label="RedBeat",
+            details={"ours_sent": results["ours_sent"][-1], "theirs_sent": results["theirs_sent"][-1]},
+            command=".venv/bin/python -m bench --only 7",
         )
+    )
     return rows
-
-
-def redis_benchmark(bench: Bench, requests: int = 200_000) -> dict[str, float]:
-    """``redis-benchmark -P 16 -q -t set,lpush`` against the bench server, ops/s per command."""
-    exe = shutil.which("redis-benchmark")
-    url = urlparse(bench.url)
-    if exe is None or url.scheme != "redis":
-        return {}
-    args = [
-        exe,
-        "-h",
-        url.hostname or "127.0.0.1",
-        "-p",
-        str(url.port or 6379),
-        "-P",
-        "16",
-        "-q",
-        "-t",
-        "set,lpush",
-        "-n",
-        str(requests),
-    ]
-    env = {"REDISCLI_AUTH": url.password} if url.password else {}
-    got = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env, check=False).stdout
-    return {m[0].lower(): float(m[1]) for m in re.findall(r"(\w+): ([\d.]+) requests per second", got)}

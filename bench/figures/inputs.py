@@ -8,12 +8,14 @@ the input must not show in either.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from typing import Any
 
-from bench.env import Bench
+from bench.env import ROOT, Bench
 from bench.figures.beat import EVERY_MS
-from bench.figures.memory import _probe
 from bench.load import load_ours, template
 from bench.report import Row, row
 from ductape_jobs.clock import now_ms
@@ -24,6 +26,17 @@ from ductape_jobs.store import Store
 
 BIG = 256 * 1024 - 64  # the largest input schedule() takes by default, less its other fields
 SMALL = 100
+
+
+def _probe(bench: Bench, prefix: str, due: int) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "bench.rss_probe", bench.url, prefix, str(due)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"rss probe failed:\n{done.stderr[-3000:]}")
+    got: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    if got["released"] < due:
+        raise RuntimeError(f"rss probe released {got['released']} of {due} runs")
+    return got
 
 
 def _input(size: int) -> Any:

@@ -64,7 +64,7 @@ def _work(ductape: Ductape, settings: Settings) -> int:
 
 
 def _measure(
-    bench: Bench, name: str, make: Callable[[Ductape, Settings], None]
+    bench: Bench, name: str, make: Callable[[Ductape, Settings, int], None], n: int
 ) -> tuple[float, dict[str, int]]:
     """Bytes per record of one kind (used_memory delta / N), and MEMORY USAGE of one record's keys."""
     prefix = bench.prefix(f"f9{name}")
@@ -76,38 +76,38 @@ def _measure(
             env="dev", product_tag=PRODUCT, event="noop", start_at=time.time() + 86_400
         )
         before = _used(client)  # scripts loaded, connections open: only records differ from here
-        make(ductape, settings)
+        make(ductape, settings, n)
         after = _used(client)
         job_id = next(j.job_id for j in ductape.job.list(limit=2) if j.job_id != warm.job_id)
         keys = Keys(prefix)
         own = [keys.job(job_id), keys.job_runs(job_id)]
         own += [keys.run(r.run_id) for r in ductape.job.runs(job_id, 5)]
         usage = {key.split(":", 1)[1].split(":")[0]: int(client.memory_usage(key) or 0) for key in own}
-        return (after - before) / N, usage
+        return (after - before) / n, usage
     finally:
         ductape.close()
         client.close()
         bench.drop(prefix)
 
 
-def _schedules(ductape: Ductape, settings: Settings, *, due: bool) -> None:
+def _schedules(ductape: Ductape, settings: Settings, n: int, *, due: bool) -> None:
     start = 0 if due else time.time() + 86_400
     requests = [
         {"env": "dev", "product_tag": PRODUCT, "event": "noop", "start_at": start,
          "repeat": {"every": 3_600_000}, "input": {**INPUT, "i": i}}
-        for i in range(N)
+        for i in range(n)
     ]  # fmt: skip
     ductape.job.schedule_many(requests)
     if due:
         _work(ductape, settings)
 
 
-def _one_offs(event: str) -> Callable[[Ductape, Settings], None]:
-    def make(ductape: Ductape, settings: Settings) -> None:
+def _one_offs(event: str) -> Callable[[Ductape, Settings, int], None]:
+    def make(ductape: Ductape, settings: Settings, n: int) -> None:
         ductape.job.schedule_many(
             [
                 {"env": "dev", "product_tag": PRODUCT, "event": event, "input": {**INPUT, "i": i}}
-                for i in range(N)
+                for i in range(n)
             ]
         )
         _work(ductape, settings)
@@ -115,13 +115,13 @@ def _one_offs(event: str) -> Callable[[Ductape, Settings], None]:
     return make
 
 
-def sizing(bench: Bench, reps: int) -> list[Row]:
+def sizing(bench: Bench, reps: int, n: int = N) -> list[Row]:
     """Figure 9 rows: bytes per stored schedule, retained run, finished one-off job, dead letter."""
     command = ".venv/bin/python -m bench --only 9"
-    stored, stored_usage = _measure(bench, "s", lambda d, s: _schedules(d, s, due=False))
-    with_run, run_usage = _measure(bench, "r", lambda d, s: _schedules(d, s, due=True))
-    finished, finished_usage = _measure(bench, "o", _one_offs("noop"))
-    dead, dead_usage = _measure(bench, "d", _one_offs("fail"))
+    stored, stored_usage = _measure(bench, "s", lambda d, s, k: _schedules(d, s, k, due=False), n)
+    with_run, run_usage = _measure(bench, "r", lambda d, s, k: _schedules(d, s, k, due=True), n)
+    finished, finished_usage = _measure(bench, "o", _one_offs("noop"), n)
+    dead, dead_usage = _measure(bench, "d", _one_offs("fail"), n)
     figures = [
         ("9 bytes per stored schedule (job, due, jobs, fingerprint)", stored, stored_usage),
         ("9 bytes per retained run of a schedule (run record, runs entry)", with_run - stored, run_usage),
@@ -136,7 +136,7 @@ def sizing(bench: Bench, reps: int) -> list[Row]:
             [],
             "-",
             None,
-            details={"memory_usage_of_one": usage, "n": N},
+            details={"memory_usage_of_one": usage, "n": n},
             command=command,
         )
         for name, value, usage in figures
