@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench import figures as figure_modules
-from bench.__main__ import _figures
+from bench.__main__ import _figures, _parse
 from bench.env import Bench
 from bench.figures.beat import beat_release
 from bench.figures.memory import run_ours
@@ -51,6 +51,8 @@ def test_every_figure_module_imports_and_every_figure_is_wired() -> None:
     for name in names:
         importlib.import_module(f"bench.figures.{name}")
     assert set(_figures(quick=True)) == {1, 2, 3, 4, 5, 6, 8, 9, 10}
+    args = _parse(["--only", "3,7", "--reps", "1", "--quick"])  # as the README runs it
+    assert (args.only, args.reps, args.quick) == ("3,7", 1, True)
 
 
 def test_producer_figures_run_at_a_tiny_size(bench: Bench) -> None:
