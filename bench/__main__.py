@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the chosen figures and print one table."""
     args = _parse(argv)
     logging.getLogger("beat").setLevel(logging.ERROR)  # the in-process engine's leader chatter
+    logging.getLogger("ductape_jobs.runner").setLevel(logging.ERROR)  # figure 9's failing runs
     figures = _figures(args.quick)
     chosen = {4 if int(n) == 7 else int(n) for n in args.only.split(",") if n.strip()}
     # --quick leaves the soak (figure 8, minutes long) out unless it is asked for by name
