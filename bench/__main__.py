@@ -20,7 +20,7 @@ from bench.figures.e2e import end_to_end
 from bench.figures.inputs import beat_inputs
 from bench.figures.lateness import lateness
 from bench.figures.memory import beat_burst
-from bench.figures.producer import schedule_batch, schedule_one_by_one
+from bench.figures.producer import schedule_batch, schedule_latency, schedule_one_by_one
 from bench.figures.sizing import sizing
 from bench.figures.soak import soak
 from bench.report import Row, table, write_json
@@ -44,6 +44,7 @@ def _figures(quick: bool) -> dict[int, Callable[[Bench, int], list[Row]]]:
         8: soak,  # minutes long: `make soak` runs it alone
         9: sizing,
         10: beat_inputs,
+        11: schedule_latency,
     }
 
 

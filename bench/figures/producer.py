@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -188,4 +189,55 @@ def schedule_batch(bench: Bench, reps: int, n: int = 10_000) -> list[Row]:
             command=command,
         )
     )
+    return rows
+
+
+INPUT_SIZES = {"100 B": 100, "10 KB": 10_000, "200 KB": 200_000}
+CALLS = {100: 1_000, 10_000: 500, 200_000: 100}  # calls per size and side in a repetition
+
+
+def _payload(size: int) -> dict[str, Any]:
+    """A JSON object of about ``size`` bytes serialized."""
+    return {"blob": "x" * max(0, size - 12)}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def schedule_latency(bench: Bench, reps: int, calls_per_size: dict[int, int] = CALLS) -> list[Row]:
+    """Figure 11: ``schedule()`` vs ``apply_async()`` latency, p50 and p99 per call, by input size
+    (the same object as the task's argument), one producer; a short curve, both sides."""
+    ductape, plain, noop = _sides(bench, "f11")
+    lat: dict[tuple[int, str], list[list[float]]] = {}
+    for size in INPUT_SIZES.values():
+        payload, calls = _payload(size), calls_per_size[size]
+        ways = [
+            ("ours", lambda payload=payload: ductape.job.schedule(**{**REQUEST, "input": payload})),
+            ("theirs", lambda payload=payload: noop.apply_async(args=[payload])),
+        ]
+        for rep in range(reps):
+            for side, call in ways if rep % 2 == 0 else reversed(ways):
+                lat.setdefault((size, side), []).append([timed(call) * 1000 for _ in range(calls)])
+            bench.drop(ductape.settings.key_prefix)
+            bench.drop(plain.conf.bench_prefix)
+    ductape.close()
+    plain.close()
+    rows = []
+    for label, size in INPUT_SIZES.items():
+        for q in (50, 99):
+            rows.append(
+                row(
+                    f"11 schedule() p{q} latency, {label} input",
+                    "ms",
+                    [_percentile(r, q) for r in lat[(size, "ours")]],
+                    [_percentile(r, q) for r in lat[(size, "theirs")]],
+                    "-",
+                    None,
+                    theirs_label="apply_async",
+                    details={"calls_per_rep": calls_per_size[size], "input_bytes": size},
+                    command=".venv/bin/python -m bench --only 11",
+                )
+            )
     return rows

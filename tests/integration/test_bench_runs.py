@@ -22,7 +22,7 @@ from bench.__main__ import _figures, _parse
 from bench.env import Bench
 from bench.figures.beat import beat_release
 from bench.figures.memory import run_ours
-from bench.figures.producer import schedule_batch, schedule_one_by_one
+from bench.figures.producer import schedule_batch, schedule_latency, schedule_one_by_one
 from bench.figures.sizing import sizing
 from bench.report import Row, table
 from bench.rss_probe import main as rss_probe
@@ -50,7 +50,7 @@ def test_every_figure_module_imports_and_every_figure_is_wired() -> None:
     assert {"beat", "e2e", "inputs", "lateness", "memory", "producer", "sizing", "soak"} <= set(names)
     for name in names:
         importlib.import_module(f"bench.figures.{name}")
-    assert set(_figures(quick=True)) == {1, 2, 3, 4, 5, 6, 8, 9, 10}
+    assert set(_figures(quick=True)) == {1, 2, 3, 4, 5, 6, 8, 9, 10, 11}
     args = _parse(["--only", "3,7", "--reps", "1", "--quick"])  # as the README runs it
     assert (args.only, args.reps, args.quick) == ("3,7", 1, True)
 
@@ -59,6 +59,7 @@ def test_producer_figures_run_at_a_tiny_size(bench: Bench) -> None:
     measured(schedule_one_by_one(bench, 1, n=10))
     rows = measured(schedule_batch(bench, 1, n=20))
     assert {"twins", "mixed", "recurring", "session", "kombu_batch"} <= set(rows[0].details["jobs_per_s"])
+    assert len(measured(schedule_latency(bench, 1, {100: 3, 10_000: 3, 200_000: 3}))) == 6
 
 
 def test_beat_release_and_redis_cpu_run_at_a_tiny_size(bench: Bench) -> None:
