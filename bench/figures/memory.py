@@ -101,7 +101,7 @@ def run_redbeat(bench: Bench, burst: int, tag: str = "f5p") -> dict[str, float]:
     before = _used(bench)
     load_redbeat(app, (f"s{n}" for n in range(burst)), lambda name: last, every)
     db = bench.client()
-    stored = int(db.zcard(app.redbeat_conf.schedule_key))  # type: ignore[attr-defined]
+    stored = int(db.zcard(app.redbeat_conf.schedule_key))
     db.close()
     if stored != burst:
         raise RuntimeError(f"RedBeat: {stored} schedules stored, expected {burst}")
