@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from beat.leader import Leadership
 from beat.lost import LostRuns
 from beat.retention import Sweeper, SweepTotals
-from ductape_jobs import ops, timing
+from ductape_jobs import ops, timing, tracing
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.imported import BeatSchedule
 from ductape_jobs.jitter import Spread
@@ -178,11 +178,23 @@ class BeatEngine:
 
     def _hand_over(self, report: TickReport, token: str, claims: Iterable[Claim], now_ms: int) -> bool:
         """Claim and send; False when fenced out (a newer leader exists: we stalled past our lock)."""
+        built: list[Message] = []
+
+        def noted() -> Iterator[Claim]:
+            for claim in claims:
+                if claim.message is not None:
+                    built.append(claim.message)
+                yield claim
+
         claimed = self.store.run(
             ops.beat.claim(
-                self.store.keys, self.store.retention, token, claims, now_ms, self.settings.runs_kept
+                self.store.keys, self.store.retention, token, noted(), now_ms, self.settings.runs_kept
             )
         )
+        # Celery's after_task_publish, also for a slot CLAIM_DUE skipped or buffered: a receiver's
+        # state for a message (OpenTelemetry's publish span) must end, or it piles up in beat.
+        for message in built:
+            message.sent()
         if claimed is None:
             report.fenced_out, self._prepared = True, []
             self.leadership.fenced_out(token)
@@ -294,8 +306,12 @@ class BeatEngine:
             log.warning("due entry %s: the %s record is gone (evicted?); dropping it", entry.member, what)
 
     def _message(self, run_id: str, brief: JobBrief, entry: DueEntry, now_ms: int) -> Message:
-        # Released when due, so the message carries no ETA (nominal <= now).
-        return self.messages.from_brief(run_id, brief, min(entry.due_ms, now_ms), now_ms)
+        # Released when due, so the message carries no ETA (nominal <= now). Built in beat's
+        # release span: a recurring run starts its own trace, linked to the span that scheduled
+        # the job; a one-off's run stays in that span's trace.
+        recurring = brief.rule is not None
+        with tracing.span("ductape.release", brief.traceparent, link=recurring, run_id=run_id):
+            return self.messages.from_brief(run_id, brief, min(entry.due_ms, now_ms), now_ms)
 
     def _brief(self, entry: DueEntry) -> JobBrief | None:
         """The entry's brief, parsed once while it stays unchanged; raises when unreadable."""

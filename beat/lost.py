@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
-from ductape_jobs import ops
+from ductape_jobs import ops, tracing
 from ductape_jobs.records import Dispatch, InFlight, Message, Messages, Unreadable
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
@@ -73,23 +73,21 @@ class LostRuns:
 
         heads: dict[str, int | None] = {}
         waiting: list[str] = []
-        suspects: list[tuple[InFlight, Message]] = []
+        suspects: list[tuple[InFlight, Dispatch]] = []
         for run in live:
             dispatch = dispatches.get(run.run_id)
             if dispatch is None:
                 continue
-            message = self.messages.from_brief(run.run_id, dispatch.brief, dispatch.nominal_ms, now_ms)
-            if message.queue_key not in heads:
-                heads[message.queue_key] = self.store.run(
-                    ops.beat.head_queued_ms(self.store.keys, message.queue_key)
-                )
-            head_ms = heads[message.queue_key]
+            queue_key = self.messages.queue_key(dispatch.brief)
+            if queue_key not in heads:
+                heads[queue_key] = self.store.run(ops.beat.head_queued_ms(self.store.keys, queue_key))
+            head_ms = heads[queue_key]
             # Queues are FIFO: while the next message out was pushed no later than this run's,
             # this run's message may still be behind it.
             if head_ms is not None and head_ms <= run.queued_ms:
                 waiting.append(run.run_id)
             else:
-                suspects.append((run, message))
+                suspects.append((run, dispatch))
         held = (
             self.store.run(ops.beat.held_run_ids(self.store.keys, now_ms - self.stuck_after_ms))
             if suspects
@@ -99,15 +97,26 @@ class LostRuns:
         self.store.run(ops.beat.touch_runs(self.store.keys, waiting, now_ms))
         resent = [
             (run.run_id, message)
-            for run, message in suspects
+            for run, dispatch in suspects
             if (run.run_id not in held or lapsed(run, now_ms))
-            and self.store.run(ops.beat.resend(self.store.keys, run, message, now_ms))
+            for message in [self._resend(run, dispatch, now_ms)]
+            if message is not None
         ]
         self.handed([message for _, message in resent])
         sent = [run_id for run_id, _ in resent]
         if sent:
             log.warning("sent %d run(s) again whose message was lost: %s", len(sent), ", ".join(sent[:5]))
         return len(sent)
+
+    def _resend(self, run: InFlight, dispatch: Dispatch, now_ms: int) -> Message | None:
+        """Build the run's message again (in the trace its first one had, as beat's release
+        does) and push it if the run has not moved; the message, if it was pushed."""
+        brief, recurring = dispatch.brief, dispatch.brief.rule is not None
+        with tracing.span("ductape.resend", brief.traceparent, link=recurring, run_id=run.run_id):
+            message = self.messages.from_brief(run.run_id, brief, dispatch.nominal_ms, now_ms)
+        pushed = self.store.run(ops.beat.resend(self.store.keys, run, message, now_ms))
+        message.sent()  # also when the run had moved: a receiver's state for it must end
+        return message if pushed else None
 
     def _readable(
         self, loaded: list[Dispatch | Unreadable], read: dict[str, InFlight], now_ms: int

@@ -1,4 +1,5 @@
-"""``python -m bench [--only N[,N]] [--reps K] [--quick]``: print the table, write results/last.json."""
+"""``python -m bench [--only N[,N]] [--reps K] [--quick] [--receivers]``: print the table, write
+results/last.json."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.metadata import version
+
+from celery.signals import after_task_publish, before_task_publish
 
 from bench.env import RESULTS, ROOT, Bench
 from bench.figures.beat import beat_release
@@ -58,7 +61,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="a short pass: figure 3 drains 2,000 jobs, not 10,000; figure 5 stops at 10,000 due; "
         "no soak (figure 8) unless named in --only",
     )
+    parser.add_argument(
+        "--receivers",
+        action="store_true",
+        help="with a receiver of Celery's before/after_task_publish connected (both sides fire them)",
+    )
     return parser.parse_args(argv)
+
+
+def _heard(**_: object) -> None:
+    """A publish-signal receiver that does nothing: what connecting one costs, alone."""
 
 
 def _commit() -> str:
@@ -80,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {4 if int(n) == 7 else int(n) for n in args.only.split(",") if n.strip()}
     # --quick leaves the soak (figure 8, minutes long) out unless it is asked for by name
     wanted = sorted(chosen) or sorted(n for n in figures if not (args.quick and n == 8))
+    if args.receivers:
+        before_task_publish.connect(_heard)
+        after_task_publish.connect(_heard)
     started = time.monotonic()
     load_before = os.getloadavg()
     rows: list[Row] = []
@@ -96,12 +111,14 @@ def main(argv: list[str] | None = None) -> int:
             },
             "reps": args.reps,
             "quick": args.quick,
+            "receivers": args.receivers,
         }
         print(f"ductape-jobs bench: {meta['server']}, {meta['machine']}, commit {meta['commit']}")
         versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
         print(f"versions: {versions}, {meta['server']}")
         quick = " (--quick: figure 3 at 2,000 jobs, figure 5 up to 10,000 due)" if args.quick else ""
-        print(f"medians of {args.reps} repetitions, ratio spread min-max over them{quick}")
+        heard = "; publish-signal receivers connected" if args.receivers else ""
+        print(f"medians of {args.reps} repetitions, ratio spread min-max over them{quick}{heard}")
         for n in wanted:
             print(f"  figure {n}{' and 7' if n == 4 else ''} ...", end="", flush=True)
             t0 = time.monotonic()

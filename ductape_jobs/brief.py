@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ductape_jobs import timing
 from ductape_jobs.models import CeleryCall, JobSpec
 from ductape_jobs.sessions import redact
+from ductape_jobs.tracing import TRACEPARENT
 
 ARGSREPR_MAX = 1_024  # Celery's argsrepr (shown by Flower) is the input's repr cut to this length
 
@@ -31,11 +32,17 @@ class JobBrief(BaseModel):
     argsrepr: str = "{}"
     timeout_s: int | None = None  # the job's timeout (its messages' hard limit); None: the default
     celery: CeleryCall | None = None  # an imported beat_schedule entry: its task, not our handler
+    # The W3C traceparent of the span that scheduled the job (55 characters, no baggage, no
+    # tracestate): beat links a recurring run's trace to it, and sends a one-off in its trace.
+    traceparent: str | None = Field(default=None, pattern=TRACEPARENT.pattern)
 
     @classmethod
-    def of(cls, spec: JobSpec, input: dict[str, Any] | None = None) -> JobBrief:
+    def of(
+        cls, spec: JobSpec, input: dict[str, Any] | None = None, traceparent: str | None = None
+    ) -> JobBrief:
         """The brief of a spec (``input`` stands in for ``spec.input``, as in MessageBuilder.build)."""
         return cls(
+            traceparent=traceparent,
             env=spec.env,
             product_tag=spec.product_tag,
             event=spec.event,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict, TypeVar, cast
 
-from ductape_jobs import ops, timing
+from ductape_jobs import ops, timing, tracing
 from ductape_jobs.celery_app import create_app, revoke_runs
 from ductape_jobs.clock import now_ms
 from ductape_jobs.errors import (
@@ -39,7 +39,7 @@ from ductape_jobs.models import (
     run_id_for,
 )
 from ductape_jobs.ops import Flow
-from ductape_jobs.planning import _iso, handle_of, plan_job
+from ductape_jobs.planning import Build, _iso, handle_of, plan_job
 from ductape_jobs.records import (
     Answer,
     Current,
@@ -157,24 +157,40 @@ class JobFlows:
     def schedule_many(self, requests: Sequence[Request]) -> Flow[list[ScheduleHandle]]:
         """Schedule a batch: every request is validated first, then all are written in one round trip.
 
+        Traced as one ``ductape.schedule`` span (ductape_jobs.tracing), whose traceparent each job
+        keeps: its runs' messages carry this trace, a recurring job's runs link to it.
+        """
+        with tracing.span("ductape.schedule", jobs=len(requests)):
+            return (yield from self._schedule_many(requests, tracing.traceparent()))
+
+    def _schedule_many(
+        self, requests: Sequence[Request], traceparent: str | None
+    ) -> Flow[list[ScheduleHandle]]:
+        """Schedule a batch: every request is validated first, then all are written in one round trip.
+
         Requests that differ only in ``input`` from one already planned in the batch take the
         batch shortcut (twins.py): only their input is checked again.
         """
         now = now_ms()
-        planned = yield from self._plan_all(requests, now)
+        planned = yield from self._plan_all(requests, now, traceparent)
         messages: dict[int, Message] = {}  # by request: the run it hands to Celery (events on)
+        built: list[Message] = []  # every run's, to say when its write was answered (Message.sent)
 
         def rows() -> Iterator[CreateJobsRow]:
             for at, item in enumerate(planned):
                 if isinstance(item, Twin):
-                    row = item.row(now, self._messages)
+                    row = item.row(now, self._messages, built)
                 else:
-                    row = ops.create_row(self._keys, item)
+                    row = ops.create_row(self._keys, item, traceparent)
+                    if item.message is not None:
+                        built.append(item.message)
                 if self._report and row.message:
                     messages[at] = Message(row.queue_key, row.message)
                 yield row
 
         twins = dict((yield from ops.create_rows(self._keys, rows(), now)))
+        for message in built:  # a twin's too (not written): a receiver's state for it must end
+            message.sent()
         self._handed([message for at, message in messages.items() if at not in twins])
         handles = []
         for at, item in enumerate(planned):
@@ -186,11 +202,14 @@ class JobFlows:
                 handles.append(item.handle() if isinstance(item, Twin) else handle_of(item))
         return handles
 
-    def _plan_all(self, requests: Sequence[Request], now: int) -> Flow[list[NewJob | Twin]]:
+    def _plan_all(
+        self, requests: Sequence[Request], now: int, traceparent: str | None
+    ) -> Flow[list[NewJob | Twin]]:
         """Each request parsed and planned, or taken as a twin; the first refusal is raised, with
         its place in the batch."""
         planned: list[NewJob | Twin] = []
-        shapes = Shapes(self._keys, self._settings, new_job_id)
+        shapes = Shapes(self._keys, self._settings, new_job_id, traceparent)
+        build = traced_build(self._messages, traceparent)
         for index, raw in enumerate(requests):
             try:
                 key = shape_key(raw)
@@ -198,7 +217,7 @@ class JobFlows:
                 if twin is not None:
                     planned.append(twin)
                     continue
-                plan = yield from self._plan(raw, now)
+                plan = yield from self._plan(raw, now, build)
                 shapes.learn(key, plan)
                 planned.append(plan)
             except JobValidationError as exc:
@@ -207,12 +226,12 @@ class JobFlows:
                 raise
         return planned
 
-    def _plan(self, raw: Request, now: int) -> Flow[NewJob]:
+    def _plan(self, raw: Request, now: int, build: Build) -> Flow[NewJob]:
         """One request parsed, checked and planned the long way."""
         req = JobRequest.parse(dict(raw) if isinstance(raw, Mapping) else raw)
         if self._settings.require_handler:
             yield from self._check_event(req.product_tag, req.event)
-        return plan_job(req, self._settings, self._sessions, now, new_job_id(), self._messages.build)
+        return plan_job(req, self._settings, self._sessions, now, new_job_id(), build)
 
     def validate(self, request: Request) -> Flow[JobRequest]:
         """Check a request exactly as ``schedule()`` would, writing and sending nothing."""
@@ -286,8 +305,9 @@ class JobFlows:
                 return self._opened(current.job), False
             identity = ops.identity_key(self._keys, update.spec, current.identity)
             got = yield from ops.update_job(
-                self._keys, current, update, identity, now, job_retention_s=retention
-            )
+                self._keys, current, update, identity, now, job_retention_s=retention,
+                traceparent=tracing.traceparent(),
+            )  # fmt: skip
             if got.answer == Answer.OK:
                 return (yield from self.get(job_id)), True
             self._refused(*got, job_id, "update")
@@ -466,6 +486,8 @@ class JobFlows:
         ]
         kept = self._settings.runs_kept
         verdict, status, added = yield from ops.backfill(self._keys, job_id, messages, now, runs_kept=kept)
+        for _, _, message in messages:  # each one's, also one not added (Message.sent)
+            message.sent()
         self._refused(verdict, status, job_id, "backfill")
         pushed = set(added)
         self._handed([message for run_id, _, message in messages if run_id in pushed])
@@ -477,6 +499,7 @@ class JobFlows:
         message = self._messages.build(run_id, job.spec, now, now)
         kept = self._settings.runs_kept
         got = yield from ops.add_run(self._keys, action, job_id, run_id, now, message, runs_kept=kept)
+        message.sent()
         self._refused(*got, what, action)
         self._handed([message])
         return run_id
@@ -550,6 +573,19 @@ def _existing(job: JobRecord, *, updated: bool = False) -> ScheduleHandle:
         created=False,
         updated=updated,
     )
+
+
+def traced_build(messages: MessageBuilder, traceparent: str | None) -> Build:
+    """``messages.build`` for a job's first run: a schedule's, handed over at once, starts its own
+    trace linked to the span that scheduled it, as each later run (beat's release) does."""
+
+    def build(run_id: str, spec: JobSpec, nominal_ms: int, now_ms: int) -> Message:
+        if spec.rule is None:
+            return messages.build(run_id, spec, nominal_ms, now_ms)
+        with tracing.span("ductape.release", traceparent, link=True, run_id=run_id):
+            return messages.build(run_id, spec, nominal_ms, now_ms)
+
+    return build
 
 
 def new_job_id() -> str:

@@ -8,7 +8,8 @@ and so do the scripts' words (``Verdict``, ``Answer``, ``StateAction`` ...), typ
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
@@ -67,6 +68,13 @@ class Message:
 
     queue_key: str
     payload: str
+    # Fires Celery's after_task_publish for it (wire.py sets it only when receivers are connected).
+    after: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+
+    def sent(self) -> None:
+        """Say it was written: Celery's after_task_publish, as a publish would (nothing without receivers)."""
+        if self.after is not None:
+            self.after()
 
 
 class Messages(Protocol):
@@ -75,6 +83,10 @@ class Messages(Protocol):
 
     def from_brief(self, run_id: str, brief: JobBrief, nominal_ms: int, now_ms: int) -> Message:
         """The message that runs ``run_id`` (with an ETA only when not yet due)."""
+        ...
+
+    def queue_key(self, brief: JobBrief) -> str:
+        """The broker list the job's messages go to."""
         ...
 
 

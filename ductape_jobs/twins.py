@@ -15,13 +15,13 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from ductape_jobs import ops
+from ductape_jobs import ops, tracing
 from ductape_jobs.brief import ARGSREPR_MAX, JobBrief
 from ductape_jobs.errors import JobValidationError
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import ScheduleHandle, run_id_for
 from ductape_jobs.planning import check_input, handle_of
-from ductape_jobs.records import NewJob
+from ductape_jobs.records import Message, NewJob
 from ductape_jobs.rows import CreateJobsRow
 from ductape_jobs.sessions import OPENER
 from ductape_jobs.settings import Settings
@@ -49,8 +49,11 @@ def shape_key(raw: object) -> ShapeKey | None:
 class Shapes:
     """The shapes planned so far in one batch, by shape key."""
 
-    def __init__(self, keys: Keys, settings: Settings, new_job_id: Callable[[], str]) -> None:
+    def __init__(
+        self, keys: Keys, settings: Settings, new_job_id: Callable[[], str], traceparent: str | None = None
+    ) -> None:
         self._keys = keys
+        self._traceparent = traceparent  # the span scheduling the batch (tracing), in each brief
         self._settings = settings
         self._new_job_id = new_job_id
         self._shapes: dict[ShapeKey, Shape | None] = {}
@@ -65,7 +68,7 @@ class Shapes:
     def learn(self, key: ShapeKey | None, plan: NewJob) -> None:
         """Remember a request planned the long way as the shape of its key (the first one only)."""
         if key is not None and key not in self._shapes:
-            self._shapes[key] = Shape.of(plan, self._keys)
+            self._shapes[key] = Shape.of(plan, self._keys, self._traceparent)
 
 
 @dataclass(frozen=True)
@@ -77,9 +80,9 @@ class Twin:
     input: dict[str, Any]
     input_json: str
 
-    def row(self, now_ms: int, messages: MessageBuilder) -> CreateJobsRow:
-        """Its CREATE_JOBS row."""
-        return self.shape.row(self, now_ms, messages)
+    def row(self, now_ms: int, messages: MessageBuilder, built: list[Message] | None = None) -> CreateJobsRow:
+        """Its CREATE_JOBS row (its run's message also appended to ``built``)."""
+        return self.shape.row(self, now_ms, messages, built)
 
     def handle(self) -> ScheduleHandle:
         """What ``schedule()`` hands back for it."""
@@ -98,9 +101,10 @@ class Shape:
     brief_head: str
     brief_tail: str
     shown: dict[str, Any]  # the handle's fields but job_id
+    traceparent: str | None  # the span scheduling the batch (tracing)
 
     @classmethod
-    def of(cls, plan: NewJob, keys: Keys) -> Shape | None:
+    def of(cls, plan: NewJob, keys: Keys, traceparent: str | None = None) -> Shape | None:
         """The plan as a shape, or None when its plan depends on its input."""
         spec = plan.spec
         if plan.dedupe or spec.session_tag is not None or spec.redact_paths or spec.idempotency_key:
@@ -109,12 +113,14 @@ class Shape:
         head, found, tail = spec_json.partition(_INPUT_MARK_JSON)
         if not found:
             return None
-        brief_json = JobBrief.of(spec).model_copy(update={"argsrepr": _INPUT_MARK_JSON}).model_dump_json()
+        brief = JobBrief.of(spec, traceparent=traceparent)
+        brief_json = brief.model_copy(update={"argsrepr": _INPUT_MARK_JSON}).model_dump_json()
         brief_head, found, brief_tail = brief_json.partition(_JSON_STR.dump_json(_INPUT_MARK_JSON).decode())
         if not found:
             return None
         shown = handle_of(plan).model_dump(exclude={"job_id"})
-        return cls(plan, ops.create_row(keys, plan), head, tail, brief_head, brief_tail, shown)
+        row = ops.create_row(keys, plan, traceparent)
+        return cls(plan, row, head, tail, brief_head, brief_tail, shown, traceparent)
 
     def twin(self, raw: Mapping[str, Any], settings: Settings, new_job_id: Callable[[], str]) -> Twin | None:
         """The request as a twin of this shape if its input passes; None sends it the long way
@@ -130,14 +136,23 @@ class Shape:
             return None
         return Twin(self, new_job_id(), given, input_json)
 
-    def row(self, twin: Twin, now_ms: int, messages: MessageBuilder) -> CreateJobsRow:
-        """A twin's CREATE_JOBS row."""
+    def row(
+        self, twin: Twin, now_ms: int, messages: MessageBuilder, built: list[Message] | None = None
+    ) -> CreateJobsRow:
+        """A twin's CREATE_JOBS row (its run's message also appended to ``built``)."""
         plan, template = self.plan, self.template
         shown = repr(twin.input)[:ARGSREPR_MAX]  # as argsrepr() has it: a shape has no session values
         run_id, message = template.run_id, template.message
         if plan.run_id is not None and plan.nominal_ms is not None:
             run_id = run_id_for(twin.job_id, plan.nominal_ms)
-            message = messages.build(run_id, plan.spec, plan.nominal_ms, now_ms, shown=shown).payload
+            if plan.spec.rule is None:
+                made = messages.build(run_id, plan.spec, plan.nominal_ms, now_ms, shown=shown)
+            else:  # a schedule's first run starts its own trace, linked (as flows.traced_build)
+                with tracing.span("ductape.release", self.traceparent, link=True, run_id=run_id):
+                    made = messages.build(run_id, plan.spec, plan.nominal_ms, now_ms, shown=shown)
+            if built is not None:
+                built.append(made)
+            message = made.payload
         # By position, as the fields are declared: a twin's row is built once per request, and
         # _replace() costs twice as much (test_batches checks the rows equal the long way's).
         return CreateJobsRow(

@@ -10,13 +10,18 @@ without its record, and a fenced-out beat cannot send anything.
 from __future__ import annotations
 
 import base64
+import contextvars
+import functools
 import json
 import os
 import re
 from bisect import bisect
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from celery._state import _set_current_app, get_current_app
+from celery.signals import after_task_publish, before_task_publish
 from kombu import serialization
 
 from ductape_jobs.brief import JobBrief, argsrepr
@@ -42,6 +47,7 @@ class MessageBuilder:
         self.keys = Keys(settings.key_prefix)
         self.hostname = "ductape-jobs"
         self._templates: dict[tuple[str, str], str] = {}
+        self._signalled: dict[tuple[str, str], dict[str, Any]] = {}
 
     def build(
         self,
@@ -68,6 +74,10 @@ class MessageBuilder:
         where = (brief.env, brief.product_tag, brief.event, brief.timeout_s)
         return self._build(run_id, where, brief.argsrepr, nominal_ms, now_ms)
 
+    def queue_key(self, brief: JobBrief) -> str:
+        """The broker list a job's messages go to (its env's queue)."""
+        return self.keys.broker_prefix + self.settings.queue_for(brief.env)
+
     def _build(
         self, run_id: str, where: tuple[str, str, str, int | None], shown: str, nominal_ms: int, now_ms: int
     ) -> Message:
@@ -78,19 +88,90 @@ class MessageBuilder:
         template = self._templates.get((task, queue)) or self._template(task, queue)
         quoted_id = _quote(run_id)
         body = f"[[{quoted_id}], {{}}, {_EMBED_JSON}]"
+        eta = None if nominal_ms <= now_ms else _iso(nominal_ms)
+        # Celery's per-message (hard, soft) limits: the worker kills the run's process at the
+        # hard one; the soft one (the job's timeout) is applied by the runner itself.
+        hard_s = hard_limit_s(timeout_s or self.settings.job_timeout_s)
+        named = repr({"job_id": job_id_of(run_id)})
         holes = {
             "body": '"' + base64.b64encode(body.encode()).decode() + '"',
             "id": quoted_id,
-            "eta": "null" if nominal_ms <= now_ms else _quote(_iso(nominal_ms)),
+            "eta": "null" if eta is None else _quote(eta),
             "argsrepr": _quote(shown),
             # What Flower shows as the run's keyword arguments: its job (the body has none).
-            "kwargsrepr": _quote(repr({"job_id": job_id_of(run_id)})),
+            "kwargsrepr": _quote(named),
             "tag": '"' + os.urandom(16).hex() + '"',  # unique across processes and forks
-            # Celery's per-message (hard, soft) limits: the worker kills the run's process at the
-            # hard one; the soft one (the job's timeout) is applied by the runner itself.
-            "timelimit": f"[{hard_limit_s(timeout_s or self.settings.job_timeout_s)}, null]",
+            "timelimit": f"[{hard_s}, null]",
         }
-        return Message(self.keys.broker_prefix + queue, template % holes)
+        message = Message(self.keys.broker_prefix + queue, template % holes)
+        if before_task_publish.receivers or after_task_publish.receivers:
+            filled = {
+                "id": run_id,
+                "root_id": run_id,
+                "eta": eta,
+                "argsrepr": shown,
+                "kwargsrepr": named,
+                "timelimit": [hard_s, None],
+            }
+            return self._announce(message, task, queue, filled)
+        return message
+
+    def _announce(self, message: Message, task: str, queue: str, filled: dict[str, Any]) -> Message:
+        """Fire Celery's before_task_publish with the arguments ``send_task_message`` gives it; the
+        headers a receiver adds (OpenTelemetry's ``traceparent``) go into the message. The returned
+        message's ``sent()`` fires after_task_publish once it is written."""
+        signalled = self._signalled.get((task, queue)) or self._signalled_for(task, queue)
+        headers = {**signalled["headers"], **filled}
+        before = dict(headers)
+        run_id = filled["id"]
+        where = {
+            "sender": task, "body": ([run_id], {}, EMBED), "exchange": "", "routing_key": queue,
+            "headers": headers,
+        }  # fmt: skip
+        extra = {
+            "properties": {"correlation_id": run_id, "reply_to": ""},
+            "declare": signalled["declare"],
+            "retry_policy": dict(signalled["retry_policy"]),
+        }
+        after = self._before(where, extra)
+        if headers != before:
+            message = Message(message.queue_key, _with_headers(message.payload, before, headers))
+        return Message(message.queue_key, message.payload, after)
+
+    def _before(self, where: dict[str, Any], extra: dict[str, Any]) -> Callable[[], None]:
+        """Fire before_task_publish (``where`` and ``extra`` are its arguments); what fires
+        after_task_publish (with ``where``'s)."""
+        # A receiver may make its span current (OpenTelemetry's does, until after_task_publish):
+        # both signals run in one copy of the caller's context, so that never leaks into it.
+        context = contextvars.copy_context()
+        context.run(self._signal, before_task_publish, where | extra)
+        return functools.partial(context.run, self._signal, after_task_publish, where)
+
+    def _signal(self, signal: Any, arguments: dict[str, Any]) -> None:
+        # Receivers look the sender up in the current app's registry, as for a task this process
+        # would publish with apply_async (OpenTelemetry's ends its publish span only if found):
+        # this app, which knows every task it builds messages for, is current while they run.
+        current = get_current_app()
+        _set_current_app(self.app)
+        try:
+            signal.send(**arguments)
+        finally:
+            _set_current_app(current)
+
+    def _signalled_for(self, task: str, queue: str) -> dict[str, Any]:
+        """What the publish signals get for every message of (task, queue), made once."""
+        if task not in self.app.tasks:  # a stand-in, never run here: receivers find the task
+            self.app.task(name=task, shared=False)(_built_here)
+        headers, _, _, _ = self.app.amqp.create_task_message(
+            "-", task, ["-"], {}, kwargsrepr="{}", origin=self.hostname, ignore_result=True,
+            create_sent_event=False,
+        )  # fmt: skip
+        self._signalled[(task, queue)] = {
+            "headers": dict(headers),
+            "declare": [self.app.amqp.queues[queue]],
+            "retry_policy": dict(self.app.conf.task_publish_retry_policy),
+        }
+        return self._signalled[(task, queue)]
 
     def _template(self, task: str, queue: str) -> str:
         headers, properties, _, _ = self.app.amqp.create_task_message(
@@ -155,6 +236,19 @@ class MessageBuilder:
             "body_encoding": "base64",
             "delivery_tag": os.urandom(16).hex(),
         }
+        after = None
+        if before_task_publish.receivers or after_task_publish.receivers:  # as for our own (_announce)
+            where = {
+                "sender": call.task, "body": body, "exchange": opts.get("exchange", ""),
+                "routing_key": opts["routing_key"], "headers": headers,
+            }  # fmt: skip
+            queue = self.app.amqp.queues.get(opts["queue"])  # dict.get: never creates one
+            extra = {
+                "properties": dict(properties),
+                "declare": [] if queue is None else [queue],
+                "retry_policy": dict(self.app.conf.task_publish_retry_policy),
+            }
+            after = self._before(where, extra)
         envelope = {
             "body": base64.b64encode(raw).decode(),
             "content-encoding": encoding,
@@ -162,7 +256,7 @@ class MessageBuilder:
             "headers": headers,
             "properties": props,
         }
-        return Message(self._app_queue_key(opts["queue"], priority), json.dumps(envelope))
+        return Message(self._app_queue_key(opts["queue"], priority), json.dumps(envelope), after)
 
     def _app_queue_key(self, queue: str, priority: int) -> str:
         """The Redis list kombu's transport would push onto for the app: its global_keyprefix,
@@ -174,6 +268,23 @@ class MessageBuilder:
         return str(transport.get("global_keyprefix", "")) + name
 
 
+def _with_headers(payload: str, before: dict[str, Any], headers: dict[str, Any]) -> str:
+    """The envelope with the headers a receiver changed: added ones are spliced in after the
+    opening of the headers object (no parse); a changed or removed one re-encodes the whole."""
+    if all(key in headers and headers[key] == value for key, value in before.items()):
+        added = "".join(f"{_quote(k)}: {json.dumps(v)}, " for k, v in headers.items() if k not in before)
+        head, mark, tail = payload.partition(_HEADERS_OPEN)
+        return head + mark + added + tail
+    envelope = json.loads(payload)
+    envelope["headers"] = headers
+    return json.dumps(envelope)
+
+
+def _built_here(*_: Any, **__: Any) -> None:
+    """Stands for a task whose messages this process builds; it never runs here."""
+    raise NotImplementedError("a ductape-jobs run is executed by the workers")
+
+
 def _iso(value_ms: int) -> str:
     when = ms_to_datetime(value_ms)
     assert when is not None
@@ -183,6 +294,7 @@ def _iso(value_ms: int) -> str:
 _HOLE = "@@hole:%s@@"
 _PRIORITY_STEPS = [0, 3, 6, 9]  # kombu's Redis transport defaults (priority_steps, sep)
 _PRIORITY_SEP = "\x06\x16"
+_HEADERS_OPEN = '"headers": {'  # where the envelope's headers start, as json.dumps writes it
 _quote = json.encoder.encode_basestring_ascii  # a JSON string literal, as json.dumps writes it
 # Celery protocol 2's third body element: no callbacks, errbacks, chain or chord.
 EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}

@@ -14,7 +14,7 @@ from celery.exceptions import Ignore
 from celery.signals import heartbeat_sent, worker_ready
 from celery.worker.request import Request
 
-from ductape_jobs import celery_app, ops
+from ductape_jobs import celery_app, ops, tracing
 from ductape_jobs.clock import now_ms
 from ductape_jobs.connection import connect
 from ductape_jobs.errors import HandlerError
@@ -88,7 +88,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
 def _register_task(app: Celery, runner: Runner, entry: Handler, request_class: type[Request]) -> None:
     def run(self: Task, run_id: str) -> Any:
-        outcome = runner.execute(run_id)
+        with tracing.span("ductape.run", run_id=run_id, attempt=self.request.retries):
+            outcome = runner.execute(run_id)
         if outcome.kind in ("retry", "busy") and outcome.retry_in_s is not None:
             # The retry's message shows what the first one did (the masked input, the job),
             # not Celery's repr of its arguments (the run id).

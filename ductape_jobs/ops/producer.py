@@ -77,8 +77,9 @@ def create_rows(keys: Keys, rows: Iterable[CreateJobsRow], now_ms: int) -> Flow[
     ]
 
 
-def create_row(k: Keys, job: NewJob) -> CreateJobsRow:
-    """One job's CREATE_JOBS row."""
+def create_row(k: Keys, job: NewJob, traceparent: str | None = None) -> CreateJobsRow:
+    """One job's CREATE_JOBS row; ``traceparent``: the span that schedules it, kept in its brief
+    (ductape_jobs.tracing)."""
     message = job.message
     return CreateJobsRow(
         job_id=job.job_id,
@@ -94,7 +95,7 @@ def create_row(k: Keys, job: NewJob) -> CreateJobsRow:
         fp_keys=_fingerprints(k, job) if job.dedupe else "",
         queue_key="" if message is None else message.queue_key,
         message="" if message is None else message.payload,
-        brief=JobBrief.of(job.spec).model_dump_json(),
+        brief=JobBrief.of(job.spec, traceparent=traceparent).model_dump_json(),
         # the idempotency index entry and its TTL (ms); '' = none
         idem_key="" if job.spec.idempotency_key is None else k.idempotency(job.spec.idempotency_key),
         idem_ttl_ms=job.idempotency_ttl_ms or "",
@@ -281,11 +282,18 @@ def current_job(keys: Keys, job_id: str) -> Flow[Current | Unreadable | None]:
 
 
 def update_job(
-    keys: Keys, current: Current, update: Update, fp_key: str, now_ms: int, *, job_retention_s: int
+    keys: Keys,
+    current: Current,
+    update: Update,
+    fp_key: str,
+    now_ms: int,
+    *,
+    job_retention_s: int,
+    traceparent: str | None = None,
 ) -> Flow[Answered]:
     """Write an update if the job is as ``current`` read it: the answer (``moved`` when it
     changed since) and the status it saw. A schedule the update leaves nothing to run completes
-    and retires."""
+    and retires. ``traceparent``: the span updating it, which its later runs link to (tracing)."""
     job, spec = current.job, update.spec
     args = UpdateJobArgs(
         job_id=job.job_id,
@@ -294,7 +302,7 @@ def update_job(
         runs_done=job.runs_done,
         status=job.status.value,
         spec=spec.model_dump_json(),
-        brief=JobBrief.of(spec).model_dump_json(),
+        brief=JobBrief.of(spec, traceparent=traceparent).model_dump_json(),
         next_run_ms=opt(update.next_run_ms),
         anchor_ms=update.anchor_ms,
         fp=fp_key,

@@ -42,6 +42,7 @@ PURE = {
         "sessions",
         "settings",
         "timing",
+        "tracing",
         "updating",
         "urls",
     )

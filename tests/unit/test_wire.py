@@ -6,13 +6,14 @@ import base64
 import json
 
 from celery import Celery
+from celery.signals import after_task_publish, before_task_publish
 from kombu.serialization import dumps
 
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.events import sent_fields
 from ductape_jobs.models import CeleryCall, JobSpec, ms_to_datetime
 from ductape_jobs.settings import Settings
-from ductape_jobs.wire import MessageBuilder
+from ductape_jobs.wire import EMBED, MessageBuilder
 
 SPEC = JobSpec(env="prd", product_tag="billing", event="process_payment", retries=1,
                input={"orderId": "order_456", "amount": 99.99}, created_ms=0)  # fmt: skip
@@ -130,3 +131,69 @@ def test_a_messages_task_sent_fields_are_those_celery_sends_for_it() -> None:
         celery_event.update(queue="w.prd", exchange=queue.exchange.name, routing_key=queue.routing_key)
         assert sent_fields(message, {"w.prd": queue.exchange.name}) == celery_event
         assert celery_event["kwargs"] == "{'job_id': 'job1'}"  # Flower's task page names the job
+
+
+TRACEPARENT = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+
+
+def test_publish_signal_receivers_see_the_messages_headers_and_what_they_change_is_sent() -> None:
+    settings = Settings(key_prefix="w")
+    app = create_app(settings)
+    builder = MessageBuilder(app, settings)
+    plain = json.loads(builder.build("job1:9000", SPEC, 9_000, 5_000).payload)["headers"]  # no receivers
+    seen: list[dict] = []
+
+    def adds(headers: dict, **_: object) -> None:  # as OpenTelemetry's: spliced in, no re-encoding
+        seen.append(dict(headers))
+        headers["traceparent"] = TRACEPARENT
+
+    def changes(headers: dict, **_: object) -> None:  # a header Celery set: the envelope is re-encoded
+        headers["argsrepr"] = "{'changed': 1}"
+
+    for receivers, expected in (((adds,), {"traceparent": TRACEPARENT}), ((adds, changes), {
+        "traceparent": TRACEPARENT, "argsrepr": "{'changed': 1}"})):  # fmt: skip
+        for receiver in receivers:
+            before_task_publish.connect(receiver)
+        try:
+            message = builder.build("job1:9000", SPEC, 9_000, 5_000)
+        finally:
+            for receiver in receivers:
+                before_task_publish.disconnect(receiver)
+        assert seen.pop() == plain  # exactly the headers Celery's own message has
+        envelope = json.loads(message.payload)
+        assert envelope["headers"] == {**plain, **expected}
+        assert json.loads(base64.b64decode(envelope["body"])) == [["job1:9000"], {}, EMBED]
+
+
+def test_an_imported_entrys_message_fires_the_publish_signals_as_send_task_does() -> None:
+    app = Celery("proj", broker="memory://")
+    options = {"queue": "q", "exchange": "q", "routing_key": "q", "priority": 6, "headers": {"h": 1}}
+    call = CeleryCall(entry="e", task="proj.add", args=[2, 3], kwargs={"k": "v"}, options=options)
+    heard: list[tuple[str, dict]] = []
+
+    def before(**kwargs: object) -> None:
+        kwargs.pop("signal")
+        kwargs["headers"]["traceparent"] = TRACEPARENT  # type: ignore[index]
+        heard.append(("before", kwargs))
+
+    def after(**kwargs: object) -> None:
+        kwargs.pop("signal")
+        heard.append(("after", kwargs))
+
+    before_task_publish.connect(before)
+    after_task_publish.connect(after)
+    try:
+        message = MessageBuilder(app, Settings(key_prefix="w")).plain_task("job1:5", call, 1_900_000_000_000)
+        message.sent()
+        with app.connection_for_write() as conn:
+            sent = {k: v for k, v in options.items() if k not in ("exchange", "routing_key")}
+            app.send_task("proj.add", [2, 3], {"k": "v"}, task_id="job1:5", connection=conn, **sent)
+    finally:
+        before_task_publish.disconnect(before)
+        after_task_publish.disconnect(after)
+    [(_, ours), (_, ours_after), (_, theirs), (_, theirs_after)] = heard
+    assert set(ours) == set(theirs) and set(ours_after) == set(theirs_after)
+    for key in ("sender", "body", "routing_key"):
+        assert ours[key] == theirs[key] and ours_after[key] == theirs_after[key]
+    assert set(ours["headers"]) == set(theirs["headers"])
+    assert json.loads(message.payload)["headers"]["traceparent"] == TRACEPARENT
