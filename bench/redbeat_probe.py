@@ -19,6 +19,13 @@ _sending: dict[str, int] = {}
 class ProbedRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
     """RedBeatScheduler that remembers the due time of the entry being sent."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Connected here, in the beat that runs the probe, not on import: the bench's own process
+        # imports this module (figure 6), and a receiver there would make every figure pay for
+        # Celery's publish signals (which our builder fires only when someone listens).
+        before_task_publish.connect(_stamp, weak=False)
+        super().__init__(*args, **kwargs)
+
     def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
         """Send as RedBeat does, with the entry's due time noted for the publish hook."""
         if entry.last_run_at is not None:
@@ -29,7 +36,6 @@ class ProbedRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]
             _sending.clear()
 
 
-@before_task_publish.connect(weak=False)
 def _stamp(headers: dict[str, Any] | None = None, **_: Any) -> None:
     if headers is not None and "due_ms" in _sending:
         headers[DUE_HEADER] = _sending["due_ms"]
