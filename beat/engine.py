@@ -308,9 +308,11 @@ class BeatEngine:
     def _message(self, run_id: str, brief: JobBrief, entry: DueEntry, now_ms: int) -> Message:
         # Released when due, so the message carries no ETA (nominal <= now). Built in beat's
         # release span: a recurring run starts its own trace, linked to the span that scheduled
-        # the job; a one-off's run stays in that span's trace.
-        recurring = brief.rule is not None
-        with tracing.span("ductape.release", brief.traceparent, link=recurring, run_id=run_id):
+        # the job; a one-off's run stays in that span's trace; a retry handed back (r: entry)
+        # stays in its run's trace, kept in its record when the run was first sent.
+        parent = entry.traceparent or brief.traceparent
+        link = entry.traceparent is None and brief.rule is not None
+        with tracing.span("ductape.release", parent, link=link, run_id=run_id):
             return self.messages.from_brief(run_id, brief, min(entry.due_ms, now_ms), now_ms)
 
     def _brief(self, entry: DueEntry) -> JobBrief | None:

@@ -109,10 +109,13 @@ class LostRuns:
         return len(sent)
 
     def _resend(self, run: InFlight, dispatch: Dispatch, now_ms: int) -> Message | None:
-        """Build the run's message again (in the trace its first one had, as beat's release
-        does) and push it if the run has not moved; the message, if it was pushed."""
-        brief, recurring = dispatch.brief, dispatch.brief.rule is not None
-        with tracing.span("ductape.resend", brief.traceparent, link=recurring, run_id=run.run_id):
+        """Build the run's message again, in its run's trace (kept in its record when it was
+        first sent; without it, as beat's release does), and push it if the run has not moved;
+        the message, if it was pushed."""
+        brief = dispatch.brief
+        parent = dispatch.traceparent or brief.traceparent
+        link = dispatch.traceparent is None and brief.rule is not None
+        with tracing.span("ductape.resend", parent, link=link, run_id=run.run_id):
             message = self.messages.from_brief(run.run_id, brief, dispatch.nominal_ms, now_ms)
         pushed = self.store.run(ops.beat.resend(self.store.keys, run, message, now_ms))
         message.sent()  # also when the run had moved: a receiver's state for it must end

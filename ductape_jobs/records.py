@@ -70,6 +70,9 @@ class Message:
     payload: str
     # Fires Celery's after_task_publish for it (wire.py sets it only when receivers are connected).
     after: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    # The W3C traceparent of the span it was built in, when a tracer is set and publish receivers
+    # are connected ('' otherwise): its run's trace, kept in the run record (retries, resends).
+    traceparent: str = field(default="", compare=False, repr=False)
 
     def sent(self) -> None:
         """Say it was written: Celery's after_task_publish, as a publish would (nothing without receivers)."""
@@ -177,6 +180,7 @@ class DueEntry:
     anchor_ms: int
     run_id: str | None = None  # set for a retry entry ``r:<run_id>``
     version: int = 0  # the job's version (UPDATE_JOB bumps it): the claim holds only if unchanged
+    traceparent: str | None = None  # an ``r:`` entry's run's trace (its record's traceparent)
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,7 @@ class Dispatch:
     run_id: str
     brief: JobBrief
     nominal_ms: int
+    traceparent: str | None = None  # the run's trace (its record's traceparent), if kept
 
 
 @dataclass(frozen=True)

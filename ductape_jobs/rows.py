@@ -46,6 +46,7 @@ class CreateJobsRow(NamedTuple):
     brief: str  # what beat reads instead of the spec (brief.py)
     idem_key: str  # a one-off's idempotency entry ('' = none), written in the same step
     idem_ttl_ms: ScriptArg  # how long that entry returns the job
+    traceparent: str = ""  # its run's trace (Message.traceparent), kept in the run record ('' = none)
 
 
 class TwinFound(NamedTuple):
@@ -88,6 +89,7 @@ class ClaimDueRow(NamedTuple):
     overlap_policy: str  # repeat.overlap ('' = allow)
     skip_next_ms: ScriptArg  # the next run when this slot is skipped ('' = none)
     version: int  # the job's version beat read: an update in between (UPDATE_JOB) changes it
+    traceparent: str  # the released run's trace (Message.traceparent), kept in its record ('' = none)
 
 
 class Claimed(NamedTuple):
@@ -154,6 +156,7 @@ class DueRead(NamedTuple):
     runs_done: int
     anchor_ms: int
     version: int  # bumped by every update (UPDATE_JOB); the claim checks it
+    traceparent: str  # an r: entry's run's trace ('' = none, and always for a j: entry)
 
     @classmethod
     def from_reply(cls, reply: list[Any]) -> list[DueRead]:
@@ -161,7 +164,9 @@ class DueRead(NamedTuple):
         size = len(cls._fields)
         out = []
         for at in range(0, len(reply), size):
-            member, score, job_id, brief, done, anchor, version = (text(v) for v in reply[at : at + size])
+            member, score, job_id, brief, done, anchor, version, traceparent = (
+                text(v) for v in reply[at : at + size]
+            )
             out.append(
                 cls(
                     member,
@@ -171,6 +176,7 @@ class DueRead(NamedTuple):
                     int(done or 0),
                     int(anchor or 0),
                     int(version or 0),
+                    traceparent,
                 )
             )
         return out

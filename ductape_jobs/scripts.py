@@ -202,13 +202,14 @@ CREATE_JOBS = (
     _KEYS
     + _BATCHED_WRITES
     + """
-local HEAD, ROW = 2, 16  -- rows.CreateJobsHead, rows.CreateJobsRow
+local HEAD, ROW = 2, 17  -- rows.CreateJobsHead, rows.CreateJobsRow
 local prefix, now_ms = unpack(ARGV, 1, HEAD)
 local twins, created, due, inflight = {}, {}, {}, {}
 for i = 1, (#ARGV - HEAD) / ROW do
   local at = HEAD + (i - 1) * ROW
   local job_id, spec, status, recurring, next_run_ms, anchor_ms, runs_done, run_id, nominal_ms,
-    due_ms, fp_keys, queue_key, message, brief, idem_key, idem_ttl_ms = unpack(ARGV, at + 1, at + ROW)
+    due_ms, fp_keys, queue_key, message, brief, idem_key, idem_ttl_ms,
+    traceparent = unpack(ARGV, at + 1, at + ROW)
   local fp, twin = '', false
   for key in string.gmatch(fp_keys, '[^\\n]+') do
     if fp == '' then fp = key end
@@ -234,6 +235,7 @@ for i = 1, (#ARGV - HEAD) / ROW do
     if run_id ~= '' then
       redis.call('HSET', run_key(prefix, run_id), 'job_id', job_id, 'nominal_ms', nominal_ms,
         'status', 'queued', 'attempts', 0, 'queued_ms', now_ms)
+      if traceparent ~= '' then redis.call('HSET', run_key(prefix, run_id), 'traceparent', traceparent) end
       redis.call('ZADD', runs_key(prefix, job_id), nominal_ms, run_id)
       inflight[#inflight+1] = now_ms
       inflight[#inflight+1] = run_id
@@ -276,7 +278,7 @@ CLAIM_DUE = (
     _BATCHED_WRITES
     + _LIFECYCLE
     + """
-local HEAD, ROW = 6, 11  -- rows.ClaimDueHead, rows.ClaimDueRow
+local HEAD, ROW = 6, 12  -- rows.ClaimDueHead, rows.ClaimDueRow
 local prefix, fence, now_ms, runs_kept, job_retention_s, dead_retention_s = unpack(ARGV, 1, HEAD)
 if redis.call('GET', KEYS[1]) ~= fence then return {-1} end
 -- Queue pushes and index writes are made once per key at the end: no item reads another
@@ -310,7 +312,7 @@ end
 for i = 1, (#ARGV - HEAD) / ROW do
   local at = HEAD + (i - 1) * ROW
   local member, due_ms, runs_done, run_id, nominal_ms, next_ms, queue_key, message, overlap_policy,
-    skip_next_ms, version = unpack(ARGV, at + 1, at + ROW)
+    skip_next_ms, version, traceparent = unpack(ARGV, at + 1, at + ROW)
   local kind, id = string.sub(member, 1, 1), string.sub(member, 3)
   if kind == 'r' then
     local run = run_key(prefix, id)
@@ -394,6 +396,7 @@ for i = 1, (#ARGV - HEAD) / ROW do
         next_ms = skip_next_ms
       else
         redis.call('HSET', run, 'job_id', id, 'nominal_ms', nominal_ms, 'attempts', 0, 'queued_ms', now_ms)
+        if traceparent ~= '' then redis.call('HSET', run, 'traceparent', traceparent) end
         if verdict == 'buffer' then
           redis.call('HSET', run, 'status', 'buffered', 'behind', prev)
           rescheduled[#rescheduled+1] = tonumber(now_ms) + BUFFER_POLL_MS
@@ -942,8 +945,9 @@ return 1
 # Beat: read a batch of due entries with what deciding them needs, in one round trip: a job's
 # brief (brief.py), never its spec, which holds the input (up to 256 KiB, plus a sealed copy).
 # KEYS: due   ARGV: prefix, until_ms, limit
-# Returns 7 per entry: member, due_ms, job_id, brief, runs_done, anchor_ms, version. The brief
-# is '' when the job is gone, and 'spec:' .. spec for a record written before briefs existed.
+# Returns 8 per entry: member, due_ms, job_id, brief, runs_done, anchor_ms, version, traceparent
+# (an r: entry's run's trace, '' when it has none). The brief is '' when the job is gone, and
+# 'spec:' .. spec for a record written before briefs existed.
 READ_DUE = (
     _KEYS
     + """
@@ -952,9 +956,10 @@ local out = {}
 for i = 1, #rows, 2 do
   local member = rows[i]
   local id = string.sub(member, 3)
-  local job_id = id
+  local job_id, traceparent = id, false
   if string.sub(member, 1, 1) == 'r' then
-    job_id = redis.call('HGET', run_key(ARGV[1], id), 'job_id') or ''
+    local run = redis.call('HMGET', run_key(ARGV[1], id), 'job_id', 'traceparent')
+    job_id, traceparent = run[1] or '', run[2]
   end
   local st = {false, false, false, false}
   if job_id ~= '' then
@@ -971,6 +976,7 @@ for i = 1, #rows, 2 do
   out[#out+1] = st[2] or '0'
   out[#out+1] = st[3] or '0'
   out[#out+1] = st[4] or '0'
+  out[#out+1] = traceparent or ''
 end
 return out
 """

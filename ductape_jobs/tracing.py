@@ -70,3 +70,8 @@ def traceparent() -> str | None:
     _propagator.inject(carrier)
     value = carrier.get("traceparent")
     return value if value is not None and TRACEPARENT.match(value) else None
+
+
+def trace_of(stored: str) -> str | None:
+    """A run record's kept traceparent, if it is a valid one ('' or anything else: None)."""
+    return stored if stored and TRACEPARENT.match(stored) else None

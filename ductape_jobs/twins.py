@@ -142,7 +142,7 @@ class Shape:
         """A twin's CREATE_JOBS row (its run's message also appended to ``built``)."""
         plan, template = self.plan, self.template
         shown = repr(twin.input)[:ARGSREPR_MAX]  # as argsrepr() has it: a shape has no session values
-        run_id, message = template.run_id, template.message
+        run_id, message, traced = template.run_id, template.message, template.traceparent
         if plan.run_id is not None and plan.nominal_ms is not None:
             run_id = run_id_for(twin.job_id, plan.nominal_ms)
             if plan.spec.rule is None:
@@ -152,7 +152,7 @@ class Shape:
                     made = messages.build(run_id, plan.spec, plan.nominal_ms, now_ms, shown=shown)
             if built is not None:
                 built.append(made)
-            message = made.payload
+            message, traced = made.payload, made.traceparent
         # By position, as the fields are declared: a twin's row is built once per request, and
         # _replace() costs twice as much (test_batches checks the rows equal the long way's).
         return CreateJobsRow(
@@ -172,4 +172,5 @@ class Shape:
             self.brief_head + _JSON_STR.dump_json(shown).decode() + self.brief_tail,
             template.idem_key,  # '' (a one-off with an idempotency key is no shape)
             template.idem_ttl_ms,
+            traced,
         )

@@ -24,6 +24,7 @@ from celery._state import _set_current_app, get_current_app
 from celery.signals import after_task_publish, before_task_publish
 from kombu import serialization
 
+from ductape_jobs import tracing
 from ductape_jobs.brief import JobBrief, argsrepr
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import CeleryCall, JobSpec, hard_limit_s, job_id_of, ms_to_datetime, task_name
@@ -136,7 +137,10 @@ class MessageBuilder:
         after = self._before(where, extra)
         if headers != before:
             message = Message(message.queue_key, _with_headers(message.payload, before, headers))
-        return Message(message.queue_key, message.payload, after)
+        # The span it is built in (beat's release, schedule()'s) is its run's trace: kept in the
+        # run record, so a retry beat hands back or a resend continues it (tracing.traceparent()
+        # is None at once without a tracer provider).
+        return Message(message.queue_key, message.payload, after, tracing.traceparent() or "")
 
     def _before(self, where: dict[str, Any], extra: dict[str, Any]) -> Callable[[], None]:
         """Fire before_task_publish (``where`` and ``extra`` are its arguments); what fires

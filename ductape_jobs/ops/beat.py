@@ -32,6 +32,7 @@ from ductape_jobs.records import (
     text,
 )
 from ductape_jobs.rows import ClaimDueHead, ClaimDueRow, Claimed, DueRead, LockReply
+from ductape_jobs.tracing import trace_of
 
 CLAIM_CHUNK = 250  # claims per CLAIM_DUE call: small enough to overlap, large enough to batch
 HSCAN_COUNT = 500  # entries per HSCAN of kombu's unacked hash
@@ -77,6 +78,7 @@ def due_entries(keys: Keys, until_ms: int, limit: int) -> Flow[list[DueEntry]]:
             e.anchor_ms,
             run_id=e.member[2:] if e.member.startswith("r:") else None,
             version=e.version,
+            traceparent=trace_of(e.traceparent),
         )
         for e in DueRead.from_reply(got)
     ]
@@ -125,6 +127,7 @@ def claim(
                     c.overlap,
                     opt(c.skip_next_ms),
                     c.entry.version,
+                    "" if c.message is None else c.message.traceparent,
                 )
             yield Eval("CLAIM_DUE", touched, args)
 
@@ -143,14 +146,18 @@ def dispatches(keys: Keys, run_ids: Sequence[str]) -> Flow[list[Dispatch | Unrea
     comes back as ``Unreadable``."""
     if not run_ids:
         return []
-    runs = yield from send(*(Call("hmget", (keys.run(run_id), "job_id", "nominal_ms")) for run_id in run_ids))
-    briefs = yield from _briefs(keys, [text(job_id or b"-") for job_id, _ in runs])
+    runs = yield from send(
+        *(Call("hmget", (keys.run(run_id), "job_id", "nominal_ms", "traceparent")) for run_id in run_ids)
+    )
+    briefs = yield from _briefs(keys, [text(job_id or b"-") for job_id, _, _ in runs])
     out: list[Dispatch | Unreadable] = []
-    for run_id, (job_id, nominal), brief in zip(run_ids, runs, briefs, strict=True):
+    for run_id, (job_id, nominal, traced), brief in zip(run_ids, runs, briefs, strict=True):
         if not job_id or not brief:
             continue
         try:
-            out.append(Dispatch(run_id, JobBrief.read(brief), int(nominal or 0)))
+            out.append(
+                Dispatch(run_id, JobBrief.read(brief), int(nominal or 0), trace_of(text(traced or b"")))
+            )
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             out.append(Unreadable(text(job_id), reason("could not read this job's record", exc), run_id))
     return out

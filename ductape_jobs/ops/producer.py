@@ -99,6 +99,7 @@ def create_row(k: Keys, job: NewJob, traceparent: str | None = None) -> CreateJo
         # the idempotency index entry and its TTL (ms); '' = none
         idem_key="" if job.spec.idempotency_key is None else k.idempotency(job.spec.idempotency_key),
         idem_ttl_ms=job.idempotency_ttl_ms or "",
+        traceparent="" if message is None else message.traceparent,
     )
 
 

@@ -87,7 +87,9 @@ def test_claim_streams_calls_of_claim_chunk_rows_and_keeps_the_claims_each_call_
     assert list(first.args[: len(ClaimDueHead._fields)]) == ["unit", "beat-a:7", T0, 5, *TTLS]
     assert [len(claim_rows(c.args)) for c in (first, second)] == [CLAIM_CHUNK, 2]
     row = claim_rows(first.args)[0]
-    assert row == ClaimDueRow("j:job-0", T0, 0, f"job-0:{T0}", T0, T0 + 60_000, QUEUE, "message 0", "", "", 2)
+    assert row == ClaimDueRow(
+        "j:job-0", T0, 0, f"job-0:{T0}", T0, T0 + 60_000, QUEUE, "message 0", "", "", 2, ""
+    )
 
 
 def test_a_claim_fenced_out_in_any_call_claims_nothing():
@@ -265,13 +267,30 @@ def test_unmoved_runs_reads_the_index_then_each_runs_state():
 
 
 def test_dispatches_read_briefs_and_fall_back_to_the_spec_of_an_older_record():
+    traced = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"  # job-1:5's run kept its trace, job-2:6's a bad one
     got = drive(
         ops.beat.dispatches(K, ["job-1:5", "job-2:6", "gone:7", "job-3:8"]),
         [
-            call("hmget", K.run("job-1:5"), "job_id", "nominal_ms", reply=[b"job-1", b"5"]),
-            call("hmget", K.run("job-2:6"), "job_id", "nominal_ms", reply=[b"job-2", b"6"]),
-            call("hmget", K.run("gone:7"), "job_id", "nominal_ms", reply=[None, None]),
-            call("hmget", K.run("job-3:8"), "job_id", "nominal_ms", reply=[b"job-3", b"8"]),
+            call(
+                "hmget",
+                K.run("job-1:5"),
+                "job_id",
+                "nominal_ms",
+                "traceparent",
+                reply=[b"job-1", b"5", traced.encode()],
+            ),
+            call(
+                "hmget",
+                K.run("job-2:6"),
+                "job_id",
+                "nominal_ms",
+                "traceparent",
+                reply=[b"job-2", b"6", b"00-x"],
+            ),
+            call("hmget", K.run("gone:7"), "job_id", "nominal_ms", "traceparent", reply=[None, None, None]),
+            call(
+                "hmget", K.run("job-3:8"), "job_id", "nominal_ms", "traceparent", reply=[b"job-3", b"8", None]
+            ),
         ],
         [
             call("hget", K.job("job-1"), "brief", reply=BRIEF.encode()),
@@ -285,8 +304,8 @@ def test_dispatches_read_briefs_and_fall_back_to_the_spec_of_an_older_record():
         ],
     )
     assert got[:2] == [
-        Dispatch("job-1:5", JobBrief.read(BRIEF), 5),
-        Dispatch("job-2:6", JobBrief.of(SPEC), 6),
+        Dispatch("job-1:5", JobBrief.read(BRIEF), 5, traced),
+        Dispatch("job-2:6", JobBrief.of(SPEC), 6, None),
     ]
     (bad,) = got[2:]
     assert isinstance(bad, Unreadable) and (bad.job_id, bad.run_id) == ("job-3", "job-3:8")

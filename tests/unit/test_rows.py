@@ -102,8 +102,8 @@ def test_a_field_added_on_one_side_only_is_caught() -> None:
 def test_the_per_item_replies_append_one_field_per_named_tuple_field() -> None:
     assert scripts.CREATE_JOBS.count("twins[#twins+1] =") == len(TwinFound._fields)
     assert scripts.READ_DUE.count("out[#out+1] =") == len(DueRead._fields)
-    flat = [b"j:a", b"5.0", b"a", b"{}", b"2", b"3", b"4"] * 2
-    assert DueRead.from_reply(flat) == [DueRead("j:a", 5, "a", "{}", 2, 3, 4)] * 2
+    flat = [b"j:a", b"5.0", b"a", b"{}", b"2", b"3", b"4", b""] * 2
+    assert DueRead.from_reply(flat) == [DueRead("j:a", 5, "a", "{}", 2, 3, 4, "")] * 2
     assert TwinFound.from_reply([1, b"x", 3, b"y"]) == [TwinFound(0, "x"), TwinFound(2, "y")]
 
 
