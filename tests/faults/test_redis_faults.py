@@ -64,10 +64,14 @@ def test_redis_restart_mid_stream_keeps_everything_and_reconnects(
     wait_for(lambda: lock_holder(r, prefix) == beat.pid, 30, "beat to lead")
 
     base = {"env": "dev", "product_tag": "tests", "event": "echo"}
-    # 'allow': a run caught by the kill must not hold back the slots after it (the default 'skip')
-    endless = ductape.job.schedule(**base, input={"k": "endless"}, repeat={"every": 1000, "overlap": "allow"})
+    # 'allow': a run caught by the kill must not hold back the slots after it (the default 'skip').
+    # Retries: the handler records its call on this same server, so a run caught by the kill fails
+    # by its own handler's hand (ConnectionError) and, with no retry, never records a call.
+    endless = ductape.job.schedule(
+        **base, input={"k": "endless"}, retries=2, repeat={"every": 1000, "overlap": "allow"}
+    )
     limited = ductape.job.schedule(
-        **base, input={"k": "limited"}, repeat={"every": 1000, "limit": 8, "overlap": "allow"}
+        **base, input={"k": "limited"}, retries=2, repeat={"every": 1000, "limit": 8, "overlap": "allow"}
     )
     far = ductape.job.schedule(**base, input={"k": "far"}, start_at=now_ms() + 3_600_000)
     cron = ductape.job.schedule(**base, input={"k": "cron"}, repeat={"cron": "0 0 1 1 *", "limit": 3})
