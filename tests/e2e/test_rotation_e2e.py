@@ -46,7 +46,10 @@ def echo_calls(r: redis.Redis, job_id: str) -> list[dict[str, Any]]:
 
 def restart(procs: Processes, worker: subprocess.Popen[bytes], *secrets: str) -> subprocess.Popen[bytes]:
     """Stop the worker politely, start one whose ring is ``secrets``."""
-    procs.signal(worker, signal.SIGTERM)
+    # Celery's warm shutdown: SIGTERM to the main process only, which lets the pool finish the run
+    # in hand (the process group's SIGTERM also ended a pool process mid-run: a lost attempt, so a
+    # run once reached the removed key at its second attempt).
+    worker.send_signal(signal.SIGTERM)
     worker.wait(60)
     return procs.worker(concurrency=1, DUCTAPE_SESSIONS=json.dumps(ring(*secrets)))
 
