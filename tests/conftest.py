@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -111,3 +112,26 @@ def procs(
     group = Processes(redis_url, prefix, tmp_path_factory.mktemp("procs"))
     yield group
     group.stop_all(reaper)
+
+
+@pytest.fixture
+def exported() -> Iterator[tuple[Any, Any]]:
+    """The README's OpenTelemetry lines run in this process with an in-memory exporter, undone
+    afterwards (a tracer provider is process-wide: the reset is what OpenTelemetry's own test
+    helpers do). (TracerProvider, InMemorySpanExporter)."""
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.util._once import Once
+
+    from tests.otel_export import configure
+
+    memory = InMemorySpanExporter()
+    provider = configure(memory)["provider"]
+    try:
+        yield provider, memory
+    finally:
+        CeleryInstrumentor().uninstrument()
+        provider.shutdown()
+        trace._TRACER_PROVIDER_SET_ONCE = Once()
+        trace._TRACER_PROVIDER = None

@@ -5,39 +5,21 @@ the trace ids, parents and links that tie them together."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.util._once import Once
 
 from ductape_jobs import Ductape, JobStatus
-from tests.otel_export import as_dict, configure
+from tests.otel_export import as_dict
 from tests.support import Processes, wait_for
 
 pytestmark = pytest.mark.e2e
 
 Span = dict[str, Any]
-
-
-@pytest.fixture
-def exported() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    """The README's lines run in this process with an in-memory exporter; undone afterwards (a
-    tracer provider is process-wide: the reset is what OpenTelemetry's own test helpers do)."""
-    memory = InMemorySpanExporter()
-    provider: TracerProvider = configure(memory)["provider"]
-    try:
-        yield provider, memory
-    finally:
-        CeleryInstrumentor().uninstrument()
-        provider.shutdown()
-        trace._TRACER_PROVIDER_SET_ONCE = Once()
-        trace._TRACER_PROVIDER = None
 
 
 def test_one_off_in_the_callers_trace_schedules_linked_retries_in_their_run(

@@ -17,7 +17,6 @@ from ductape_jobs.celery_app import create_app
 from ductape_jobs.clock import now_ms
 from ductape_jobs.settings import Settings
 from ductape_jobs.wire import MessageBuilder
-from tests.e2e.test_tracing_e2e import exported  # noqa: F401 - the fixture
 from tests.integration.test_backfill import echo
 from tests.otel_export import as_dict
 
@@ -27,7 +26,7 @@ MIN = 60_000
 def test_a_lost_schedule_run_is_sent_again_in_its_runs_trace(
     ductape: Ductape,
     settings: Settings,
-    exported: tuple[TracerProvider, InMemorySpanExporter],  # noqa: F811 - the fixture
+    exported: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
     provider, memory = exported
     app = create_app(settings)
