@@ -41,11 +41,18 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for {pid}")
 
 
-def _used(bench: Bench) -> int:
+def _bytes_under(bench: Bench, prefix: str) -> int:
+    """Redis's MEMORY USAGE of every key under ``prefix``: what one side stored, whatever else
+    the server holds or frees meanwhile (a used_memory delta went negative on a shared server)."""
     client = bench.client()
-    used = int(client.info("memory")["used_memory"])
-    client.close()
-    return used
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1_000))
+        with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.memory_usage(key, samples=0)
+            return sum(int(n or 0) for n in pipe.execute())
+    finally:
+        client.close()
 
 
 def _release(bench: Bench, proc: Any, lock_key: str, queue: str, burst: int) -> dict[str, float]:
@@ -76,13 +83,13 @@ def run_ours(bench: Bench, burst: int, tag: str = "f5") -> dict[str, float]:
     settings = Settings(redis_url=bench.url, key_prefix=prefix, require_handler=False)
     keys = Keys(prefix)
     store = Store(connect(settings), keys)
-    before, now = _used(bench), now_ms()
+    now = now_ms()
     load_ours(store, template(settings, EVERY_MS), range(burst), lambda n: now - 1_000)
     stored = int(store.redis.zcard(keys.due))
     store.redis.close()
     if stored != burst:
         raise RuntimeError(f"ours: {stored} schedules stored, expected {burst}")
-    per_schedule = (_used(bench) - before) / burst
+    per_schedule = _bytes_under(bench, f"{prefix}:") / burst
     env = {"DUCTAPE_KEY_PREFIX": prefix, "DUCTAPE_HANDLERS": "bench.handlers"}
     proc = bench.spawn(
         "workers", ["beat", "--loglevel", "WARNING", "-S", "beat.RedisScheduler"], env, f"{tag}-ours-beat"
@@ -98,14 +105,13 @@ def run_redbeat(bench: Bench, burst: int, tag: str = "f5p") -> dict[str, float]:
     app = make_app(bench.url, prefix)
     every = timedelta(milliseconds=EVERY_MS)
     last = datetime.now(UTC) - every - timedelta(seconds=1)
-    before = _used(bench)
     load_redbeat(app, (f"s{n}" for n in range(burst)), lambda name: last, every)
     db = bench.client()
     stored = int(db.zcard(app.redbeat_conf.schedule_key))
     db.close()
     if stored != burst:
         raise RuntimeError(f"RedBeat: {stored} schedules stored, expected {burst}")
-    per_schedule = (_used(bench) - before) / burst
+    per_schedule = _bytes_under(bench, redbeat_prefix(prefix)) / burst
     proc = bench.spawn(
         "bench.plain_app",
         ["beat", "--loglevel", "WARNING", "-S", "redbeat.RedBeatScheduler"],
