@@ -20,6 +20,7 @@ from ductape_jobs.errors import JobValidationError
 from ductape_jobs.imported import BeatSchedule, ImportedEntry
 from ductape_jobs.models import CeleryCall, Repeat
 from ductape_jobs.settings import Settings
+from ductape_jobs.urls import is_sentinel, sentinel_target
 
 log = logging.getLogger("beat")
 
@@ -43,7 +44,8 @@ def beat_schedule(app: Celery, settings: Settings) -> BeatSchedule | None:
     config = app.conf.beat_schedule or {}
     if not config:
         return None
-    if not _same_redis(str(app.conf.broker_url or ""), settings.redis_url.get_secret_value()):
+    master = (app.conf.broker_transport_options or {}).get("master_name")
+    if not _same_redis(str(app.conf.broker_url or ""), settings, master):
         log.error(
             "beat_schedule not imported: the app's broker is not ductape's Redis (REDIS_URL); "
             "its tasks would be pushed where its workers do not look. Point broker_url at REDIS_URL"
@@ -112,9 +114,24 @@ def _cron(when: crontab) -> str:
     return f"{minute} {hour} {dom} {month} {dow}"
 
 
-def _same_redis(broker_url: str, redis_url: str) -> bool:
-    """Both URLs name one Redis server and database (never logged: they may hold a password)."""
-    a, b = urlsplit(broker_url), urlsplit(redis_url)
+def _same_redis(broker_url: str, settings: Settings, master: str | None = None) -> bool:
+    """Both name one Redis server and database (never logged: they may hold a password); behind
+    Sentinel, one master (``master``: the app's ``master_name`` option) of the same sentinels."""
+    ours = settings.sentinel_target()
+    if ours is not None or is_sentinel(broker_url):
+        if ours is None or not is_sentinel(broker_url):
+            return False
+        try:  # an app without master_name would not reach a broker at all: take ours
+            theirs = sentinel_target(broker_url, master=master or ours.master)
+        except ValueError:
+            return False
+        assert theirs is not None
+        return (theirs.master, theirs.db, set(theirs.sentinels)) == (
+            ours.master,
+            ours.db,
+            set(ours.sentinels),
+        )
+    a, b = urlsplit(broker_url), urlsplit(settings.url)
     host = {"localhost": "127.0.0.1", "::1": "127.0.0.1", None: "127.0.0.1"}
     where = [(host.get(u.hostname, u.hostname), u.port or 6379, u.path.strip("/") or "0") for u in (a, b)]
     return a.scheme.startswith(("redis", "rediss", "valkey")) and where[0] == where[1]

@@ -21,6 +21,7 @@ from ductape_jobs.clock import now_ms
 from ductape_jobs.connection import connect
 from ductape_jobs.events import SentEvents
 from ductape_jobs.keys import Keys
+from ductape_jobs.ops import Replicas
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Retention, Store
 from ductape_jobs.wire import MessageBuilder
@@ -35,7 +36,7 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self.settings: Settings = getattr(app, "ductape_settings", None) or Settings.from_env()
         keys, retention = Keys(self.settings.key_prefix), Retention.of(self.settings)
-        self.store = Store(connect(self.settings), keys, retention)
+        self.store = Store(connect(self.settings), keys, retention, Replicas.of(self.settings))
         self.watch = RedisWatch(self.store)  # eviction policy, memory headroom, vanished records
         instance = f"{socket.gethostname()}:{os.getpid()}"
         # task-sent for what beat pushes: with the app's task_send_sent_event (``celery -A proj

@@ -24,6 +24,7 @@ from bench.figures.inputs import beat_inputs
 from bench.figures.lateness import lateness
 from bench.figures.memory import beat_burst
 from bench.figures.producer import schedule_batch, schedule_latency, schedule_one_by_one
+from bench.figures.replicas import replica_wait
 from bench.figures.sizing import sizing
 from bench.figures.soak import soak
 from bench.report import Row, table, write_json
@@ -48,6 +49,7 @@ def _figures(quick: bool) -> dict[int, Callable[[Bench, int], list[Row]]]:
         9: sizing,
         10: beat_inputs,
         11: schedule_latency,
+        13: replica_wait,  # a primary and a replica of its own: the cost of DUCTAPE_WAIT_REPLICAS
     }
 
 

@@ -18,6 +18,7 @@ from ductape_jobs.connection import connect_async
 from ductape_jobs.flows import ClientCore, JobFilter, Request, RunIds, Runs, SetAsides, Times
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobRequest, RunRecord, ScheduleHandle
+from ductape_jobs.ops import Replicas
 from ductape_jobs.records import JobList, Message
 
 
@@ -30,7 +31,7 @@ class AsyncDuctape(ClientCore):
 
     def _open(self) -> None:
         self.redis = connect_async(self.settings)
-        self.store = AsyncStore(self.redis, Keys(self.settings.key_prefix))
+        self.store = AsyncStore(self.redis, Keys(self.settings.key_prefix), Replicas.of(self.settings))
         self.job = AsyncJobClient(self)
         self._sending: set[asyncio.Future[None]] = set()
 

@@ -15,7 +15,7 @@ import redis.asyncio as aredis
 from ductape_jobs import ops
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
-from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, Stream, unreachable
+from ductape_jobs.ops import REDIS_DOWN, Batch, Flow, Replicas, Stream, unreachable
 
 T = TypeVar("T")
 
@@ -23,10 +23,11 @@ T = TypeVar("T")
 class AsyncStore:
     """The asyncio twin of ``Store`` for the producer's operations."""
 
-    def __init__(self, client: aredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: aredis.Redis, keys: Keys, replicas: Replicas | None = None) -> None:
         self.redis = client
         self.keys = keys
         self._scripts = ops.register_scripts(client)
+        self.replicas = replicas  # DUCTAPE_WAIT_REPLICAS, as Store
 
     async def run(self, flow: Flow[T]) -> T:
         """Drive a flow: send each batch it yields, awaiting the replies, until it returns. A
@@ -46,12 +47,20 @@ class AsyncStore:
             return done.value  # type: ignore[no-any-return]
 
     async def _send(self, batch: Batch) -> list[Any]:
+        waits = self.replicas is not None and self.replicas.needed(batch.calls)
         try:
-            if batch.direct:
+            if batch.direct and not waits:
                 return [await ops.issue(self.redis, batch.calls[0], self._scripts)]
-            async with self.redis.pipeline(transaction=batch.transaction) as pipe:
+            # A WAIT ends the pipeline, on its connection after its writes (as Store._send).
+            async with self.redis.pipeline(transaction=batch.transaction and not waits) as pipe:
                 for call in batch.calls:
                     await ops.issue(pipe, call, self._scripts)  # buffers; a script also registers itself
-                return await pipe.execute()
+                if not waits:
+                    return await pipe.execute()
+                assert self.replicas is not None
+                pipe.execute_command("WAIT", self.replicas.count, self.replicas.timeout_ms)
+                *replies, reached = await pipe.execute()
         except REDIS_DOWN as exc:
             raise unreachable(exc) from None
+        self.replicas.check(reached, batch.calls)
+        return replies

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 from celery import Celery
 from kombu.entity import Queue
@@ -12,13 +13,14 @@ from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import hard_limit_s
 from ductape_jobs.settings import Settings
-from ductape_jobs.urls import broker_url
+from ductape_jobs.urls import broker_url, kombu_sentinel
 
 
 def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
     """A Celery app on the deployment's Redis, with one queue per env and at-least-once delivery."""
     keys = Keys(settings.key_prefix)
-    app = Celery(name, broker=broker_url(settings.url), set_as_current=False)
+    broker, sentinel_options = _broker(settings)
+    app = Celery(name, broker=broker, set_as_current=False)
     app.conf.update(
         # No result backend: results and errors live in our own run records.
         task_ignore_result=True,
@@ -50,6 +52,7 @@ def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
             "unacked_mutex_expire": 10,
             "socket_timeout": settings.socket_timeout_s,
             "socket_connect_timeout": settings.socket_timeout_s,
+            **sentinel_options,
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
@@ -65,6 +68,21 @@ def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def _broker(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The broker URL for kombu, and the transport options a Sentinel deployment adds (the
+    master's name; the sentinels' own password and the same timeouts, as ``sentinel_kwargs``)."""
+    target = settings.sentinel_target()
+    if target is None:
+        return broker_url(settings.url), {}
+    url, options = kombu_sentinel(target)
+    timeouts = {
+        "socket_timeout": settings.socket_timeout_s,
+        "socket_connect_timeout": settings.socket_timeout_s,
+    }
+    sentinel_kwargs = cast(dict[str, Any], options.get("sentinel_kwargs", {}))
+    return url, {**options, "sentinel_kwargs": {**timeouts, **sentinel_kwargs}}
 
 
 def revoke_runs(app: Celery, run_ids: Sequence[str], *, terminate: bool) -> None:

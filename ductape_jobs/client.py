@@ -16,6 +16,7 @@ from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.flows import ClientCore, JobFilter, Request, RunIds, Runs, SetAsides, Times
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobRequest, RunRecord, ScheduleHandle
+from ductape_jobs.ops import Replicas
 from ductape_jobs.records import JobList
 from ductape_jobs.store import Retention, Store
 
@@ -29,7 +30,8 @@ class Ductape(ClientCore):
 
     def _open(self) -> None:
         self.redis = connect(self.settings)
-        self.store = Store(self.redis, Keys(self.settings.key_prefix), Retention.of(self.settings))
+        keys, retention = Keys(self.settings.key_prefix), Retention.of(self.settings)
+        self.store = Store(self.redis, keys, retention, Replicas.of(self.settings))
         self.job = JobClient(self)
 
     def close(self) -> None:

@@ -47,6 +47,11 @@ class BackendUnavailableError(DuctapeError, ConnectionError):
     """Redis (or the broker) could not be reached within the configured time."""
 
 
+class NotReplicatedError(BackendUnavailableError):
+    """A write reached the primary but not DUCTAPE_WAIT_REPLICAS replicas in time: a failover
+    could lose it (it is not undone; retrying is safe)."""
+
+
 class HandlerError(DuctapeError):
     """A handler raised; carried into the run record and the dead-letter store."""
 

@@ -20,10 +20,12 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from ductape_jobs.errors import JobValidationError
 from ductape_jobs.models import MAX_TIMEOUT_S, SLUG, JobSpec
+from ductape_jobs.urls import SentinelTarget, sentinel_target, url_secrets
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -41,6 +43,17 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     redis_url: SecretStr = SecretStr(DEFAULT_REDIS_URL)
+    # Redis behind Sentinel (README, "Redis with Sentinel"): REDIS_URL in kombu's form
+    # (sentinel://[:pw@]host:26379;sentinel://host2:26379) or these addresses (host:port each,
+    # REDIS_URL then giving only the password and database); the master's name; the sentinels'
+    # own password, when they have one.
+    sentinels: tuple[str, ...] = ()
+    sentinel_master: str | None = Field(default=None, min_length=1)
+    sentinel_password: SecretStr | None = None
+    # Each write that must survive a failover (urls above: see store.REPLICATED) waits until
+    # this many replicas have it (Redis WAIT), at most wait_timeout_ms; 0: no waiting.
+    wait_replicas: int = Field(default=0, ge=0, le=16)
+    wait_timeout_ms: int = Field(default=1_000, ge=1, le=60_000)
     key_prefix: str = Field(default="ductape", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     envs: tuple[str, ...] = ("dev", "staging", "prd")
     handlers: tuple[str, ...] = ()
@@ -82,7 +95,7 @@ class Settings(BaseModel):
     metrics_per_job: bool = True  # false: series per (product, event, env) only, never per job
     metrics_linger_s: int = Field(default=300, ge=0)  # an ended schedule's series stay this long
 
-    @field_validator("envs", "worker_envs", "handlers", mode="before")
+    @field_validator("envs", "worker_envs", "handlers", "sentinels", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -103,6 +116,12 @@ class Settings(BaseModel):
             raise ValueError(f"{unknown} are not in DUCTAPE_ENVS; a worker can only serve configured envs")
         return value
 
+    @model_validator(mode="after")
+    def _sentinel_complete(self) -> Settings:
+        # A Sentinel URL without its master's name (or an unusable address) fails here, at start.
+        self.sentinel_target()
+        return self
+
     def __repr__(self) -> str:
         return f"Settings(key_prefix={self.key_prefix!r}, envs={self.envs!r}, redis_url='***')"
 
@@ -112,6 +131,18 @@ class Settings(BaseModel):
     def url(self) -> str:
         """The Redis URL, password included; never log it."""
         return self.redis_url.get_secret_value()
+
+    def sentinel_target(self) -> SentinelTarget | None:
+        """The Sentinel deployment REDIS_URL or DUCTAPE_SENTINELS names, or None for one server."""
+        password = self.sentinel_password.get_secret_value() if self.sentinel_password else None
+        return sentinel_target(self.url, self.sentinels, self.sentinel_master, password)
+
+    def secrets(self) -> list[str]:
+        """Every Redis password these settings hold (URL and sentinels'), for scrubbing texts."""
+        found = url_secrets(self.url)
+        if self.sentinel_password is not None and self.sentinel_password.get_secret_value():
+            found.append(self.sentinel_password.get_secret_value())
+        return found
 
     def queue_for(self, env: str) -> str:
         """The Celery queue that carries runs of ``env`` under this key prefix."""
@@ -145,9 +176,12 @@ class Settings(BaseModel):
             return cls.model_validate(values)
         except ValidationError as exc:
             first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "settings"
-            shown = "***" if field.startswith(("redis_url", "sessions")) else repr(first["input"])
             reason = str(first["msg"]).removeprefix("Value error, ")
+            if not first["loc"]:  # a check across settings (the Sentinel target): it names the fix
+                raise JobValidationError("settings.redis_url", reason) from None
+            field = ".".join(str(p) for p in first["loc"])
+            secret = field.startswith(("redis_url", "sessions", "sentinel_password"))
+            shown = "***" if secret else repr(first["input"])
             raise JobValidationError(
                 f"settings.{field}", f"{reason} (got {shown}); fix DUCTAPE_{field.split('.')[0].upper()}"
             ) from None

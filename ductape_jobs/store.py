@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import hiredis
 import redis
@@ -27,7 +27,7 @@ import redis
 from ductape_jobs import ops
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
-from ductape_jobs.ops import REDIS_DOWN, Batch, Eval, Flow, Stream, unreachable
+from ductape_jobs.ops import REDIS_DOWN, Batch, Eval, Flow, Replicas, Stream, unreachable
 from ductape_jobs.records import (
     Claim,
     Dispatch,
@@ -61,10 +61,19 @@ log = logging.getLogger("ductape_jobs.store")
 class Store:
     """The sync driver for one deployment's records in one Redis: ``run(flow)``."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, retention: Retention | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        retention: Retention | None = None,
+        replicas: Replicas | None = None,
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.retention = retention or Retention()
+        # DUCTAPE_WAIT_REPLICAS: each REPLICATED write waits for them on its own connection
+        # (WAIT counts what that connection wrote), and none is deferred.
+        self.replicas = replicas
         self._scripts = ops.register_scripts(client)
         self._names = {script.sha: name for name, script in self._scripts.items()}  # for logs
         self._local = threading.local()
@@ -105,8 +114,9 @@ class Store:
         conn = held.conn
         packed = [hiredis.pack_command(("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args))]
         # Deferred only once this connection has run the script: a NOSCRIPT reply read later
-        # would leave the command undone until this thread's next call.
-        defer = call.defer and script.sha in held.loaded
+        # would leave the command undone until this thread's next call. Never while writes wait
+        # for replicas: the reply would come before the replicas have it.
+        defer = call.defer and script.sha in held.loaded and self.replicas is None
 
         def attempt() -> Any:
             conn.send_packed_command(packed, check_health=False)
@@ -131,7 +141,20 @@ class Store:
                 held.pending = (script, packed)
             else:
                 held.loaded.add(script.sha)
+            if self.replicas is not None and self.replicas.needed([call]):
+                self._wait(conn, [call])
             return reply
+
+    def _wait(self, conn: Any, calls: list[Eval]) -> None:
+        """WAIT on ``conn`` until the replicas have what it wrote (NotReplicatedError if not)."""
+        assert self.replicas is not None
+        try:
+            conn.send_command("WAIT", self.replicas.count, self.replicas.timeout_ms)
+            reached = conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        self.replicas.check(reached, calls)
 
     def _settle(self, held: _Held) -> None:
         """Read the reply a deferred command left on this thread's connection.
@@ -187,7 +210,7 @@ class Store:
         """Send each script call as soon as it is built, then read all replies: one round trip,
         with the server running each call while the client builds the next."""
         pool = self.redis.connection_pool
-        sent: list[tuple[str, tuple[Any, ...]]] = []  # (script name, command)
+        sent: list[tuple[Eval, tuple[Any, ...]]] = []  # (call, command)
         replies: list[Any] = []
         with guarded():
             conn: Any = pool.get_connection()  # redis-py's Connection: its send/read calls are untyped
@@ -196,35 +219,52 @@ class Store:
                     script = self._scripts[call.script]
                     command = ("EVALSHA", script.sha, len(call.keys), *call.keys, *call.args)
                     conn.send_packed_command([hiredis.pack_command(command)], check_health=False)
-                    sent.append((call.script, command))
+                    sent.append((call, command))
                 for _ in sent:
                     try:
                         replies.append(conn.read_response())
                     except redis.ResponseError as exc:  # the rest are read, so the connection stays in step
                         replies.append(exc)
+                for at, reply in enumerate(replies):
+                    if isinstance(reply, redis.exceptions.NoScriptError):
+                        # The server lost its script cache (a restart, a failover): nothing of this
+                        # call ran. Run again on this connection, so a WAIT below counts it.
+                        call, command = sent[at]
+                        conn.send_command("SCRIPT", "LOAD", self._scripts[call.script].script)
+                        conn.read_response()
+                        conn.send_command(*command)
+                        replies[at] = conn.read_response()
+                    elif isinstance(reply, redis.ResponseError):
+                        raise reply
+                calls = [call for call, _ in sent]
+                if self.replicas is not None and self.replicas.needed(calls):
+                    self._wait(conn, calls)
+            except redis.ResponseError:
+                raise  # every reply was read: the connection is still in step
             except BaseException:
                 conn.disconnect()  # a half-sent or half-read stream leaves the connection unusable
                 raise
             finally:
                 pool.release(conn)
-            for at, reply in enumerate(replies):
-                if isinstance(reply, redis.exceptions.NoScriptError):
-                    # The server lost its script cache (a restart): nothing of this call ran.
-                    name, command = sent[at]
-                    self.redis.script_load(self._scripts[name].script)
-                    replies[at] = cast(Any, self.redis).execute_command(*command)
-                elif isinstance(reply, redis.ResponseError):
-                    raise reply
         return replies
 
     def _send(self, batch: Batch) -> list[Any]:
+        waits = self.replicas is not None and self.replicas.needed(batch.calls)
         with guarded():
-            if batch.direct:
+            if batch.direct and not waits:
                 return [ops.issue(self.redis, batch.calls[0], self._scripts)]
-            with self.redis.pipeline(transaction=batch.transaction) as pipe:
+            # A WAIT ends the pipeline: on its connection, after its writes (never in a MULTI,
+            # where WAIT would not block: no transaction batch holds a REPLICATED script).
+            with self.redis.pipeline(transaction=batch.transaction and not waits) as pipe:
                 for call in batch.calls:
                     ops.issue(pipe, call, self._scripts)
-                return pipe.execute()
+                if not waits:
+                    return pipe.execute()
+                assert self.replicas is not None
+                pipe.execute_command("WAIT", self.replicas.count, self.replicas.timeout_ms)  # type: ignore[no-untyped-call]
+                *replies, reached = pipe.execute()
+            self.replicas.check(reached, batch.calls)
+            return replies
 
     def unread(self) -> Callable[[], bool]:
         """Whether the command this thread last sent without waiting is still unread (its reply

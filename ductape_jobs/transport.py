@@ -1,6 +1,7 @@
 """kombu's Redis transport with two fixes for a worker that loses its broker connection, used by
 workers (the consumers; kept here so importing it builds no worker app). Both are for kombu
-upstream (README, "Redis restarts").
+upstream (README, "Redis restarts"). Behind Sentinel the same channel runs on kombu's sentinel
+transport (``SentinelTransport``): the fixes are the same, only the pool differs.
 
 1. kombu#582: when a worker loses its broker connection, Celery closes the kombu connection,
    which drops the transport's ``client`` (the connection details); a channel closed or
@@ -19,6 +20,8 @@ upstream (README, "Redis restarts").
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -64,14 +67,21 @@ class Channel(kombu_redis.Channel):
         log.warning("put back %d message(s) held when the broker connection was lost", len(tags))
 
     def _connparams(self, asynchronous: bool = False) -> Any:
+        # kombu#582: _connparams only reads .client and .default_port.
+        with self._connected():
+            return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
+
+    @contextmanager
+    def _connected(self) -> Iterator[None]:
+        """Within: ``self.connection`` has its connection details, those the channel was opened
+        with when the transport has dropped its own (kombu#582), or this channel was detached."""
         transport = self.connection
         if transport is not None and transport.client is not None:
-            return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
-        # kombu#582: the transport is closed (or this channel was detached from it); use what
-        # the channel was opened with. _connparams only reads .client and .default_port.
+            yield
+            return
         self.connection = self._opened_with
         try:
-            return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
+            yield
         finally:
             self.connection = transport
 
@@ -80,3 +90,18 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport with the channel above."""
 
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The same channel for Redis behind Sentinel: its pool asks the sentinels for the master."""
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        # Reads .client.alt (the sentinels) and .default_port besides _connparams: kombu#582 too.
+        with self._connected():
+            return super()._sentinel_managed_pool(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's ``sentinel://`` transport with the channel above (``REDIS_URL=sentinel://...``)."""
+
+    Channel = SentinelChannel

@@ -20,6 +20,7 @@ from ductape_jobs.connection import connect
 from ductape_jobs.errors import HandlerError
 from ductape_jobs.flower_guard import guard_flower
 from ductape_jobs.keys import Keys
+from ductape_jobs.ops import Replicas
 from ductape_jobs.records import Lost
 from ductape_jobs.registry import Handler, Registry, load_handlers
 from ductape_jobs.runner import Runner, owner_prefix
@@ -40,9 +41,11 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     registry = load_handlers(settings.handlers, registry)
     app = celery_app.create_app(settings, name="workers")
     app.conf.task_queues = [q for q in app.conf.task_queues if q.name in settings.served_queues()]
-    if urlsplit(settings.url).scheme == "redis":  # rediss:// keeps kombu's own (its TLS defaults)
+    if settings.sentinel_target() is not None:  # kombu#582 worked around, behind Sentinel too
+        app.conf.broker_transport = "ductape_jobs.transport:SentinelTransport"
+    elif urlsplit(settings.url).scheme == "redis":  # rediss:// keeps kombu's own (its TLS defaults)
         app.conf.broker_transport = "ductape_jobs.transport:Transport"  # kombu#582 worked around
-    store = Store(connect(settings), Keys(settings.key_prefix), Retention.of(settings))
+    store = Store(connect(settings), Keys(settings.key_prefix), Retention.of(settings), Replicas.of(settings))
     vault = Vault(Sessions(session_types_from_config(settings.sessions)))
     runner = Runner(store, registry, settings, now_ms, vault=vault, defer_finish=True)
     request_class = lost_runs_reported(store)

@@ -21,11 +21,12 @@ from ductape_jobs import health, ops
 from ductape_jobs.cli.context import EXIT_PROBLEMS, EXIT_UNAVAILABLE, Context, json_option, pass_context
 from ductape_jobs.cli.output import echo_json, note, printable, redact, say, span
 from ductape_jobs.clock import now_ms
+from ductape_jobs.connection import connect
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
-from ductape_jobs.urls import mask_url, url_secrets
+from ductape_jobs.urls import mask_url
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 PROBLEMS = (WARN, FAIL)
@@ -65,11 +66,8 @@ class WorkerSeen:
 def probe(settings: Settings, timeout_s: float) -> tuple[list[Finding], list[WorkerSeen], bool]:
     """Run every check; returns the findings, the workers seen, and whether Redis answered."""
     try:
-        client = redis.Redis.from_url(
-            settings.url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
+        client = connect(
+            settings, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
         )
     except ValueError as exc:
         raise click.UsageError(f"--redis-url/REDIS_URL is not a usable Redis URL: {exc}") from None
@@ -112,11 +110,16 @@ def check_redis(client: redis.Redis, settings: Settings, timeout_s: float) -> Fi
     except redis.RedisError as exc:  # refused, timed out, wrong password, or not a Redis at all
         detail = f"cannot reach {mask_url(settings.url)} within {timeout_s:g} s: {type(exc).__name__}: {exc}"
         fix = "start Redis, or point --redis-url / REDIS_URL at it (host, port, password; rediss:// for TLS)"
-        return Finding("redis", FAIL, redact(detail, url_secrets(settings.url)), fix)
+        return Finding("redis", FAIL, redact(detail, settings.secrets()), fix)
     elapsed = (time.monotonic() - started) * 1000
     server = info.get("server_name") or "redis"
     version = info.get("valkey_version") or info.get("redis_version") or "?"
-    return Finding("redis", OK, f"{mask_url(settings.url)} answers in {span(elapsed)} ({server} {version})")
+    where = mask_url(settings.url)
+    target = settings.sentinel_target()
+    if target is not None:  # which server the sentinels name the master now
+        host, port = client.connection_pool.get_master_address()  # type: ignore[attr-defined]
+        where += f" (Sentinel master {target.master!r} at {host}:{port})"
+    return Finding("redis", OK, f"{where} answers in {span(elapsed)} ({server} {version})")
 
 
 def check_eviction(store: Store) -> Finding:

@@ -120,11 +120,12 @@ def _fail(message: str, code: int, secrets: list[str]) -> int:
 
 
 def _secrets(args: list[str]) -> list[str]:
-    """Passwords the output must never show: REDIS_URL's and --redis-url's."""
+    """Passwords the output must never show: REDIS_URL's, --redis-url's, the sentinels'."""
     urls = [os.environ.get("REDIS_URL")]
     for i, arg in enumerate(args):
         if arg == "--redis-url" and i + 1 < len(args):
             urls.append(args[i + 1])
         elif arg.startswith("--redis-url="):
             urls.append(arg.split("=", 1)[1])
-    return [secret for url in urls for secret in url_secrets(url)]
+    found = [secret for url in urls for secret in url_secrets(url)]
+    return found + [os.environ[name] for name in ("DUCTAPE_SENTINEL_PASSWORD",) if os.environ.get(name)]

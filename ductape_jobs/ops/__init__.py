@@ -10,11 +10,13 @@ The core names and the producer's flows are also importable from here (``ops.get
 from ductape_jobs.ops import beat, producer, worker
 from ductape_jobs.ops.core import (
     REDIS_DOWN,
+    REPLICATED,
     SCRIPT_NAMES,
     Batch,
     Call,
     Eval,
     Flow,
+    Replicas,
     Stream,
     batched,
     issue,
@@ -50,11 +52,13 @@ from ductape_jobs.ops.producer import (
 
 __all__ = [
     "REDIS_DOWN",
+    "REPLICATED",
     "SCRIPT_NAMES",
     "Batch",
     "Call",
     "Eval",
     "Flow",
+    "Replicas",
     "Stream",
     "add_run",
     "anchor_ms",

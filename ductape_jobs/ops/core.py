@@ -14,12 +14,15 @@ from __future__ import annotations
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
 from ductape_jobs import scripts
-from ductape_jobs.errors import BackendUnavailableError
+from ductape_jobs.errors import BackendUnavailableError, NotReplicatedError
+
+if TYPE_CHECKING:
+    from ductape_jobs.settings import Settings
 
 T = TypeVar("T")
 
@@ -46,6 +49,25 @@ SCRIPT_NAMES = (
     "UPDATE_JOB",
 )
 REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+# The writes a failover must not lose, waited on with DUCTAPE_WAIT_REPLICAS (docs/design.md
+# §11): what a caller is told is done (the producer's), beat's leadership and claims, and a
+# run's start and outcome. The rest is redone by whoever wrote it (renewals, sweeps, resends).
+REPLICATED = frozenset(
+    {
+        "CREATE_JOBS",
+        "UPDATE_JOB",
+        "CHANGE_STATE",
+        "CANCEL_RUN",
+        "ADD_RUN",
+        "BACKFILL",
+        "ACQUIRE_LOCK",
+        "CLAIM_DUE",
+        "SYNC_IMPORTED",
+        "BEGIN_RUN",
+        "FINISH_RUN",
+        "LOSE_RUN",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,34 @@ class Stream:
 
 
 Flow = Generator[Batch | Stream, list[Any], T]
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """How many replicas must have a REPLICATED write before it counts (Redis ``WAIT``)."""
+
+    count: int
+    timeout_ms: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Replicas | None:
+        """From DUCTAPE_WAIT_REPLICAS / DUCTAPE_WAIT_TIMEOUT_MS; None when off (0)."""
+        return cls(settings.wait_replicas, settings.wait_timeout_ms) if settings.wait_replicas else None
+
+    def needed(self, calls: Iterable[Call | Eval]) -> bool:
+        """Whether these calls hold a write that must be waited on."""
+        return any(isinstance(call, Eval) and call.script in REPLICATED for call in calls)
+
+    def check(self, reached: Any, what: Iterable[Call | Eval]) -> None:
+        """NotReplicatedError unless ``reached`` (WAIT's reply) is enough."""
+        if int(reached) >= self.count:
+            return
+        names = sorted({call.script for call in what if isinstance(call, Eval) and call.script in REPLICATED})
+        raise NotReplicatedError(
+            f"{', '.join(names)} reached the primary but only {int(reached)} of {self.count} "
+            f"replica(s) within {self.timeout_ms} ms (DUCTAPE_WAIT_REPLICAS, DUCTAPE_WAIT_TIMEOUT_MS): "
+            "a failover now could lose it; check the replicas (INFO replication). Retrying is safe"
+        )
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
