@@ -75,6 +75,17 @@ class SentinelGroup:
         except redis.RedisError:
             return False
 
+    def wait_replicated(self, replica: str) -> None:
+        """Wait until ``replica`` has everything the master has written so far."""
+        master = self.client(self.master())
+        offset = int(master.info("replication")["master_repl_offset"])
+
+        def caught_up() -> bool:
+            info = self.client(replica).info("replication")
+            return int(info.get("slave_repl_offset", -1)) >= offset
+
+        wait_for(caught_up, 30, f"{replica} to catch up")
+
     def _knows_all(self, name: str) -> bool:
         try:
             master = self.sentinel_client(name).sentinel_master(MASTER)

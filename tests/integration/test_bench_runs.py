@@ -23,6 +23,7 @@ from bench.env import Bench
 from bench.figures.beat import beat_release
 from bench.figures.memory import run_ours
 from bench.figures.producer import schedule_batch, schedule_latency, schedule_one_by_one
+from bench.figures.replicas import replica_wait
 from bench.figures.sizing import sizing
 from bench.report import Row, table
 from bench.rss_probe import main as rss_probe
@@ -47,12 +48,19 @@ def measured(rows: list[Row], *, positive: bool = True) -> list[Row]:
 
 def test_every_figure_module_imports_and_every_figure_is_wired() -> None:
     names = [m.name for m in pkgutil.iter_modules(figure_modules.__path__)]
-    assert {"beat", "e2e", "inputs", "lateness", "memory", "producer", "sizing", "soak"} <= set(names)
+    assert {"beat", "e2e", "inputs", "lateness", "memory", "producer", "replicas", "sizing", "soak"} <= set(
+        names
+    )
     for name in names:
         importlib.import_module(f"bench.figures.{name}")
-    assert set(_figures(quick=True)) == {1, 2, 3, 4, 5, 6, 8, 9, 10, 11}
+    assert set(_figures(quick=True)) == {1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 13}
     args = _parse(["--only", "3,7", "--reps", "1", "--quick"])  # as the README runs it
     assert (args.only, args.reps, args.quick) == ("3,7", 1, True)
+
+
+def test_the_replica_wait_figure_runs_at_a_tiny_size(bench: Bench) -> None:
+    rows = measured(replica_wait(bench, 1, n=10, due=20))
+    assert len(rows) == 3 and all("DUCTAPE_WAIT_REPLICAS=1" in r.figure for r in rows)
 
 
 def test_producer_figures_run_at_a_tiny_size(bench: Bench) -> None:

@@ -1,0 +1,112 @@
+"""Clients behind Sentinel follow a failover without a restart, and DUCTAPE_WAIT_REPLICAS holds
+back a write's acknowledgement until a replica has it (real servers and sentinels on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from ductape_jobs import AsyncDuctape, Ductape, Settings
+from ductape_jobs.errors import BackendUnavailableError, NotReplicatedError
+from tests.sentinels import SentinelGroup
+
+PASSWORD = "primary-pw-not-for-prod"
+SENTINEL_PASSWORD = "sentinel-pw-not-for-prod"
+REQUEST = {"env": "dev", "product_tag": "tests", "event": "echo", "input": {}, "start_at": 4_102_444_800}
+
+
+@pytest.fixture
+def group() -> Iterator[SentinelGroup]:
+    """A primary (``a``), its replica (``b``) and three sentinels, with passwords."""
+    started = SentinelGroup.start(PASSWORD, SENTINEL_PASSWORD)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def sentinel_settings(group: SentinelGroup, prefix: str, **overrides: object) -> Settings:
+    """Settings that reach the group through its sentinels, as a deployment's environment would."""
+    return Settings.from_env(group.env(), key_prefix=prefix, require_handler=False, **overrides)
+
+
+def retried(call, timeout_s: float = 60):  # type: ignore[no-untyped-def]
+    """``call()`` again while Redis is unreachable (a failover under way), up to ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except BackendUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_both_clients_follow_a_failover_and_reload_their_scripts(group: SentinelGroup, prefix: str) -> None:
+    settings = sentinel_settings(group, prefix)
+    ductape = Ductape(settings=settings)
+    before = ductape.job.schedule(**REQUEST)
+    assert group.client("a").exists(f"{prefix}:job:{before.job_id}")  # it is the primary we reached
+    group.wait_replicated("b")
+
+    group.kill("a")
+    assert group.wait_promoted("a") == "b"
+    sha = ductape.store._scripts["CREATE_JOBS"].sha
+    assert group.client("b").script_exists(sha) == [False]  # the new primary has to be taught it
+
+    after = retried(lambda: ductape.job.schedule(**REQUEST))  # the same client, no restart
+    assert ductape.job.get(before.job_id).job_id == before.job_id
+    assert group.client("b").exists(f"{prefix}:job:{after.job_id}")
+
+    async def asynchronous() -> str:
+        async with AsyncDuctape(settings=settings) as aductape:
+            handle = await aductape.job.schedule(**REQUEST)
+            assert (await aductape.job.get(before.job_id)).job_id == before.job_id
+            return handle.job_id
+
+    assert group.client("b").exists(f"{prefix}:job:{asyncio.run(asynchronous())}")
+    ductape.close()
+
+
+def test_an_acknowledged_schedule_is_on_the_replica_when_wait_is_on(
+    group: SentinelGroup, prefix: str
+) -> None:
+    settings = sentinel_settings(group, prefix, wait_replicas=1, wait_timeout_ms=5_000)
+    with Ductape(settings=settings) as ductape:
+        handles = [ductape.job.schedule(**REQUEST) for _ in range(20)]
+        handles += ductape.job.schedule_many([REQUEST] * 20)
+        replica = group.client("b")
+        # No waiting here: schedule() returned only once the replica had each job.
+        assert all(replica.exists(f"{prefix}:job:{h.job_id}") for h in handles)
+
+    async def asynchronous() -> list[str]:
+        async with AsyncDuctape(settings=settings) as aductape:
+            return [(await aductape.job.schedule(**REQUEST)).job_id for _ in range(5)]
+
+    assert all(replica.exists(f"{prefix}:job:{job_id}") for job_id in asyncio.run(asynchronous()))
+
+
+def test_a_write_no_replica_confirmed_fails_clearly_and_stays_on_the_primary(
+    redis_url: str, prefix: str, r: redis.Redis
+) -> None:
+    # The test server has no replica: WAIT 1 can only time out.
+    settings = Settings(redis_url=redis_url, key_prefix=prefix, require_handler=False, wait_replicas=1)
+    settings = settings.model_copy(update={"wait_timeout_ms": 50})
+    before = set(r.scan_iter(match=f"{prefix}:job:*"))
+    with Ductape(settings=settings) as ductape, pytest.raises(NotReplicatedError) as refused:
+        ductape.job.schedule(**REQUEST)
+    assert "CREATE_JOBS reached the primary but only 0 of 1 replica(s) within 50 ms" in str(refused.value)
+    assert isinstance(refused.value, BackendUnavailableError)
+    # Not undone: the primary has it (a retry with an idempotency_key returns the same job).
+    assert len(set(r.scan_iter(match=f"{prefix}:job:*")) - before) == 1
+
+    async def asynchronous() -> None:
+        async with AsyncDuctape(settings=settings) as aductape:
+            await aductape.job.schedule(**REQUEST)
+
+    with pytest.raises(NotReplicatedError):
+        asyncio.run(asynchronous())
