@@ -532,7 +532,8 @@ end
 
 # Worker: start a run unless it already finished, is cancelled, or another delivery holds it
 # (its lease, renewed by that delivery's heartbeat, has not run out). ``owner`` names this
-# delivery (host:pid:nonce): asking again with the same owner (a lost reply) starts nothing new.
+# delivery (host:pid:nonce): asking again with the same owner (a lost reply, a write no replica
+# confirmed) starts nothing new, and renews its lease: that delivery is alive.
 # A run still 'running' with its lease run out lost its attempt (_LOSE_ATTEMPT).
 # A cancelled run is done; one cancelled while its lapsed attempt ran ends 'cancelled' (_CANCEL).
 # KEYS: run, job, inflight, dead
@@ -558,7 +559,10 @@ if status == 'completed' or status == 'failed' or status == 'skipped' or status 
   return {'done'}
 end
 if status == 'running' then
-  if run[7] == ARGV[4] then return {'run', tonumber(run[2]), job[2], run[4], run[5] or ''} end
+  if run[7] == ARGV[4] then  -- the same delivery again, alive: its lease runs from now
+    redis.call('HSET', KEYS[1], 'lease_ms', now + lease)
+    return {'run', tonumber(run[2]), job[2], run[4], run[5] or ''}
+  end
   local held_until = tonumber(run[6] or '') or tonumber(run[3]) + lease
   if held_until > now then return {'busy', tostring(held_until - now)} end
   if run[8] == '1' then  -- cancelled while that attempt ran: no further attempt

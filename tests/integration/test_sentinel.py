@@ -12,6 +12,7 @@ import redis
 
 from ductape_jobs import AsyncDuctape, Ductape, Settings
 from ductape_jobs.errors import BackendUnavailableError, NotReplicatedError
+from ductape_jobs.records import Verdict
 from tests.sentinels import SentinelGroup
 
 PASSWORD = "primary-pw-not-for-prod"
@@ -110,3 +111,19 @@ def test_a_write_no_replica_confirmed_fails_clearly_and_stays_on_the_primary(
 
     with pytest.raises(NotReplicatedError):
         asyncio.run(asynchronous())
+
+
+def test_a_start_asked_again_by_its_own_delivery_renews_its_lease(
+    ductape: Ductape, r: redis.Redis, prefix: str
+) -> None:
+    # A worker whose BEGIN_RUN no replica confirmed asks again, for as long as the failover
+    # takes: its run must not be taken as lost meanwhile.
+    handle = ductape.job.schedule(env="dev", product_tag="tests", event="echo", input={})
+    run_id = ductape.job.get(handle.job_id).last_run_id
+    assert run_id is not None
+    first = ductape.store.begin_run(run_id, handle.job_id, 1_000, 10_000, "h:1:a")
+    again = ductape.store.begin_run(run_id, handle.job_id, 8_000, 10_000, "h:1:a")
+    assert (again.verdict, again.attempt) == (Verdict.RUN, first.attempt)
+    assert int(r.hget(f"{prefix}:run:{run_id}", "lease_ms") or 0) == 18_000
+    other = ductape.store.begin_run(run_id, handle.job_id, 15_000, 10_000, "h:2:b")
+    assert other.verdict == Verdict.BUSY  # held: without the renewal its lease ended at 11,000
