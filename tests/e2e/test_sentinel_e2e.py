@@ -24,6 +24,15 @@ FLOWER = ("user", "flower-pw")
 SCHEDULE = 'schedule --env dev --product-tag tests --event echo --input \'{"via": "cli"}\''
 
 
+def readme_block() -> tuple[set[str], list[str]]:
+    """The README's "Redis with Sentinel" commands: the variables exported and the commands."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("## Redis with Sentinel", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
+    exported = {line.split()[1].split("=", 1)[0] for line in lines if line.startswith("export ")}
+    return exported, [line for line in lines if line and not line.startswith("export ")]
+
+
 @pytest.fixture
 def group() -> Iterator[SentinelGroup]:
     """A primary (``a``), its replica (``b``) and three sentinels, with passwords."""
@@ -37,8 +46,17 @@ def group() -> Iterator[SentinelGroup]:
 def test_worker_beat_flower_and_cli_follow_a_failover(
     group: SentinelGroup, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The README's block, with loopback addresses: the same variables, the same commands.
+    exported, commands = readme_block()
+    settings = {**group.env(), "DUCTAPE_WAIT_REPLICAS": "1"}
+    assert exported == set(settings)
+    assert commands == [
+        "celery -A workers worker --loglevel INFO",
+        "celery -A workers beat --loglevel INFO",
+        "ductape-jobs doctor",
+    ]
     recorder = EmbeddedRedis.start(appendonly=False)  # where the handlers record (TEST_RECORD_URL)
-    env = {**group.env(), "DUCTAPE_WAIT_REPLICAS": "1", "TEST_RECORD_URL": recorder.url}
+    env = {**settings, "TEST_RECORD_URL": recorder.url}
     monkeypatch.setenv("DUCTAPE_KEY_PREFIX", prefix)
     procs = Processes(group.url, prefix, tmp_path, overrides=env)
     try:

@@ -167,7 +167,9 @@ def test_failover_loses_nothing_acknowledged_with_wait(
         group.kill("a")
         group.pause("b", False)
         group.wait_promoted("a")
+        promoted_s = (now_ms() - killed_ms) / 1000
         group.rejoin("a")  # a supervisor restarts it; the sentinels make it b's replica
+        rejoined_s = (now_ms() - killed_ms) / 1000
         wait_for(
             lambda: any(at > killed_ms for at, _ in producer.acked.values()),
             60,
@@ -211,6 +213,8 @@ def test_failover_loses_nothing_acknowledged_with_wait(
             lost_schedules=lost_schedules,
             lost_runs=lost_runs,
             recover_s=recover_s,
+            promoted_s=round(promoted_s, 1),
+            rejoined_s=round(rejoined_s, 1),
         )
         # Beat and the worker carried on, without a restart: jobs acknowledged after the
         # failover ran, those schedule() hands over and those beat releases.
