@@ -10,8 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from ductape_jobs import AsyncDuctape, Ductape, Settings
-from ductape_jobs.errors import BackendUnavailableError, NotReplicatedError
+from ductape_jobs import AsyncDuctape, BackendUnavailableError, Ductape, NotReplicatedError, Settings
 from ductape_jobs.records import Verdict
 from tests.sentinels import SentinelGroup
 
