@@ -9,10 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from kombu import Connection, Queue
 
 from ductape_jobs import AsyncDuctape, BackendUnavailableError, Ductape, NotReplicatedError, Settings
 from ductape_jobs.records import Verdict
-from tests.sentinels import SentinelGroup
+from ductape_jobs.transport import SentinelTransport
+from tests.sentinels import MASTER, SentinelGroup
 
 PASSWORD = "primary-pw-not-for-prod"
 SENTINEL_PASSWORD = "sentinel-pw-not-for-prod"
@@ -126,3 +128,27 @@ def test_a_start_asked_again_by_its_own_delivery_renews_its_lease(
     assert int(r.hget(f"{prefix}:run:{run_id}", "lease_ms") or 0) == 18_000
     other = ductape.store.begin_run(run_id, handle.job_id, 15_000, 10_000, "h:2:b")
     assert other.verdict == Verdict.BUSY  # held: without the renewal its lease ended at 11,000
+
+
+@pytest.mark.parametrize("transport", ["sentinel", SentinelTransport], ids=["kombu", "ours"])
+def test_the_sentinel_channel_restores_held_messages_after_its_transport_dropped_its_client(
+    group: SentinelGroup, prefix: str, transport: object
+) -> None:
+    # kombu#582 on kombu's sentinel transport too: ours keeps the connection details.
+    options = {
+        "global_keyprefix": f"{prefix}:",
+        "master_name": MASTER,
+        "sentinel_kwargs": {"password": SENTINEL_PASSWORD},
+    }
+    conn = Connection(group.url, transport=transport, transport_options=options)
+    conn.Producer().publish({"run": 1}, routing_key="q", declare=[Queue("q", routing_key="q")])
+    channel = conn.channel()
+    assert channel.basic_get("q", no_ack=False) is not None
+    conn.transport.client = None  # what Connection._do_close_transport does
+    primary = group.client(group.master())
+    if transport == "sentinel":  # if this starts failing, kombu fixed #582 for sentinels too
+        with pytest.raises(AttributeError, match=r"alt|hostname"):
+            channel.close()
+        return
+    channel.close()
+    assert primary.hlen(f"{prefix}:unacked") == 0 and primary.llen(f"{prefix}:q") == 1  # back on its queue
