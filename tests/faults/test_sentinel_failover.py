@@ -12,6 +12,7 @@ replica, WAIT 1 refuses writes until it has). Handlers record their calls on ano
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -201,6 +202,8 @@ def test_failover_loses_nothing_acknowledged_with_wait(
         beat_at = first_run_at(records, prefix, by_beat)
         recover_s = round((max(direct_at or 0, beat_at or 0) - killed_ms) / 1000, 1)
         alive = worker.poll() is None and beat.poll() is None
+        # Every token beat led with, in order (it takes the lead again on the new primary).
+        tokens = [int(n) for n in re.findall(r"is leader \(fencing token (\d+)\)", procs.log(beat))]
         unran = [diagnose(master, prefix, job_id, procs) for job_id in sorted(stored - ran_jobs.keys())[:3]]
         report(
             f"Sentinel failover, DUCTAPE_WAIT_REPLICAS={wait_replicas}",
@@ -214,6 +217,7 @@ def test_failover_loses_nothing_acknowledged_with_wait(
             lost_runs=lost_runs,
             recover_s=recover_s,
             promoted_s=round(promoted_s, 1),
+            tokens=tokens,
             rejoined_s=round(rejoined_s, 1),
         )
         # Beat and the worker carried on, without a restart: jobs acknowledged after the
@@ -222,6 +226,8 @@ def test_failover_loses_nothing_acknowledged_with_wait(
         assert direct_at is not None and beat_at is not None, (direct_at, beat_at)
         if wait_replicas:
             assert (lost_schedules, lost_runs, duplicated) == (0, 0, 0), unran
+            # The fencing token only increases across the failover (docs/design.md §11.30).
+            assert len(tokens) >= 2 and tokens == sorted(set(tokens)), tokens
         ductape.close()
         master.close()
     finally:
