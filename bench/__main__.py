@@ -22,7 +22,7 @@ from bench.figures.beat import beat_release
 from bench.figures.e2e import end_to_end
 from bench.figures.inputs import beat_inputs
 from bench.figures.lateness import lateness
-from bench.figures.memory import beat_burst
+from bench.figures.memory import beat_burst, idle_worker
 from bench.figures.producer import schedule_batch, schedule_latency, schedule_one_by_one
 from bench.figures.replicas import replica_wait
 from bench.figures.sizing import sizing
@@ -49,6 +49,7 @@ def _figures(quick: bool) -> dict[int, Callable[[Bench, int], list[Row]]]:
         9: sizing,
         10: beat_inputs,
         11: schedule_latency,
+        12: idle_worker,
         13: replica_wait,  # a primary and a replica of its own: the cost of DUCTAPE_WAIT_REPLICAS
     }
 

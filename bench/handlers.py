@@ -7,15 +7,12 @@ from typing import Any
 
 import redis
 
+from bench.counter import counter_key
 from ductape_jobs import RunContext, handler
 
 PRODUCT = "bench"
 _client: redis.Redis | None = None
-
-
-def counter_key(prefix: str) -> str:
-    """Where both no-op tasks count completed runs, under the run's key prefix."""
-    return f"{prefix}:bench:count"
+__all__ = ["counter_key", "fail", "noop"]
 
 
 def _db() -> redis.Redis:

@@ -16,8 +16,7 @@ import redis
 from celery import Celery
 from celery.signals import worker_ready
 
-from bench.handlers import counter_key
-from ductape_jobs.settings import Settings
+from bench.counter import counter_key
 
 QUEUE = "plain"
 TASK = "bench.plain.noop"
@@ -33,11 +32,14 @@ def redbeat_prefix(prefix: str) -> str:
     return f"{prefix}:rb:"
 
 
-OUR_DELIVERY = {  # our workers' defaults (ductape_jobs/celery_app.py, settings.py)
+# Our workers' delivery defaults (ductape_jobs/celery_app.py, settings.py), written out rather than
+# read from Settings: a plain worker must not load our package, or its memory figure carries ours
+# (tests/integration/test_bench_runs.py checks they still match).
+OUR_DELIVERY = {
     "task_acks_late": True,
     "task_reject_on_worker_lost": True,
-    "worker_prefetch_multiplier": Settings().prefetch_multiplier,
-    "worker_send_task_events": Settings().task_events,
+    "worker_prefetch_multiplier": 2,
+    "worker_send_task_events": False,
 }
 
 

@@ -13,6 +13,7 @@ The sides alternate who goes first; every key is dropped between runs.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from typing import Any
 from bench.env import Bench, wait_for
 from bench.figures.beat import EVERY_MS
 from bench.load import load_ours, load_redbeat, template
-from bench.plain_app import make_app, queue_key, redbeat_prefix
+from bench.plain_app import QUEUE, make_app, queue_key, redbeat_prefix
 from bench.report import Row, row
 from ductape_jobs.clock import now_ms
 from ductape_jobs.connection import connect
@@ -178,3 +179,139 @@ def beat_burst(bench: Bench, reps: int, bursts: tuple[int, ...] = (1_000, 10_000
             ),
         ]
     return rows
+
+
+# -- an idle worker: main process and pool children -------------------------------------------
+
+IDLE_SETTLE_S = 3.0  # after the pool children exist: start-up allocations done, nothing run yet
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid``'s child processes and theirs (the prefork pool), from /proc."""
+    parents: dict[int, list[int]] = defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parents[int(stat.read().rsplit(")", 1)[1].split()[1])].append(int(entry))
+            except OSError:  # gone meanwhile
+                continue
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def smaps_kb(pid: int) -> dict[str, int]:
+    """Resident (RSS), proportional (PSS: each shared page divided among the processes sharing it)
+    and unique (USS: private pages only) memory of a process, kB, from /proc/<pid>/smaps_rollup."""
+    fields: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            name, _, value = line.partition(":")
+            if name in ("Rss", "Pss", "Private_Clean", "Private_Dirty"):
+                fields[name] = int(value.split()[0])
+    uss = fields["Private_Clean"] + fields["Private_Dirty"]
+    return {"rss": fields["Rss"], "pss": fields["Pss"], "uss": uss}
+
+
+def tree_memory_mb(pid: int, processes: int) -> dict[str, Any]:
+    """RSS, PSS and USS summed over ``pid`` and its descendants, MB, once there are ``processes``."""
+    pids = [pid, *wait_for(lambda: (d := _descendants(pid)) and len(d) + 1 >= processes and d, 60, "pool")]
+    each = [smaps_kb(p) for p in pids]
+    got: dict[str, Any] = {f"{k}_mb": sum(e[k] for e in each) / 1024 for k in ("rss", "pss", "uss")}
+    got["per_process_pss_mb"] = [round(e["pss"] / 1024, 1) for e in each]
+    return got
+
+
+def run_idle_worker(bench: Bench, side: str, concurrency: int, tag: str = "f12") -> dict[str, Any]:
+    """Start a real worker (ours, or plain Celery with our delivery settings), wait until it is
+    ready and its pool children are up, let it sit idle, and read its memory."""
+    pool = ["worker", "-P", "prefork", "-c", str(concurrency), "--without-gossip", "--without-mingle"]
+    pool += ["--loglevel", "WARNING"]
+    prefix = bench.prefix(f"{tag}{side[0]}")
+    db = bench.client()
+    if side == "ours":
+        env = {"DUCTAPE_KEY_PREFIX": prefix, "DUCTAPE_HANDLERS": "bench.handlers"}
+        proc = bench.spawn("workers", pool, env, f"{tag}-ours-worker")
+        workers_key = Keys(prefix).workers
+
+        def ready() -> bool:
+            bench.check_alive(proc)
+            return bool(db.hlen(workers_key))
+    else:
+        env = {"BENCH_PREFIX": prefix, "BENCH_DELIVERY": "ours"}
+        proc = bench.spawn("bench.plain_app", [*pool, "-Q", QUEUE], env, f"{tag}-plain-worker")
+
+        def ready() -> bool:
+            bench.check_alive(proc)
+            return bool(db.exists(f"{prefix}:bench:plain-ready"))
+
+    try:
+        wait_for(ready, 120, f"the {side} worker to be ready", poll_s=0.05)
+        tree_memory_mb(proc.pid, concurrency + 1)  # the pool is up
+        time.sleep(IDLE_SETTLE_S)
+        bench.check_alive(proc)
+        return tree_memory_mb(proc.pid, concurrency + 1)
+    finally:
+        bench.stop(proc)
+        db.close()
+        bench.drop(prefix)
+
+
+def idle_worker(bench: Bench, reps: int, concurrency: int = 2) -> list[Row]:
+    """An idle worker's memory, main process and pool children summed, ours vs plain Celery with
+    the same delivery settings and pool: PSS (the headline), RSS and USS."""
+    results: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    sides = ["ours", "theirs"]
+    for rep in range(reps):
+        for side in sides if rep % 2 == 0 else reversed(sides):
+            results[side].append(run_idle_worker(bench, side, concurrency))
+
+    def of(side: str, what: str) -> list[float]:
+        return [r[what] for r in results[side]]
+
+    label = "Celery, same delivery settings"
+    pool = f"prefork -c {concurrency}"
+    details = {
+        "pool": pool,
+        "measured": "/proc/<pid>/smaps_rollup of the main process and its pool children, summed, "
+        f"{IDLE_SETTLE_S:g} s after the worker is ready and its pool is up, nothing run",
+        **{side: results[side] for side in sides},
+    }
+    command = ".venv/bin/python -m bench --only 12"
+    return [
+        row(
+            f"12 idle worker memory, PSS of main + pool ({pool})",
+            "MB",
+            of("ours", "pss_mb"),
+            of("theirs", "pss_mb"),
+            "<= 1x (at or below plain Celery)",
+            lambda o, t, r: r <= 1,
+            theirs_label=label,
+            details=details,
+            command=command,
+        ),
+        row(
+            f"12 (info) idle worker memory, RSS of main + pool ({pool}; shared pages counted in each)",
+            "MB",
+            of("ours", "rss_mb"),
+            of("theirs", "rss_mb"),
+            "-",
+            None,
+            theirs_label=label,
+            command=command,
+        ),
+        row(
+            f"12 (info) idle worker memory, USS of main + pool ({pool}; private pages only)",
+            "MB",
+            of("ours", "uss_mb"),
+            of("theirs", "uss_mb"),
+            "-",
+            None,
+            theirs_label=label,
+            command=command,
+        ),
+    ]

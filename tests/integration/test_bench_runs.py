@@ -3,7 +3,8 @@ run in a few seconds run at a tiny size on the test server, so a refactor of the
 breaks ``make bench`` (a moved method, a renamed key, a changed script) fails the suite.
 
 Figures 3, 6 and 8 (worker fleets, 15 s windows, minutes of soak) are only imported; figure 5's
-real ``celery beat`` run is done once, for our side, at 20 due schedules.
+real ``celery beat`` run is done once, for our side, at 20 due schedules; figure 12's idle worker
+once, plain Celery's, with one pool child.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from bench import figures as figure_modules
 from bench.__main__ import _figures, _parse
 from bench.env import Bench
 from bench.figures.beat import beat_release
-from bench.figures.memory import run_ours
+from bench.figures.memory import run_idle_worker, run_ours
 from bench.figures.producer import schedule_batch, schedule_latency, schedule_one_by_one
 from bench.figures.replicas import replica_wait
 from bench.figures.sizing import sizing
+from bench.plain_app import OUR_DELIVERY
 from bench.report import Row, table
 from bench.rss_probe import main as rss_probe
+from ductape_jobs.celery_app import create_app
+from ductape_jobs.settings import Settings
 
 
 @pytest.fixture
@@ -53,7 +57,7 @@ def test_every_figure_module_imports_and_every_figure_is_wired() -> None:
     )
     for name in names:
         importlib.import_module(f"bench.figures.{name}")
-    assert set(_figures(quick=True)) == {1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 13}
+    assert set(_figures(quick=True)) == {1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13}
     args = _parse(["--only", "3,7", "--reps", "1", "--quick"])  # as the README runs it
     assert (args.only, args.reps, args.quick) == ("3,7", 1, True)
 
@@ -91,3 +95,15 @@ def test_the_rss_probe_builds_and_leads_a_beat_engine(
 ) -> None:
     rss_probe(bench.url, bench.prefix("probe"), 0)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["released"] == 0
+
+
+def test_the_plain_apps_same_settings_are_still_ours() -> None:
+    # Written out in bench/plain_app.py so a plain worker loads none of our package.
+    conf = create_app(Settings()).conf
+    assert {name: conf[name] for name in OUR_DELIVERY} == OUR_DELIVERY
+
+
+def test_an_idle_worker_is_measured_main_and_pool(bench: Bench) -> None:
+    got = run_idle_worker(bench, "theirs", 1, tag="t12")
+    assert len(got["per_process_pss_mb"]) == 2  # main process and its one pool child
+    assert 0 < got["uss_mb"] <= got["pss_mb"] <= got["rss_mb"]
