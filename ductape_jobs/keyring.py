@@ -12,14 +12,16 @@ import hmac
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from jwt.utils import is_pem_format, is_ssh_key
+from typing import TYPE_CHECKING, Any
 
 from ductape_jobs.errors import RetiredKeyError, SessionError
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
+
+# cryptography (and PyJWT, which loads it) are imported where a key is used, not here: its Rust
+# library is ~10 MB resident, and a worker or beat with no session type configured never needs it
+# (their memory is a bench figure; tests/unit/test_layers.py checks they do not load it).
 
 # HS256 wants a 256-bit key; PyJWT only warns below that, we refuse up front instead.
 MIN_SECRET_BYTES = 32
@@ -34,6 +36,8 @@ def check_secret(secret: object, where: str) -> str:
     """The secret if it can sign HS256 tokens; otherwise a SessionError naming ``where``."""
     if not isinstance(secret, str):
         raise SessionError(where, "the secret must be a string")
+    from jwt.utils import is_pem_format, is_ssh_key
+
     raw = secret.encode("utf-8")
     if len(raw) < MIN_SECRET_BYTES:
         raise SessionError(
@@ -51,6 +55,9 @@ def check_secret(secret: object, where: str) -> str:
 
 def key_id(secret: str) -> str:
     """A short public id of a secret (HKDF, so it tells nothing about the secret itself)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     derived = HKDF(algorithm=hashes.SHA256(), length=6, salt=None, info=_KEY_ID_INFO).derive(
         secret.encode("utf-8")
     )
@@ -127,6 +134,8 @@ def seal(obj: Any, secret: str) -> str:
 
 def unseal(token: str, secret: str) -> Any:
     """Decrypt a seal() token; a wrong secret or any tampering raises SessionError."""
+    from cryptography.fernet import InvalidToken
+
     fernet = _fernet(secret)
     if not isinstance(token, str):
         raise SessionError("sealed", "a sealed value must be a string")
@@ -150,6 +159,10 @@ def _first_opening(token: str, secrets: Iterable[str]) -> Any:
 
 
 def _fernet(secret: str) -> Fernet:
+    from cryptography.fernet import Fernet
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     if not isinstance(secret, str) or not secret:
         raise SessionError("secret", "the sealing secret must be a non-empty string")
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SEAL_INFO).derive(

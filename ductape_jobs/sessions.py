@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-import jwt
-
 from ductape_jobs.errors import SessionError
 from ductape_jobs.keyring import KeyRing, check_secret, seal, unseal
 
@@ -202,6 +200,8 @@ class Sessions:
         issued = int(time.time() if now_s is None else now_s)
         claims = {"tag": tag, "data": dict(data), "iat": issued, "exp": issued + lifetime}
         ring = self.ring(tag)
+        import jwt  # here, not at the top: see keyring's imports
+
         try:
             body = jwt.encode(claims, ring.newest, algorithm=_ALGORITHM, headers={"kid": ring.ids[0]})
         except (TypeError, ValueError):
@@ -256,6 +256,8 @@ def _malformed() -> SessionError:
 
 def _decode(body: str, ring: KeyRing) -> dict[str, Any]:
     """The verified claims of a JWT signed by any key of the ring (the one its kid names)."""
+    import jwt  # here, not at the top: see keyring's imports
+
     # `from None` throughout: PyJWT's own exceptions are not promised to stay token-free.
     try:
         kid = jwt.get_unverified_header(body).get("kid")

@@ -206,6 +206,43 @@ def test_importing_workers_makes_nothing_and_celery_finds_its_app_without_connec
     assert done.stdout.strip() == "['demo.tick']"
 
 
+# Loaded by nothing a worker runs, or only once a session type is configured (cryptography's Rust
+# library and PyJWT: ~10 MB in every process of the pool); the producer clients, the CLI and beat.
+NOT_IN_A_WORKER = (
+    "jwt",
+    "cryptography.hazmat",
+    "ductape_jobs.client",
+    "ductape_jobs.aclient",
+    "ductape_jobs.astore",
+    "ductape_jobs.flows",
+    "ductape_jobs.cli",
+    "ductape_jobs.twins",
+    "ductape_jobs.updating",
+    "beat",
+    "flower",
+    "prometheus_client",
+)
+
+
+def test_a_worker_loads_nothing_heavy_it_does_not_use():
+    # What `celery -A workers worker` loads before it forks its pool: every pool process carries it
+    # (the idle worker's memory is bench figure 12). Run in a fresh interpreter, as Celery runs it.
+    code = (
+        "import sys\n"
+        "from celery.app.utils import find_app\n"
+        "find_app('workers')\n"
+        f"heavy = {NOT_IN_A_WORKER!r}\n"
+        "print(sorted(m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in heavy)))\n"
+        "print('ductape_jobs.runner' in sys.modules)\n"
+    )
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0", "DUCTAPE_HANDLERS": "examples.handlers"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "True"]  # nothing heavy; and the worker was made
+
+
 def test_only_beats_leadership_touches_the_leader_lock():
     # One owner of the fencing token: nothing else takes, renews or releases the lock.
     lock_calls = {"acquire_lock", "renew_lock", "release_lock"}
