@@ -13,7 +13,7 @@ import pytest
 import redis
 from celery import Celery
 
-from beat.engine import BeatEngine, TickReport
+from beat.engine import BRIEF_CACHE_ENTRIES, BeatEngine, TickReport
 from ductape_jobs import ops
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.celery_app import create_app
@@ -620,4 +620,21 @@ def test_beat_reads_a_jobs_brief_never_its_input(store: Store, settings: Setting
     assert engine.tick(T0 + MIN).released == 1
     [message] = queues.messages()
     assert len(message["headers"]["argsrepr"]) == 1_024  # Flower's view of the input, cut as before
-    assert engine._brief_bytes < 1_500  # the cache holds the brief, not the spec
+    [(cached, _)] = engine._briefs.values()
+    assert cached == entry.brief_json  # the cache holds the brief, not the spec
+
+
+def test_a_burst_keeps_no_more_parsed_briefs_than_the_cache_holds(
+    store: Store, settings: Settings, celery_app: Celery
+):
+    # A parsed brief is ~2 KiB: a 100,000-run burst must not keep them all (beat's peak memory
+    # is bench figure 5). The most recent ones are kept, for schedules that come back soon.
+    due = BRIEF_CACHE_ENTRIES + 100
+    at = T0 + MIN
+    requests = [{"start_at": at, "input": {"i": i}, "repeat": {"every": MIN}} for i in range(due)]
+    job_ids = schedule_many(store, settings, T0, requests)
+    engine, queues = engine_for(store, settings, celery_app)
+    assert engine.tick(at).released == due
+    assert len(engine._briefs) == BRIEF_CACHE_ENTRIES
+    assert engine.tick(at + MIN).released == due  # all again, a minute later, whatever was cached
+    assert len(queues.run_ids) == 2 * due and set(job_ids) == {r.split(":")[0] for r in queues.run_ids}
