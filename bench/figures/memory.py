@@ -19,11 +19,14 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bench.counter import counter_key
 from bench.env import Bench, wait_for
 from bench.figures.beat import EVERY_MS
+from bench.figures.producer import REQUEST
 from bench.load import load_ours, load_redbeat, template
-from bench.plain_app import QUEUE, make_app, queue_key, redbeat_prefix
+from bench.plain_app import QUEUE, TASK, make_app, queue_key, redbeat_prefix
 from bench.report import Row, row
+from ductape_jobs import Ductape
 from ductape_jobs.clock import now_ms
 from ductape_jobs.connection import connect
 from ductape_jobs.keys import Keys
@@ -184,6 +187,7 @@ def beat_burst(bench: Bench, reps: int, bursts: tuple[int, ...] = (1_000, 10_000
 # -- an idle worker: main process and pool children -------------------------------------------
 
 IDLE_SETTLE_S = 3.0  # after the pool children exist: start-up allocations done, nothing run yet
+AFTER_RUNS = 2_000  # then this many no-op runs, and the same worker is read again
 
 
 def _descendants(pid: int) -> list[int]:
@@ -219,16 +223,42 @@ def smaps_kb(pid: int) -> dict[str, int]:
 
 def tree_memory_mb(pid: int, processes: int) -> dict[str, Any]:
     """RSS, PSS and USS summed over ``pid`` and its descendants, MB, once there are ``processes``."""
-    pids = [pid, *wait_for(lambda: (d := _descendants(pid)) and len(d) + 1 >= processes and d, 60, "pool")]
+
+    def pool() -> list[int]:
+        found = _descendants(pid)
+        return found if len(found) + 1 >= processes else []
+
+    pids = [pid, *wait_for(pool, 60, f"{processes - 1} pool processes")]
     each = [smaps_kb(p) for p in pids]
     got: dict[str, Any] = {f"{k}_mb": sum(e[k] for e in each) / 1024 for k in ("rss", "pss", "uss")}
     got["per_process_pss_mb"] = [round(e["pss"] / 1024, 1) for e in each]
     return got
 
 
-def run_idle_worker(bench: Bench, side: str, concurrency: int, tag: str = "f12") -> dict[str, Any]:
+def _run_noops(bench: Bench, side: str, prefix: str, n: int) -> None:
+    """Have the side's worker run ``n`` no-op jobs (one INCR each) and wait until all have."""
+    db = bench.client()
+    if side == "ours":
+        settings = Settings(redis_url=bench.url, key_prefix=prefix, require_handler=False)
+        with Ductape(settings=settings) as ductape:
+            ductape.job.schedule_many([{**REQUEST, "input": {"n": i}} for i in range(n)])
+    else:
+        app = make_app(bench.url, prefix, delivery="ours")
+        task = app.tasks[TASK]
+        with app.producer_or_acquire() as producer, producer.batch():
+            for _ in range(n):
+                task.apply_async(producer=producer)
+        app.close()
+    wait_for(lambda: int(db.get(counter_key(prefix)) or 0) >= n, 300, f"{n} no-op runs under {prefix}")
+    db.close()
+
+
+def run_idle_worker(
+    bench: Bench, side: str, concurrency: int, tag: str = "f12", then_runs: int = 0
+) -> dict[str, Any]:
     """Start a real worker (ours, or plain Celery with our delivery settings), wait until it is
-    ready and its pool children are up, let it sit idle, and read its memory."""
+    ready and its pool children are up, let it sit idle, and read its memory; with ``then_runs``,
+    have it run that many no-op jobs and read it again (``after``)."""
     pool = ["worker", "-P", "prefork", "-c", str(concurrency), "--without-gossip", "--without-mingle"]
     pool += ["--loglevel", "WARNING"]
     prefix = bench.prefix(f"{tag}{side[0]}")
@@ -254,21 +284,27 @@ def run_idle_worker(bench: Bench, side: str, concurrency: int, tag: str = "f12")
         tree_memory_mb(proc.pid, concurrency + 1)  # the pool is up
         time.sleep(IDLE_SETTLE_S)
         bench.check_alive(proc)
-        return tree_memory_mb(proc.pid, concurrency + 1)
+        got = tree_memory_mb(proc.pid, concurrency + 1)
+        if then_runs:
+            _run_noops(bench, side, prefix, then_runs)
+            time.sleep(IDLE_SETTLE_S)
+            bench.check_alive(proc)
+            got["after"] = tree_memory_mb(proc.pid, concurrency + 1)
+        return got
     finally:
         bench.stop(proc)
         db.close()
         bench.drop(prefix)
 
 
-def idle_worker(bench: Bench, reps: int, concurrency: int = 2) -> list[Row]:
+def idle_worker(bench: Bench, reps: int, concurrency: int = 2, then_runs: int = AFTER_RUNS) -> list[Row]:
     """An idle worker's memory, main process and pool children summed, ours vs plain Celery with
     the same delivery settings and pool: PSS (the headline), RSS and USS."""
     results: dict[str, list[dict[str, Any]]] = defaultdict(list)
     sides = ["ours", "theirs"]
     for rep in range(reps):
         for side in sides if rep % 2 == 0 else reversed(sides):
-            results[side].append(run_idle_worker(bench, side, concurrency))
+            results[side].append(run_idle_worker(bench, side, concurrency, then_runs=then_runs))
 
     def of(side: str, what: str) -> list[float]:
         return [r[what] for r in results[side]]
@@ -278,7 +314,8 @@ def idle_worker(bench: Bench, reps: int, concurrency: int = 2) -> list[Row]:
     details = {
         "pool": pool,
         "measured": "/proc/<pid>/smaps_rollup of the main process and its pool children, summed, "
-        f"{IDLE_SETTLE_S:g} s after the worker is ready and its pool is up, nothing run",
+        f"{IDLE_SETTLE_S:g} s after the worker is ready and its pool is up, nothing run; then "
+        f"again {IDLE_SETTLE_S:g} s after it has run {then_runs:,} no-op jobs (after)",
         **{side: results[side] for side in sides},
     }
     command = ".venv/bin/python -m bench --only 12"
@@ -299,6 +336,16 @@ def idle_worker(bench: Bench, reps: int, concurrency: int = 2) -> list[Row]:
             "MB",
             of("ours", "rss_mb"),
             of("theirs", "rss_mb"),
+            "-",
+            None,
+            theirs_label=label,
+            command=command,
+        ),
+        row(
+            f"12 (info) the same worker after {then_runs:,} no-op runs, PSS of main + pool ({pool})",
+            "MB",
+            [r["after"]["pss_mb"] for r in results["ours"] if "after" in r],
+            [r["after"]["pss_mb"] for r in results["theirs"] if "after" in r],
             "-",
             None,
             theirs_label=label,
