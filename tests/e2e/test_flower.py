@@ -3,7 +3,9 @@
 Checks that runs show up under their event names, and as soon as they are sent (task-sent, from
 the producer and from beat) before any worker takes them, that session-derived arguments are masked,
 that no secret reaches any page or API reply, and that Flower refuses requests without
-credentials. The screenshot and DOM are kept under tests/output/flower/. Flower started as the
+credentials. Its Broker page and ``/api/queues/length`` list each env queue with the messages
+waiting in it, on one Redis (``redis://``, our kombu transport) and behind Sentinel, with the
+passwords masked. The screenshot and DOM are kept under tests/output/flower/. Flower started as the
 README says (``celery -A workers flower``, what `make flower` and compose run) refuses to start
 without credentials and listens on 127.0.0.1 unless told otherwise.
 """
@@ -12,17 +14,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 
 from ductape_jobs import Ductape, JobStatus, Settings
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.clock import now_ms
+from tests.sentinels import MASTER, SentinelGroup
 from tests.support import (
     ROOT,
     Processes,
@@ -284,3 +291,128 @@ def test_flower_listens_on_loopback_unless_told(procs: Processes) -> None:
     port = free_port()
     procs.flower(port, f"{USER}:{PASSWORD}", address=None, FLOWER_ADDRESS="0.0.0.0")
     assert listening_addresses(port) == {"0.0.0.0"}
+
+
+# A row of Flower's Broker page (templates/broker.html): the queue's name, then its message count.
+QUEUE_ROW = re.compile(
+    r'<tr id="[^"]*">\s*<td>([^<]*)</td>\s*<td class="broker-secondary-column">([^<]*)</td>'
+)
+
+
+def queue_lengths(port: int, auth: tuple[str, str] = (USER, PASSWORD)) -> dict[str, int]:
+    """Flower's ``/api/queues/length``: queue name -> messages waiting."""
+    status, body = http_get(port, "/api/queues/length", auth)
+    assert status == 200, (status, body)  # 404 "broker is not supported" before Flower knew ours
+    return {queue["name"]: queue["messages"] for queue in json.loads(body)["active_queues"]}
+
+
+def broker_page(port: int, auth: tuple[str, str] = (USER, PASSWORD)) -> tuple[dict[str, str], str]:
+    """The Broker page's rows (queue name -> messages, as shown) and the page itself."""
+    status, page = http_get(port, "/broker", auth)
+    assert status == 200, (status, page)
+    return dict(QUEUE_ROW.findall(page)), page
+
+
+def schedule_now(ductape: Ductape, counts: dict[str, int]) -> None:
+    """``counts[env]`` one-offs due now in each env: pushed on the env's queue at once."""
+    for env, count in counts.items():
+        for n in range(count):
+            ductape.job.schedule(env=env, product_tag="tests", event="echo", input={"n": n})
+
+
+@pytest.fixture
+def flower_user(r: redis.Redis, redis_url: str, prefix: str) -> Iterator[str]:
+    """The test server's URL with a user of this test's own and its password (an ACL user,
+    deleted afterwards): what Flower must never show."""
+    user, password = f"flower-{prefix}", f"broker-pw-{prefix}"
+    r.acl_setuser(
+        user, enabled=True, passwords=[f"+{password}"], keys=["*"], channels=["*"], categories=["+@all"]
+    )
+    parts = urlsplit(redis_url)
+    try:
+        yield parts._replace(netloc=f"{user}:{password}@{parts.hostname}:{parts.port}").geturl()
+    finally:
+        r.acl_deluser(user)
+
+
+def test_flower_broker_page_lists_env_queues_with_their_lengths(
+    procs: Processes, ductape: Ductape, settings: Settings, env_prefix: str, flower_user: str
+) -> None:
+    port = free_port()
+    flower = procs.flower(port, f"{USER}:{PASSWORD}", REDIS_URL=flower_user)
+    # No worker runs: what is scheduled now stays on its env's queue.
+    counts = {"dev": 3, "staging": 2, "prd": 0}
+    schedule_now(ductape, counts)
+    waiting = {settings.queue_for(env): count for env, count in counts.items()}
+    assert queue_lengths(port) == waiting
+    rows, page = broker_page(port)
+    assert rows == {name: str(count) for name, count in waiting.items()}
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    (OUTPUT / "broker.html").write_text(page)
+    # The URL shown is the broker's, the user named and the password masked, nowhere in clear.
+    user = urlsplit(flower_user).username
+    redis_at = urlsplit(flower_user)
+    assert f"redis://{user}:**@{redis_at.hostname}:{redis_at.port}/" in page
+    password = redis_at.password or ""
+    for where, text in {
+        "page": page,
+        "api": json.dumps(queue_lengths(port)),
+        "log": procs.log(flower),
+    }.items():
+        assert password not in text, f"the Redis password shows in Flower's {where}"
+
+    # The counts are the queues' own: a worker drains them, and the page follows.
+    procs.worker()
+    drained = {name: 0 for name in waiting}
+    wait_for(lambda: queue_lengths(port) == drained, 60, "the worker to drain the queues")
+    assert broker_page(port)[0] == {name: "0" for name in waiting}
+
+
+SENTINEL_PRIMARY_PW = "primary-pw-not-for-prod"
+SENTINEL_OWN_PW = "sentinel-pw-not-for-prod"
+
+
+@pytest.fixture
+def group() -> Iterator[SentinelGroup]:
+    """A primary (``a``), its replica (``b``) and three sentinels, with passwords."""
+    started = SentinelGroup.start(SENTINEL_PRIMARY_PW, SENTINEL_OWN_PW)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def test_flower_broker_page_behind_sentinel(group: SentinelGroup, prefix: str, tmp_path: Path) -> None:
+    procs = Processes(group.url, prefix, tmp_path, overrides=dict(group.env()))
+    behind = Settings(
+        redis_url=group.url,
+        sentinel_master=MASTER,
+        sentinel_password=SENTINEL_OWN_PW,
+        key_prefix=prefix,
+        require_handler=False,
+    )
+    try:
+        port = free_port()
+        flower = procs.flower(port, f"{USER}:{PASSWORD}")
+        counts = {"dev": 2, "staging": 1, "prd": 0}
+        with Ductape(settings=behind) as ductape:
+            schedule_now(ductape, counts)
+        waiting = {behind.queue_for(env): count for env, count in counts.items()}
+        assert queue_lengths(port) == waiting
+        rows, page = broker_page(port)
+        assert rows == {name: str(count) for name, count in waiting.items()}
+        assert f"sentinel://:**@127.0.0.1:{group.ports['s1']}/0" in page
+
+        # Each request asks the sentinels for the master: the page follows a failover.
+        group.wait_replicated("b")
+        group.kill("a")
+        assert group.wait_promoted("a") == "b"
+        wait_for(lambda: queue_lengths(port) == waiting, 60, "Flower to read the queues on the new master")
+        assert broker_page(port)[0] == {name: str(count) for name, count in waiting.items()}
+
+        shown = {"page": page, "api": json.dumps(queue_lengths(port)), "log": procs.log(flower)}
+        for where, text in shown.items():
+            for secret in (SENTINEL_PRIMARY_PW, SENTINEL_OWN_PW):
+                assert secret not in text, f"a Redis password shows in Flower's {where}"
+    finally:
+        procs.stop_all()
