@@ -62,11 +62,14 @@ class SentinelGroup:
         for name in ("s1", "s2", "s3"):
             self._sentinel(name)
         for name in ("s1", "s2", "s3"):
-            wait_for(
-                lambda name=name: self._knows_all(name),  # type: ignore[misc]
-                30,
-                f"sentinel {name} to see the replica and the other sentinels",
-            )
+            try:
+                wait_for(
+                    lambda name=name: self._knows_all(name),  # type: ignore[misc]
+                    60,  # hello messages every 2 s, INFO every 10 s: slow on a loaded machine
+                    f"sentinel {name} to see the replica and the other sentinels",
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{name}'s log ends:\n{self.log_tail(name)}") from None
 
     def replica_linked(self, name: str) -> bool:
         """Whether data server ``name`` is a replica with its link to the master up."""
@@ -139,6 +142,14 @@ class SentinelGroup:
         args = [_binary(), str(conf), "--sentinel"]
         self.procs[name] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: _pings(self.sentinel_client(name)), 15, f"sentinel {name}")
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        """The last lines of sentinel or server ``name``'s log (for a failure's message)."""
+        directory = self.data_dir / name
+        for log in (directory / "sentinel.log", directory / "server.log"):
+            if log.exists():
+                return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
 
     @property
     def url(self) -> str:

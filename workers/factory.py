@@ -129,10 +129,14 @@ def _register_task(app: Celery, runner: Runner, entry: Handler, request_class: t
         return outcome.result
 
     # Registered by call, not as a decorator, so ``run`` keeps its types (Celery is untyped).
+    # shared=False: the task belongs to this app only; Celery's default also registers it on
+    # every app finalized later in the process (a second app, a test), where a handler of the
+    # same name would collide with it.
     # acks_on_timeout=False: a run killed at its hard time limit goes back on its queue, and its
     # next delivery runs the next attempt, or finds it dead-lettered (LOSE_RUN) and skips it.
     app.task(
         name=entry.task_name,
+        shared=False,
         bind=True,
         acks_late=True,
         acks_on_timeout=False,

@@ -58,7 +58,7 @@ def test_the_colliding_pairs_of_the_issue_get_two_tasks_and_two_messages() -> No
     settings = Settings(key_prefix="t")
     app = create_app(settings)
     for entry in (one, two):  # what workers/app.py does for every handler
-        app.task(name=entry.task_name)(entry.fn)
+        app.task(name=entry.task_name, shared=False)(entry.fn)
     assert app.tasks[one.task_name].run is noop and app.tasks[two.task_name].run is other
     builder = MessageBuilder(app, settings)
     for entry in (one, two):
