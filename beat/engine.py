@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from beat.leader import Leadership
 from beat.lost import LostRuns
 from beat.retention import Sweeper, SweepTotals
-from ductape_jobs import ops, timing, tracing
+from ductape_jobs import jobfields, ops, timing, tracing
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.imported import BeatSchedule
 from ductape_jobs.jitter import Spread
@@ -326,10 +326,10 @@ class BeatEngine:
             self._briefs.move_to_end(entry.job_id)
             return cached[1]
         try:
-            brief = JobBrief.read(stored)
+            brief = jobfields.read_brief(stored)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             raise UnreadableRecordError(reason("beat could not read this job's record", exc)) from None
-        if stored.startswith("spec:"):  # a record older than briefs: its spec is too big to keep
+        if jobfields.holds_spec(stored):  # a record older than briefs: its spec is too big to keep
             return brief
         self._briefs[entry.job_id] = (stored, brief)
         self._briefs.move_to_end(entry.job_id)

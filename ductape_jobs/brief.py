@@ -1,6 +1,6 @@
 """A job's brief: what beat needs to time its runs and send their messages, without the input.
 
-Stored beside the spec as the job hash's ``brief`` field (a few hundred bytes, at most about
+Read from the job hash's brief fields (jobfields.BRIEF: a few hundred bytes at most, about
 1.5 KiB), so beat's reads (READ_DUE, the lost-run sweep) never carry a job's input, which may be
 256 KiB plus a sealed copy. Pure: no I/O.
 """
@@ -51,13 +51,6 @@ class JobBrief(BaseModel):
             timeout_s=spec.timeout_s,
             celery=spec.celery,
         )
-
-    @classmethod
-    def read(cls, stored: str) -> JobBrief:
-        """A stored brief; a record written before briefs existed hands its spec (``spec:{...}``)."""
-        if stored.startswith("spec:"):
-            return cls.of(JobSpec.model_validate_json(stored[5:]))
-        return cls.model_validate_json(stored)
 
     def timing_rule(self) -> timing.Rule | None:
         """The repeat rule, or None for a one-off job."""

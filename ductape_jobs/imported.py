@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ductape_jobs.brief import JobBrief
+from ductape_jobs import jobfields
 from ductape_jobs.errors import JobValidationError
 from ductape_jobs.models import CeleryCall, JobRequest, Repeat
 from ductape_jobs.planning import plan_job
@@ -39,8 +39,7 @@ class ImportRow:
 
     job_id: str
     digest: str  # of everything the config says of the entry: unchanged digest, untouched job
-    spec_json: str
-    brief_json: str
+    spec: str  # its spec's fields packed (jobfields.pack_spec)
     next_run_ms: int
     anchor_ms: int
 
@@ -103,8 +102,7 @@ class BeatSchedule:
         return ImportRow(
             job_id,
             digest,
-            spec.model_dump_json(),
-            JobBrief.of(spec).model_dump_json(),
+            jobfields.pack_spec(spec),
             planned.anchor_ms,
             planned.anchor_ms,
         )

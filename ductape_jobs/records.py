@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 from pydantic import ValidationError
 
 from ductape_jobs.brief import JobBrief
+from ductape_jobs.jobfields import spec_of
 from ductape_jobs.models import JobRecord, JobSpec, JobStatus, RunRecord, RunStatus
 from ductape_jobs.timing import Overlap
 
@@ -270,7 +271,7 @@ class Started:
 def job_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
     """A job hash (HGETALL reply) as a JobRecord."""
     f = {text(k): text(v) for k, v in raw.items()}
-    spec = JobSpec.model_validate_json(f["spec"])
+    spec = spec_of(f)
     return JobRecord(
         job_id=job_id,
         spec=spec,

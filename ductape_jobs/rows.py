@@ -30,7 +30,7 @@ class CreateJobsRow(NamedTuple):
     """One job of CREATE_JOBS: its record, its first run (if it goes now) and its due entry."""
 
     job_id: str
-    spec: str  # JobSpec JSON
+    spec: str  # its spec's fields packed (jobfields.pack_spec): beat's brief and the input among them
     status: str
     recurring: int  # 0 / 1
     next_run_ms: ScriptArg
@@ -43,7 +43,6 @@ class CreateJobsRow(NamedTuple):
     # session keys, one per line
     queue_key: str
     message: str
-    brief: str  # what beat reads instead of the spec (brief.py)
     idem_key: str  # a one-off's idempotency entry ('' = none), written in the same step
     idem_ttl_ms: ScriptArg  # how long that entry returns the job
     traceparent: str = ""  # its run's trace (Message.traceparent), kept in the run record ('' = none)
@@ -152,7 +151,7 @@ class DueRead(NamedTuple):
     member: str
     due_ms: int
     job_id: str  # '' when unknown
-    brief: str  # '' when the job is gone; 'spec:' and the spec for a record older than briefs
+    brief: str  # its brief fields packed (jobfields.read_brief), '' when the job is gone
     runs_done: int
     anchor_ms: int
     version: int  # bumped by every update (UPDATE_JOB); the claim checks it
@@ -208,7 +207,7 @@ class BeginReply(NamedTuple):
 
     verdict: str
     attempt: int = 0  # run
-    spec: str = ""  # run: JobSpec JSON
+    spec: str = ""  # run: the spec fields packed (jobfields.read_spec)
     nominal_ms: int = 0  # run
     manual: bool = False  # run
     wait_ms: int = 0  # busy: until the holder's lease runs out
@@ -248,8 +247,7 @@ class UpdateJobArgs(NamedTuple):
     version: int  # the job's version read
     runs_done: int  # read: a claim in between changes it
     status: str  # read
-    spec: str  # the new JobSpec JSON
-    brief: str
+    spec: str  # the new spec's fields packed (jobfields.pack_spec)
     next_run_ms: ScriptArg  # '' = nothing left: the schedule completes
     anchor_ms: int
     fp: str  # the identity entry it should hold (key entry or fingerprint key; '' = none)

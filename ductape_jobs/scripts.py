@@ -8,11 +8,13 @@ Status words are the values of models.JobStatus and models.RunStatus.
 
 from __future__ import annotations
 
+from ductape_jobs import jobfields
 from ductape_jobs.keys import lua_prelude
 
 # Shared by every script that builds a key from the prefix: job_key(prefix, id), due_key(prefix),
-# ... derived from keys.py, so Lua builds no key that keys.py does not (keys.lua_prelude).
-_KEYS = lua_prelude()
+# ... derived from keys.py, so Lua builds no key that keys.py does not (keys.lua_prelude); and the
+# job hash's spec fields (jobfields.lua_prelude: packed(), put_spec()).
+_KEYS = lua_prelude() + jobfields.lua_prelude()
 
 # Shared by the batch scripts: writes collected while items are handled, then made once per key.
 # push() groups Celery messages by queue list; one LPUSH per queue keeps their order.
@@ -202,13 +204,13 @@ CREATE_JOBS = (
     _KEYS
     + _BATCHED_WRITES
     + """
-local HEAD, ROW = 2, 17  -- rows.CreateJobsHead, rows.CreateJobsRow
+local HEAD, ROW = 2, 16  -- rows.CreateJobsHead, rows.CreateJobsRow
 local prefix, now_ms = unpack(ARGV, 1, HEAD)
 local twins, created, due, inflight = {}, {}, {}, {}
 for i = 1, (#ARGV - HEAD) / ROW do
   local at = HEAD + (i - 1) * ROW
   local job_id, spec, status, recurring, next_run_ms, anchor_ms, runs_done, run_id, nominal_ms,
-    due_ms, fp_keys, queue_key, message, brief, idem_key, idem_ttl_ms,
+    due_ms, fp_keys, queue_key, message, idem_key, idem_ttl_ms,
     traceparent = unpack(ARGV, at + 1, at + ROW)
   local fp, twin = '', false
   for key in string.gmatch(fp_keys, '[^\\n]+') do
@@ -226,10 +228,13 @@ for i = 1, (#ARGV - HEAD) / ROW do
   else
     if fp ~= '' then redis.call('SET', fp, job_id) end
     if idem_key ~= '' then redis.call('SET', idem_key, job_id, 'PX', idem_ttl_ms) end
-    redis.call('HSET', job_key(prefix, job_id), 'spec', spec, 'status', status, 'recurring', recurring,
-      'next_run_ms', next_run_ms, 'anchor_ms', anchor_ms, 'runs_done', runs_done, 'attempts', 0,
-      'created_ms', now_ms, 'updated_ms', now_ms, 'fp', fp, 'last_run_id', run_id, 'brief', brief,
-      'idem', idem_key)
+    -- empty fields are left out (read as ''; attempts as 0): a small hash stays a listpack
+    local fields = {'status', status, 'recurring', recurring, 'next_run_ms', next_run_ms,
+      'anchor_ms', anchor_ms, 'runs_done', runs_done, 'created_ms', now_ms, 'updated_ms', now_ms}
+    if fp ~= '' then fields[#fields+1] = 'fp'; fields[#fields+1] = fp end
+    if run_id ~= '' then fields[#fields+1] = 'last_run_id'; fields[#fields+1] = run_id end
+    if idem_key ~= '' then fields[#fields+1] = 'idem'; fields[#fields+1] = idem_key end
+    redis.call('HSET', job_key(prefix, job_id), unpack(spec_args(spec, fields)))
     created[#created+1] = now_ms
     created[#created+1] = job_id
     if run_id ~= '' then
@@ -451,7 +456,7 @@ return claimed
 # entry no longer in the config is cancelled and retired like any cancelled schedule.
 # KEYS: beat_lock, imported, due, jobs, retired, set_aside
 # ARGV: prefix, fence, now_ms, job_retention_s, then 6 per entry:
-#   job_id, digest, spec, brief, next_run_ms, anchor_ms
+#   job_id, digest, spec (packed fields, jobfields.py), next_run_ms, anchor_ms
 # Returns {created, updated, unchanged, removed} counts, or {-1} when fenced out.
 SYNC_IMPORTED = (
     _LIFECYCLE
@@ -459,8 +464,8 @@ SYNC_IMPORTED = (
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {-1} end
 local prefix, now, job_ttl = ARGV[1], ARGV[3], ARGV[4]
 local wanted, counts = {}, {0, 0, 0, 0}
-for b = 5, #ARGV, 6 do
-  local id, digest, next_ms = ARGV[b], ARGV[b+1], ARGV[b+4]
+for b = 5, #ARGV, 5 do
+  local id, digest, next_ms = ARGV[b], ARGV[b+1], ARGV[b+3]
   wanted[id] = true
   local job = job_key(prefix, id)
   local status = redis.call('HGET', job, 'status')
@@ -470,17 +475,17 @@ for b = 5, #ARGV, 6 do
   else
     if live then
       counts[2] = counts[2] + 1
-      redis.call('HSET', job, 'spec', ARGV[b+2], 'brief', ARGV[b+3], 'anchor_ms', ARGV[b+5],
-        'next_run_ms', next_ms, 'updated_ms', now)
+      put_spec(job, ARGV[b+2])
+      redis.call('HSET', job, 'anchor_ms', ARGV[b+4], 'next_run_ms', next_ms, 'updated_ms', now)
       -- as UPDATE_JOB does: a claim decided from the old entry fails CLAIM_DUE's version check
       redis.call('HINCRBY', job, 'version', 1)
     else
       counts[1] = counts[1] + 1
       status = 'scheduled'
       redis.call('DEL', job)
-      redis.call('HSET', job, 'spec', ARGV[b+2], 'brief', ARGV[b+3], 'status', status,
-        'recurring', 1, 'next_run_ms', next_ms, 'anchor_ms', ARGV[b+5], 'runs_done', 0,
-        'attempts', 0, 'created_ms', now, 'updated_ms', now, 'fp', '', 'last_run_id', '')
+      redis.call('HSET', job, unpack(spec_args(ARGV[b+2], {'status', status, 'recurring', 1,
+        'next_run_ms', next_ms, 'anchor_ms', ARGV[b+4], 'runs_done', 0, 'created_ms', now,
+        'updated_ms', now})))
       redis.call('PERSIST', runs_key(prefix, id))
       redis.call('ZADD', KEYS[4], now, id)
       redis.call('ZREM', KEYS[5], id)
@@ -510,15 +515,15 @@ return counts
 # An attempt that ended without recording its outcome (its process died, was OOM-killed or was
 # killed at the hard time limit) still counts: after the job's last attempt (retries + 1) the run
 # is dead-lettered with the reason, once. The job's retries are read from its spec only here, on
-# this rare path. A dead letter gets its retention and a finished one-off job is retired, as
+# this rare path (retries_of). A dead letter gets its retention and a finished one-off job is retired, as
 # FINISH_RUN does (_LIFECYCLE). Returns true when the run was dead-lettered.
 # lifecycle = {prefix, job_retention_s, dead_retention_s}
 _LOSE_ATTEMPT = (
     _LIFECYCLE
     + """
-local function lose_attempt(run, job, dead, inflight, run_id, spec, attempts, reason, now, lifecycle)
+local function lose_attempt(run, job, dead, inflight, run_id, attempts, reason, now, lifecycle)
   redis.call('HSET', job, 'last_error', reason, 'last_run_id', run_id, 'updated_ms', now)
-  if attempts < tonumber(cjson.decode(spec)['retries']) + 1 then
+  if attempts < retries_of(job) + 1 then
     redis.call('HSET', run, 'error', reason, 'traceback', '')
     return false
   end
@@ -539,18 +544,19 @@ end
 # KEYS: run, job, inflight, dead
 # ARGV: now_ms, lease_ms, run_id, owner, prefix, job_retention_s, dead_retention_s
 # Returns {'run', attempts, spec, nominal_ms, manual} | {'done'} | {'skip'} | {'gone'} | {'busy', wait_ms}
+# (spec: the job's spec fields packed, jobfields.SPEC; an old record's 'spec' JSON)
 BEGIN_RUN = (
     _LOSE_ATTEMPT
     + _CANCEL
     + """
 local run = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'started_ms', 'nominal_ms', 'manual',
   'lease_ms', 'owner', 'cancel')
-local job = redis.call('HMGET', KEYS[2], 'status', 'spec', 'recurring')
-if not run[1] or not job[2] then
+local job = redis.call('HMGET', KEYS[2], 'status', 'recurring')
+if not run[1] or not job[1] then
   local was_out = redis.call('ZREM', KEYS[3], ARGV[3]) == 1
   -- A record gone while its run was out vanished (evicted): 'gone', for RUN_GONE to record. A
   -- late copy of a run that finished and was trimmed since is only skipped.
-  if not run[1] and job[2] and was_out then return {'gone'} end
+  if not run[1] and job[1] and was_out then return {'gone'} end
   return {'skip'}
 end
 local status, now, lease = run[1], tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -561,7 +567,7 @@ end
 if status == 'running' then
   if run[7] == ARGV[4] then  -- the same delivery again, alive: its lease runs from now
     redis.call('HSET', KEYS[1], 'lease_ms', now + lease)
-    return {'run', tonumber(run[2]), job[2], run[4], run[5] or ''}
+    return {'run', tonumber(run[2]), packed(KEYS[2], SPEC_FIELDS), run[4], run[5] or ''}
   end
   local held_until = tonumber(run[6] or '') or tonumber(run[3]) + lease
   if held_until > now then return {'busy', tostring(held_until - now)} end
@@ -570,13 +576,12 @@ if status == 'running' then
     return {'done'}
   end
   local attempts, lifecycle = tonumber(run[2]), {ARGV[5], ARGV[6], ARGV[7]}
-  if lose_attempt(KEYS[1], KEYS[2], KEYS[4], KEYS[3], ARGV[3], job[2], attempts, 'worker lost', now,
-      lifecycle) then
+  if lose_attempt(KEYS[1], KEYS[2], KEYS[4], KEYS[3], ARGV[3], attempts, 'worker lost', now, lifecycle) then
     return {'done'}
   end
 end
 -- A schedule set aside as failed (its sealed input can no longer be opened) runs no more.
-if job[1] == 'cancelled' or (job[1] == 'failed' and job[3] == '1') then
+if job[1] == 'cancelled' or (job[1] == 'failed' and job[2] == '1') then
   redis.call('HSET', KEYS[1], 'status', 'skipped', 'finished_ms', now)
   redis.call('ZREM', KEYS[3], ARGV[3])
   return {'skip'}
@@ -588,8 +593,8 @@ redis.call('ZADD', KEYS[3], now, ARGV[3])
 redis.call('HSET', KEYS[2], 'attempts', attempts, 'updated_ms', now)
 -- A manual (triggered) run is extra: it never moves a one-off's status, or the one-off's own
 -- scheduled run would be dropped by beat as no longer 'scheduled'.
-if job[3] == '0' and run[5] ~= '1' then redis.call('HSET', KEYS[2], 'status', 'running') end
-return {'run', attempts, job[2], run[4], run[5] or ''}
+if job[2] == '0' and run[5] ~= '1' then redis.call('HSET', KEYS[2], 'status', 'running') end
+return {'run', attempts, packed(KEYS[2], SPEC_FIELDS), run[4], run[5] or ''}
 """
 )
 
@@ -621,9 +626,8 @@ LOSE_RUN = (
     + _CANCEL
     + """
 local run = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'owner')
-local spec = redis.call('HGET', KEYS[2], 'spec')
 local prefix, now = ARGV[2], ARGV[4]
-if run[1] ~= 'running' or string.sub(run[3] or '', 1, #prefix) ~= prefix or not spec then
+if run[1] ~= 'running' or string.sub(run[3] or '', 1, #prefix) ~= prefix or redis.call('EXISTS', KEYS[2]) == 0 then
   return 'moved'
 end
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then
@@ -631,8 +635,7 @@ if redis.call('HGET', KEYS[1], 'cancel') == '1' then
   return 'cancelled'
 end
 local lifecycle = {ARGV[5], ARGV[6], ARGV[7]}
-if lose_attempt(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], spec, tonumber(run[2]), ARGV[3], now,
-    lifecycle) then
+if lose_attempt(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], tonumber(run[2]), ARGV[3], now, lifecycle) then
   return 'dead'
 end
 redis.call('HSET', KEYS[1], 'status', 'retrying', 'queued_ms', now, 'finished_ms', now)
@@ -947,11 +950,12 @@ return 1
 """
 
 # Beat: read a batch of due entries with what deciding them needs, in one round trip: a job's
-# brief (brief.py), never its spec, which holds the input (up to 256 KiB, plus a sealed copy).
+# brief fields (jobfields.BRIEF), never its input (up to 256 KiB, plus a sealed copy).
 # KEYS: due   ARGV: prefix, until_ms, limit
 # Returns 8 per entry: member, due_ms, job_id, brief, runs_done, anchor_ms, version, traceparent
-# (an r: entry's run's trace, '' when it has none). The brief is '' when the job is gone, and
-# 'spec:' .. spec for a record written before briefs existed.
+# (an r: entry's run's trace, '' when it has none). The brief is the fields packed (jobfields.py;
+# an old record's 'brief' JSON), '' when the job is gone, and 'spec' .. '\\31' .. spec for a
+# record written before briefs existed.
 READ_DUE = (
     _KEYS
     + """
@@ -968,9 +972,10 @@ for i = 1, #rows, 2 do
   local st = {false, false, false, false}
   if job_id ~= '' then
     local job = job_key(ARGV[1], job_id)
-    st = redis.call('HMGET', job, 'brief', 'runs_done', 'anchor_ms', 'version')
-    if not st[1] and redis.call('EXISTS', job) == 1 then
-      st[1] = 'spec:' .. (redis.call('HGET', job, 'spec') or '')
+    local got = redis.call('HMGET', job, 'runs_done', 'anchor_ms', 'version')
+    st = {packed(job, BRIEF_FIELDS), got[1], got[2], got[3]}
+    if st[1] == '' and redis.call('EXISTS', job) == 1 then
+      st[1] = 'spec\\31' .. (redis.call('HGET', job, 'spec') or '')
     end
   end
   out[#out+1] = member
@@ -1024,11 +1029,7 @@ end
 if #dead > 0 then redis.call('HINCRBY', KEYS[4], 'dead_dropped', #dead) end
 
 local function paused_past_its_end(job, at)
-  local brief = redis.call('HGET', job, 'brief')
-  if not brief then return false end  -- written before briefs: left for a resume or cancel
-  local ok, b = pcall(cjson.decode, brief)
-  if not ok or type(b) ~= 'table' or type(b['rule']) ~= 'table' then return false end
-  local end_ms = tonumber(b['rule']['end_ms'])
+  local end_ms = end_ms_of(job)
   return end_ms ~= nil and end_ms < at
 end
 
@@ -1071,15 +1072,16 @@ return {#expired, #dead, retired, vanished, next_cursor}
 UPDATE_JOB = (
     _LIFECYCLE
     + """
-local ARGS = 12  -- rows.UpdateJobArgs
-local job_id, now_ms, version, runs_done, status, spec, brief, next_run_ms, anchor_ms, fp, prefix,
+local ARGS = 11  -- rows.UpdateJobArgs
+local job_id, now_ms, version, runs_done, status, spec, next_run_ms, anchor_ms, fp, prefix,
   job_retention_s = unpack(ARGV, 1, ARGS)
 local st = redis.call('HMGET', KEYS[1], 'status', 'runs_done', 'version', 'fp')
 if not st[1] then return {'missing'} end
 if st[1] ~= status or st[2] ~= runs_done or (st[3] or '0') ~= version then return {'moved', st[1]} end
 if st[1] ~= 'scheduled' and st[1] ~= 'paused' then return {'refused', st[1]} end
-redis.call('HSET', KEYS[1], 'spec', spec, 'brief', brief, 'next_run_ms', next_run_ms,
-  'anchor_ms', anchor_ms, 'version', tonumber(version) + 1, 'updated_ms', now_ms)
+put_spec(KEYS[1], spec)  -- a record in the layout before (spec and brief JSON) is rewritten too
+redis.call('HSET', KEYS[1], 'next_run_ms', next_run_ms, 'anchor_ms', anchor_ms,
+  'version', tonumber(version) + 1, 'updated_ms', now_ms)
 local old_fp = st[4] or ''
 if old_fp ~= fp then
   -- a new input gives a fingerprinted schedule a new identity: it moves to that entry, unless

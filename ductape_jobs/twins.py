@@ -3,8 +3,8 @@
 A dict request whose fields other than ``input`` equal, value and type, those of a request
 planned earlier in the batch (a one-off or undeduplicated job without a session) is a *twin* of
 that request's *shape*: only its input is checked again, and its CREATE_JOBS row is the shape's
-row with the job id, the input in the spec and brief JSON, and the run's id and message
-replaced. Anything else goes the long way (planning.plan_job), which gives the same result.
+row with the job id, the input and its argsrepr in the packed spec fields, and the run's id and
+message replaced. Anything else goes the long way (planning.plan_job), which gives the same result.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import TypeAdapter
-
-from ductape_jobs import ops, tracing
-from ductape_jobs.brief import ARGSREPR_MAX, JobBrief
+from ductape_jobs import jobfields, ops, tracing
+from ductape_jobs.brief import ARGSREPR_MAX
 from ductape_jobs.errors import JobValidationError
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import ScheduleHandle, run_id_for
@@ -28,9 +26,6 @@ from ductape_jobs.settings import Settings
 from ductape_jobs.wire import MessageBuilder
 
 ShapeKey = tuple[Any, ...]
-_JSON_STR = TypeAdapter(str)  # a string as model_dump_json writes it (so a twin's row is byte-identical)
-_INPUT_MARK = {"@@ductape-input@@": 0}
-_INPUT_MARK_JSON = '{"@@ductape-input@@":0}'
 
 
 def shape_key(raw: object) -> ShapeKey | None:
@@ -96,10 +91,7 @@ class Shape:
 
     plan: NewJob
     template: CreateJobsRow
-    spec_head: str
-    spec_tail: str
-    brief_head: str
-    brief_tail: str
+    spec_head: str  # its packed spec fields but the input's (jobfields.pack_head)
     shown: dict[str, Any]  # the handle's fields but job_id
     traceparent: str | None  # the span scheduling the batch (tracing)
 
@@ -109,18 +101,9 @@ class Shape:
         spec = plan.spec
         if plan.dedupe or spec.session_tag is not None or spec.redact_paths or spec.idempotency_key:
             return None
-        spec_json = spec.model_copy(update={"input": _INPUT_MARK}).model_dump_json()
-        head, found, tail = spec_json.partition(_INPUT_MARK_JSON)
-        if not found:
-            return None
-        brief = JobBrief.of(spec, traceparent=traceparent)
-        brief_json = brief.model_copy(update={"argsrepr": _INPUT_MARK_JSON}).model_dump_json()
-        brief_head, found, brief_tail = brief_json.partition(_JSON_STR.dump_json(_INPUT_MARK_JSON).decode())
-        if not found:
-            return None
         shown = handle_of(plan).model_dump(exclude={"job_id"})
         row = ops.create_row(keys, plan, traceparent)
-        return cls(plan, row, head, tail, brief_head, brief_tail, shown, traceparent)
+        return cls(plan, row, jobfields.pack_head(spec, traceparent), shown, traceparent)
 
     def twin(self, raw: Mapping[str, Any], settings: Settings, new_job_id: Callable[[], str]) -> Twin | None:
         """The request as a twin of this shape if its input passes; None sends it the long way
@@ -157,7 +140,9 @@ class Shape:
         # _replace() costs twice as much (test_batches checks the rows equal the long way's).
         return CreateJobsRow(
             twin.job_id,
-            self.spec_head + twin.input_json + self.spec_tail,
+            self.spec_head + jobfields.SEP + jobfields.pack_input(twin.input_json, shown)
+            if twin.input
+            else self.spec_head,
             template.status,
             template.recurring,
             template.next_run_ms,
@@ -169,7 +154,6 @@ class Shape:
             template.fp_keys,
             template.queue_key,
             message,
-            self.brief_head + _JSON_STR.dump_json(shown).decode() + self.brief_tail,
             template.idem_key,  # '' (a one-off with an idempotency key is no shape)
             template.idem_ttl_ms,
             traced,

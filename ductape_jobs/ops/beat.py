@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from ductape_jobs.brief import JobBrief
+from ductape_jobs import jobfields
 from ductape_jobs.imported import ImportCounts, ImportRow
 from ductape_jobs.keys import Keys
 from ductape_jobs.ops.core import Call, Eval, Flow, Stream, batched, one, send
@@ -93,7 +93,7 @@ def sync_imported(
     touched = [k.beat_lock, k.imported(app), k.due, k.jobs, k.retired, k.set_aside]
     args: list[Any] = [k.prefix, fence, now_ms, retention.job_s]
     for row in rows:
-        args += [row.job_id, row.digest, row.spec_json, row.brief_json, row.next_run_ms, row.anchor_ms]
+        args += [row.job_id, row.digest, row.spec, row.next_run_ms, row.anchor_ms]
     got = [int(v) for v in (yield from one(Eval("SYNC_IMPORTED", touched, args)))]
     return None if got == [-1] else ImportCounts(*got)
 
@@ -156,21 +156,24 @@ def dispatches(keys: Keys, run_ids: Sequence[str]) -> Flow[list[Dispatch | Unrea
             continue
         try:
             out.append(
-                Dispatch(run_id, JobBrief.read(brief), int(nominal or 0), trace_of(text(traced or b"")))
+                Dispatch(run_id, jobfields.brief_of(brief), int(nominal or 0), trace_of(text(traced or b"")))
             )
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             out.append(Unreadable(text(job_id), reason("could not read this job's record", exc), run_id))
     return out
 
 
-def _briefs(keys: Keys, job_ids: Sequence[str]) -> Flow[list[str | None]]:
-    """Each job's stored brief (``spec:`` and its spec for a record older than briefs)."""
-    briefs = yield from send(*(Call("hget", (keys.job(job_id), "brief")) for job_id in job_ids))
+def _briefs(keys: Keys, job_ids: Sequence[str]) -> Flow[list[dict[str, str] | None]]:
+    """Each job's brief fields (jobfields.BRIEF; an old record's ``brief``, or its ``spec`` when
+    it is older than briefs), None when the job is gone."""
+    names = jobfields.BRIEF
+    rows = yield from send(*(Call("hmget", (keys.job(job_id), *names)) for job_id in job_ids))
+    briefs = [jobfields.fields(dict(zip(names, row, strict=True))) or None for row in rows]
     older = [at for at, brief in enumerate(briefs) if not brief]
-    specs = yield from send(*(Call("hget", (keys.job(job_ids[at]), "spec")) for at in older))
+    specs = yield from send(*(Call("hget", (keys.job(job_ids[at]), jobfields.LEGACY_SPEC)) for at in older))
     for at, spec in zip(older, specs, strict=True):
-        briefs[at] = b"spec:" + spec if spec else None
-    return [text(v) if v else None for v in briefs]
+        briefs[at] = {jobfields.LEGACY_SPEC: text(spec)} if spec else None
+    return briefs
 
 
 def set_aside_run(

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ductape_jobs import scripts
-from ductape_jobs.brief import JobBrief
+from ductape_jobs import jobfields
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobSpec, RunRecord
 from ductape_jobs.ops.core import Call, Eval, Flow, Stream, batched, one, send
@@ -83,7 +83,7 @@ def create_row(k: Keys, job: NewJob, traceparent: str | None = None) -> CreateJo
     message = job.message
     return CreateJobsRow(
         job_id=job.job_id,
-        spec=job.spec.model_dump_json(),
+        spec=jobfields.pack_spec(job.spec, traceparent),
         status=job.status.value,
         recurring=int(job.recurring),
         next_run_ms=opt(job.next_run_ms),
@@ -95,7 +95,6 @@ def create_row(k: Keys, job: NewJob, traceparent: str | None = None) -> CreateJo
         fp_keys=_fingerprints(k, job) if job.dedupe else "",
         queue_key="" if message is None else message.queue_key,
         message="" if message is None else message.payload,
-        brief=JobBrief.of(job.spec, traceparent=traceparent).model_dump_json(),
         # the idempotency index entry and its TTL (ms); '' = none
         idem_key="" if job.spec.idempotency_key is None else k.idempotency(job.spec.idempotency_key),
         idem_ttl_ms=job.idempotency_ttl_ms or "",
@@ -302,8 +301,7 @@ def update_job(
         version=current.version,
         runs_done=job.runs_done,
         status=job.status.value,
-        spec=spec.model_dump_json(),
-        brief=JobBrief.of(spec, traceparent=traceparent).model_dump_json(),
+        spec=jobfields.pack_spec(spec, traceparent),
         next_run_ms=opt(update.next_run_ms),
         anchor_ms=update.anchor_ms,
         fp=fp_key,

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobSpec, job_id_of
+from ductape_jobs import jobfields
+from ductape_jobs.models import job_id_of
 from ductape_jobs.ops.core import Call, Eval, Flow, one, send
 from ductape_jobs.records import Finish, Lease, Lost, Retention, Started, Verdict, opt, reason, text
 from ductape_jobs.rows import BeginReply, FinishRunArgs
@@ -48,7 +49,7 @@ def begin_run(
         return Started(verdict)
     started = Started(verdict, attempt=got.attempt, nominal_ms=got.nominal_ms, manual=got.manual)
     try:
-        return replace(started, spec=JobSpec.model_validate_json(got.spec))
+        return replace(started, spec=jobfields.read_spec(got.spec))
     except ValueError as exc:  # pydantic's ValidationError too: the runner sets the run aside
         return replace(started, unreadable=reason("this worker could not read the job's spec", exc))
 

@@ -30,6 +30,7 @@ PURE = {
         "health",
         "imported",
         "jitter",
+        "jobfields",
         "keyring",
         "keys",
         "models",

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from ductape_jobs import ops
+from ductape_jobs import jobfields, ops
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
@@ -47,7 +47,9 @@ SPEC = plan_job(
     T0,
     "job-1",
 ).spec
-BRIEF = JobBrief.of(SPEC).model_dump_json()
+PACKED = jobfields.pack_spec(SPEC)
+# The brief fields as READ_DUE hands them back (jobfields.BRIEF, packed)
+BRIEF = jobfields.SEP.join(x for k, v in jobfields.unpack(PACKED).items() if k in jobfields.BRIEF for x in (k, v))
 QUEUE = "unit:q:dev"
 
 
@@ -126,7 +128,7 @@ BEGIN_KEYS = [K.run(f"job-1:{T0}"), K.job("job-1"), K.inflight, K.dead]
 
 
 def test_begin_run_run_hands_back_the_attempt_and_the_spec():
-    reply = [b"run", 2, SPEC.model_dump_json().encode(), T0, b"1"]
+    reply = [b"run", 2, PACKED.encode(), T0, b"1"]
     args = [T0, 30_000, f"job-1:{T0}", "host:1:a", "unit", *TTLS]
     started = drive(begin(), script("BEGIN_RUN", reply, keys=BEGIN_KEYS, args=args))
     assert (started.verdict, started.attempt, started.nominal_ms, started.manual) == (
@@ -139,7 +141,7 @@ def test_begin_run_run_hands_back_the_attempt_and_the_spec():
 
 
 def test_begin_run_with_a_spec_it_cannot_read_says_why_for_the_runner_to_set_it_aside():
-    started = drive(begin(), script("BEGIN_RUN", [b"run", 1, b'{"env": 5}', T0, b"0"]))
+    started = drive(begin(), script("BEGIN_RUN", [b"run", 1, b"env\x1fdev", T0, b"0"]))
     assert started.verdict == Verdict.RUN and started.spec is None
     assert started.unreadable.startswith("this worker could not read the job's spec (ValidationError")
 
@@ -268,6 +270,8 @@ def test_unmoved_runs_reads_the_index_then_each_runs_state():
 
 def test_dispatches_read_briefs_and_fall_back_to_the_spec_of_an_older_record():
     traced = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"  # job-1:5's run kept its trace, job-2:6's a bad one
+    # job-1 in today's layout, job-2 a record older than briefs (its spec), job-3 an old bad brief
+    names, brief, none = jobfields.BRIEF, jobfields.unpack(BRIEF), [None] * len(jobfields.BRIEF)
     got = drive(
         ops.beat.dispatches(K, ["job-1:5", "job-2:6", "gone:7", "job-3:8"]),
         [
@@ -293,10 +297,10 @@ def test_dispatches_read_briefs_and_fall_back_to_the_spec_of_an_older_record():
             ),
         ],
         [
-            call("hget", K.job("job-1"), "brief", reply=BRIEF.encode()),
-            call("hget", K.job("job-2"), "brief", reply=None),
-            call("hget", K.job("-"), "brief", reply=None),
-            call("hget", K.job("job-3"), "brief", reply=b"{not json"),
+            call("hmget", K.job("job-1"), *names, reply=[brief.get(n, "").encode() or None for n in names]),
+            call("hmget", K.job("job-2"), *names, reply=none),
+            call("hmget", K.job("-"), *names, reply=none),
+            call("hmget", K.job("job-3"), *names, reply=[*none[:-1], b"{not json"]),
         ],
         [
             call("hget", K.job("job-2"), "spec", reply=SPEC.model_dump_json().encode()),
@@ -304,7 +308,7 @@ def test_dispatches_read_briefs_and_fall_back_to_the_spec_of_an_older_record():
         ],
     )
     assert got[:2] == [
-        Dispatch("job-1:5", JobBrief.read(BRIEF), 5, traced),
+        Dispatch("job-1:5", jobfields.read_brief(BRIEF), 5, traced),
         Dispatch("job-2:6", JobBrief.of(SPEC), 6, None),
     ]
     (bad,) = got[2:]

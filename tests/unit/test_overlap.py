@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ductape_jobs import timing
+from ductape_jobs import jobfields, timing
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.errors import JobValidationError
 from ductape_jobs.flows import _check_range
@@ -23,7 +23,10 @@ def test_new_schedules_skip_by_default_and_a_rule_stored_without_the_field_allow
     assert Repeat(every=MIN, overlap="buffer_one").to_rule().overlap == "buffer_one"
     assert timing.Rule(every_ms=MIN).overlap == "allow"  # what a stored rule without it reads as
     old = {"env": "dev", "product_tag": "tests", "event": "echo", "rule": {"every_ms": MIN, "tz": "UTC"}}
-    assert JobBrief.read(JobBrief(**old).model_dump_json()).timing_rule().overlap == "allow"  # type: ignore[union-attr]
+    stored = jobfields.LEGACY_BRIEF + jobfields.SEP + JobBrief(**old).model_dump_json()
+    assert jobfields.read_brief(stored).timing_rule().overlap == "allow"  # type: ignore[union-attr]
+    packed = jobfields.SEP.join(["env", "dev", "tag", "tests", "ev", "echo", "every", str(MIN)])
+    assert jobfields.read_brief(packed).timing_rule().overlap == "allow"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("value", ["Skip", "buffer", "", None, 1, ["skip"]])

@@ -1,0 +1,254 @@
+"""The job hash's spec fields: a ``JobSpec`` (and what beat reads of it) as short hash fields.
+
+A job's spec is stored as one short field per value that differs from its default (the field
+names below; design §6.3), beside the job's state fields, so the whole hash stays a listpack
+(every value within ``hash-max-listpack-value``, 64 bytes by default) for a typical job: a
+listpack costs a few bytes a field, a hashtable about 50. The input is its own field (``in``), and
+beat reads only the fields it needs (``BRIEF``), never the input.
+
+Scripts carry the fields *packed*: names and values alternating, joined by ``SEP`` (the ASCII
+unit separator, which no value holds: JSON and ``repr`` escape control characters, the other
+values are slugs, numbers, cron expressions and zone names). CREATE_JOBS, UPDATE_JOB and
+SYNC_IMPORTED write them (``put_spec`` of the prelude); BEGIN_RUN and READ_DUE hand them back
+packed the same way (``packed``).
+
+A record written before this layout holds ``spec`` (JobSpec JSON) and ``brief`` (JobBrief JSON)
+instead: it is read as it is (``spec_of``, ``brief_of``), and an update or a re-import rewrites
+it in this layout (``put_spec`` deletes both). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from ductape_jobs import timing
+from ductape_jobs.brief import JobBrief, argsrepr
+from ductape_jobs.models import CeleryCall, JobSpec
+
+SEP = "\x1f"
+Kind = Literal["str", "int", "json"]
+# As planning's input check writes JSON (ASCII, compact), so a twin's packed spec is the same text.
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+# JobSpec attribute -> (hash field, kind, default: left out when equal).
+_SPEC: dict[str, tuple[str, Kind, Any]] = {
+    "env": ("env", "str", None),
+    "product_tag": ("tag", "str", None),
+    "event": ("ev", "str", None),
+    "retries": ("rt", "int", 0),
+    "timeout_s": ("to", "int", None),
+    "app": ("app", "str", None),
+    "cache": ("ca", "str", None),
+    "start_ms": ("st", "int", 0),
+    "redact_paths": ("rp", "json", []),
+    "session_tag": ("ses", "str", None),
+    "sealed": ("sl", "str", None),
+    "input_digest": ("dg", "str", None),
+    "created_ms": ("cr", "int", None),
+    "celery": ("cel", "json", None),
+    "key": ("key", "str", None),
+    "idempotency_key": ("ik", "str", None),
+}
+# timing.Rule field -> (hash field, kind, default). A job has a rule when it has cron or every.
+_RULE: dict[str, tuple[str, Kind, Any]] = {
+    "cron": ("cron", "str", None),
+    "tz": ("tz", "str", "UTC"),
+    "every_ms": ("every", "int", None),
+    "limit": ("lim", "int", None),
+    "end_ms": ("end", "int", None),
+    "misfire": ("mis", "str", "skip"),
+    "catchup_ms": ("cu", "int", 0),
+    "jitter_ms": ("jit", "int", 0),
+    "overlap": ("ov", "str", "allow"),
+}
+INPUT, ARGSREPR, TRACEPARENT = "in", "ar", "tp"
+LEGACY_SPEC, LEGACY_BRIEF = "spec", "brief"  # the layout before: JobSpec JSON, JobBrief JSON
+
+# What the worker reads (BEGIN_RUN), what beat reads (READ_DUE, the lost sweep), and every field
+# an update rewrites. The legacy field comes last in each.
+SPEC = (*(f for f, _, _ in _SPEC.values()), *(f for f, _, _ in _RULE.values()), INPUT, LEGACY_SPEC)
+BRIEF = (
+    "env",
+    "tag",
+    "ev",
+    "to",
+    "cel",
+    *(f for f, _, _ in _RULE.values()),
+    ARGSREPR,
+    TRACEPARENT,
+    LEGACY_BRIEF,
+)
+ALL = (*SPEC[:-1], ARGSREPR, TRACEPARENT, LEGACY_SPEC, LEGACY_BRIEF)
+
+
+def _encode(value: Any, kind: Kind) -> str:
+    if kind == "json":
+        return _JSON.encode(value.model_dump(mode="json") if isinstance(value, CeleryCall) else value)
+    return str(value)
+
+
+def _decode(value: str, kind: Kind) -> Any:
+    if kind == "int":
+        return int(value)
+    return json.loads(value) if kind == "json" else value
+
+
+def pack_spec(spec: JobSpec, traceparent: str | None = None, input_json: str | None = None) -> str:
+    """The spec's fields packed for a script, with what beat shows (``ar``) and the trace that
+    scheduled it (``tp``). ``input_json``: the input as planning's check wrote it, if known."""
+    parts = pack_head(spec, traceparent)
+    if spec.input:
+        shown = argsrepr(spec)
+        parts += SEP + pack_input(_JSON.encode(spec.input) if input_json is None else input_json, shown)
+    return parts
+
+
+def pack_head(spec: JobSpec, traceparent: str | None = None) -> str:
+    """Every packed field but the input and its ``argsrepr`` (``pack_input``), which come last."""
+    parts: list[str] = []
+    for attr, (field, kind, default) in _SPEC.items():
+        value = getattr(spec, attr)
+        if value != default:
+            parts += (field, _encode(value, kind))
+    for attr, (field, kind, default) in _RULE.items():
+        value = None if spec.rule is None else spec.rule.get(attr, default)
+        if spec.rule is not None and value != default and value is not None:
+            parts += (field, _encode(value, kind))
+    if traceparent:
+        parts += (TRACEPARENT, traceparent)
+    packed = SEP.join(parts)
+    if packed.count(SEP) != len(parts) - 1:
+        raise ValueError(f"a spec value holds the separator {SEP!r}: {spec!r}")
+    return packed
+
+
+def pack_input(input_json: str, shown: str) -> str:
+    """The packed input field and its ``argsrepr`` (left out of a spec whose input is ``{}``)."""
+    if SEP in input_json or SEP in shown:
+        raise ValueError(f"the input holds the separator {SEP!r}")
+    return SEP.join((INPUT, input_json, ARGSREPR, shown))
+
+
+def unpack(packed: str) -> dict[str, str]:
+    """Packed fields as a dict (a script's reply, or what a row carries)."""
+    if not packed:
+        return {}
+    parts = packed.split(SEP)
+    return dict(zip(parts[::2], parts[1::2], strict=True))
+
+
+def fields(raw: Mapping[Any, Any]) -> dict[str, str]:
+    """An HGETALL or HMGET-by-name reply (bytes or str) as a dict of str, absent fields left out."""
+    return {_text(k): _text(v) for k, v in raw.items() if v is not None}
+
+
+def read_spec(packed: str) -> JobSpec:
+    """The spec BEGIN_RUN hands back packed; raises ValueError when it can't be read."""
+    return spec_of(unpack(packed))
+
+
+def read_brief(packed: str) -> JobBrief:
+    """The brief READ_DUE hands back packed; raises ValueError when it can't be read."""
+    return brief_of(unpack(packed))
+
+
+def holds_spec(packed: str) -> bool:
+    """Whether a packed brief is an old record's whole spec (a record older than briefs)."""
+    return packed.startswith(LEGACY_SPEC + SEP)
+
+
+def spec_of(f: Mapping[str, str]) -> JobSpec:
+    """The spec a job hash holds (either layout); raises ValueError when it can't be read."""
+    if LEGACY_SPEC in f:
+        return JobSpec.model_validate_json(f[LEGACY_SPEC])
+    data: dict[str, Any] = {"input": json.loads(f[INPUT]) if INPUT in f else {}}
+    for attr, (field, kind, default) in _SPEC.items():
+        data[attr] = _decode(f[field], kind) if field in f else default
+    data["rule"] = _rule_of(f)
+    return JobSpec.model_validate(data)
+
+
+def brief_of(f: Mapping[str, str]) -> JobBrief:
+    """What beat reads of a job (either layout); raises ValueError when it can't be read."""
+    if LEGACY_BRIEF in f:
+        return JobBrief.model_validate_json(f[LEGACY_BRIEF])
+    if LEGACY_SPEC in f:
+        return JobBrief.of(JobSpec.model_validate_json(f[LEGACY_SPEC]))
+    return JobBrief.model_validate(
+        {
+            "env": f.get("env"),
+            "product_tag": f.get("tag"),
+            "event": f.get("ev"),
+            "rule": _rule_of(f),
+            "argsrepr": f.get(ARGSREPR, "{}"),
+            "timeout_s": f.get("to"),
+            "celery": None if "cel" not in f else json.loads(f["cel"]),
+            "traceparent": f.get(TRACEPARENT),
+        }
+    )
+
+
+def _rule_of(f: Mapping[str, str]) -> dict[str, Any] | None:
+    """The rule as a spec holds it (planning's form: every field, jitter_ms only when set)."""
+    if "cron" not in f and "every" not in f:
+        return None
+    rule = {attr: _decode(f[field], kind) if field in f else default for attr, (field, kind, default) in _RULE.items()}
+    if not rule["jitter_ms"]:
+        del rule["jitter_ms"]
+    return rule
+
+
+def lua_prelude() -> str:
+    """Lua: the field lists, ``packed(key, names)`` and ``put_spec(key, packed)``."""
+
+    def table(names: tuple[str, ...]) -> str:
+        return "{" + ", ".join(f"'{n}'" for n in names) + "}"
+
+    return f"""
+local SPEC_FIELDS, BRIEF_FIELDS, ALL_SPEC_FIELDS = {table(SPEC)}, {table(BRIEF)}, {table(ALL)}
+-- A job's fields among `names` that it has, packed (jobfields.py): name, value, ... joined by \\31.
+local function packed(key, names)
+  local values, parts = redis.call('HMGET', key, unpack(names)), {{}}
+  for i, name in ipairs(names) do
+    if values[i] then
+      parts[#parts+1] = name
+      parts[#parts+1] = values[i]
+    end
+  end
+  return table.concat(parts, '\\31')
+end
+-- Append packed fields to `args` as HSET arguments.
+local function spec_args(spec, args)
+  for name, value in string.gmatch(spec .. '\\31', '([^\\31]*)\\31([^\\31]*)\\31') do
+    args[#args+1] = name
+    args[#args+1] = value
+  end
+  return args
+end
+-- Write a job's spec fields in place of the ones it had (an old record's spec and brief too).
+local function put_spec(key, spec)
+  redis.call('HDEL', key, unpack(ALL_SPEC_FIELDS))
+  redis.call('HSET', key, unpack(spec_args(spec, {{}})))
+end
+-- The job's retries (either layout).
+local function retries_of(key)
+  local f = redis.call('HMGET', key, '{_SPEC["retries"][0]}', '{LEGACY_SPEC}')
+  if f[2] then return tonumber(cjson.decode(f[2])['retries']) end
+  return tonumber(f[1] or 0)
+end
+-- The end of the job's rule (either layout), nil when none or unreadable.
+local function end_ms_of(key)
+  local f = redis.call('HMGET', key, '{_RULE["end_ms"][0]}', '{LEGACY_BRIEF}')
+  if f[1] then return tonumber(f[1]) end
+  if not f[2] then return nil end  -- (a record older than briefs: left for a resume or cancel)
+  local ok, b = pcall(cjson.decode, f[2])
+  if not ok or type(b) ~= 'table' or type(b['rule']) ~= 'table' then return nil end
+  return tonumber(b['rule']['end_ms'])
+end
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
