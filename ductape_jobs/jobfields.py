@@ -23,7 +23,6 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from ductape_jobs import timing
 from ductape_jobs.brief import JobBrief, argsrepr
 from ductape_jobs.models import CeleryCall, JobSpec
 
@@ -194,7 +193,10 @@ def _rule_of(f: Mapping[str, str]) -> dict[str, Any] | None:
     """The rule as a spec holds it (planning's form: every field, jitter_ms only when set)."""
     if "cron" not in f and "every" not in f:
         return None
-    rule = {attr: _decode(f[field], kind) if field in f else default for attr, (field, kind, default) in _RULE.items()}
+    rule = {
+        attr: _decode(f[field], kind) if field in f else default
+        for attr, (field, kind, default) in _RULE.items()
+    }
     if not rule["jitter_ms"]:
         del rule["jitter_ms"]
     return rule

@@ -627,7 +627,8 @@ LOSE_RUN = (
     + """
 local run = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'owner')
 local prefix, now = ARGV[2], ARGV[4]
-if run[1] ~= 'running' or string.sub(run[3] or '', 1, #prefix) ~= prefix or redis.call('EXISTS', KEYS[2]) == 0 then
+local gone = redis.call('EXISTS', KEYS[2]) == 0
+if run[1] ~= 'running' or string.sub(run[3] or '', 1, #prefix) ~= prefix or gone then
   return 'moved'
 end
 if redis.call('HGET', KEYS[1], 'cancel') == '1' then

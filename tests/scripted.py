@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from ductape_jobs import ops
+from ductape_jobs import jobfields, ops
 from ductape_jobs.flows import ClientCore
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRequest, JobSpec
@@ -140,7 +140,7 @@ def core(settings: Settings | None = None, **overrides: Any) -> ScriptedCore:
 def job_hash(spec: JobSpec, status: str, **fields: Any) -> dict[bytes, bytes]:
     """A job hash as HGETALL returns it (defaults for a one-off created at ms 1000)."""
     values: dict[str, Any] = {
-        "spec": spec.model_dump_json(),
+        **jobfields.unpack(jobfields.pack_spec(spec)),
         "status": status,
         "recurring": "0",
         "runs_done": 0,

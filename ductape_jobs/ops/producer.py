@@ -8,8 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ductape_jobs import scripts
-from ductape_jobs import jobfields
+from ductape_jobs import jobfields, scripts
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRecord, JobSpec, RunRecord
 from ductape_jobs.ops.core import Call, Eval, Flow, Stream, batched, one, send

@@ -10,8 +10,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ductape_jobs.keys import Keys
 from ductape_jobs import jobfields
+from ductape_jobs.keys import Keys
 from ductape_jobs.models import job_id_of
 from ductape_jobs.ops.core import Call, Eval, Flow, one, send
 from ductape_jobs.records import Finish, Lease, Lost, Retention, Started, Verdict, opt, reason, text

@@ -142,9 +142,8 @@ def test_a_poison_entry_is_set_aside_while_the_others_run_and_ended_schedules_le
     )
     # A zone the producer's tzdata knew and this beat's does not: written as beat would find it.
     job_key = f"{env_prefix}:job:{poisoned.job_id}"
-    brief = json.loads(r.hget(job_key, "brief"))
-    brief["rule"].update(cron="* * * * * *", every_ms=None, tz="Mars/Olympus")
-    r.hset(job_key, "brief", json.dumps(brief))
+    r.hset(job_key, mapping={"cron": "* * * * * *", "tz": "Mars/Olympus"})  # jobfields.py's fields
+    r.hdel(job_key, "every")
 
     done = JobStatus.COMPLETED
     wait_for(lambda: ductape.job.get(healthy.job_id).status == done, 60, "the healthy schedule to finish")

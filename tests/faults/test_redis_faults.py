@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from ductape_jobs import BackendUnavailableError, Ductape, Settings
+from ductape_jobs import BackendUnavailableError, Ductape, Settings, jobfields
 from ductape_jobs.embedded import EmbeddedRedis
 from ductape_jobs.models import job_id_of
 from tests.faults.conftest import Report, calls, executions, lock_holder, nominal, now_ms
@@ -45,7 +45,7 @@ def job_state(r: redis.Redis, prefix: str, job_id: str) -> dict[str, str]:
     return {
         k.decode(): v.decode()
         for k, v in raw.items()
-        if k.decode() in ("spec", "status", "runs_done", "next_run_ms")
+        if k.decode() in ("status", "runs_done", "next_run_ms", *jobfields.SPEC)
     }
 
 
@@ -264,7 +264,7 @@ def half_written(changed: dict[str, Any], prefix: str) -> list[str]:
         if not key.startswith(f"{prefix}:job:"):
             continue
         job_id = key.rsplit(":", 1)[1]
-        if not {b"spec", b"status", b"created_ms"} <= set(fields) or job_id not in indexed:
+        if not {b"env", b"status", b"created_ms"} <= set(fields) or job_id not in indexed:
             problems.append(key)
         run_id = fields.get(b"last_run_id")
         if run_id and f"{prefix}:run:{run_id.decode()}" not in changed:

@@ -14,8 +14,7 @@ import redis
 from celery import Celery
 
 from beat.engine import BRIEF_CACHE_ENTRIES, BeatEngine, TickReport
-from ductape_jobs import ops
-from ductape_jobs.brief import JobBrief
+from ductape_jobs import jobfields, ops
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.keys import Keys
 from ductape_jobs.models import JobRequest, JobStatus
@@ -403,7 +402,7 @@ def test_fenced_out_engine_claims_nothing(store: RacingStore, settings: Settings
     later = schedule(store, settings, at, start_at=at + HOUR)
     [entry] = store.run(ops.beat.due_entries(store.keys, at + HOUR, 10))
     message = stalled.messages.from_brief(
-        f"{later}:{at + HOUR}", JobBrief.read(entry.brief_json or ""), at + HOUR, at + HOUR
+        f"{later}:{at + HOUR}", jobfields.read_brief(entry.brief_json or ""), at + HOUR, at + HOUR
     )
     claim = Claim(entry, f"{later}:{at + HOUR}", at + HOUR, None, message)
     assert store.run(ops.beat.claim(store.keys, store.retention, old_token, [claim], at + HOUR, 100)) is None

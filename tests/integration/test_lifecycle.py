@@ -34,6 +34,7 @@ from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Retention, Store
 from ductape_jobs.wire import MessageBuilder
+from tests.old_layout import to_old_layout
 
 T0 = 1_893_456_000_000  # 2030-01-01T00:00:00Z
 SEC = 1_000
@@ -322,6 +323,7 @@ def test_a_run_whose_spec_this_worker_cannot_read_fails_at_once_and_sets_its_job
     # A spec this worker's models refuse (written by hand, or by a newer version): before, the run
     # stayed 'running' until lease after lease ran out, and the worker raised a ValidationError.
     job_id = world.schedule(retries=3)
+    to_old_layout(world.store.redis, world.keys.job(job_id))  # the spec as one JSON field
     spec = json.loads(world.store.redis.hget(world.keys.job(job_id), "spec"))
     world.store.redis.hset(world.keys.job(job_id), "spec", json.dumps({**spec, "from_the_future": 1}))
     with caplog.at_level(logging.ERROR):

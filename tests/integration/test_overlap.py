@@ -21,6 +21,7 @@ from tests.integration.test_beat_engine import (
     schedule,
     store,
 )
+from tests.old_layout import to_old_layout
 
 __all__ = ["celery_app", "client", "store"]  # fixtures, imported for pytest
 
@@ -127,6 +128,7 @@ def test_allow_overlaps_and_a_rule_stored_without_the_field_overlaps(
     older = schedule(
         store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN, "overlap": "skip"}, input={"o": 1}
     )
+    to_old_layout(store.redis, store.keys.job(older))  # the layout before jobfields.py
     for field in ("spec", "brief"):  # as written before repeat.overlap existed
         key = store.keys.job(older)
         raw = store.redis.hget(key, field).decode()

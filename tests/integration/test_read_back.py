@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from beat.engine import BeatEngine
-from ductape_jobs import Ductape, JobValidationError, ops
-from ductape_jobs.models import MAX_INT, JobSpec
+from ductape_jobs import Ductape, JobValidationError, jobfields, ops
+from ductape_jobs.models import MAX_INT
 from ductape_jobs.records import Dispatch
 from ductape_jobs.settings import Settings
 
@@ -156,7 +156,7 @@ def assert_reads_back(job_id: str, ductape: Ductape, settings: Settings) -> None
     assert [j.job_id for j in listed] == [job_id] and listed.unreadable == []
     ductape.job.upcoming(job_id, 3)
     # The worker's read (BEGIN_RUN hands it the spec) and the lost-run sweep's.
-    JobSpec.model_validate_json(store.redis.hget(keys.job(job_id), "spec") or b"")
+    jobfields.spec_of(jobfields.fields(store.redis.hgetall(keys.job(job_id))))
     if job.last_run_id:
         assert [type(d) for d in store.run(ops.beat.dispatches(store.keys, [job.last_run_id]))] == [Dispatch]
     # Beat's read, and its decision at the entry's due time and a day later.

@@ -9,7 +9,7 @@ import pytest
 from celery import Celery
 from click.testing import CliRunner
 
-from ductape_jobs import Ductape, RecordUnreadableError, ops
+from ductape_jobs import Ductape, RecordUnreadableError, jobfields, ops
 from ductape_jobs.cli.main import cli
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
@@ -24,6 +24,7 @@ from tests.integration.test_beat_engine import (
     schedule,
     store,
 )
+from tests.old_layout import to_old_layout
 
 __all__ = ["celery_app", "client", "store"]  # fixtures, imported for pytest
 
@@ -35,9 +36,17 @@ POISON = {
 }
 
 
+# The same in today's layout (jobfields.py): fields a beat cannot read or decide.
+FIELD_POISON = {
+    "fields: bad number": {"every": "soon"},
+    "fields: unknown zone": {"cron": "0 * * * *", "tz": "Mars/Olympus"},
+}
+
+
 def poison_briefs(store: Store, healthy: str) -> dict[str, str]:
     """A brief for each poison case, built from a real one so only the poison differs."""
-    brief = json.loads(store.redis.hget(store.keys.job(healthy), "brief"))
+    found = jobfields.fields(store.redis.hgetall(store.keys.job(healthy)))
+    brief = jobfields.brief_of(found).model_dump(mode="json")
     zone = {**brief, "rule": {**brief["rule"], "cron": "0 * * * *", "every_ms": None, "tz": "Mars/Olympus"}}
     raises = {**brief, "rule": {**brief["rule"], "not_a_rule_field": 1}}
     return {
@@ -56,7 +65,14 @@ def test_entries_beat_cannot_read_or_decide_are_set_aside_and_the_others_run_on_
     poisoned = {}
     for case, brief in briefs.items():
         job_id = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN}, input={"n": case})
+        to_old_layout(store.redis, store.keys.job(job_id))  # a record in the layout before
         store.redis.hset(store.keys.job(job_id), "brief", brief)
+        poisoned[case] = job_id
+    for case, damage in FIELD_POISON.items():  # today's layout: one field damaged
+        job_id = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN}, input={"n": case})
+        store.redis.hset(store.keys.job(job_id), mapping=damage)
+        if "cron" in damage:
+            store.redis.hdel(store.keys.job(job_id), "every")
         poisoned[case] = job_id
     last = schedule(store, settings, T0, start_at=T0 + MIN, repeat=every, input={"n": "last"})
     engine, queues = engine_for(store, settings, celery_app)
@@ -75,6 +91,8 @@ def test_entries_beat_cannot_read_or_decide_are_set_aside_and_the_others_run_on_
     assert "could not read" in reasons[poisoned["garbage"]]
     assert "could not read" in reasons[poisoned["wrong shape"]]
     assert "Mars/Olympus" in reasons[poisoned["unknown zone"]]
+    assert "Mars/Olympus" in reasons[poisoned["fields: unknown zone"]]
+    assert "could not read" in reasons[poisoned["fields: bad number"]]
     assert "not_a_rule_field" in reasons[poisoned["deciding raises"]]
     assert ductape.job.get(poisoned["unknown zone"]).last_error == reasons[poisoned["unknown zone"]]
     # The healthy schedules go on at their times; nothing poisoned comes back.
@@ -92,7 +110,8 @@ def test_entries_beat_cannot_read_or_decide_are_set_aside_and_the_others_run_on_
 def test_an_entry_decided_ahead_is_set_aside_too(store: Store, settings: Settings, celery_app: Celery):
     healthy = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN, "limit": 2})
     broken = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN}, input={"n": 2})
-    store.redis.hset(store.keys.job(broken), "brief", poison_briefs(store, healthy)["unknown zone"])
+    store.redis.hset(store.keys.job(broken), mapping=FIELD_POISON["fields: unknown zone"])
+    store.redis.hdel(store.keys.job(broken), "every")
     engine, queues = engine_for(store, settings, celery_app)
     engine.tick(T0 + MIN - 100)  # decides what falls due within the next 250 ms
     report = engine.tick(T0 + MIN)
@@ -182,7 +201,7 @@ def test_a_record_written_before_briefs_is_read_through_its_spec(
     store: Store, settings: Settings, celery_app: Celery
 ):
     older = schedule(store, settings, T0, start_at=T0 + MIN, repeat={"every": MIN, "limit": 2})
-    store.redis.hdel(store.keys.job(older), "brief")
+    to_old_layout(store.redis, store.keys.job(older), brief=False)
     engine, queues = engine_for(store, settings, celery_app)
     assert engine.tick(T0 + MIN).released == 1
     assert engine.tick(T0 + 2 * MIN).released == 1

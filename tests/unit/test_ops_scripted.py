@@ -49,7 +49,9 @@ SPEC = plan_job(
 ).spec
 PACKED = jobfields.pack_spec(SPEC)
 # The brief fields as READ_DUE hands them back (jobfields.BRIEF, packed)
-BRIEF = jobfields.SEP.join(x for k, v in jobfields.unpack(PACKED).items() if k in jobfields.BRIEF for x in (k, v))
+BRIEF = jobfields.SEP.join(
+    x for k, v in jobfields.unpack(PACKED).items() if k in jobfields.BRIEF for x in (k, v)
+)
 QUEUE = "unit:q:dev"
 
 
