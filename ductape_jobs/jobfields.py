@@ -63,11 +63,18 @@ _RULE: dict[str, tuple[str, Kind, Any]] = {
     "overlap": ("ov", "str", "allow"),
 }
 INPUT, ARGSREPR, TRACEPARENT = "in", "ar", "tp"
+CREATED = _SPEC["created_ms"][0]  # left out when it is the job hash's own created_ms
 LEGACY_SPEC, LEGACY_BRIEF = "spec", "brief"  # the layout before: JobSpec JSON, JobBrief JSON
 
 # What the worker reads (BEGIN_RUN), what beat reads (READ_DUE, the lost sweep), and every field
 # an update rewrites. The legacy field comes last in each.
-SPEC = (*(f for f, _, _ in _SPEC.values()), *(f for f, _, _ in _RULE.values()), INPUT, LEGACY_SPEC)
+SPEC = (
+    *(f for f, _, _ in _SPEC.values()),
+    *(f for f, _, _ in _RULE.values()),
+    INPUT,
+    "created_ms",
+    LEGACY_SPEC,
+)
 BRIEF = (
     "env",
     "tag",
@@ -79,7 +86,7 @@ BRIEF = (
     TRACEPARENT,
     LEGACY_BRIEF,
 )
-ALL = (*SPEC[:-1], ARGSREPR, TRACEPARENT, LEGACY_SPEC, LEGACY_BRIEF)
+ALL = (*SPEC[:-2], ARGSREPR, TRACEPARENT, LEGACY_SPEC, LEGACY_BRIEF)
 
 
 def _encode(value: Any, kind: Kind) -> str:
@@ -165,6 +172,8 @@ def spec_of(f: Mapping[str, str]) -> JobSpec:
     data: dict[str, Any] = {"input": json.loads(f[INPUT]) if INPUT in f else {}}
     for attr, (field, kind, default) in _SPEC.items():
         data[attr] = _decode(f[field], kind) if field in f else default
+    if CREATED not in f and "created_ms" in f:  # the job's own (spec_args left it out)
+        data["created_ms"] = int(f["created_ms"])
     data["rule"] = _rule_of(f)
     return JobSpec.model_validate(data)
 
@@ -221,18 +230,22 @@ local function packed(key, names)
   end
   return table.concat(parts, '\\31')
 end
--- Append packed fields to `args` as HSET arguments.
-local function spec_args(spec, args)
+-- Append packed fields to `args` as HSET arguments; the spec's created_ms is left out when it
+-- is the job's own (`created`): the usual case, and read back from the job's created_ms.
+local function spec_args(spec, args, created)
   for name, value in string.gmatch(spec .. '\\31', '([^\\31]*)\\31([^\\31]*)\\31') do
-    args[#args+1] = name
-    args[#args+1] = value
+    if name ~= '{CREATED}' or value ~= created then
+      args[#args+1] = name
+      args[#args+1] = value
+    end
   end
   return args
 end
 -- Write a job's spec fields in place of the ones it had (an old record's spec and brief too).
 local function put_spec(key, spec)
+  local created = redis.call('HGET', key, 'created_ms')
   redis.call('HDEL', key, unpack(ALL_SPEC_FIELDS))
-  redis.call('HSET', key, unpack(spec_args(spec, {{}})))
+  redis.call('HSET', key, unpack(spec_args(spec, {{}}, created)))
 end
 -- The job's retries (either layout).
 local function retries_of(key)

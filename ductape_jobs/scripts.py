@@ -234,7 +234,7 @@ for i = 1, (#ARGV - HEAD) / ROW do
     if fp ~= '' then fields[#fields+1] = 'fp'; fields[#fields+1] = fp end
     if run_id ~= '' then fields[#fields+1] = 'last_run_id'; fields[#fields+1] = run_id end
     if idem_key ~= '' then fields[#fields+1] = 'idem'; fields[#fields+1] = idem_key end
-    redis.call('HSET', job_key(prefix, job_id), unpack(spec_args(spec, fields)))
+    redis.call('HSET', job_key(prefix, job_id), unpack(spec_args(spec, fields, now_ms)))
     created[#created+1] = now_ms
     created[#created+1] = job_id
     if run_id ~= '' then
@@ -485,7 +485,7 @@ for b = 5, #ARGV, 5 do
       redis.call('DEL', job)
       redis.call('HSET', job, unpack(spec_args(ARGV[b+2], {'status', status, 'recurring', 1,
         'next_run_ms', next_ms, 'anchor_ms', ARGV[b+4], 'runs_done', 0, 'created_ms', now,
-        'updated_ms', now})))
+        'updated_ms', now}, now)))
       redis.call('PERSIST', runs_key(prefix, id))
       redis.call('ZADD', KEYS[4], now, id)
       redis.call('ZREM', KEYS[5], id)

@@ -25,6 +25,7 @@ def test_a_typical_schedule_is_one_small_listpack_hash_without_spec_json(ductape
     key = ductape.store.keys.job(handle.job_id)
     stored = r.hgetall(key)
     assert not {b"spec", b"brief"} & set(stored)
+    assert b"cr" not in stored  # the spec's created_ms is the job's own: read from created_ms
     assert {b"env", b"tag", b"ev", b"every", b"in", b"ar"} <= set(stored)
     # Every value within hash-max-listpack-value (64 bytes by default): the hash stays compact.
     assert max(len(v) for v in stored.values()) <= 64
