@@ -284,7 +284,7 @@ def job_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
         last_error=f.get("last_error") or None,
         result=json.loads(f["result"]) if f.get("result") else None,
         created_ms=int(f["created_ms"]),
-        updated_ms=int(f["updated_ms"]),
+        updated_ms=int(f.get("updated_ms") or f["created_ms"]),  # none until its first change
         skipped_slots=int(f.get("skipped_slots") or 0),
         version=int(f.get("version") or 0),
     )

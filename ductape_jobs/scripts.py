@@ -228,9 +228,10 @@ for i = 1, (#ARGV - HEAD) / ROW do
   else
     if fp ~= '' then redis.call('SET', fp, job_id) end
     if idem_key ~= '' then redis.call('SET', idem_key, job_id, 'PX', idem_ttl_ms) end
-    -- empty fields are left out (read as ''; attempts as 0): a small hash stays a listpack
+    -- fields with nothing to say are left out (read as ''; attempts as 0; updated_ms as
+    -- created_ms): a small hash stays a small listpack
     local fields = {'status', status, 'recurring', recurring, 'next_run_ms', next_run_ms,
-      'anchor_ms', anchor_ms, 'runs_done', runs_done, 'created_ms', now_ms, 'updated_ms', now_ms}
+      'anchor_ms', anchor_ms, 'runs_done', runs_done, 'created_ms', now_ms}
     if fp ~= '' then fields[#fields+1] = 'fp'; fields[#fields+1] = fp end
     if run_id ~= '' then fields[#fields+1] = 'last_run_id'; fields[#fields+1] = run_id end
     if idem_key ~= '' then fields[#fields+1] = 'idem'; fields[#fields+1] = idem_key end
@@ -484,8 +485,7 @@ for b = 5, #ARGV, 5 do
       status = 'scheduled'
       redis.call('DEL', job)
       redis.call('HSET', job, unpack(spec_args(ARGV[b+2], {'status', status, 'recurring', 1,
-        'next_run_ms', next_ms, 'anchor_ms', ARGV[b+4], 'runs_done', 0, 'created_ms', now,
-        'updated_ms', now}, now)))
+        'next_run_ms', next_ms, 'anchor_ms', ARGV[b+4], 'runs_done', 0, 'created_ms', now}, now)))
       redis.call('PERSIST', runs_key(prefix, id))
       redis.call('ZADD', KEYS[4], now, id)
       redis.call('ZREM', KEYS[5], id)

@@ -3,8 +3,12 @@
 For each burst size (1,000 and 10,000; 100,000 without ``--quick``), each side stores that many
 hourly schedules, all due a second ago, on the same server: ours through the CREATE_JOBS script
 (what ``schedule()`` writes), RedBeat's as ``entry.save()`` writes them. The stored count is
-asserted (ours: the due index; RedBeat: its schedule ZSET) and Redis ``used_memory`` before and
-after the load gives the bytes per stored schedule. Then a real ``celery beat`` process starts:
+asserted (ours: the due and jobs indexes, the job hashes and fingerprint keys; RedBeat: its
+schedule ZSET and entry hashes), and the bytes per stored schedule are ``MEMORY USAGE`` (every
+element sampled) of every key the side wrote, divided by the count: each record key whole, and
+each index ZSET whole, so its members (and the ZSET's own overhead, shared by all) are in it.
+The keyspace's own table (a few bytes a key, not in any key's ``MEMORY USAGE``) is left out on
+both sides; ours has two keys a schedule, RedBeat one. Then a real ``celery beat`` process starts:
 ours ``celery -A workers beat -S beat.RedisScheduler``, RedBeat ``celery -A bench.plain_app beat
 -S redbeat.RedBeatScheduler``. The figure reads the beat's peak resident memory (VmHWM) once its
 broker queue holds the whole burst, and the seconds from the moment it holds its lock to then.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,18 +50,32 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for {pid}")
 
 
-def _bytes_under(bench: Bench, prefix: str) -> int:
-    """Redis's MEMORY USAGE of every key under ``prefix``: what one side stored, whatever else
-    the server holds or frees meanwhile (a used_memory delta went negative on a shared server)."""
+def _bytes_under(bench: Bench, prefix: str, kind: Callable[[str], str]) -> dict[str, list[int]]:
+    """Redis's MEMORY USAGE of every key under ``prefix`` (all elements sampled), as [keys, bytes]
+    per kind of key: what one side stored, whatever else the server holds or frees meanwhile (a
+    used_memory delta went negative on a shared server)."""
     client = bench.client()
     try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1_000))
+        keys = [k.decode() for k in client.scan_iter(match=f"{prefix}*", count=1_000)]
         with client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.memory_usage(key, samples=0)
-            return sum(int(n or 0) for n in pipe.execute())
+            sizes = pipe.execute()
     finally:
         client.close()
+    kinds: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for key, size in zip(keys, sizes, strict=True):
+        kinds[kind(key)][0] += 1
+        kinds[kind(key)][1] += int(size or 0)
+    return dict(kinds)
+
+
+def _per_schedule(kinds: dict[str, list[int]], expected: dict[str, int], stored: int, side: str) -> float:
+    """Bytes per stored schedule; fails unless each kind of key holds as many keys as expected."""
+    counted = {kind: kinds.get(kind, [0, 0])[0] for kind in expected}
+    if counted != expected:
+        raise RuntimeError(f"{side}: keys by kind {counted}, expected {expected} ({stored} schedules)")
+    return sum(size for _, size in kinds.values()) / stored
 
 
 def _release(bench: Bench, proc: Any, lock_key: str, queue: str, burst: int) -> dict[str, float]:
@@ -90,17 +109,22 @@ def run_ours(bench: Bench, burst: int, tag: str = "f5") -> dict[str, float]:
     now = now_ms()
     load_ours(store, template(settings, EVERY_MS), range(burst), lambda n: now - 1_000)
     stored = int(store.redis.zcard(keys.due))
+    listed = int(store.redis.zcard(keys.jobs))
     store.redis.close()
-    if stored != burst:
-        raise RuntimeError(f"ours: {stored} schedules stored, expected {burst}")
-    per_schedule = _bytes_under(bench, f"{prefix}:") / burst
+    if stored != burst or listed != burst:
+        raise RuntimeError(f"ours: {stored} due and {listed} listed schedules, expected {burst}")
+    # job hash and fingerprint key per schedule, and the two index ZSETs its members are in
+    kinds = _bytes_under(bench, f"{prefix}:", lambda key: key[len(prefix) + 1 :].split(":")[0])
+    expected = {"job": burst, "fp": burst, "due": 1, "jobs": 1}
+    per_schedule = _per_schedule(kinds, expected, burst, "ours")
     env = {"DUCTAPE_KEY_PREFIX": prefix, "DUCTAPE_HANDLERS": "bench.handlers"}
     proc = bench.spawn(
         "workers", ["beat", "--loglevel", "WARNING", "-S", "beat.RedisScheduler"], env, f"{tag}-ours-beat"
     )
     got = _release(bench, proc, keys.beat_lock, keys.broker_prefix + settings.queue_for("dev"), burst)
     bench.drop(prefix)
-    return {**got, "bytes_per_schedule": per_schedule, "stored": stored}
+    breakdown = {f"bytes_{kind}": size / burst for kind, (_, size) in kinds.items()}
+    return {**got, "bytes_per_schedule": per_schedule, "stored": stored, **breakdown}
 
 
 def run_redbeat(bench: Bench, burst: int, tag: str = "f5p") -> dict[str, float]:
@@ -115,7 +139,11 @@ def run_redbeat(bench: Bench, burst: int, tag: str = "f5p") -> dict[str, float]:
     db.close()
     if stored != burst:
         raise RuntimeError(f"RedBeat: {stored} schedules stored, expected {burst}")
-    per_schedule = _bytes_under(bench, redbeat_prefix(prefix)) / burst
+    schedule_key = str(app.redbeat_conf.schedule_key)
+    kinds = _bytes_under(
+        bench, redbeat_prefix(prefix), lambda key: "zset" if key == schedule_key else "entry"
+    )
+    per_schedule = _per_schedule(kinds, {"entry": burst, "zset": 1}, burst, "RedBeat")
     proc = bench.spawn(
         "bench.plain_app",
         ["beat", "--loglevel", "WARNING", "-S", "redbeat.RedBeatScheduler"],
@@ -125,7 +153,8 @@ def run_redbeat(bench: Bench, burst: int, tag: str = "f5p") -> dict[str, float]:
     got = _release(bench, proc, f"{redbeat_prefix(prefix)}:lock", queue_key(prefix), burst)
     app.close()
     bench.drop(prefix)
-    return {**got, "bytes_per_schedule": per_schedule, "stored": stored}
+    breakdown = {f"bytes_{kind}": size / burst for kind, (_, size) in kinds.items()}
+    return {**got, "bytes_per_schedule": per_schedule, "stored": stored, **breakdown}
 
 
 def beat_burst(bench: Bench, reps: int, bursts: tuple[int, ...] = (1_000, 10_000, 100_000)) -> list[Row]:
@@ -178,6 +207,10 @@ def beat_burst(bench: Bench, reps: int, bursts: tuple[int, ...] = (1_000, 10_000
                 "<= 1x (at or below RedBeat)",
                 lambda o, t, r: r <= 1,
                 theirs_label="RedBeat",
+                details={
+                    side: [{k: v for k, v in r.items() if k.startswith("bytes")} for r in got[side]]
+                    for side in ("ours", "theirs")
+                },
                 command=command,
             ),
         ]

@@ -332,11 +332,11 @@ def eviction_policy() -> Flow[str | None]:
 def schedule_states(keys: Keys, job_ids: Sequence[str]) -> Flow[list[ScheduleState | None]]:
     """Per job, its status, failed runs (FINISH_RUN counts them), last change and skipped slots
     (CLAIM_DUE counts them), in one round trip; None for a job that is gone."""
-    fields = ("status", "failed_runs", "updated_ms", "skipped_slots")
+    fields = ("status", "failed_runs", "updated_ms", "skipped_slots", "created_ms")
     rows = yield from send(*(Call("hmget", (keys.job(job_id), *fields)) for job_id in job_ids))
     return [
         None
         if status is None
-        else ScheduleState(text(status), int(failed or 0), int(updated or 0), int(skipped or 0))
-        for status, failed, updated, skipped in rows
+        else ScheduleState(text(status), int(failed or 0), int(updated or created or 0), int(skipped or 0))
+        for status, failed, updated, skipped, created in rows
     ]

@@ -26,12 +26,14 @@ def test_a_typical_schedule_is_one_small_listpack_hash_without_spec_json(ductape
     stored = r.hgetall(key)
     assert not {b"spec", b"brief"} & set(stored)
     assert b"cr" not in stored  # the spec's created_ms is the job's own: read from created_ms
+    assert b"updated_ms" not in stored  # not changed since: read as its created_ms
     assert {b"env", b"tag", b"ev", b"every", b"in", b"ar"} <= set(stored)
     # Every value within hash-max-listpack-value (64 bytes by default): the hash stays compact.
     assert max(len(v) for v in stored.values()) <= 64
     assert r.object("encoding", key) == b"listpack"
     assert int(r.memory_usage(key, samples=0) or 0) < 600  # 1,478 bytes as spec and brief JSON
-    assert ductape.job.get(handle.job_id).spec.input == {"n": 1}
+    job = ductape.job.get(handle.job_id)
+    assert job.spec.input == {"n": 1} and job.updated_ms == job.created_ms == job.spec.created_ms
 
 
 def test_an_old_layout_record_is_read_by_every_reader_and_an_update_rewrites_it(
