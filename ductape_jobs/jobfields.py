@@ -62,6 +62,7 @@ _RULE: dict[str, tuple[str, Kind, Any]] = {
     "jitter_ms": ("jit", "int", 0),
     "overlap": ("ov", "str", "allow"),
 }
+_RULE_READ = tuple((attr, field, kind == "int", default) for attr, (field, kind, default) in _RULE.items())
 INPUT, ARGSREPR, TRACEPARENT = "in", "ar", "tp"
 CREATED = _SPEC["created_ms"][0]  # left out when it is the job hash's own created_ms
 LEGACY_SPEC, LEGACY_BRIEF = "spec", "brief"  # the layout before: JobSpec JSON, JobBrief JSON
@@ -142,7 +143,10 @@ def unpack(packed: str) -> dict[str, str]:
     if not packed:
         return {}
     parts = packed.split(SEP)
-    return dict(zip(parts[::2], parts[1::2], strict=True))
+    if len(parts) % 2:
+        raise ValueError(f"packed fields end with a name and no value: {parts[-1][:64]!r}")
+    pairs = iter(parts)
+    return dict(zip(pairs, pairs, strict=False))  # beat reads one per due entry: kept lean
 
 
 def fields(raw: Mapping[Any, Any]) -> dict[str, str]:
@@ -202,10 +206,10 @@ def _rule_of(f: Mapping[str, str]) -> dict[str, Any] | None:
     """The rule as a spec holds it (planning's form: every field, jitter_ms only when set)."""
     if "cron" not in f and "every" not in f:
         return None
-    rule = {
-        attr: _decode(f[field], kind) if field in f else default
-        for attr, (field, kind, default) in _RULE.items()
-    }
+    rule = {}
+    for attr, field, number, default in _RULE_READ:
+        value = f.get(field)
+        rule[attr] = default if value is None else int(value) if number else value
     if not rule["jitter_ms"]:
         del rule["jitter_ms"]
     return rule
