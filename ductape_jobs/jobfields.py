@@ -9,8 +9,8 @@ beat reads only the fields it needs (``BRIEF``), never the input.
 Scripts carry the fields *packed*: names and values alternating, joined by ``SEP`` (the ASCII
 unit separator, which no value holds: JSON and ``repr`` escape control characters, the other
 values are slugs, numbers, cron expressions and zone names). CREATE_JOBS, UPDATE_JOB and
-SYNC_IMPORTED write them (``put_spec`` of the prelude); BEGIN_RUN and READ_DUE hand them back
-packed the same way (``packed``).
+SYNC_IMPORTED write them (``spec_args``, ``put_spec`` of the prelude); BEGIN_RUN and READ_DUE
+hand them back packed the same way (``packed``).
 
 A record written before this layout holds ``spec`` (JobSpec JSON) and ``brief`` (JobBrief JSON)
 instead: it is read as it is (``spec_of``, ``brief_of``), and an update or a re-import rewrites
@@ -67,8 +67,9 @@ INPUT, ARGSREPR, TRACEPARENT = "in", "ar", "tp"
 CREATED = _SPEC["created_ms"][0]  # left out when it is the job hash's own created_ms
 LEGACY_SPEC, LEGACY_BRIEF = "spec", "brief"  # the layout before: JobSpec JSON, JobBrief JSON
 
-# What the worker reads (BEGIN_RUN), what beat reads (READ_DUE, the lost sweep), and every field
-# an update rewrites. The legacy field comes last in each.
+# What the worker reads (BEGIN_RUN: with the job's created_ms, for a spec that left its own out),
+# what beat reads (READ_DUE, the lost sweep), and every field an update rewrites. The legacy
+# field comes last in each.
 SPEC = (
     *(f for f, _, _ in _SPEC.values()),
     *(f for f, _, _ in _RULE.values()),

@@ -456,7 +456,7 @@ return claimed
 # a new one, or one whose job finished (cancelled by hand, or set aside), is created afresh; an
 # entry no longer in the config is cancelled and retired like any cancelled schedule.
 # KEYS: beat_lock, imported, due, jobs, retired, set_aside
-# ARGV: prefix, fence, now_ms, job_retention_s, then 6 per entry:
+# ARGV: prefix, fence, now_ms, job_retention_s, then 5 per entry:
 #   job_id, digest, spec (packed fields, jobfields.py), next_run_ms, anchor_ms
 # Returns {created, updated, unchanged, removed} counts, or {-1} when fenced out.
 SYNC_IMPORTED = (
@@ -515,8 +515,8 @@ return counts
 # An attempt that ended without recording its outcome (its process died, was OOM-killed or was
 # killed at the hard time limit) still counts: after the job's last attempt (retries + 1) the run
 # is dead-lettered with the reason, once. The job's retries are read from its spec only here, on
-# this rare path (retries_of). A dead letter gets its retention and a finished one-off job is retired, as
-# FINISH_RUN does (_LIFECYCLE). Returns true when the run was dead-lettered.
+# this rare path (retries_of). A dead letter gets its retention and a finished one-off job is
+# retired, as FINISH_RUN does (_LIFECYCLE). Returns true when the run was dead-lettered.
 # lifecycle = {prefix, job_retention_s, dead_retention_s}
 _LOSE_ATTEMPT = (
     _LIFECYCLE
