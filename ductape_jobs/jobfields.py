@@ -224,16 +224,21 @@ def lua_prelude() -> str:
 
     return f"""
 local SPEC_FIELDS, BRIEF_FIELDS, ALL_SPEC_FIELDS = {table(SPEC)}, {table(BRIEF)}, {table(ALL)}
--- A job's fields among `names` that it has, packed (jobfields.py): name, value, ... joined by \\31.
-local function packed(key, names)
-  local values, parts = redis.call('HMGET', key, unpack(names)), {{}}
-  for i, name in ipairs(names) do
+-- The fields among names[first..] that an HMGET of `names` found, packed (jobfields.py): name,
+-- value, ... joined by \\31.
+local function pack_from(names, values, first)
+  local parts = {{}}
+  for i = first, #names do
     if values[i] then
-      parts[#parts+1] = name
+      parts[#parts+1] = names[i]
       parts[#parts+1] = values[i]
     end
   end
   return table.concat(parts, '\\31')
+end
+-- A job's fields among `names` that it has, packed.
+local function packed(key, names)
+  return pack_from(names, redis.call('HMGET', key, unpack(names)), 1)
 end
 -- Append packed fields to `args` as HSET arguments; the spec's created_ms is left out when it
 -- is the job's own (`created`): the usual case, and read back from the job's created_ms.

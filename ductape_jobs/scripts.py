@@ -962,6 +962,8 @@ READ_DUE = (
     + """
 local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
 local out = {}
+-- one HMGET a job: on a listpack each name is a scan of the hash, each call a round of its own
+local FIELDS = {'runs_done', 'anchor_ms', 'version', unpack(BRIEF_FIELDS)}
 for i = 1, #rows, 2 do
   local member = rows[i]
   local id = string.sub(member, 3)
@@ -973,8 +975,8 @@ for i = 1, #rows, 2 do
   local st = {false, false, false, false}
   if job_id ~= '' then
     local job = job_key(ARGV[1], job_id)
-    local got = redis.call('HMGET', job, 'runs_done', 'anchor_ms', 'version')
-    st = {packed(job, BRIEF_FIELDS), got[1], got[2], got[3]}
+    local got = redis.call('HMGET', job, unpack(FIELDS))
+    st = {pack_from(FIELDS, got, 4), got[1], got[2], got[3]}
     if st[1] == '' and redis.call('EXISTS', job) == 1 then
       st[1] = 'spec\\31' .. (redis.call('HGET', job, 'spec') or '')
     end
