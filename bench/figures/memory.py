@@ -70,6 +70,25 @@ def _bytes_under(bench: Bench, prefix: str, kind: Callable[[str], str]) -> dict[
     return dict(kinds)
 
 
+def _used_memory(bench: Bench) -> int | None:
+    """Redis used_memory, only on the bench's private server (None on a REDIS_URL one, where
+    other tenants move it)."""
+    if bench.embedded is None:
+        return None
+    client = bench.client()
+    try:
+        return int(client.info("memory")["used_memory"])
+    finally:
+        client.close()
+
+
+def _used_since(bench: Bench, before: int | None, stored: int) -> dict[str, float]:
+    """used_memory per stored schedule since ``before``: it counts the keyspace's own table too
+    (private server only; {} otherwise)."""
+    after = _used_memory(bench)
+    return {} if before is None or after is None else {"bytes_used_memory": (after - before) / stored}
+
+
 def _per_schedule(kinds: dict[str, list[int]], expected: dict[str, int], stored: int, side: str) -> float:
     """Bytes per stored schedule; fails unless each kind of key holds as many keys as expected."""
     counted = {kind: kinds.get(kind, [0, 0])[0] for kind in expected}
@@ -107,7 +126,9 @@ def run_ours(bench: Bench, burst: int, tag: str = "f5") -> dict[str, float]:
     keys = Keys(prefix)
     store = Store(connect(settings), keys)
     now = now_ms()
+    before = _used_memory(bench)
     load_ours(store, template(settings, EVERY_MS), range(burst), lambda n: now - 1_000)
+    used = _used_since(bench, before, burst)
     stored = int(store.redis.zcard(keys.due))
     listed = int(store.redis.zcard(keys.jobs))
     store.redis.close()
@@ -123,7 +144,7 @@ def run_ours(bench: Bench, burst: int, tag: str = "f5") -> dict[str, float]:
     )
     got = _release(bench, proc, keys.beat_lock, keys.broker_prefix + settings.queue_for("dev"), burst)
     bench.drop(prefix)
-    breakdown = {f"bytes_{kind}": size / burst for kind, (_, size) in kinds.items()}
+    breakdown = {f"bytes_{kind}": size / burst for kind, (_, size) in kinds.items()} | used
     return {**got, "bytes_per_schedule": per_schedule, "stored": stored, **breakdown}
 
 
@@ -133,7 +154,9 @@ def run_redbeat(bench: Bench, burst: int, tag: str = "f5p") -> dict[str, float]:
     app = make_app(bench.url, prefix)
     every = timedelta(milliseconds=EVERY_MS)
     last = datetime.now(UTC) - every - timedelta(seconds=1)
+    before = _used_memory(bench)
     load_redbeat(app, (f"s{n}" for n in range(burst)), lambda name: last, every)
+    used = _used_since(bench, before, burst)
     db = bench.client()
     stored = int(db.zcard(app.redbeat_conf.schedule_key))
     db.close()
@@ -153,7 +176,7 @@ def run_redbeat(bench: Bench, burst: int, tag: str = "f5p") -> dict[str, float]:
     got = _release(bench, proc, f"{redbeat_prefix(prefix)}:lock", queue_key(prefix), burst)
     app.close()
     bench.drop(prefix)
-    breakdown = {f"bytes_{kind}": size / burst for kind, (_, size) in kinds.items()}
+    breakdown = {f"bytes_{kind}": size / burst for kind, (_, size) in kinds.items()} | used
     return {**got, "bytes_per_schedule": per_schedule, "stored": stored, **breakdown}
 
 
