@@ -176,7 +176,7 @@ class DueEntry:
     member: str
     due_ms: int
     job_id: str
-    brief_json: str | None  # brief.JobBrief as stored; None when the job is gone
+    brief_json: str | None  # its brief fields packed (jobfields.read_brief); None when the job is gone
     runs_done: int
     anchor_ms: int
     run_id: str | None = None  # set for a retry entry ``r:<run_id>``
