@@ -52,6 +52,7 @@ class TickReport:
     """What one tick did (for logs, metrics and tests)."""
 
     leader: bool = False
+    shards: list[int] = field(default_factory=list)  # the shards led in this tick
     released: int = 0
     fenced_out: bool = False
     sleep_ms: int = 0
@@ -90,10 +91,9 @@ class BeatEngine:
     ) -> None:
         self.store = store
         self.handed = handed
-        # A Celery app's beat_schedule, synced each time this beat takes the lead (before it
-        # decides anything), under that leadership's fencing token.
+        # A Celery app's beat_schedule, synced each time this beat takes the lead of a shard
+        # (its entries in that shard, before it decides anything), under the shard's token.
         self.imports = imports
-        self._synced: str | None = None  # the token the imports were last synced under
         # Per-run release records (with the missed-slot count) only feed metrics: skip the work
         # on the hot path unless something reads them.
         self.record_releases = record_releases
@@ -102,82 +102,109 @@ class BeatEngine:
         self.instance = instance
         self.leadership = Leadership(store, instance, settings.beat_lock_ttl_ms)
         self._briefs: OrderedDict[str, tuple[str, JobBrief]] = OrderedDict()
-        self._prepared: list[Claim] = []  # decided ahead for the next due time (see _prepare)
-        self.lost = LostRuns(store, settings, messages, handed)
-        self.sweeper = Sweeper(store)
+        self.shards = [ShardWork(store, settings, messages, handed, shard) for shard in range(store.keys.shards)]
+
+    @property
+    def lost(self) -> LostRuns:
+        """Shard 0's lost-run sweep (a deployment of one shard has no other)."""
+        return self.shards[0].lost
+
+    @property
+    def sweeper(self) -> Sweeper:
+        """Shard 0's retention sweep (the one that also drops long-gone workers)."""
+        return self.shards[0].sweeper
 
     # -- leadership -------------------------------------------------------------------------
 
     @property
     def token(self) -> str | None:
-        """The fencing token we lead with (``Leadership`` owns it), or None."""
+        """The fencing token we lead shard 0 with (``Leadership`` owns them), or None."""
         return self.leadership.token
 
     def step_down(self) -> None:
-        """Release the lock so a standby takes over at once."""
+        """Release the locks so the other beats take over at once."""
         self.leadership.step_down()
 
     # -- ticking ----------------------------------------------------------------------------
 
     def tick(self, now_ms: int) -> TickReport:
-        """Release everything due at now_ms (in batches) and say how long to sleep."""
+        """Release everything due at now_ms (in batches) in each shard we lead, and say how long
+        to sleep."""
         report = TickReport()
-        token = self.leadership.lead()
-        if token is None:
-            self._prepared = []
+        tokens = self.leadership.lead()
+        for work in self.shards:
+            if work.shard not in tokens:
+                work.prepared = []
+        if not tokens:
             report.sleep_ms = max(self.settings.beat_lock_ttl_ms // 4, 100)
             return report
-        report.leader = True
-        if self.imports is not None and token != self._synced and not self._sync(report, token, now_ms):
-            return report
-        ready = [c for c in self._prepared if c.entry.due_ms <= now_ms]
+        report.leader, report.shards = True, sorted(tokens)
+        report.sleep_ms = min(self.settings.beat_max_sleep_ms, self.settings.beat_lock_ttl_ms // 3)
+        # A shard whose leader lock is free waits for the next look at the registry
+        if len(tokens) < self.store.keys.shards:
+            report.sleep_ms = min(report.sleep_ms, self.leadership.balance_every_ms)
+        for shard, token in sorted(tokens.items()):
+            sleep_ms = self._tick_shard(report, self.shards[shard], token, now_ms)
+            report.sleep_ms = min(report.sleep_ms, sleep_ms)
+        return report
+
+    def _tick_shard(self, report: TickReport, work: ShardWork, token: str, now_ms: int) -> int:
+        """One shard's tick; how long it may sleep (a shard we were fenced out of: no limit)."""
+        idle = self.settings.beat_max_sleep_ms
+        if self.imports is not None and token != work.synced and not self._sync(report, work, token, now_ms):
+            return idle
+        ready = [c for c in work.prepared if c.entry.due_ms <= now_ms]
         if ready and now_ms - min(c.entry.due_ms for c in ready) > PREPARE_AHEAD_MS:
-            self._prepared = []  # woke late: decide afresh, with the real time
+            work.prepared = []  # woke late: decide afresh, with the real time
         elif ready:
-            self._prepared = [c for c in self._prepared if c.entry.due_ms > now_ms]
-            if not self._hand_over(report, token, ready, now_ms):
-                return report
+            work.prepared = [c for c in work.prepared if c.entry.due_ms > now_ms]
+            if not self._hand_over(report, work, token, ready, now_ms):
+                return idle
         batch = self.settings.beat_batch
         while True:
-            entries = self.store.run(ops.beat.due_entries(self.store.keys, now_ms, batch))
+            entries = self.store.run(ops.beat.due_entries(work.keys, now_ms, batch))
             if not entries:
                 break
             decided = (self._decide(e, now_ms) for e in entries)  # decided as the claims stream out
-            if not self._hand_over(report, token, decided, now_ms):
-                return report
+            if not self._hand_over(report, work, token, decided, now_ms):
+                return idle
             if len(entries) < batch:
                 break
-        aside = self.lost.set_aside
-        report.resent = self.lost.sweep(now_ms)
-        report.swept = self.sweeper.sweep(now_ms)
-        report.runs_set_aside = self.lost.set_aside - aside
-        report.sleep_ms = self._prepare(now_ms)
-        return report
+        aside = work.lost.set_aside
+        report.resent += work.lost.sweep(now_ms)
+        swept = work.sweeper.sweep(now_ms)
+        if swept is not None:
+            report.swept = swept if report.swept is None else report.swept.plus(swept)
+        report.runs_set_aside += work.lost.set_aside - aside
+        return self._prepare(work, now_ms)
 
-    def _sync(self, report: TickReport, token: str, now_ms: int) -> bool:
-        """Sync the imported beat_schedule; False when fenced out."""
+    def _sync(self, report: TickReport, work: ShardWork, token: str, now_ms: int) -> bool:
+        """Sync the imported beat_schedule entries of the shard; False when fenced out."""
         assert self.imports is not None
-        self._prepared = []  # decided under an earlier lead: decide afresh after the sync
+        work.prepared = []  # decided under an earlier lead: decide afresh after the sync
         rows, refused = self.imports.rows(now_ms)
-        for why in refused:
-            log.error("%s", why)
+        if work.shard == 0:  # refusals are the config's, logged once
+            for why in refused:
+                log.error("%s", why)
+        keys = work.keys
+        rows = [row for row in rows if keys.shard_of(row.job_id) == work.shard]
         counts = self.store.run(
-            ops.beat.sync_imported(
-                self.store.keys, self.store.retention, token, self.imports.app, rows, now_ms
-            )
+            ops.beat.sync_imported(keys, self.store.retention, token, self.imports.app, rows, now_ms)
         )
         if counts is None:
-            report.fenced_out, self._prepared = True, []
-            self.leadership.fenced_out(token)
+            report.fenced_out, work.prepared = True, []
+            self.leadership.fenced_out(work.shard, token)
             return False
-        self._synced = token
+        work.synced = token
         log.info(
-            "beat_schedule of %r: %d created, %d updated, %d unchanged, %d removed",
-            self.imports.app, *counts,
+            "beat_schedule of %r (shard %d): %d created, %d updated, %d unchanged, %d removed",
+            self.imports.app, work.shard, *counts,
         )  # fmt: skip
         return True
 
-    def _hand_over(self, report: TickReport, token: str, claims: Iterable[Claim], now_ms: int) -> bool:
+    def _hand_over(
+        self, report: TickReport, work: ShardWork, token: str, claims: Iterable[Claim], now_ms: int
+    ) -> bool:
         """Claim and send; False when fenced out (a newer leader exists: we stalled past our lock)."""
         built: list[Message] = []
 
@@ -188,18 +215,15 @@ class BeatEngine:
                 yield claim
 
         claimed = self.store.run(
-            ops.beat.claim(
-                self.store.keys, self.store.retention, token, noted(), now_ms, self.settings.runs_kept
-            )
+            ops.beat.claim(work.keys, self.store.retention, token, noted(), now_ms, self.settings.runs_kept)
         )
         # Celery's after_task_publish, also for a slot CLAIM_DUE skipped or buffered: a receiver's
         # state for a message (OpenTelemetry's publish span) must end, or it piles up in beat.
         for message in built:
             message.sent()
         if claimed is None:
-            report.fenced_out, self._prepared = True, []
-            self.leadership.fenced_out(token)
-            log.warning("beat %s was fenced out; standing by", self.instance)
+            report.fenced_out, work.prepared = True, []
+            self.leadership.fenced_out(work.shard, token)
             return False
         aside = [c for c in claimed if c.reason]
         if aside:
@@ -215,22 +239,22 @@ class BeatEngine:
             report.releases += [r for r in (self._release(c, now_ms) for c in claimed) if r is not None]
         return True
 
-    def _prepare(self, now_ms: int) -> int:
-        """Decide ahead what falls due within PREPARE_AHEAD_MS (as if at its due time), so the
-        tick at that time only sends it; how long to sleep."""
+    def _prepare(self, work: ShardWork, now_ms: int) -> int:
+        """Decide ahead what falls due in the shard within PREPARE_AHEAD_MS (as if at its due
+        time), so the tick at that time only sends it; how long to sleep."""
         cap = min(self.settings.beat_max_sleep_ms, self.settings.beat_lock_ttl_ms // 3)
-        next_due = self.store.run(ops.beat.next_due_ms(self.store.keys))
+        next_due = self.store.run(ops.beat.next_due_ms(work.keys))
         if next_due is None:
             return cap
-        if not self._prepared:
+        if not work.prepared:
             if next_due - now_ms > PREPARE_AHEAD_MS:  # wake up in time to decide ahead
                 return max(0, min(cap, next_due - now_ms - PREPARE_AHEAD_MS))
             entries = self.store.run(
-                ops.beat.due_entries(self.store.keys, now_ms + PREPARE_AHEAD_MS, self.settings.beat_batch)
+                ops.beat.due_entries(work.keys, now_ms + PREPARE_AHEAD_MS, self.settings.beat_batch)
             )
             # Nothing is sent early: a claim holds only if its schedule is unchanged when it is
             # sent at its due time, and carries the same message and next run as if decided then.
-            self._prepared = [self._decide(e, e.due_ms) for e in entries if e.due_ms > now_ms]
+            work.prepared = [self._decide(e, e.due_ms) for e in entries if e.due_ms > now_ms]
         return max(0, min(cap, next_due - now_ms))
 
     def _decide(self, entry: DueEntry, now_ms: int) -> Claim:
@@ -336,6 +360,19 @@ class BeatEngine:
         if len(self._briefs) > BRIEF_CACHE_ENTRIES:
             self._briefs.popitem(last=False)
         return brief
+
+
+class ShardWork:
+    """What the engine keeps for one shard: its keys, the claims decided ahead, its lost-run
+    sweep and retention sweep, and the token its imports were last synced under."""
+
+    def __init__(self, store: Store, settings: Settings, messages: Messages, handed: Handed, shard: int) -> None:
+        self.shard = shard
+        self.keys = store.keys.for_shard(shard)
+        self.prepared: list[Claim] = []  # decided ahead for the next due time (see _prepare)
+        self.lost = LostRuns(store, settings, messages, handed, self.keys)
+        self.sweeper = Sweeper(store, self.keys)
+        self.synced: str | None = None  # the token the imports were last synced under
 
 
 class UnreadableRecordError(Exception):

@@ -1,77 +1,139 @@
-"""Beat's leadership: the leader lock and its fencing token, owned by one object.
+"""Beat's leadership: the shards' leader locks and their fencing tokens, owned by one object.
 
-The tick takes or renews the lock and fences its claims with the token; a thread of the Celery
-adapter renews it on its own timer so a long tick cannot let it lapse; the metrics thread asks
-whether we lead. Only ``Leadership`` reads or writes the token, under a lock, so a renewal
-refused on one thread never drops a token the tick has just taken again.
+The jobs are split into ``shards`` (keys.py); each shard has its own lock and fencing token, and
+any number of beats share them. Every beat says it is alive in the beat registry (``beats``,
+renewed with its locks) and aims at its share, ceil(shards / live beats): it takes free shards
+until it holds its share, and gives up the ones beyond it (a beat that has just started takes
+them). A beat that dies stops renewing both its locks and its registry entry, which run out
+together: the others' share grows and they take its shards within the lock TTL.
+
+The tick takes or renews the locks and fences its claims with each shard's token; a thread of
+the Celery adapter renews them on its own timer so a long tick cannot let them lapse; the
+metrics thread asks whether we lead. Only ``Leadership`` reads or writes the tokens, under a
+lock, so a renewal refused on one thread never drops a token the tick has just taken again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import zlib
+from collections.abc import Callable
 
-from ductape_jobs import ops
+from ductape_jobs import clock, ops
 from ductape_jobs.store import Store
 
 log = logging.getLogger("beat")
 
 
 class Leadership:
-    """One beat instance's hold on the leader lock: its fencing token, or None while standing by."""
+    """One beat instance's hold on the shards' locks: a fencing token per shard it leads."""
 
-    def __init__(self, store: Store, instance: str, ttl_ms: int) -> None:
+    def __init__(
+        self, store: Store, instance: str, ttl_ms: int, now_ms: Callable[[], int] = clock.now_ms
+    ) -> None:
+        # Leadership lives on real time (the locks expire on Redis's clock), not on the tick's
+        # ``now``, which tests move at will: the registry and the balancing read this clock.
+        self.now_ms = now_ms
         self.store = store
+        self.keys = store.keys
         self.instance = instance
         self.ttl_ms = ttl_ms
-        self._token: str | None = None
+        self._tokens: dict[int, str] = {}
         self._lock = threading.Lock()
+        # The registry and free shards are looked at this often (a standby's takeover delay
+        # beyond the lock TTL); held locks are renewed at every call.
+        self.balance_every_ms = max(ttl_ms // 4, 100)
+        self._balance_at_ms = 0
+        self.live = 1  # beats alive at the last look at the registry
+        # Each beat tries the free shards from its own starting point, so beats starting
+        # together mostly try different ones first.
+        self._start = zlib.crc32(instance.encode()) % self.keys.shards
+
+    @property
+    def tokens(self) -> dict[int, str]:
+        """The fencing token of each shard we lead (a copy)."""
+        with self._lock:
+            return dict(self._tokens)
 
     @property
     def token(self) -> str | None:
-        """The fencing token we hold, or None."""
-        return self._token
+        """The token of shard 0, when we lead it (the only shard of a deployment of one)."""
+        return self._tokens.get(0)
 
     @property
     def held(self) -> bool:
-        """Whether we lead (as far as we know: the claim script's fence has the last word)."""
-        return self._token is not None
+        """Whether we lead any shard (as far as we know: the claim script's fence has the last word)."""
+        return bool(self._tokens)
 
-    def lead(self) -> str | None:
-        """Renew our lock, or take it when free; the token we lead with now, or None."""
+    @property
+    def share(self) -> int:
+        """How many shards this beat aims to lead: ceil(shards / live beats)."""
+        return math.ceil(self.keys.shards / max(self.live, 1))
+
+    def lead(self) -> dict[int, str]:
+        """Renew our locks and registry entry; every ``balance_every_ms``, take free shards up
+        to our share and give up those beyond it. The shards we lead now, with their tokens."""
         with self._lock:
-            if self._token is not None and self.store.run(
-                ops.beat.renew_lock(self.store.keys, self._token, self.ttl_ms)
-            ):
-                return self._token
-            if self._token is not None:
-                log.warning("beat %s lost the leader lock", self.instance)
-            acquired, token = self.store.run(
-                ops.beat.acquire_lock(self.store.keys, self.instance, self.ttl_ms)
-            )
-            self._token = token if acquired else None
-            if acquired:
-                log.info("beat %s is leader (fencing token %s)", self.instance, token.split(":", 1)[0])
-            return self._token
+            now_ms = self.now_ms()
+            self._renew(now_ms)
+            if now_ms >= self._balance_at_ms:
+                self._balance_at_ms = now_ms + self.balance_every_ms
+                self._balance()
+            return dict(self._tokens)
 
     def renew(self) -> None:
-        """Extend the lock if we hold it; stand by when it is someone else's (or gone)."""
+        """Extend the locks we hold and our registry entry; stand by on the shards that are
+        someone else's (or gone)."""
         with self._lock:
-            if self._token is not None and not self.store.run(
-                ops.beat.renew_lock(self.store.keys, self._token, self.ttl_ms)
-            ):
-                self._token = None
-                log.warning("beat %s lost the leader lock; standing by", self.instance)
+            self._renew(self.now_ms())
 
-    def fenced_out(self, token: str) -> None:
-        """A claim made with ``token`` was refused by the fence: a newer leader exists."""
+    def fenced_out(self, shard: int, token: str) -> None:
+        """A claim on ``shard`` made with ``token`` was refused by the fence: a newer leader exists."""
         with self._lock:
-            if self._token == token:
-                self._token = None
+            if self._tokens.get(shard) == token:
+                del self._tokens[shard]
+                log.warning("beat %s was fenced out of shard %d; standing by on it", self.instance, shard)
 
     def step_down(self) -> None:
-        """Release the lock so a standby takes over at once."""
+        """Release every lock and leave the registry, so the other beats take over at once."""
         with self._lock:
-            if self._token is not None:
-                self.store.run(ops.beat.release_lock(self.store.keys, self._token))
-                self._token = None
+            for shard, token in sorted(self._tokens.items()):
+                self.store.run(ops.beat.release_lock(self.keys.for_shard(shard), token))
+            self._tokens.clear()
+            self.store.run(ops.beat.leave(self.keys, self.instance))
+
+    # -- under self._lock ----------------------------------------------------------------------
+
+    def _renew(self, now_ms: int) -> None:
+        # The registry entry and the locks are renewed together, so they run out together when
+        # this beat dies: the others see it gone when its shards come free.
+        self.live, kept = self.store.run(
+            ops.beat.renew_locks(self.keys, self.instance, self._tokens, now_ms, self.ttl_ms)
+        )
+        for shard, ours in kept.items():
+            if not ours:
+                del self._tokens[shard]
+                log.warning("beat %s lost the leader lock of shard %d; standing by on it", self.instance, shard)
+
+    def _balance(self) -> None:
+        share = self.share
+        for shard in sorted(self._tokens, reverse=True)[: max(len(self._tokens) - share, 0)]:
+            # Beyond our share: another live beat has fewer and takes it at its next look.
+            self.store.run(ops.beat.release_lock(self.keys.for_shard(shard), self._tokens.pop(shard)))
+            log.info("beat %s gave up shard %d (%d live beats)", self.instance, shard, self.live)
+        shards = self.keys.shards
+        for step in range(shards):
+            if len(self._tokens) >= share:
+                break
+            shard = (self._start + step) % shards
+            if shard in self._tokens:
+                continue
+            acquired, token = self.store.run(
+                ops.beat.acquire_lock(self.keys.for_shard(shard), self.instance, self.ttl_ms)
+            )
+            if acquired:
+                self._tokens[shard] = token
+                number = token.split(":", 1)[0]
+                log.info("beat %s leads shard %d (fencing token %s)", self.instance, shard, number)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from ductape_jobs import ops, tracing
 from ductape_jobs.records import Dispatch, InFlight, Message, Messages, Unreadable
+from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
 
@@ -27,7 +28,7 @@ LOST_AFTER_MAX_MS = 60_000  # never wait longer than this to look at a run that 
 
 
 class LostRuns:
-    """Finds in-flight runs whose message is gone and sends them again."""
+    """Finds in-flight runs of one shard whose message is gone and sends them again."""
 
     def __init__(
         self,
@@ -35,8 +36,10 @@ class LostRuns:
         settings: Settings,
         messages: Messages,
         handed: Callable[[Sequence[Message]], None] = lambda _: None,
+        keys: Keys | None = None,
     ) -> None:
         self.store = store
+        self.keys = store.keys if keys is None else keys  # the shard it sweeps
         self.messages = messages
         self.handed = handed  # told of each message sent again (beat: task-sent events)
         self.batch = settings.beat_batch
@@ -55,20 +58,20 @@ class LostRuns:
         if now_ms < self._next_ms:
             return 0
         self._next_ms = now_ms + self.every_ms
-        runs = self.store.run(ops.beat.unmoved_runs(self.store.keys, now_ms - self.after_ms, self.batch))
+        runs = self.store.run(ops.beat.unmoved_runs(self.keys, now_ms - self.after_ms, self.batch))
         live = [run for run in runs if run.status is not None and run.status not in FINISHED]
-        loaded = self.store.run(ops.beat.dispatches(self.store.keys, [run.run_id for run in live]))
+        loaded = self.store.run(ops.beat.dispatches(self.keys, [run.run_id for run in live]))
         dispatches = {d.run_id: d for d in self._readable(loaded, {run.run_id: run for run in live}, now_ms)}
         self.store.run(
             ops.worker.runs_gone(
-                self.store.keys,
+                self.keys,
                 self.store.retention,
                 [run.run_id for run in runs if run.status is None],
                 now_ms,
             )
         )  # counted, logged
         self.store.run(
-            ops.beat.forget_runs(self.store.keys, [run for run in runs if run.run_id not in dispatches])
+            ops.beat.forget_runs(self.keys, [run for run in runs if run.run_id not in dispatches])
         )
 
         heads: dict[str, int | None] = {}
@@ -80,7 +83,7 @@ class LostRuns:
                 continue
             queue_key = self.messages.queue_key(dispatch.brief)
             if queue_key not in heads:
-                heads[queue_key] = self.store.run(ops.beat.head_queued_ms(self.store.keys, queue_key))
+                heads[queue_key] = self.store.run(ops.beat.head_queued_ms(self.keys, queue_key))
             head_ms = heads[queue_key]
             # Queues are FIFO: while the next message out was pushed no later than this run's,
             # this run's message may still be behind it.
@@ -89,12 +92,12 @@ class LostRuns:
             else:
                 suspects.append((run, dispatch))
         held = (
-            self.store.run(ops.beat.held_run_ids(self.store.keys, now_ms - self.stuck_after_ms))
+            self.store.run(ops.beat.held_run_ids(self.keys, now_ms - self.stuck_after_ms))
             if suspects
             else set()
         )
         waiting += [run.run_id for run, _ in suspects if run.run_id in held and not lapsed(run, now_ms)]
-        self.store.run(ops.beat.touch_runs(self.store.keys, waiting, now_ms))
+        self.store.run(ops.beat.touch_runs(self.keys, waiting, now_ms))
         resent = [
             (run.run_id, message)
             for run, dispatch in suspects
@@ -117,7 +120,7 @@ class LostRuns:
         link = dispatch.traceparent is None and brief.rule is not None
         with tracing.span("ductape.resend", parent, link=link, run_id=run.run_id):
             message = self.messages.from_brief(run.run_id, brief, dispatch.nominal_ms, now_ms)
-        pushed = self.store.run(ops.beat.resend(self.store.keys, run, message, now_ms))
+        pushed = self.store.run(ops.beat.resend(self.keys, run, message, now_ms))
         message.sent()  # also when the run had moved: a receiver's state for it must end
         return message if pushed else None
 
@@ -130,7 +133,7 @@ class LostRuns:
             assert bad.run_id is not None  # it is in `read`
             if self.store.run(
                 ops.beat.set_aside_run(
-                    self.store.keys, self.store.retention, read[bad.run_id], bad.job_id, bad.reason, now_ms
+                    self.keys, self.store.retention, read[bad.run_id], bad.job_id, bad.reason, now_ms
                 )
             ):
                 log.error("set aside run %s: %s", bad.run_id, bad.reason)

@@ -11,9 +11,10 @@ once a minute drops the registrations of workers not seen for the job retention.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 from ductape_jobs import ops
+from ductape_jobs.keys import Keys
 from ductape_jobs.store import Store, Swept
 
 log = logging.getLogger("beat")
@@ -41,12 +42,18 @@ class SweepTotals:
         self.retired += got.retired
         self.jobs_vanished += got.jobs_vanished
 
+    def plus(self, other: SweepTotals) -> SweepTotals:
+        """Both passes' removals (one pass per shard in a tick)."""
+        return SweepTotals(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
 
 class Sweeper:
-    """Runs the sweep at most every SWEEP_EVERY_MS; keeps its place in the jobs index."""
+    """Runs the sweep of one shard (``keys``, shard 0 unless told) at most every SWEEP_EVERY_MS;
+    keeps its place in the shard's jobs index. Shard 0's also drops long-gone workers."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, keys: Keys | None = None) -> None:
         self.store = store
+        self.keys = store.keys if keys is None else keys
         self.cursor = 0
         self._next_ms = 0
         self._workers_next_ms = 0
@@ -59,16 +66,16 @@ class Sweeper:
         totals = SweepTotals()
         for _ in range(SWEEP_CALLS_MAX):
             got = self.store.run(
-                ops.beat.sweep(self.store.keys, self.store.retention, now_ms, SWEEP_LIMIT, self.cursor)
+                ops.beat.sweep(self.keys, self.store.retention, now_ms, SWEEP_LIMIT, self.cursor)
             )
             self.cursor = got.next_cursor
             totals.add(got)
             if max(got.jobs_expired, got.dead_dropped) < SWEEP_LIMIT:
                 break
-        if now_ms >= self._workers_next_ms:
+        if self.keys.shard == 0 and now_ms >= self._workers_next_ms:
             self._workers_next_ms = now_ms + WORKERS_EVERY_MS
             totals.workers_forgotten = self.store.run(
-                ops.beat.forget_workers(self.store.keys, now_ms - self.store.retention.job_s * 1000)
+                ops.beat.forget_workers(self.keys, now_ms - self.store.retention.job_s * 1000)
             )
         if totals.jobs_vanished:
             log.warning(

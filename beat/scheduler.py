@@ -35,7 +35,8 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self.settings: Settings = getattr(app, "ductape_settings", None) or Settings.from_env()
-        keys, retention = Keys(self.settings.key_prefix), Retention.of(self.settings)
+        keys = Keys(self.settings.key_prefix, self.settings.shards)
+        retention = Retention.of(self.settings)
         self.store = Store(connect(self.settings), keys, retention, Replicas.of(self.settings))
         self.watch = RedisWatch(self.store)  # eviction policy, memory headroom, vanished records
         instance = f"{socket.gethostname()}:{os.getpid()}"
@@ -82,7 +83,7 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
             log.exception("beat tick failed; retrying")
             return 1.0
         if report.released:
-            log.info("released %d run(s)", report.released)
+            log.info("released %d run(s) (shards %s)", report.released, report.shards)
         if self.metrics is not None:
             self.metrics.observe(report)
         # The engine's sleep is measured from the tick's start; a long tick must not make the

@@ -31,7 +31,8 @@ class AsyncDuctape(ClientCore):
 
     def _open(self) -> None:
         self.redis = connect_async(self.settings)
-        self.store = AsyncStore(self.redis, Keys(self.settings.key_prefix), Replicas.of(self.settings))
+        keys = Keys(self.settings.key_prefix, self.settings.shards)
+        self.store = AsyncStore(self.redis, keys, Replicas.of(self.settings))
         self.job = AsyncJobClient(self)
         self._sending: set[asyncio.Future[None]] = set()
 

@@ -18,7 +18,7 @@ from ductape_jobs.urls import broker_url, kombu_sentinel
 
 def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
     """A Celery app on the deployment's Redis, with one queue per env and at-least-once delivery."""
-    keys = Keys(settings.key_prefix)
+    keys = Keys(settings.key_prefix, settings.shards)
     broker, sentinel_options = _broker(settings)
     app = Celery(name, broker=broker, set_as_current=False)
     app.conf.update(

@@ -30,7 +30,7 @@ class Ductape(ClientCore):
 
     def _open(self) -> None:
         self.redis = connect(self.settings)
-        keys, retention = Keys(self.settings.key_prefix), Retention.of(self.settings)
+        keys, retention = Keys(self.settings.key_prefix, self.settings.shards), Retention.of(self.settings)
         self.store = Store(self.redis, keys, retention, Replicas.of(self.settings))
         self.job = JobClient(self)
 

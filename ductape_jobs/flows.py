@@ -137,7 +137,7 @@ class JobFlows:
 
     def __init__(self, core: ClientCore) -> None:
         self._settings = core.settings
-        self._keys = Keys(core.settings.key_prefix)
+        self._keys = Keys(core.settings.key_prefix, core.settings.shards)
         self._sessions = core.sessions
         self._vault = core.vault
         self._messages = core.messages
@@ -303,7 +303,7 @@ class JobFlows:
             update = plan_update(current, spec, now, input_given=input_given)
             if update.spec == current.job.spec and update.next_run_ms == current.job.next_run_ms:
                 return self._opened(current.job), False
-            identity = ops.identity_key(self._keys, update.spec, current.identity)
+            identity = ops.identity_key(self._keys.of_job(job_id), update.spec, current.identity)
             got = yield from ops.update_job(
                 self._keys, current, update, identity, now, job_retention_s=retention,
                 traceparent=tracing.traceparent(),

@@ -16,6 +16,7 @@ from typing import Any
 from ductape_jobs import timing
 from ductape_jobs.errors import JobValidationError, SessionError
 from ductape_jobs.jitter import Spread
+from ductape_jobs.keys import route_of, routed
 from ductape_jobs.models import JobRequest, JobSpec, JobStatus, ScheduleHandle, ms_to_datetime, run_id_for
 from ductape_jobs.records import Message, NewJob
 from ductape_jobs.sealed import seal_input
@@ -75,6 +76,7 @@ def plan_job(
             **spec_fields,
         }
     )
+    job_id = routed(job_id, _route(spec))
     if rule is None:
         plan = _plan_once(job_id, spec, settings, now_ms, build)
     else:
@@ -85,6 +87,17 @@ def plan_job(
     if req.idempotency_key is not None:
         plan = dataclasses.replace(plan, idempotency_ttl_ms=settings.idempotency_window_s * 1000)
     return dataclasses.replace(plan, older_digests=older_digests) if older_digests else plan
+
+
+def _route(spec: JobSpec) -> str:
+    """Where a job's identity entry is looked up before its id exists, which its id then starts
+    with (keys.routed), so the entry and the job share a shard: its key's route, else its
+    idempotency key's, else (a schedule) its fingerprint's first digits."""
+    if spec.key is not None:
+        return route_of(spec.key)
+    if spec.idempotency_key is not None:
+        return route_of(spec.idempotency_key)
+    return spec.fingerprint() if spec.rule is not None else ""
 
 
 def _stored_rule(rule: timing.Rule) -> dict[str, Any]:

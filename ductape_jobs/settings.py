@@ -55,6 +55,10 @@ class Settings(BaseModel):
     wait_replicas: int = Field(default=0, ge=0, le=16)
     wait_timeout_ms: int = Field(default=1_000, ge=1, le=60_000)
     key_prefix: str = Field(default="ductape", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # How many shards the jobs (and the due index, and beat's leadership) are split into: fixed
+    # at deployment, the same in every process; changed only by moving the records (README,
+    # "Several beats"). 1 keeps the key names of deployments older than shards.
+    shards: int = Field(default=1, ge=1, le=1024)
     envs: tuple[str, ...] = ("dev", "staging", "prd")
     handlers: tuple[str, ...] = ()
     worker_envs: tuple[str, ...] = ()  # empty: a worker serves every env

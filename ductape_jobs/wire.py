@@ -45,7 +45,7 @@ class MessageBuilder:
     def __init__(self, app: Celery, settings: Settings) -> None:
         self.app = app
         self.settings = settings
-        self.keys = Keys(settings.key_prefix)
+        self.keys = Keys(settings.key_prefix, settings.shards)
         self.hostname = "ductape-jobs"
         self._templates: dict[tuple[str, str], str] = {}
         self._signalled: dict[tuple[str, str], dict[str, Any]] = {}

@@ -47,7 +47,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         app.conf.broker_transport = "ductape_jobs.transport:SentinelTransport"
     elif urlsplit(settings.url).scheme == "redis":  # rediss:// keeps kombu's own (its TLS defaults)
         app.conf.broker_transport = "ductape_jobs.transport:Transport"  # kombu#582 worked around
-    store = Store(connect(settings), Keys(settings.key_prefix), Retention.of(settings), Replicas.of(settings))
+    keys = Keys(settings.key_prefix, settings.shards)
+    store = Store(connect(settings), keys, Retention.of(settings), Replicas.of(settings))
     vault = Vault(Sessions(session_types_from_config(settings.sessions)))
     runner = Runner(store, registry, settings, now_ms, vault=vault, defer_finish=True)
     request_class = lost_runs_reported(store)

@@ -71,7 +71,7 @@ def probe(settings: Settings, timeout_s: float) -> tuple[list[Finding], list[Wor
         )
     except ValueError as exc:
         raise click.UsageError(f"--redis-url/REDIS_URL is not a usable Redis URL: {exc}") from None
-    keys = Keys(settings.key_prefix)
+    keys = Keys(settings.key_prefix, settings.shards)
     try:
         reached = check_redis(client, settings, timeout_s)
         if reached.status != OK:

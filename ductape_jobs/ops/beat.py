@@ -6,7 +6,7 @@ times come in as arguments.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -56,6 +56,33 @@ def release_lock(keys: Keys, token: str) -> Flow[bool]:
     return (yield from renew_lock(keys, token, 0))
 
 
+def renew_locks(
+    keys: Keys, instance: str, held: Mapping[int, str], now_ms: int, ttl_ms: int
+) -> Flow[tuple[int, dict[int, bool]]]:
+    """In one round trip: say beat ``instance`` is alive for ``ttl_ms`` more (the beat registry,
+    dropping beats whose time ran out) and extend its lock of each shard in ``held`` (shard ->
+    token). How many beats are alive, and which shards are still ours."""
+    shards = sorted(held)
+    *kept, _, _, live = yield from send(
+        *(Eval("RENEW_LOCK", [keys.for_shard(s).beat_lock], [held[s], ttl_ms]) for s in shards),
+        Call("zadd", (keys.beats, {instance: now_ms + ttl_ms})),
+        Call("zremrangebyscore", (keys.beats, "-inf", f"({now_ms}")),
+        Call("zcard", (keys.beats,)),
+    )
+    return int(live), {shard: bool(ok) for shard, ok in zip(shards, kept, strict=True)}
+
+
+def leave(keys: Keys, instance: str) -> Flow[None]:
+    """Take beat ``instance`` out of the registry (it stops)."""
+    yield from one(Call("zrem", (keys.beats, instance)))
+
+
+def live_beats(keys: Keys, now_ms: int) -> Flow[list[str]]:
+    """The beats alive at ``now_ms`` (the registry)."""
+    got = yield from one(Call("zrangebyscore", (keys.beats, now_ms, "+inf")))
+    return [text(m) for m in got]
+
+
 # -- due entries --------------------------------------------------------------------------------
 
 
@@ -67,7 +94,7 @@ def next_due_ms(keys: Keys) -> Flow[int | None]:
 
 def due_entries(keys: Keys, until_ms: int, limit: int) -> Flow[list[DueEntry]]:
     """Due-index members with score <= until_ms, with their job state: one round trip."""
-    got = yield from one(Eval("READ_DUE", [keys.due], [keys.prefix, until_ms, limit]))
+    got = yield from one(Eval("READ_DUE", [keys.due], [keys.space, until_ms, limit]))
     return [
         DueEntry(
             e.member,
@@ -91,7 +118,7 @@ def sync_imported(
     step fenced by the leader's token; what it did, or None when fenced out."""
     k = keys
     touched = [k.beat_lock, k.imported(app), k.due, k.jobs, k.retired, k.set_aside]
-    args: list[Any] = [k.prefix, fence, now_ms, retention.job_s]
+    args: list[Any] = [k.space, fence, now_ms, retention.job_s]
     for row in rows:
         args += [row.job_id, row.digest, row.spec, row.next_run_ms, row.anchor_ms]
     got = [int(v) for v in (yield from one(Eval("SYNC_IMPORTED", touched, args)))]
@@ -108,7 +135,7 @@ def claim(
     chunks: list[list[Claim]] = []
     k = keys
     touched = [k.beat_lock, k.due, k.inflight, k.dead, k.set_aside]
-    head = ClaimDueHead(k.prefix, fence, now_ms, runs_kept, retention.job_s, retention.dead_s)
+    head = ClaimDueHead(k.space, fence, now_ms, runs_kept, retention.job_s, retention.dead_s)
 
     def calls() -> Iterator[Eval]:
         for chunk in batched(claims, CLAIM_CHUNK):
@@ -187,7 +214,7 @@ def set_aside_run(
     args = [run.run_id, run.moved_ms, why, now_ms, retention.dead_s]
     if not (yield from one(Eval("SET_ASIDE_RUN", touched, args))):
         return False
-    yield from change_state(k, "set_aside", job_id, now_ms, job_retention_s=retention.job_s)
+    yield from change_state(keys, "set_aside", job_id, now_ms, job_retention_s=retention.job_s)
     return True
 
 
@@ -281,7 +308,7 @@ def sweep(keys: Keys, retention: Retention, now_ms: int, limit: int, cursor: int
         Eval(
             "SWEEP",
             [k.retired, k.dead, k.jobs, k.stats],
-            [k.prefix, now_ms, limit, cursor, r.job_s, r.dead_s, r.dead_max],
+            [k.space, now_ms, limit, cursor, r.job_s, r.dead_s, r.dead_max],
         )
     )
     return Swept(*(int(v) for v in got))
@@ -305,9 +332,14 @@ def forget_workers(keys: Keys, unseen_since_ms: int) -> Flow[int]:
 
 
 def counters(keys: Keys) -> Flow[dict[str, int]]:
-    """The lifecycle counters (``jobs_expired``, ``dead_dropped``, ``due_vanished``, ...)."""
-    got = yield from one(Call("hgetall", (keys.stats,)))
-    return {text(name): int(value) for name, value in got.items()}
+    """The lifecycle counters (``jobs_expired``, ``dead_dropped``, ``due_vanished``, ...), summed
+    over the shards."""
+    got = yield from send(*(Call("hgetall", (k.stats,)) for k in keys.every_shard()))
+    totals: dict[str, int] = {}
+    for stats in got:
+        for name, value in stats.items():
+            totals[text(name)] = totals.get(text(name), 0) + int(value)
+    return totals
 
 
 def memory() -> Flow[tuple[int, int] | None]:

@@ -53,33 +53,48 @@ def create_jobs(keys: Keys, jobs: Sequence[NewJob], now_ms: int) -> Flow[list[tu
 
 def create_rows(keys: Keys, rows: Iterable[CreateJobsRow], now_ms: int) -> Flow[list[TwinFound]]:
     """Write jobs given as CREATE_JOBS rows, streamed in calls of ``scripts.CREATE_BATCH`` jobs,
-    each call atomic. Rows are built as the calls go out.
+    each call atomic and on one shard (the rows are grouped by their job's shard). Rows are
+    built as the calls go out.
 
     Returns (index, twin_job_id) for each job not written because a live recurring job with the
     same fingerprint exists (or comes earlier in the batch).
     """
-    touched = [keys.jobs, keys.due, keys.inflight]
-    head = CreateJobsHead(keys.prefix, now_ms)
+    placed: list[list[int]] = []  # per call, the batch index of each of its rows
+
+    def call(k: Keys, chunk: list[tuple[int, CreateJobsRow]]) -> Eval:
+        placed.append([at for at, _ in chunk])
+        args: list[Any] = [*CreateJobsHead(k.space, now_ms)]
+        for _, row in chunk:
+            args += row
+        return Eval("CREATE_JOBS", [k.jobs, k.due, k.inflight], args)
 
     def calls() -> Iterator[Eval]:
-        for chunk in batched(rows, scripts.CREATE_BATCH):
-            args: list[Any] = [*head]
-            for row in chunk:
-                args += row
-            yield Eval("CREATE_JOBS", touched, args)
+        if keys.shards == 1:
+            for chunk in batched(enumerate(rows), scripts.CREATE_BATCH):
+                yield call(keys, chunk)
+            return
+        pending: dict[int, list[tuple[int, CreateJobsRow]]] = {}
+        for at, row in enumerate(rows):
+            shard = keys.shard_of(row.job_id)
+            group = pending.setdefault(shard, [])
+            group.append((at, row))
+            if len(group) == scripts.CREATE_BATCH:
+                yield call(keys.for_shard(shard), pending.pop(shard))
+        for shard, group in sorted(pending.items()):
+            yield call(keys.for_shard(shard), group)
 
     replies = yield Stream(calls())
     return [
-        TwinFound(chunk * scripts.CREATE_BATCH + twin.at, twin.job_id)
-        for chunk, reply in enumerate(replies)
+        TwinFound(placed[n][twin.at], twin.job_id)
+        for n, reply in enumerate(replies)
         for twin in TwinFound.from_reply(reply)
     ]
 
 
-def create_row(k: Keys, job: NewJob, traceparent: str | None = None) -> CreateJobsRow:
+def create_row(keys: Keys, job: NewJob, traceparent: str | None = None) -> CreateJobsRow:
     """One job's CREATE_JOBS row; ``traceparent``: the span that schedules it, kept in its brief
     (ductape_jobs.tracing)."""
-    message = job.message
+    message, k = job.message, keys.of_job(job.job_id)
     return CreateJobsRow(
         job_id=job.job_id,
         spec=jobfields.pack_spec(job.spec, traceparent),
@@ -141,9 +156,24 @@ def get_job(keys: Keys, job_id: str) -> Flow[JobRecord | Unreadable | None]:
 
 
 def job_ids(keys: Keys, newest_first: bool = True, limit: int = 1000) -> Flow[list[str]]:
-    """Job ids by creation time."""
-    got = yield from one(Call("zrevrange" if newest_first else "zrange", (keys.jobs, 0, limit - 1)))
-    return [text(m) for m in got]
+    """Job ids by creation time (the first ``limit`` over every shard)."""
+    return [m for m, _ in (yield from _newest(keys, "jobs", limit, newest_first))]
+
+
+def _newest(
+    keys: Keys, index: str, limit: int, newest_first: bool = True, scores: bool = False
+) -> Flow[list[tuple[str, float]]]:
+    """The first ``limit`` members of a per-shard index (``jobs``, ``dead``, ``set_aside``) by
+    score over every shard (one round trip), with their scores when asked (or merged)."""
+    command = "zrevrange" if newest_first else "zrange"
+    scores = scores or keys.shards > 1
+    kwargs = {"withscores": True} if scores else {}
+    got = yield from send(*(Call(command, (getattr(k, index), 0, limit - 1), kwargs) for k in keys.every_shard()))
+    if not scores:
+        return [(text(m), 0.0) for rows in got for m in rows]
+    merged = [(text(m), float(score)) for rows in got for m, score in rows]
+    merged.sort(key=lambda row: row[1], reverse=newest_first)
+    return merged[:limit]
 
 
 def get_jobs(keys: Keys, ids: Sequence[str]) -> Flow[list[JobRecord | Unreadable]]:
@@ -154,10 +184,10 @@ def get_jobs(keys: Keys, ids: Sequence[str]) -> Flow[list[JobRecord | Unreadable
 
 def set_aside(keys: Keys, limit: int) -> Flow[list[SetAside]]:
     """The jobs beat set aside, newest first, with when and why (gone ones left out)."""
-    rows = yield from one(Call("zrevrange", (keys.set_aside, 0, limit - 1), {"withscores": True}))
-    errors = yield from send(*(Call("hget", (keys.job(text(m)), "last_error")) for m, _ in rows))
+    rows = yield from _newest(keys, "set_aside", limit, scores=True)
+    errors = yield from send(*(Call("hget", (keys.job(m), "last_error")) for m, _ in rows))
     return [
-        SetAside(text(m), int(at), text(error))
+        SetAside(m, int(at), text(error))
         for (m, at), error in zip(rows, errors, strict=True)
         if error is not None
     ]
@@ -176,7 +206,7 @@ def recent_run_ids(keys: Keys, job_id: str, limit: int) -> Flow[list[str]]:
 
 def dead_run_ids(keys: Keys, limit: int) -> Flow[list[str]]:
     """Dead-lettered run ids, newest first."""
-    return [text(m) for m in (yield from one(Call("zrevrange", (keys.dead, 0, limit - 1))))]
+    return [m for m, _ in (yield from _newest(keys, "dead", limit))]
 
 
 def change_state(
@@ -217,8 +247,9 @@ def _change_state(
     job_retention_s: int,
     terminate: bool = False,
 ) -> Eval:
-    args = [action, job_id, now_ms, opt(next_ms), runs_done, keys.prefix, job_retention_s, _flag(terminate)]
-    return Eval("CHANGE_STATE", [keys.job(job_id), keys.due, keys.set_aside], args)
+    k = keys.of_job(job_id)
+    args = [action, job_id, now_ms, opt(next_ms), runs_done, k.space, job_retention_s, _flag(terminate)]
+    return Eval("CHANGE_STATE", [k.job(job_id), k.due, k.set_aside], args)
 
 
 def cancel_run(
@@ -226,7 +257,7 @@ def cancel_run(
 ) -> Flow[Answered]:
     """Cancel one run (scripts.CANCEL_RUN): OK with the status it had, REFUSED with its finished
     status, or MISSING."""
-    args = [keys.prefix, run_id, now_ms, _flag(terminate), job_retention_s]
+    args = [keys.of_run(run_id).space, run_id, now_ms, _flag(terminate), job_retention_s]
     return Answered.from_reply((yield from one(Eval("CANCEL_RUN", [keys.run(run_id)], args))))
 
 
@@ -239,15 +270,9 @@ def add_run(
 ) -> Flow[Answered]:
     """Trigger an extra run or redrive a dead one, pushing its message in the same step
     (a trigger trims the job's run records to ``runs_kept``)."""
-    touched = [
-        keys.job(job_id),
-        keys.run(run_id),
-        keys.job_runs(job_id),
-        message.queue_key,
-        keys.dead,
-        keys.inflight,
-    ]
-    args = [action, job_id, run_id, now_ms, message.payload, keys.prefix, runs_kept]
+    k = keys.of_job(job_id)
+    touched = [k.job(job_id), k.run(run_id), k.job_runs(job_id), message.queue_key, k.dead, k.inflight]
+    args = [action, job_id, run_id, now_ms, message.payload, k.space, runs_kept]
     return Answered.from_reply((yield from one(Eval("ADD_RUN", touched, args))))
 
 
@@ -256,10 +281,11 @@ def backfill(
 ) -> Flow[Backfilled]:
     """Add the runs of past slots (run id, nominal time, message) that the job does not know yet,
     with their messages, in one step; the answer, the status it saw, and the run ids added."""
-    args: list[Any] = [*BackfillHead(job_id, now_ms, keys.prefix, runs_kept)]
+    k = keys.of_job(job_id)
+    args: list[Any] = [*BackfillHead(job_id, now_ms, k.space, runs_kept)]
     for run_id, nominal_ms, message in slots:
         args += BackfillRow(run_id, nominal_ms, message.queue_key, message.payload)
-    touched = [keys.job(job_id), keys.job_runs(job_id), keys.inflight]
+    touched = [k.job(job_id), k.job_runs(job_id), k.inflight]
     return Backfilled.from_reply((yield from one(Eval("BACKFILL", touched, args))))
 
 
@@ -294,6 +320,7 @@ def update_job(
     changed since) and the status it saw. A schedule the update leaves nothing to run completes
     and retires. ``traceparent``: the span updating it, which its later runs link to (tracing)."""
     job, spec = current.job, update.spec
+    k = keys.of_job(job.job_id)
     args = UpdateJobArgs(
         job_id=job.job_id,
         now_ms=now_ms,
@@ -304,10 +331,10 @@ def update_job(
         next_run_ms=opt(update.next_run_ms),
         anchor_ms=update.anchor_ms,
         fp=fp_key,
-        prefix=keys.prefix,
+        prefix=k.space,
         job_retention_s=job_retention_s,
     )
-    got = yield from one(Eval("UPDATE_JOB", [keys.job(job.job_id), keys.due], list(args)))
+    got = yield from one(Eval("UPDATE_JOB", [k.job(job.job_id), k.due], list(args)))
     return Answered.from_reply(got)
 
 

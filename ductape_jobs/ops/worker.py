@@ -35,9 +35,9 @@ def begin_run(
     """Mark a run started by delivery ``owner`` unless it is finished, cancelled or held by
     another delivery; a run whose lease ran out has lost that attempt (dead-lettered after
     its last)."""
-    k = keys
+    k = keys.of_job(job_id)
     touched = [k.run(run_id), k.job(job_id), k.inflight, k.dead]
-    args = [now_ms, lease_ms, run_id, owner, k.prefix, retention.job_s, retention.dead_s]
+    args = [now_ms, lease_ms, run_id, owner, k.space, retention.job_s, retention.dead_s]
     got = BeginReply.from_reply((yield from one(Eval("BEGIN_RUN", touched, args))))
     if got.verdict == "gone":  # its record vanished while it was out: say so, then skip it
         yield from runs_gone(keys, retention, [run_id], now_ms)
@@ -58,7 +58,7 @@ def renew_run(keys: Keys, run_id: str, owner: str, now_ms: int, lease_ms: int) -
     """Heartbeat: extend the lease of ``owner``'s running attempt. 'held', 'cancelled' (still
     theirs, and cancelled: the handler is told) or 'lost' (not theirs any more)."""
     got = yield from one(
-        Eval("RENEW_RUN", [keys.run(run_id), keys.inflight], [owner, now_ms, lease_ms, run_id])
+        Eval("RENEW_RUN", [keys.run(run_id), keys.of_run(run_id).inflight], [owner, now_ms, lease_ms, run_id])
     )
     return list(Lease)[int(got)]
 
@@ -67,9 +67,9 @@ def lose_run(
     keys: Keys, retention: Retention, run_id: str, owner_prefix: str, why: str, now_ms: int
 ) -> Flow[Lost]:
     """Count the attempt of a process that died (or was killed) running it."""
-    k = keys
+    k = keys.of_run(run_id)
     touched = [k.run(run_id), k.job(job_id_of(run_id)), k.dead, k.inflight]
-    args = [run_id, owner_prefix, why, now_ms, k.prefix, retention.job_s, retention.dead_s]
+    args = [run_id, owner_prefix, why, now_ms, k.space, retention.job_s, retention.dead_s]
     return Lost(text((yield from one(Eval("LOSE_RUN", touched, args)))))
 
 
@@ -98,7 +98,7 @@ def finish_run(
     """
     if not wait and outcome != "completed":
         raise ValueError("only a 'completed' outcome is sent without waiting")
-    k = keys
+    k = keys.of_job(job_id)
     args = FinishRunArgs(
         attempt,
         now_ms,
@@ -110,7 +110,7 @@ def finish_run(
         retention_s,
         opt(due_ms),
         run_id,
-        k.prefix,
+        k.space,
         retention.job_s,
         retention.dead_s,
     )
@@ -125,7 +125,7 @@ def runs_gone(keys: Keys, retention: Retention, run_ids: Sequence[str], now_ms: 
     call per run). Beat's lost-run sweep asks it too."""
     gone = []
     for run_id in run_ids:
-        args = [keys.prefix, run_id, now_ms, retention.job_s, retention.dead_s]
+        args = [keys.of_run(run_id).space, run_id, now_ms, retention.job_s, retention.dead_s]
         if (yield from one(Eval("RUN_GONE", [], args))):
             gone.append(run_id)
     if gone:

@@ -567,7 +567,7 @@ def test_a_run_due_soon_is_decided_ahead_and_sent_only_at_its_time(
     engine, queues = engine_for(store, settings, celery_app)
     early = engine.tick(at - 100)  # within PREPARE_AHEAD_MS: decided now, nothing sent
     assert early.released == 0 and early.sleep_ms == 100 and queues.messages() == []
-    assert [c.run_id for c in engine._prepared] == [f"{job_id}:{at}"]
+    assert [c.run_id for c in engine.shards[0].prepared] == [f"{job_id}:{at}"]
     assert due_members(store) == {f"j:{job_id}": at}
     report = engine.tick(at)
     assert report.released == 1 and report.lateness_ms == [0]
