@@ -102,7 +102,9 @@ class BeatEngine:
         self.instance = instance
         self.leadership = Leadership(store, instance, settings.beat_lock_ttl_ms)
         self._briefs: OrderedDict[str, tuple[str, JobBrief]] = OrderedDict()
-        self.shards = [ShardWork(store, settings, messages, handed, shard) for shard in range(store.keys.shards)]
+        self.shards = [
+            ShardWork(store, settings, messages, handed, shard) for shard in range(store.keys.shards)
+        ]
 
     @property
     def lost(self) -> LostRuns:
@@ -366,7 +368,9 @@ class ShardWork:
     """What the engine keeps for one shard: its keys, the claims decided ahead, its lost-run
     sweep and retention sweep, and the token its imports were last synced under."""
 
-    def __init__(self, store: Store, settings: Settings, messages: Messages, handed: Handed, shard: int) -> None:
+    def __init__(
+        self, store: Store, settings: Settings, messages: Messages, handed: Handed, shard: int
+    ) -> None:
         self.shard = shard
         self.keys = store.keys.for_shard(shard)
         self.prepared: list[Claim] = []  # decided ahead for the next due time (see _prepare)

@@ -115,7 +115,9 @@ class Leadership:
         for shard, ours in kept.items():
             if not ours:
                 del self._tokens[shard]
-                log.warning("beat %s lost the leader lock of shard %d; standing by on it", self.instance, shard)
+                log.warning(
+                    "beat %s lost the leader lock of shard %d; standing by on it", self.instance, shard
+                )
 
     def _balance(self) -> None:
         share = self.share

@@ -16,8 +16,8 @@ import logging
 from collections.abc import Callable, Sequence
 
 from ductape_jobs import ops, tracing
-from ductape_jobs.records import Dispatch, InFlight, Message, Messages, Unreadable
 from ductape_jobs.keys import Keys
+from ductape_jobs.records import Dispatch, InFlight, Message, Messages, Unreadable
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
 
@@ -70,9 +70,7 @@ class LostRuns:
                 now_ms,
             )
         )  # counted, logged
-        self.store.run(
-            ops.beat.forget_runs(self.keys, [run for run in runs if run.run_id not in dispatches])
-        )
+        self.store.run(ops.beat.forget_runs(self.keys, [run for run in runs if run.run_id not in dispatches]))
 
         heads: dict[str, int | None] = {}
         waiting: list[str] = []

@@ -30,8 +30,8 @@ class Ductape(ClientCore):
 
     def _open(self) -> None:
         self.redis = connect(self.settings)
-        keys, retention = Keys(self.settings.key_prefix, self.settings.shards), Retention.of(self.settings)
-        self.store = Store(self.redis, keys, retention, Replicas.of(self.settings))
+        keys = Keys(self.settings.key_prefix, self.settings.shards)
+        self.store = Store(self.redis, keys, Retention.of(self.settings), Replicas.of(self.settings))
         self.job = JobClient(self)
 
     def close(self) -> None:

@@ -168,7 +168,9 @@ def _newest(
     command = "zrevrange" if newest_first else "zrange"
     scores = scores or keys.shards > 1
     kwargs = {"withscores": True} if scores else {}
-    got = yield from send(*(Call(command, (getattr(k, index), 0, limit - 1), kwargs) for k in keys.every_shard()))
+    got = yield from send(
+        *(Call(command, (getattr(k, index), 0, limit - 1), kwargs) for k in keys.every_shard())
+    )
     if not scores:
         return [(text(m), 0.0) for rows in got for m in rows]
     merged = [(text(m), float(score)) for rows in got for m, score in rows]

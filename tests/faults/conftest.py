@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from ductape_jobs.embedded import EmbeddedRedis
+from ductape_jobs.keys import Keys
 from tests.handlers import calls_key
 from tests.support import Processes
 
@@ -98,7 +99,12 @@ def nominal(run_id: str) -> int:
     return int(run_id.rsplit(":", 1)[1].rstrip("m"))
 
 
-def lock_holder(r: redis.Redis, prefix: str) -> int | None:
-    """The pid of the beat holding the leader lock (instance names end in the pid)."""
-    token = r.get(f"{prefix}:beat:lock")
+def lock_holder(r: redis.Redis, prefix: str, shard: int = 0, shards: int = 1) -> int | None:
+    """The pid of the beat holding a shard's leader lock (instance names end in the pid)."""
+    token = r.get(Keys(prefix, shards, shard).beat_lock)
     return int(token.decode().rsplit(":", 1)[1]) if token else None
+
+
+def lock_holders(r: redis.Redis, prefix: str, shards: int) -> list[int | None]:
+    """The pid of the beat holding each shard's leader lock."""
+    return [lock_holder(r, prefix, shard, shards) for shard in range(shards)]

@@ -1,18 +1,24 @@
-"""Beat leaders killed, racing and stalled: no occurrence doubled, none missing beyond the misfire policy."""
+"""Beat leaders killed, racing and stalled: no occurrence doubled, none missing beyond the misfire policy.
+
+Each scenario runs with one shard (one leader, the other beat standing by) and with four (both
+beats lead two shards each; the survivor takes the others' over), docs/design.md section 11."""
 
 from __future__ import annotations
 
 import signal
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 import redis
 
 from ductape_jobs import Ductape
+from ductape_jobs.keys import Keys
 from ductape_jobs.models import job_id_of
-from tests.faults.conftest import Report, executions, lock_holder, nominal, now_ms
+from ductape_jobs.settings import Settings
+from tests.faults.conftest import Report, executions, lock_holders, nominal, now_ms
 from tests.support import Processes, wait_for
 
 pytestmark = pytest.mark.faults
@@ -59,11 +65,26 @@ def schedule_every(ductape: Ductape, count: int, limit: int) -> dict[str, int]:
     return {h.job_id: round(h.scheduled_at.timestamp() * 1000) for h in handles}
 
 
-def finished(r: redis.Redis, prefix: str, job_ids: list[str], limit: int) -> bool:
+@pytest.fixture(params=[1, 4], ids=["1-shard", "4-shards"])
+def shards(request: pytest.FixtureRequest, procs: Processes) -> int:
+    """The deployment's shard count, for the beats and workers started by ``procs``."""
+    procs.overrides["DUCTAPE_SHARDS"] = str(request.param)
+    return int(request.param)
+
+
+@pytest.fixture
+def client(settings: Settings, shards: int) -> Iterator[Ductape]:
+    """A client of the deployment, with its shard count."""
+    ductape = Ductape(settings=settings.model_copy(update={"shards": shards}))
+    yield ductape
+    ductape.close()
+
+
+def finished(r: redis.Redis, keys: Keys, job_ids: list[str], limit: int) -> bool:
     """Every schedule completed with ``limit`` runs, and every run executed."""
     with r.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            pipe.hmget(f"{prefix}:job:{job_id}", "status", "runs_done")
+            pipe.hmget(keys.job(job_id), "status", "runs_done")
         rows = pipe.execute()
     done = all(s == b"completed" and int(n) == limit for s, n in rows)
     return done and sum(executions(r, "echo").values()) >= len(job_ids) * limit
@@ -87,31 +108,42 @@ def tally(r: redis.Redis, anchors: dict[str, int], limit: int) -> Tally:
     return Tally(sum(ran.values()), lost, duplicated)
 
 
+def held_by(r: redis.Redis, prefix: str, shards: int, *pids: int) -> bool:
+    """Every shard led, by these beats only, and by each of them its share."""
+    holders = lock_holders(r, prefix, shards)
+    share = -(-shards // len(pids))
+    return set(holders) <= set(pids) and all(0 < holders.count(pid) <= share for pid in pids)
+
+
 def test_killed_leader_standby_takes_over(
-    procs: Processes, ductape: Ductape, r: redis.Redis, env_prefix: str, report: Report
+    procs: Processes, client: Ductape, r: redis.Redis, env_prefix: str, report: Report, shards: int
 ):
     count, limit = 200, 8
+    keys = Keys(env_prefix, shards)
     procs.worker(concurrency=3)
     leader = procs.beat(**SHORT_LOCK)
-    wait_for(lambda: lock_holder(r, env_prefix) == leader.pid, 30, "the first beat to lead")
+    wait_for(lambda: held_by(r, env_prefix, shards, leader.pid), 30, "the first beat to lead")
     standby = procs.beat(**SHORT_LOCK)
-    anchors = schedule_every(ductape, count, limit)
+    if shards > 1:  # the second beat leads its share: the first gives it up
+        wait_for(lambda: held_by(r, env_prefix, shards, leader.pid, standby.pid), 30, "the beats to balance")
+    anchors = schedule_every(client, count, limit)
     wait_for(lambda: sum(executions(r, "echo").values()) >= 3 * count, 60, "three rounds under the leader")
 
     killed_ms = now_ms()
     procs.kill(leader)
-    wait_for(lambda: lock_holder(r, env_prefix) == standby.pid, 20, "the standby to take over")
+    wait_for(lambda: held_by(r, env_prefix, shards, standby.pid), 20, "the standby to take over")
     took_over_ms = now_ms()
-    wait_for(lambda: finished(r, env_prefix, list(anchors), limit), 90, "every schedule to reach its limit")
+    wait_for(lambda: finished(r, keys, list(anchors), limit), 90, "every schedule to reach its limit")
 
     t = tally(r, anchors, limit)
     report(
-        "3 beat leader SIGKILLed, standby takes over",
+        f"3 beat leader SIGKILLed, standby takes over ({shards} shard(s))",
         t.runs,
         1,
         t.lost,
         t.duplicated,
         schedules=count,
+        shards=shards,
         outage_ms=took_over_ms - killed_ms,
     )
     assert t.lost == 0 and t.duplicated == 0
@@ -120,42 +152,50 @@ def test_killed_leader_standby_takes_over(
 
 
 def test_two_beats_together_and_a_stalled_leader(
-    procs: Processes, ductape: Ductape, r: redis.Redis, env_prefix: str, report: Report
+    procs: Processes, client: Ductape, r: redis.Redis, env_prefix: str, report: Report, shards: int
 ):
     count, limit = 100, 10
+    keys = Keys(env_prefix, shards)
     procs.worker(concurrency=3)
-    beats = [procs.beat(**SHORT_LOCK), procs.beat(**SHORT_LOCK)]  # racing for the lock from the start
-    anchors = schedule_every(ductape, count, limit)
+    beats = [procs.beat(**SHORT_LOCK), procs.beat(**SHORT_LOCK)]  # racing for the locks from the start
+    anchors = schedule_every(client, count, limit)
+    if shards > 1:  # both lead: two shards each
+        wait_for(lambda: held_by(r, env_prefix, shards, *(b.pid for b in beats)), 30, "the beats to balance")
     wait_for(lambda: sum(executions(r, "echo").values()) >= 3 * count, 60, "three rounds")
 
-    holder = lock_holder(r, env_prefix)
+    holder = lock_holders(r, env_prefix, shards)[0]
     leader = next(b for b in beats if b.pid == holder)
     other = next(b for b in beats if b.pid != holder)
     stopped_ms = now_ms()
-    procs.signal(leader, signal.SIGSTOP)  # frozen holding its lock and fencing token
-    wait_for(lambda: lock_holder(r, env_prefix) == other.pid, 20, "the other beat to take over")
+    procs.signal(leader, signal.SIGSTOP)  # frozen holding its locks and fencing tokens
+    wait_for(lambda: held_by(r, env_prefix, shards, other.pid), 20, "the other beat to take over")
     took_over_ms = now_ms()
     before = sum(executions(r, "echo").values())
     wait_for(
         lambda: sum(executions(r, "echo").values()) >= before + count, 30, "a round under the new leader"
     )
     procs.signal(leader, signal.SIGCONT)  # wakes mid-tick, believing it leads
-    wait_for(lambda: finished(r, env_prefix, list(anchors), limit), 90, "every schedule to reach its limit")
+    wait_for(lambda: finished(r, keys, list(anchors), limit), 90, "every schedule to reach its limit")
     time.sleep(1.0)  # give the resumed beat every chance to release something twice
     wait_for(
         lambda: "lost the leader lock" in procs.log(leader) or "fenced out" in procs.log(leader),
         15,
         "the resumed beat to notice it lost the lock",
     )
+    if shards > 1:  # back in the registry, it gets its share again
+        wait_for(
+            lambda: held_by(r, env_prefix, shards, leader.pid, other.pid), 30, "the beats to balance again"
+        )
 
     t = tally(r, anchors, limit)
     report(
-        "4 two beats at once + leader SIGSTOPped past its TTL",
+        f"4 two beats at once + leader SIGSTOPped past its TTL ({shards} shard(s))",
         t.runs,
         2,
         t.lost,
         t.duplicated,
         schedules=count,
+        shards=shards,
         stall_ms=took_over_ms - stopped_ms,
     )
     assert t.duplicated == 0 and t.lost == 0
