@@ -47,7 +47,13 @@ Counts = tuple[int, int]  # a schedule's counts kept in Redis: failed runs, skip
 class BeatMetrics:
     """The beat's metrics registry, fed one tick report at a time."""
 
-    def __init__(self, store: Store, is_leader: Callable[[], bool], settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        is_leader: Callable[[], bool],
+        settings: Settings,
+        reports_redis: Callable[[], bool] | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.per_job = settings.metrics_per_job
@@ -83,7 +89,7 @@ class BeatMetrics:
             ("source",),
             registry=self.registry,
         )
-        leader = Gauge("ductape_beat_leader", "1 while this beat leads.", registry=self.registry)
+        leader = Gauge("ductape_beat_leader", "1 while this beat leads a shard.", registry=self.registry)
         leader.set_function(lambda: 1.0 if is_leader() else 0.0)
         self.is_leader = is_leader
         # The recurring schedules this beat released, by job id: their labels, for the failed
@@ -93,7 +99,9 @@ class BeatMetrics:
         self._counts: dict[str, Counts] = {}  # the last counts read per schedule
         self._lock = threading.Lock()
         self._refreshed_ms = now_ms()  # the last read of the schedules' states
-        self.registry.register(HealthCollector(store, is_leader))  # Redis memory, records that left
+        # Redis memory and the records that left, from one beat only (shard 0's leader), so a
+        # sum over the beats never counts them twice
+        self.registry.register(HealthCollector(store, reports_redis or is_leader))
 
     def observe(self, report: TickReport) -> None:
         """Count what one tick released and set aside."""

@@ -69,7 +69,10 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
         self._renewer = threading.Thread(target=self._renew_loop, name="beat-lock", daemon=True)
         self._renewer.start()
         if self.settings.metrics_port is not None:
-            self.metrics = BeatMetrics(self.store, lambda: self.engine.leadership.held, self.settings)
+            leadership = self.engine.leadership
+            self.metrics = BeatMetrics(
+                self.store, lambda: leadership.held, self.settings, lambda: 0 in leadership.tokens
+            )
             self._metrics_server = self.metrics.serve()
             log.info("metrics on %s:%d/metrics", self.settings.metrics_addr, self.settings.metrics_port)
 

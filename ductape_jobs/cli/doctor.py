@@ -159,13 +159,35 @@ def check_aof(client: redis.Redis) -> Finding:
 
 
 def check_beat(client: redis.Redis, keys: Keys, settings: Settings, now: int) -> list[Finding]:
-    """A leader holds the lock (with a TTL), and due entries do not pile up behind it."""
+    """Each shard's leader holds its lock (with a TTL), and due entries do not pile up behind it;
+    with several shards, which beats are alive (the registry)."""
+    if keys.shards == 1:
+        return check_shard(client, keys, settings, now, "beat")
+    live = Store(client, keys).run(ops.beat.live_beats(keys, now))
+    names = ", ".join(live[:5]) + (f" and {len(live) - 5} more" if len(live) > 5 else "")
+    found = [
+        Finding("beats", OK, f"{len(live)} live beat(s) share {keys.shards} shards: {names}")
+        if live
+        else Finding(
+            "beats",
+            FAIL,
+            f"no live beat in the registry ({keys.beats}): nobody releases the {keys.shards} shards",
+            f"start a beat: {BEAT_CMD} (same REDIS_URL, DUCTAPE_KEY_PREFIX and DUCTAPE_SHARDS)",
+        )
+    ]
+    for shard in keys.every_shard():
+        found += check_shard(client, shard, settings, now, f"beat shard {shard.shard}")
+    return found
+
+
+def check_shard(client: redis.Redis, keys: Keys, settings: Settings, now: int, name: str) -> list[Finding]:
+    """A leader holds the shard's lock (with a TTL), and its due entries do not pile up."""
     ttl_ms = int(client.pttl(keys.beat_lock))
     waiting = int(client.zcard(keys.due))
     if ttl_ms == -2:
         return [
             Finding(
-                "beat",
+                name,
                 FAIL,
                 f"no beat leader ({keys.beat_lock} is absent): {waiting} scheduled job(s) or retries wait "
                 "with nobody to release them",
@@ -175,7 +197,7 @@ def check_beat(client: redis.Redis, keys: Keys, settings: Settings, now: int) ->
     if ttl_ms == -1:
         return [
             Finding(
-                "beat",
+                name,
                 FAIL,
                 f"{keys.beat_lock} has no expiry, so a dead leader would hold it forever",
                 f"delete it (redis-cli DEL {keys.beat_lock}); the live beat takes the lock again with a TTL",
@@ -184,7 +206,7 @@ def check_beat(client: redis.Redis, keys: Keys, settings: Settings, now: int) ->
     holder = _text(client.get(keys.beat_lock) or b"?")
     found = [
         Finding(
-            "beat",
+            name,
             OK,
             f"leader {holder} holds the lock (expires in {span(ttl_ms)} unless renewed); "
             f"{waiting} entries in the due index",
@@ -195,7 +217,7 @@ def check_beat(client: redis.Redis, keys: Keys, settings: Settings, now: int) ->
     if late_ms > max(3 * settings.beat_lock_ttl_ms, 30_000):
         found.append(
             Finding(
-                "beat backlog",
+                f"{name} backlog",
                 WARN,
                 f"the oldest due entry is {span(late_ms)} overdue although a leader holds the lock",
                 "read the beat leader's log: a tick failing, or the broker unreachable from beat",
@@ -206,10 +228,10 @@ def check_beat(client: redis.Redis, keys: Keys, settings: Settings, now: int) ->
 
 def check_set_aside(client: redis.Redis, keys: Keys) -> Finding:
     """Jobs beat could not read or decide: each failed with its reason, for a person to look at."""
-    count = int(client.zcard(keys.set_aside))
+    count = sum(int(client.zcard(k.set_aside)) for k in keys.every_shard())
     if not count:
         return Finding("set aside", OK, "beat could read and decide every due job")
-    newest = [_text(m) for m in client.zrevrange(keys.set_aside, 0, 2)]
+    newest = [s.job_id for s in Store(client, keys).run(ops.set_aside(keys, 3))]
     reasons = [_text(client.hget(keys.job(job_id), "last_error") or b"gone") for job_id in newest]
     shown = "; ".join(f"{job_id}: {why}" for job_id, why in zip(newest, reasons, strict=True))
     return Finding(
