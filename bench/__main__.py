@@ -25,6 +25,7 @@ from bench.figures.lateness import lateness
 from bench.figures.memory import beat_burst, idle_worker
 from bench.figures.producer import schedule_batch, schedule_latency, schedule_one_by_one
 from bench.figures.replicas import replica_wait
+from bench.figures.shards import several_beats
 from bench.figures.sizing import sizing
 from bench.figures.soak import soak
 from bench.report import Row, table, write_json
@@ -51,6 +52,7 @@ def _figures(quick: bool) -> dict[int, Callable[[Bench, int], list[Row]]]:
         11: schedule_latency,
         12: idle_worker,
         13: replica_wait,  # a primary and a replica of its own: the cost of DUCTAPE_WAIT_REPLICAS
+        14: lambda bench, reps: several_beats(bench, reps, due=20_000 if quick else 40_000),
     }
 
 

@@ -25,6 +25,7 @@ from bench.figures.beat import beat_release
 from bench.figures.memory import run_idle_worker, run_ours
 from bench.figures.producer import schedule_batch, schedule_latency, schedule_one_by_one
 from bench.figures.replicas import replica_wait
+from bench.figures.shards import release_rate
 from bench.figures.sizing import sizing
 from bench.plain_app import OUR_DELIVERY
 from bench.report import Row, table
@@ -57,7 +58,7 @@ def test_every_figure_module_imports_and_every_figure_is_wired() -> None:
     )
     for name in names:
         importlib.import_module(f"bench.figures.{name}")
-    assert set(_figures(quick=True)) == {1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13}
+    assert set(_figures(quick=True)) == {1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14}
     args = _parse(["--only", "3,7", "--reps", "1", "--quick"])  # as the README runs it
     assert (args.only, args.reps, args.quick) == ("3,7", 1, True)
 
@@ -108,3 +109,7 @@ def test_an_idle_worker_is_measured_main_and_pool(bench: Bench) -> None:
     assert len(got["per_process_pss_mb"]) == 2  # main process and its one pool child
     assert 0 < got["uss_mb"] <= got["pss_mb"] <= got["rss_mb"]
     assert len(got["after"]["per_process_pss_mb"]) == 2 and got["after"]["pss_mb"] > 0
+
+
+def test_two_real_beat_processes_share_four_shards_and_release_a_tiny_burst(bench: Bench) -> None:
+    assert release_rate(bench, 4, 2, 40, "t14", start_after_ms=15_000) > 0
