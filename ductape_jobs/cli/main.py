@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import click
 import redis
 
-from ductape_jobs.cli import doctor, jobs, schedule
+from ductape_jobs.cli import doctor, jobs, schedule, shards
 from ductape_jobs.cli.context import (
     EXIT_NOT_FOUND,
     EXIT_OK,
@@ -69,6 +69,7 @@ def cli(ctx: click.Context, redis_url: str | None, prefix: str | None) -> None:
 schedule.register(cli)
 jobs.register(cli)
 doctor.register(cli)
+shards.register(cli)
 
 
 def exit_code_for(exc: BaseException) -> int:

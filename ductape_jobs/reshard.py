@@ -1,0 +1,164 @@
+"""Moving a deployment's records to another shard count (``ductape-jobs reshard``), offline.
+
+Every beat, worker and producer must be stopped: nothing here is atomic across keys, and a
+process still running with the old ``DUCTAPE_SHARDS`` would read and write the old names. Each
+step can be run again after an interruption (a key already where it belongs is left alone).
+
+What moves: each job's hash and runs, each run's hash (RENAME, which keeps its TTL), each
+identity entry (fingerprint, key, idempotency) to its job's new shard, with the job's ``fp`` and
+``idem`` fields renamed to match; the per-shard indexes (``jobs``, ``due``, ``inflight``,
+``dead``, ``retired``, ``set_aside``) and ``imported:<app>`` hashes, entry by entry, to the
+shard of their job; the ``stats`` counters summed into shard 0; every shard's fencing counter
+set to the highest of the old ones (fencing tokens only ever increase).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from ductape_jobs.keys import Keys, route_of
+
+INDEXES = ("jobs", "due", "inflight", "dead", "retired", "set_aside")
+IDENTITY = ("fp", "key", "idem")
+SCAN_COUNT = 1_000
+
+
+@dataclass
+class Moved:
+    """What a reshard did."""
+
+    keys: int = 0  # job, run, runs and identity keys renamed
+    entries: int = 0  # index and imported entries written to their new shard
+    missed: int = 0  # identity entries now in another shard than a new request looks in
+
+
+def busy(client: redis.Redis, old: Keys, now_ms: int) -> list[str]:
+    """Why the records cannot move now: beats alive or shard locks held (empty: they can)."""
+    why = [f"beat {_text(b)} is alive" for b in client.zrangebyscore(old.beats, now_ms, "+inf")]
+    for shard in old.every_shard():
+        holder = client.get(shard.beat_lock)
+        if holder is not None:
+            why.append(f"{shard.beat_lock} is held by {_text(holder)}")
+    return why
+
+
+def reshard(client: redis.Redis, old: Keys, new: Keys) -> Moved:
+    """Move every record of ``old``'s shard count to ``new``'s (same prefix)."""
+    if old.prefix != new.prefix:
+        raise ValueError(f"a reshard keeps the prefix: {old.prefix!r} is not {new.prefix!r}")
+    moved = Moved()
+    if old.shards == new.shards:
+        return moved
+    spaces = sorted((k.space for k in old.every_shard()), key=len, reverse=True)
+    for shard in old.every_shard():
+        for key in client.scan_iter(match=f"{shard.space}:*", count=SCAN_COUNT):
+            _move_record(client, shard.space, _text(key), new, spaces, moved)
+    _move_indexes(client, old, new, moved)
+    return moved
+
+
+def _move_record(
+    client: redis.Redis, space: str, key: str, new: Keys, spaces: list[str], moved: Moved
+) -> None:
+    kind, _, ident = key[len(space) + 1 :].partition(":")
+    if kind == "job":
+        target = new.job(ident)
+        fields = client.hmget(key, "fp", "idem")
+        renamed: dict[Any, Any] = {
+            name: _identity_target(_text(value), ident, new, spaces)
+            for name, value in zip(("fp", "idem"), fields, strict=True)
+            if value
+        }
+        if renamed:
+            client.hset(key, mapping=renamed)
+    elif kind == "runs":
+        target = new.job_runs(ident)
+    elif kind == "run":
+        target = new.run(ident)
+    elif kind in IDENTITY:
+        job_id = client.get(key)
+        if job_id is None:
+            return
+        owner = new.of_job(_text(job_id))
+        target = f"{owner.space}:{kind}:{ident}"
+        # A job id made before ids were routed (or an idempotency entry of a keyed job) is in
+        # another shard than the one a new request with this identity looks in.
+        moved.missed += owner.shard != new.shard_of(_route(kind, ident))
+    else:
+        return  # an index, a lock, the broker's or another deployment-wide key: not a record
+    if target != key:
+        client.rename(key, target)
+        moved.keys += 1
+
+
+def _route(kind: str, ident: str) -> str:
+    """What a new request with this identity routes its job id by (keys.routed)."""
+    return ident[:8] if kind == "fp" else route_of(ident)
+
+
+def _identity_target(value: str, job_id: str, new: Keys, spaces: list[str]) -> str:
+    """A job's ``fp``/``idem`` field (a full key name) renamed to its job's new shard."""
+    for space in spaces:
+        if value.startswith(space + ":"):
+            kind, _, ident = value[len(space) + 1 :].partition(":")
+            if kind in IDENTITY:
+                return f"{new.of_job(job_id).space}:{kind}:{ident}"
+    return value
+
+
+def _job_of(index: str, member: str) -> str:
+    """The job an index member belongs to (a run id is ``<job_id>:<ms>``; job ids hold no ':')."""
+    if index == "due":
+        member = member[2:]  # j:<job_id> or r:<run_id>
+    return member.rsplit(":", 1)[0] if ":" in member else member
+
+
+def _move_indexes(client: redis.Redis, old: Keys, new: Keys, moved: Moved) -> None:
+    entries: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    imported: dict[str, dict[str, str]] = defaultdict(dict)
+    stats: Counter[str] = Counter()
+    fence = 0
+    for shard in old.every_shard():
+        for index in INDEXES:
+            rows: list[Any] = client.zrange(getattr(shard, index), 0, -1, withscores=True)
+            entries[index] += [(_text(member), float(score)) for member, score in rows]
+        for key in client.scan_iter(match=f"{shard.space}:imported:*", count=SCAN_COUNT):
+            app = _text(key)[len(shard.space) + len(":imported:") :]
+            imported[app].update({_text(k): _text(v) for k, v in client.hgetall(key).items()})
+            client.delete(key)
+        stats.update({_text(k): int(v) for k, v in client.hgetall(shard.stats).items()})
+        fence = max(fence, int(client.get(shard.beat_fence) or 0))
+        client.delete(
+            *(getattr(shard, index) for index in INDEXES), shard.stats, shard.beat_lock, shard.beat_fence
+        )
+    for index, members in entries.items():
+        by_shard: dict[int, dict[str, float]] = defaultdict(dict)
+        for member, score in members:
+            by_shard[new.shard_of(_job_of(index, member))][member] = score
+        for number, mapping in by_shard.items():
+            _zadd(client, getattr(new.for_shard(number), index), mapping)
+            moved.entries += len(mapping)
+    for app, fields in imported.items():
+        for job_id, digest in fields.items():
+            client.hset(new.of_job(job_id).imported(app), job_id, digest)
+            moved.entries += 1
+    if stats:
+        counts: dict[Any, Any] = dict(stats)
+        client.hset(new.stats, mapping=counts)
+    for shard in new.every_shard():
+        if fence:
+            client.set(shard.beat_fence, fence)
+
+
+def _zadd(client: redis.Redis, key: str, mapping: dict[str, float]) -> None:
+    items = list(mapping.items())
+    for start in range(0, len(items), SCAN_COUNT):
+        client.zadd(key, dict(items[start : start + SCAN_COUNT]))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
