@@ -125,12 +125,15 @@ class Leadership:
             # Beyond our share: another live beat has fewer and takes it at its next look.
             self.store.run(ops.beat.release_lock(self.keys.for_shard(shard), self._tokens.pop(shard)))
             log.info("beat %s gave up shard %d (%d live beats)", self.instance, shard, self.live)
+        if len(self._tokens) >= share:
+            return
         shards = self.keys.shards
+        free = set(self.store.run(ops.beat.free_shards(self.keys)))  # one round trip, not one per shard
         for step in range(shards):
             if len(self._tokens) >= share:
                 break
             shard = (self._start + step) % shards
-            if shard in self._tokens:
+            if shard not in free:
                 continue
             acquired, token = self.store.run(
                 ops.beat.acquire_lock(self.keys.for_shard(shard), self.instance, self.ttl_ms)

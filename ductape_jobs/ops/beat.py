@@ -72,6 +72,12 @@ def renew_locks(
     return int(live), {shard: bool(ok) for shard, ok in zip(shards, kept, strict=True)}
 
 
+def free_shards(keys: Keys) -> Flow[list[int]]:
+    """The shards whose leader lock nobody holds (one round trip)."""
+    held = yield from send(*(Call("exists", (k.beat_lock,)) for k in keys.every_shard()))
+    return [shard for shard, taken in enumerate(held) if not taken]
+
+
 def leave(keys: Keys, instance: str) -> Flow[None]:
     """Take beat ``instance`` out of the registry (it stops)."""
     yield from one(Call("zrem", (keys.beats, instance)))
