@@ -10,8 +10,10 @@ in the queue, as in figure 4.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 from bench.env import Bench, wait_for
 from bench.figures.beat import EVERY_MS
@@ -28,10 +30,19 @@ START_AFTER_MS = 25_000  # beats start and share the shards before the runs fall
 COMMAND = ".venv/bin/python -m bench --only 12"
 
 
+@dataclass(frozen=True)
+class Released:
+    """One release: its rate, and the CPU it cost per run in the beats and in Redis."""
+
+    runs_per_s: float
+    beat_cpu_us: float  # the beat processes' user + system CPU per released run
+    redis_cpu_us: float  # the server's (INFO cpu, used_cpu_user + used_cpu_sys) per released run
+
+
 def release_rate(
     bench: Bench, shards: int, beats: int, due: int, tag: str, start_after_ms: int = START_AFTER_MS
-) -> float:
-    """Runs per second ``beats`` real beat processes release, ``due`` falling due at once
+) -> Released:
+    """How fast ``beats`` real beat processes release ``due`` runs falling due at once
     ``start_after_ms`` from now (time for the beats to start and share the shards)."""
     prefix = bench.prefix(tag)
     settings = Settings(redis_url=bench.url, key_prefix=prefix, require_handler=False, shards=shards)
@@ -55,32 +66,59 @@ def release_rate(
         for proc in procs:
             bench.check_alive(proc)
         holders = [store.redis.get(k.beat_lock) for k in keys.every_shard()]
-        pids = [int(h.decode().rsplit(":", 1)[1]) if h else None for h in holders]
+        tokens = [h.decode() if isinstance(h, bytes) else h for h in holders]
+        pids = [int(t.rsplit(":", 1)[1]) if t else None for t in tokens]
         return None not in pids and all(0 < pids.count(p.pid) <= share for p in procs)
 
     wait_for(balanced, start_after_ms / 1000, f"{beats} beat(s) to share {shards} shard(s)", poll_s=0.05)
     if now_ms() >= at:
         raise RuntimeError("the beats shared the shards only after the runs fell due; start them earlier")
     queue = keys.broker_prefix + settings.queue_for("dev")
+    while now_ms() < at - 300:  # the beats decide 250 ms ahead: count their CPU from before that
+        time.sleep(0.001)
+    beat_cpu, redis_cpu = sum(cpu_s(p.pid) for p in procs), server_cpu_s(store)
     while now_ms() < at:
         time.sleep(0.001)
     start = time.perf_counter()
     wait_for(lambda: int(store.redis.llen(queue)) >= due, 600, f"{due} runs in {queue}", poll_s=0.005)
     elapsed = time.perf_counter() - start
+    beat_cpu = sum(cpu_s(p.pid) for p in procs) - beat_cpu
+    redis_cpu = server_cpu_s(store) - redis_cpu
     for proc in procs:
         bench.stop(proc)
     store.redis.close()
     bench.drop(prefix)
-    return due / elapsed
+    return Released(due / elapsed, beat_cpu / due * 1e6, redis_cpu / due * 1e6)
+
+
+def cpu_s(pid: int) -> float:
+    """A process's user + system CPU seconds so far (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_s(store: Store) -> float:
+    """The Redis server's user + system CPU seconds so far (it also counts our LLEN polls)."""
+    info = store.redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def several_beats(bench: Bench, reps: int, due: int = 40_000) -> list[Row]:
     """Release rate of 1, 2 and 4 beats over 4 shards, beside 1 beat (and 1 beat over 1 shard)."""
-    rates: dict[tuple[int, int], list[float]] = defaultdict(list)
+    got: dict[tuple[int, int], list[Released]] = defaultdict(list)
     configs = [(1, 1), (SHARDS, 1), (SHARDS, 2), (SHARDS, 4)]
     for rep in range(reps):
         for shards, beats in configs if rep % 2 == 0 else reversed(configs):
-            rates[(shards, beats)].append(release_rate(bench, shards, beats, due, f"f12s{shards}b{beats}"))
+            got[(shards, beats)].append(release_rate(bench, shards, beats, due, f"f12s{shards}b{beats}"))
+    rates = {config: [r.runs_per_s for r in runs] for config, runs in got.items()}
+    cpu = {
+        f"{shards} shard(s), {beats} beat(s)": {
+            "beat_cpu_us_per_run": [round(r.beat_cpu_us, 1) for r in runs],
+            "redis_cpu_us_per_run": [round(r.redis_cpu_us, 1) for r in runs],
+        }
+        for (shards, beats), runs in got.items()
+    }
     one = rates[(SHARDS, 1)]
     rows = [
         row(
@@ -91,6 +129,7 @@ def several_beats(bench: Bench, reps: int, due: int = 40_000) -> list[Row]:
             "-",
             None,
             theirs_label="1 beat, 1 shard",
+            details={"cpu": cpu},
             command=COMMAND,
         )
     ]
