@@ -11,9 +11,9 @@ from tests.support import Processes, wait_for
 pytestmark = pytest.mark.e2e
 
 RETENTION = {"DUCTAPE_JOB_RETENTION_S": "1", "DUCTAPE_RUN_RETENTION_S": "1", "DUCTAPE_DEAD_RETENTION_S": "2"}
-# What a deployment keeps whatever its jobs: who serves what, beat's lock, the counters, and
-# kombu's queue bindings.
-STANDING = (":workers", ":events", ":beat:lock", ":beat:fence", ":stats")
+# What a deployment keeps whatever its jobs: who serves what, the beats alive, beat's lock, the
+# counters, and kombu's queue bindings.
+STANDING = (":workers", ":events", ":beats", ":beat:lock", ":beat:fence", ":stats")
 
 
 def records(r: redis.Redis, prefix: str) -> set[str]:
