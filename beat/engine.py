@@ -142,7 +142,7 @@ class BeatEngine:
             return report
         report.leader, report.shards = True, sorted(tokens)
         report.sleep_ms = min(self.settings.beat_max_sleep_ms, self.settings.beat_lock_ttl_ms // 3)
-        # A shard whose leader lock is free waits for the next look at the registry
+        # Leading only some shards: wake for each look at the registry, to take a shard that frees
         if len(tokens) < self.store.keys.shards:
             report.sleep_ms = min(report.sleep_ms, self.leadership.balance_every_ms)
         for shard, token in sorted(tokens.items()):

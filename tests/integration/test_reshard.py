@@ -4,7 +4,9 @@ live beat refuses the move."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import uuid
 
 import pytest
 import redis
@@ -15,8 +17,11 @@ from ductape_jobs import Ductape, ops
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.cli.main import cli
 from ductape_jobs.clock import now_ms
-from ductape_jobs.keys import Keys
+from ductape_jobs.keys import Keys, route_of
+from ductape_jobs.models import JobRequest
+from ductape_jobs.planning import plan_job
 from ductape_jobs.reshard import reshard
+from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Retention, Store
 from ductape_jobs.wire import MessageBuilder
@@ -131,3 +136,23 @@ def test_the_cli_refuses_while_a_beat_is_alive_and_moves_when_none_is(settings: 
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["to"] == 4
     check(settings, 4, ids, start)
+
+
+def test_an_identity_entry_of_an_unrouted_job_is_reported(settings: Settings, start: int, r: redis.Redis):
+    # A job made before ids were routed: its id does not start with its key's route.
+    request = JobRequest.parse({**ECHO, "input": {}, "key": "legacy", "start_at": start})
+    plan = plan_job(request, settings, Sessions({}), now_ms(), uuid.uuid4().hex)
+    four = Keys(settings.key_prefix, 4)
+    legacy = next(
+        i
+        for i in iter(lambda: uuid.uuid4().hex, "")
+        if four.shard_of(i) != four.shard_of(route_of("legacy") + "0" * 24)
+    )
+    store = Store(r, Keys(settings.key_prefix, 1), Retention.of(settings))
+    store.run(ops.create_jobs(store.keys, [dataclasses.replace(plan, job_id=legacy)], now_ms()))
+    moved = reshard(r, Keys(settings.key_prefix, 1), four)
+    assert moved.missed == 1
+    assert r.get(f"{four.of_job(legacy).space}:key:legacy") == legacy.encode()  # with its job
+    with client_of(settings, 4) as ductape:  # as the README says: a new request makes a new job
+        again = ductape.job.schedule({**ECHO, "input": {}, "key": "legacy", "start_at": start})
+        assert again.job_id != legacy and ductape.job.get(legacy).status == "scheduled"
