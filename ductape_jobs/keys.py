@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 ROUTE_HEX = 8  # a job id's first 8 hex digits place it in its shard
 _HEX = re.compile(f"[0-9a-f]{{{ROUTE_HEX}}}")
@@ -54,10 +54,18 @@ class Keys:
     prefix: str = "ductape"
     shards: int = 1
     shard: int = 0
+    # every shard's space, built once: a job's key is built on every call about it
+    _spaces: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.shard < self.shards:
             raise ValueError(f"shard {self.shard} is not one of the {self.shards} shards")
+        spaces = (
+            (self.prefix,)
+            if self.shards == 1
+            else tuple(f"{self.prefix}:{{{self.prefix}.{k}}}" for k in range(self.shards))
+        )
+        object.__setattr__(self, "_spaces", spaces)
 
     # -- shards -------------------------------------------------------------------------------
 
@@ -66,7 +74,7 @@ class Keys:
         """What this shard's keys start with: the prefix with one shard (today's key names),
         ``<prefix>:{<prefix>.<shard>}`` with more (one Redis Cluster hash tag per shard). The
         scripts get it as their ``prefix``."""
-        return self.prefix if self.shards == 1 else f"{self.prefix}:{{{self.prefix}.{self.shard}}}"
+        return self._spaces[self.shard]
 
     def shard_of(self, job_id: str) -> int:
         """The shard ``job_id`` lives in."""
@@ -93,15 +101,15 @@ class Keys:
 
     def job(self, job_id: str) -> str:
         """HASH: a job's spec (JSON, changed only by UPDATE_JOB) and its state fields."""
-        return f"{self.of_job(job_id).space}:job:{job_id}"
+        return f"{self._spaces[shard_number(job_id, self.shards)]}:job:{job_id}"
 
     def run(self, run_id: str) -> str:
         """HASH: one run's status, attempts, timings, result or error."""
-        return f"{self.of_run(run_id).space}:run:{run_id}"
+        return f"{self._spaces[shard_number(run_id.rsplit(':', 1)[0], self.shards)]}:run:{run_id}"
 
     def job_runs(self, job_id: str) -> str:
         """ZSET: a job's recent run ids by nominal time (trimmed)."""
-        return f"{self.of_job(job_id).space}:runs:{job_id}"
+        return f"{self._spaces[shard_number(job_id, self.shards)]}:runs:{job_id}"
 
     # -- this shard's keys ---------------------------------------------------------------------
 
