@@ -92,7 +92,8 @@ def plan_job(
 def _route(spec: JobSpec) -> str:
     """Where a job's identity entry is looked up before its id exists, which its id then starts
     with (keys.routed), so the entry and the job share a shard: its key's route, else its
-    idempotency key's, else (a schedule) its fingerprint's first digits."""
+    idempotency key's (a request has one or the other), else (a schedule) its fingerprint's
+    first digits."""
     if spec.key is not None:
         return route_of(spec.key)
     if spec.idempotency_key is not None:

@@ -85,8 +85,8 @@ def _move_record(
             return
         owner = new.of_job(_text(job_id))
         target = f"{owner.space}:{kind}:{ident}"
-        # A job id made before ids were routed (or an idempotency entry of a keyed job) is in
-        # another shard than the one a new request with this identity looks in.
+        # A job id made before ids were routed (or a schedule whose update moved its
+        # fingerprint) is in another shard than the one a new request with it looks in.
         moved.missed += owner.shard != new.shard_of(_route(kind, ident))
     else:
         return  # an index, a lock, the broker's or another deployment-wide key: not a record
