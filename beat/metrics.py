@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -53,8 +53,12 @@ class BeatMetrics:
         is_leader: Callable[[], bool],
         settings: Settings,
         reports_redis: Callable[[], bool] | None = None,
+        shards_led: Callable[[], Collection[int]] | None = None,
     ) -> None:
         self.store = store
+        # Failed and skipped counts are reported for the schedules of the shards this beat leads
+        # now, so a schedule whose shard moved to another beat is not reported by both.
+        self.shards_led = shards_led
         self.settings = settings
         self.per_job = settings.metrics_per_job
         self.linger_ms = settings.metrics_linger_s * 1000
@@ -167,13 +171,21 @@ class BeatMetrics:
     def failed_counts(self) -> dict[Labels, Counts]:
         """(failed runs, skipped slots) by series: per schedule, or per group with the ended ones
         included."""
+        led = None if self.shards_led is None else set(self.shards_led())
+        keys = self.store.keys
+
+        def ours(job_id: str) -> bool:
+            return led is None or keys.shard_of(job_id) in led
+
         with self._lock:
             if self.per_job:
-                return {self._schedules[j]: n for j, n in self._counts.items() if j in self._schedules}
+                return {
+                    self._schedules[j]: n for j, n in self._counts.items() if j in self._schedules and ours(j)
+                }
             counts = dict(self._retired)
             for job_id, n in self._counts.items():
                 labels = self._schedules.get(job_id)
-                if labels is not None:
+                if labels is not None and ours(job_id):
                     counts[labels] = _add(counts.get(labels, (0, 0)), n)
             return counts
 

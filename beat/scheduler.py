@@ -71,7 +71,11 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
         if self.settings.metrics_port is not None:
             leadership = self.engine.leadership
             self.metrics = BeatMetrics(
-                self.store, lambda: leadership.held, self.settings, lambda: 0 in leadership.tokens
+                self.store,
+                lambda: leadership.held,
+                self.settings,
+                reports_redis=lambda: 0 in leadership.tokens,
+                shards_led=lambda: leadership.tokens.keys(),
             )
             self._metrics_server = self.metrics.serve()
             log.info("metrics on %s:%d/metrics", self.settings.metrics_addr, self.settings.metrics_port)

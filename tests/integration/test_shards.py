@@ -14,7 +14,8 @@ import pytest
 import redis
 from celery import Celery
 
-from beat.engine import BeatEngine
+from beat.engine import BeatEngine, Release, TickReport
+from beat.metrics import BeatMetrics
 from ductape_jobs import Ductape, ops
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.keys import Keys, route_of
@@ -30,6 +31,7 @@ SHARDS = 4
 T0 = 1_893_456_000_000  # 2030-01-01T00:00:00Z: every instant below is chosen, none is read
 HOUR = 3_600_000
 TTL_MS = 600
+ECHO = {"env": "dev", "product_tag": "tests", "event": "echo"}
 
 
 @pytest.fixture
@@ -220,3 +222,22 @@ def test_step_down_hands_every_shard_over_at_once(store: Store, sharded: Setting
     leaving.step_down()
     assert store.run(ops.beat.live_beats(store.keys, 0)) == ["beat-b"]
     wait_for(lambda: staying.tick(T0).shards == list(range(SHARDS)), 10, "beat-b to lead every shard")
+
+
+def test_failed_counts_are_reported_by_the_leader_of_the_schedules_shard(
+    client: Ductape, store: Store, sharded: Settings
+):
+    handles = client.job.schedule_many(
+        [{**ECHO, "input": {"i": i}, "start_at": T0, "repeat": {"every": 60_000}} for i in range(16)]
+    )
+    report = TickReport(leader=True)
+    report.releases = [Release(h.job_id, "tests", "echo", "dev", True, 0, 0) for h in handles]
+    for handle in handles:
+        store.redis.hincrby(store.keys.job(handle.job_id), "failed_runs", 1)
+    led = {0, 1}
+    metrics = BeatMetrics(store, lambda: True, sharded, shards_led=lambda: led)
+    metrics.observe(report)
+    metrics.refresh(T0)
+    reported = {labels[0] for labels in metrics.failed_counts()}
+    ours = {h.job_id for h in handles if store.keys.shard_of(h.job_id) in led}
+    assert reported == ours and 0 < len(ours) < len(handles)
