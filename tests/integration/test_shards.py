@@ -18,6 +18,7 @@ from beat.engine import BeatEngine, Release, TickReport
 from beat.metrics import BeatMetrics
 from ductape_jobs import Ductape, ops
 from ductape_jobs.celery_app import create_app
+from ductape_jobs.cli.doctor import probe
 from ductape_jobs.keys import Keys, route_of
 from ductape_jobs.models import JobRequest
 from ductape_jobs.planning import plan_job
@@ -241,3 +242,18 @@ def test_failed_counts_are_reported_by_the_leader_of_the_schedules_shard(
     reported = {labels[0] for labels in metrics.failed_counts()}
     ours = {h.job_id for h in handles if store.keys.shard_of(h.job_id) in led}
     assert reported == ours and 0 < len(ours) < len(handles)
+
+
+def test_doctor_checks_every_shards_lock_and_lists_the_live_beats(
+    store: Store, sharded: Settings, app: Celery
+):
+    findings = {f.check: f for f in probe(sharded, 3.0)[0]}
+    assert findings["beats"].status == "fail" and "no live beat" in findings["beats"].detail
+    assert all(findings[f"beat shard {k}"].status == "fail" for k in range(SHARDS))
+    first, second = engine(store, sharded, app, "beat-a"), engine(store, sharded, app, "beat-b")
+    wait_for(lambda: [len(first.tick(T0).shards), len(second.tick(T0).shards)] == [2, 2], 10, "balance")
+    findings = {f.check: f for f in probe(sharded, 3.0)[0]}
+    assert findings["beats"].status == "ok" and "2 live beat(s) share 4 shards" in findings["beats"].detail
+    holders = {findings[f"beat shard {k}"].detail.split()[1] for k in range(SHARDS)}
+    assert all(findings[f"beat shard {k}"].status == "ok" for k in range(SHARDS))
+    assert {h.rsplit(":", 1)[1] for h in holders} == {"beat-a", "beat-b"}
