@@ -145,13 +145,10 @@ def test_identity_entries_find_their_job_in_its_shard(client: Ductape, store: St
 
 
 def test_management_calls_reach_the_shard_of_their_job(client: Ductape, store: Store):
-    handles = client.job.schedule_many(
-        [
-            {"env": "dev", "product_tag": "tests", "event": "echo", "input": {"i": i}, "start_at": T0}
-            for i in range(12)
-        ]
-    )
-    for handle in handles:
+    handles = client.job.schedule_many([{**ECHO, "input": {"i": i}, "start_at": T0} for i in range(64)])
+    one_per_shard = {store.keys.shard_of(h.job_id): h for h in handles}  # 64 ids: every shard
+    assert sorted(one_per_shard) == list(range(SHARDS))
+    for handle in one_per_shard.values():
         client.job.pause(handle.job_id)
         assert client.job.get(handle.job_id).status == "paused"
         client.job.resume(handle.job_id)
@@ -159,7 +156,6 @@ def test_management_calls_reach_the_shard_of_their_job(client: Ductape, store: S
         assert run_id in [run.run_id for run in client.job.runs(handle.job_id)]
         client.job.cancel(handle.job_id)
         assert client.job.get(handle.job_id).status == "cancelled"
-    assert {store.keys.shard_of(h.job_id) for h in handles} == set(range(SHARDS))
 
 
 def test_two_beats_share_the_shards_and_release_each_run_once(store: Store, sharded: Settings, app: Celery):
