@@ -4,6 +4,7 @@ registry of live beats, a lock and fencing token per shard, a dead beat's shards
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -16,7 +17,7 @@ from celery import Celery
 
 from beat.engine import BeatEngine, Release, TickReport
 from beat.metrics import BeatMetrics
-from ductape_jobs import Ductape, ops
+from ductape_jobs import AsyncDuctape, Ductape, ops
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.cli.doctor import probe
 from ductape_jobs.keys import Keys, route_of
@@ -253,3 +254,23 @@ def test_doctor_checks_every_shards_lock_and_lists_the_live_beats(
     holders = {findings[f"beat shard {k}"].detail.split()[1] for k in range(SHARDS)}
     assert all(findings[f"beat shard {k}"].status == "ok" for k in range(SHARDS))
     assert {h.rsplit(":", 1)[1] for h in holders} == {"beat-a", "beat-b"}
+
+
+def test_the_async_client_schedules_lists_and_dedupes_over_the_shards(sharded: Settings, store: Store):
+    async def body(ductape: AsyncDuctape) -> tuple[list[str], list[str], str, str]:
+        handles = await ductape.job.schedule_many(
+            [{**ECHO, "input": {"i": i}, "start_at": T0} for i in range(40)]
+        )
+        listed = [j.job_id for j in await ductape.job.list(limit=100)]
+        keyed = await ductape.job.schedule({**ECHO, "input": {}, "key": "async", "start_at": T0})
+        again = await ductape.job.schedule({**ECHO, "input": {}, "key": "async", "start_at": T0})
+        return [h.job_id for h in handles], listed, keyed.job_id, again.job_id
+
+    made, listed, keyed, again = asyncio.run(_with_async(sharded, body))
+    assert sorted(listed) == sorted(made) and again == keyed and keyed.startswith(route_of("async"))
+    assert {store.keys.shard_of(j) for j in made} == set(range(SHARDS))
+
+
+async def _with_async(settings: Settings, body: Any) -> Any:
+    async with AsyncDuctape(settings=settings) as ductape:
+        return await body(ductape)
