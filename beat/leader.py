@@ -141,4 +141,5 @@ class Leadership:
             if acquired:
                 self._tokens[shard] = token
                 number = token.split(":", 1)[0]
-                log.info("beat %s leads shard %d (fencing token %s)", self.instance, shard, number)
+                # "is leader (fencing token n)" as before shards: logs are read for it
+                log.info("beat %s is leader (fencing token %s) of shard %d", self.instance, number, shard)
