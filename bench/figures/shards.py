@@ -1,4 +1,4 @@
-"""Figure 12: release rate of several beat processes sharing the shards, beside one.
+"""Figure 14: release rate of several beat processes sharing the shards, beside one.
 
 In a deployment of 4 shards (``DUCTAPE_SHARDS=4``), 1, 2 or 4 real ``celery beat`` processes
 start and share the shards (each leads ceil(4 / beats) of them, beat/leader.py); then ``due``
@@ -29,7 +29,7 @@ SHARDS = 4
 # The runs fall due this long after the beats share the shards, time to store them first
 LOAD_MARGIN_MS = 5_000
 LOADED_PER_MS = 1  # stored schedules per ms allowed for: a loaded machine stored 40,000 in over 13 s
-COMMAND = ".venv/bin/python -m bench --only 12"
+COMMAND = ".venv/bin/python -m bench --only 14"
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def several_beats(bench: Bench, reps: int, due: int = 40_000) -> list[Row]:
     configs = [(1, 1), (SHARDS, 1), (SHARDS, 2), (SHARDS, 4)]
     for rep in range(reps):
         for shards, beats in configs if rep % 2 == 0 else reversed(configs):
-            got[(shards, beats)].append(release_rate(bench, shards, beats, due, f"f12s{shards}b{beats}"))
+            got[(shards, beats)].append(release_rate(bench, shards, beats, due, f"f14s{shards}b{beats}"))
     rates = {config: [r.runs_per_s for r in runs] for config, runs in got.items()}
     cpu = {
         f"{shards} shard(s), {beats} beat(s)": {
@@ -122,7 +122,7 @@ def several_beats(bench: Bench, reps: int, due: int = 40_000) -> list[Row]:
     one = rates[(SHARDS, 1)]
     rows = [
         row(
-            f"12 (info) release rate, 1 beat, {SHARDS} shards vs 1 shard, {due:,} due at once",
+            f"14 (info) release rate, 1 beat, {SHARDS} shards vs 1 shard, {due:,} due at once",
             "runs/s",
             one,
             rates[(1, 1)],
@@ -136,7 +136,7 @@ def several_beats(bench: Bench, reps: int, due: int = 40_000) -> list[Row]:
     for beats in (2, 4):
         rows.append(
             row(
-                f"12 release rate, {beats} beats sharing {SHARDS} shards, {due:,} due at once",
+                f"14 release rate, {beats} beats sharing {SHARDS} shards, {due:,} due at once",
                 "runs/s",
                 rates[(SHARDS, beats)],
                 one,
