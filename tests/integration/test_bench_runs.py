@@ -113,4 +113,5 @@ def test_an_idle_worker_is_measured_main_and_pool(bench: Bench) -> None:
 
 def test_two_real_beat_processes_share_four_shards_and_release_a_tiny_burst(bench: Bench) -> None:
     got = release_rate(bench, 4, 2, 40, "t14")
-    assert got.runs_per_s > 0 and got.beat_cpu_us > 0 and got.redis_cpu_us > 0
+    # (not the beats' CPU: it is read in 10 ms ticks, and 40 runs may cost none that shows)
+    assert got.runs_per_s > 0 and got.redis_cpu_us > 0
