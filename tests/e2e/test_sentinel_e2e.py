@@ -87,6 +87,13 @@ def test_worker_beat_flower_and_cli_follow_a_failover(
             status, body = http_get(port, "/api/tasks", FLOWER)
             return status == 200 and run_id in body
 
+        # Flower learns of runs from worker events as they happen: wait until it hears this worker
+        # (its event receiver connects through the sentinels after Flower listens).
+        wait_for(
+            lambda: f"w1-{prefix}@" in http_get(port, "/workers?json=1", FLOWER)[1],
+            60,
+            "Flower to hear the worker",
+        )
         first = runs_via_cli(60)
         wait_for(lambda: flower_saw(first), 60, "Flower to show the run")
         _, doctor = cli("doctor")
