@@ -69,6 +69,14 @@ def _loop() -> asyncio.Runner:
     return runner
 
 
+_armed_s: list[int] = []  # the timeouts of the alarms armed now (main thread only)
+
+
+def _expire(_signum: int, _frame: FrameType | None) -> None:
+    if _armed_s:
+        raise _timed_out(_armed_s[-1])
+
+
 @contextmanager
 def _alarm(timeout_s: int) -> Iterator[None]:
     """Raise JobTimeoutError in this thread after ``timeout_s``: only the main thread receives
@@ -76,18 +84,21 @@ def _alarm(timeout_s: int) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def expire(_signum: int, _frame: FrameType | None) -> None:
-        raise _timed_out(timeout_s)
-
-    previous = signal.signal(signal.SIGALRM, expire)
+    # Our handler stays installed in place of the default one (a pool process's), a syscall less
+    # per run; anyone else's is put back after the run.
+    previous = signal.getsignal(signal.SIGALRM)
+    if previous is not _expire:
+        signal.signal(signal.SIGALRM, _expire)
     outer_s, outer_every_s = signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    _armed_s.append(timeout_s)
     started = time.monotonic()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        _armed_s.pop()
+        if previous not in (_expire, signal.SIG_DFL, None):
+            signal.signal(signal.SIGALRM, previous)
         if outer_s:  # someone else's timer (a test runner's, say) was running: it goes on
             left_s = max(outer_s - (time.monotonic() - started), 0.001)
             signal.setitimer(signal.ITIMER_REAL, left_s, outer_every_s)

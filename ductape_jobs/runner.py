@@ -11,6 +11,7 @@ again until Redis is back).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -47,6 +48,20 @@ def owner_prefix(pid: int) -> str:
     """How a run's owner (the delivery running it) starts: ``host:pid:``, what a worker's main
     process knows of a pool process that died."""
     return f"{socket.gethostname()}:{pid}:"
+
+
+_owners: dict[int, tuple[str, itertools.count[int]]] = {}  # pid -> (host:pid:nonce, count)
+
+
+def delivery_owner() -> str:
+    """A name for one delivery run in this process, unique: ``host:pid:`` then a nonce drawn
+    once per process and a count (no hostname or random syscall per run)."""
+    pid = os.getpid()
+    named = _owners.get(pid)
+    if named is None:
+        _owners.clear()  # a forked pool process starts its own
+        named = _owners[pid] = (f"{owner_prefix(pid)}{os.urandom(4).hex()}", itertools.count())
+    return f"{named[0]}-{next(named[1]):x}"
 
 
 # What became of one delivery; workers/ turns it into Celery's retry, ignore or failure.
@@ -159,7 +174,7 @@ class Runner:
     def execute(self, run_id: str) -> Outcome:
         """Run one delivery of ``run_id`` at most once per attempt, recording what happened."""
         job_id = job_id_of(run_id)
-        owner = f"{owner_prefix(os.getpid())}{os.urandom(6).hex()}"  # this delivery
+        owner = delivery_owner()
         lease_ms = self.settings.run_lease_s * 1000
         started = self._written(
             lambda: self.store.begin_run(run_id, job_id, self.clock_ms(), lease_ms, owner), "start", run_id
