@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
 from typing import Any
 
 import pytest
@@ -67,3 +70,77 @@ def test_messages_held_when_redis_went_down_are_put_back_by_the_next_connection(
         r.close()
     finally:
         server.stop()
+
+
+# -- FETCH: several messages per round trip, acks in batches (design §8.4) ----------------------
+
+
+def consuming(redis_url: str, prefix: str, n: int, prefetch: int = 10) -> tuple[Connection, list[Any]]:
+    """A connection on our transport, ``n`` messages published to queue q and consumed (unacked)
+    by one ``drain_events``: the sync path runs the same FETCH a worker's event loop does."""
+    conn = Connection(redis_url, transport=Transport, transport_options={"global_keyprefix": f"{prefix}:"})
+    queue = Queue("q", routing_key="q")
+    producer = conn.Producer()
+    for i in range(n):
+        producer.publish({"n": i}, routing_key="q", declare=[queue])
+    got: list[Any] = []
+    consumer = conn.Consumer(queue, callbacks=[lambda _body, message: got.append(message)])
+    consumer.qos(prefetch_count=prefetch)
+    consumer.consume()
+    conn.drain_events(timeout=5)
+    return conn, got
+
+
+def test_one_fetch_takes_every_waiting_message_up_to_the_prefetch_and_records_each_as_kombu_does(
+    redis_url: str, prefix: str, r: redis.Redis
+):
+    conn, got = consuming(redis_url, prefix, 5, prefetch=4)
+    try:
+        # Stock kombu's BRPOP hands over one message per drain_events.
+        assert [m.payload["n"] for m in got] == [0, 1, 2, 3]  # queue order, the prefetch's worth
+        assert r.llen(f"{prefix}:q") == 1
+        tags = [m.delivery_tag for m in got]
+        assert sorted(x.decode() for x in r.hkeys(f"{prefix}:unacked")) == sorted(tags)
+        scores = {score for _, score in r.zrange(f"{prefix}:unacked_index", 0, -1, withscores=True)}
+        assert len(scores) == 1  # recorded in one step (kombu's appends each read the clock)
+        # kombu's own restore reads what FETCH recorded and puts the messages back.
+        channel = got[0].channel
+        for tag in tags:
+            channel.qos.restore_by_tag(tag)
+        assert r.hlen(f"{prefix}:unacked") == 0 and r.zcard(f"{prefix}:unacked_index") == 0
+        assert r.llen(f"{prefix}:q") == 5
+        restored = [json.loads(m)["properties"]["delivery_tag"] for m in r.lrange(f"{prefix}:q", 0, -1)]
+        assert set(restored) >= set(tags)
+    finally:
+        conn.close()
+
+
+def test_acks_on_the_loop_thread_ride_with_the_next_fetch(redis_url: str, prefix: str, r: redis.Redis):
+    conn, got = consuming(redis_url, prefix, 3)
+    try:
+        for message in got:
+            message.ack()
+        assert r.hlen(f"{prefix}:unacked") == 3  # not sent yet: no round trip per ack
+        with pytest.raises(socket.timeout):
+            conn.drain_events(timeout=0.3)  # the next tick's FETCH (none waiting) carries them
+        assert r.hlen(f"{prefix}:unacked") == 0 and r.zcard(f"{prefix}:unacked_index") == 0
+    finally:
+        conn.close()
+
+
+def test_acks_left_when_the_channel_closes_are_sent(redis_url: str, prefix: str, r: redis.Redis):
+    conn, got = consuming(redis_url, prefix, 2)
+    got[0].ack()
+    conn.close()  # the other is put back on its queue, as kombu does
+    assert r.hlen(f"{prefix}:unacked") == 0 and r.llen(f"{prefix}:q") == 1
+
+
+def test_an_ack_from_another_thread_is_sent_at_once(redis_url: str, prefix: str, r: redis.Redis):
+    conn, got = consuming(redis_url, prefix, 1)
+    try:
+        acking = threading.Thread(target=got[0].ack)  # a thread pool's thread: no loop to ride
+        acking.start()
+        acking.join()
+        assert r.hlen(f"{prefix}:unacked") == 0
+    finally:
+        conn.close()
