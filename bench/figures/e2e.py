@@ -17,6 +17,8 @@ every job is read back and must be ``completed``); for plain Celery, the handler
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import subprocess
 import time
@@ -55,6 +57,7 @@ class Side:
     done: Callable[[], int]  # runs recorded done so far
     check: Callable[[int], None] = lambda n: None  # after the clock: every one of n recorded done
     drain_s: list[float] = field(default_factory=list)
+    cpu_us: list[dict[str, float]] = field(default_factory=list)  # per job: main, pool, redis
 
 
 def _control(side: Side, command: str) -> None:
@@ -145,6 +148,7 @@ def drain(bench: Bench, side: Side, n: int) -> float:
     if waiting != n:
         raise RuntimeError(f"{side.prefix}: {waiting} messages in the queue, expected {n}")
     before = side.done()
+    cpu_before = _cpu_s(side.worker.pid, db)
     start = time.perf_counter()
     _control(side, "add_consumer")
 
@@ -154,9 +158,36 @@ def drain(bench: Bench, side: Side, n: int) -> float:
 
     wait_for(finished, 300, f"{n} runs recorded done under {side.prefix}", poll_s=0.005)
     elapsed = time.perf_counter() - start
+    cpu_after = _cpu_s(side.worker.pid, db)
+    side.cpu_us.append({k: round((cpu_after[k] - cpu_before[k]) / n * 1e6, 1) for k in cpu_after})
     side.check(n)
     db.close()
     return elapsed
+
+
+def _cpu_s(pid: int, db: Any) -> dict[str, float]:
+    """CPU seconds used so far by a worker's main process, its pool processes, and the server
+    (shared, but the sides drain one at a time): where the time per job goes."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def used(proc: int) -> float:
+        try:
+            with open(f"/proc/{proc}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # not Linux, or a pool process replaced meanwhile
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+
+    children: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else []:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+            children += [int(c) for c in f.read().split()]
+    info = db.info("cpu")
+    return {
+        "main": used(pid),
+        "pool": sum(used(c) for c in children),
+        "redis": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+    }
 
 
 def end_to_end(bench: Bench, reps: int, n: int = 10_000, concurrency: int = 2) -> list[Row]:
@@ -199,6 +230,7 @@ def _rows(sides: dict[str, Side], n: int, concurrency: int) -> list[Row]:
         "pool": f"prefork -c {concurrency}",
         "drain_s": {k: s.drain_s for k, s in sides.items()},
         "jobs_per_s": {k: [n / t for t in s.drain_s] for k, s in sides.items()},
+        "cpu_us_per_job": {k: s.cpu_us for k, s in sides.items()},
         "measured": "queue pre-filled, worker not consuming; add_consumer until all recorded done",
         "done": "ours: job recorded completed (FINISH_RUN); plain: the handler's INCR",
     }
