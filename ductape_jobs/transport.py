@@ -13,7 +13,8 @@ BRPOP (an idle worker costs Redis nothing more); the message BRPOP brings is rec
 does, and the next call is a FETCH again. Acks wait for the next FETCH, or are sent on the next
 tick of the event loop (one script call for all of them) when no FETCH is under way, so an
 acknowledged message leaves the unacked hash within a round trip; one still there when the
-worker dies is put back at the visibility timeout and its run skipped (BEGIN_RUN: finished).
+worker dies is put back at the visibility timeout and its run skipped (BEGIN_RUN: finished). What
+a FETCH took when its reply is lost with the connection is put back once Redis answers again.
 
 Two fixes for a worker that loses its broker connection, for kombu upstream (README, "Redis
 restarts"):
@@ -58,6 +59,11 @@ log = logging.getLogger("ductape_jobs.transport")
 # Delivery tags of messages this process held when its connection was lost and could not put
 # back then; they are still in kombu's unacked hash in Redis.
 _stranded: set[str] = set()
+
+# FETCHes whose reply was lost with their connection, as (unacked index key, the score they
+# recorded their messages at): whatever they took waits in the unacked hash, delivered to no one;
+# the channel puts it back once Redis answers again, not at the visibility timeout.
+_lost_fetches: set[tuple[str, str]] = set()
 
 MAX_FETCH = 100  # messages one FETCH takes when the prefetch is unlimited
 
@@ -141,6 +147,7 @@ class Channel(kombu_redis.Channel):
         self._acked: list[str] = []  # acknowledged, still in the unacked hash
         self._fetching: list[str] | None = None  # the queue keys of the FETCH under way
         self._sending: list[str] = []  # the acks that FETCH carries
+        self._fetch_score = ""  # the instant it records its messages at
         self._fetch_next = True  # FETCH (messages are coming) or BRPOP (wait for one)
         self._fetched = False  # delivering what FETCH recorded
         self._loop_thread: int | None = None  # the thread of the event loop (acks deferred there)
@@ -153,6 +160,8 @@ class Channel(kombu_redis.Channel):
 
     def _brpop_start(self, timeout: int | None = None) -> None:
         self._loop_thread = threading.get_ident()
+        if _lost_fetches:
+            self._restore_lost_fetches()
         if not self._fetch_next or not self.active_queues:
             self.flush_acks()  # BRPOP holds its connection: the acks can't ride with it
             super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
@@ -171,8 +180,13 @@ class Channel(kombu_redis.Channel):
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         self._fetching = lists
         self._sending = acked
+        self._fetch_score = repr(time.time())
         conn.send_packed_command(
-            [_fetch_command(prefix, self.unacked_index_key, self.unacked_key, lists, want, acked)]
+            [
+                _fetch_command(
+                    prefix, self.unacked_index_key, self.unacked_key, lists, want, acked, self._fetch_score
+                )
+            ]
         )
 
     def _brpop_read(self, **options: Any) -> bool:
@@ -181,14 +195,13 @@ class Channel(kombu_redis.Channel):
             got: bool = super()._brpop_read(**options)  # type: ignore[no-untyped-call]
             self._fetch_next = True  # (Empty raised otherwise) a message came: more may follow
             return got
-        acked, self._sending = self._sending, []
         conn = self.client.connection
         try:
             reply = conn.read_response()
         except redis.ResponseError as exc:  # the script did not run
             reply = exc
         except BaseException as exc:
-            self._acked[:0] = acked  # not known to have reached Redis: sent again
+            self._fetch_lost()
             if isinstance(exc, self.connection_errors):
                 conn.disconnect()  # the next tick reconnects, as after kombu's BRPOP
             raise
@@ -196,6 +209,7 @@ class Channel(kombu_redis.Channel):
             self._in_poll = None  # type: ignore[assignment]
             self._fetching = None
             self._flush_brpop_reauth()  # type: ignore[no-untyped-call]
+        acked, self._sending = self._sending, []
         if isinstance(reply, redis.ResponseError):
             self._acked[:0] = acked
             if isinstance(reply, redis.exceptions.NoScriptError):  # a new or restarted server
@@ -228,6 +242,37 @@ class Channel(kombu_redis.Channel):
             raise
         finally:
             self._fetched = False
+
+    def _fetch_lost(self) -> None:
+        """The FETCH under way will never be read: its acks are sent again, and what it may have
+        taken is put back once Redis answers (``_restore_lost_fetches``)."""
+        if self._fetching is None:
+            return
+        self._fetching = None
+        self._acked[:0] = self._sending
+        self._sending = []
+        _lost_fetches.add((self.global_keyprefix + self.unacked_index_key, self._fetch_score))
+
+    def _on_connection_disconnect(self, connection: Any) -> None:
+        if self._fetching is not None and self._in_poll is connection:
+            self._fetch_lost()
+        super()._on_connection_disconnect(connection)  # type: ignore[no-untyped-call]
+
+    def _restore_lost_fetches(self) -> None:
+        index = self.global_keyprefix + self.unacked_index_key
+        for key, score in list(_lost_fetches):
+            if key != index:
+                continue  # another deployment's channel in this process puts it back
+            try:
+                with self.conn_or_acquire() as client:
+                    tags = client.zrange(self.unacked_index_key, score, score, byscore=True)
+                for tag in tags:
+                    self.qos.restore_by_tag(bytes_to_str(tag))  # type: ignore[no-untyped-call]
+            except self.connection_errors:
+                return  # still down: the next FETCH tries again
+            _lost_fetches.discard((key, score))
+            if tags:
+                log.warning("put back %d message(s) taken by a FETCH whose reply was lost", len(tags))
 
     def _poll_error(self, type: str, **options: Any) -> None:
         if type == "BRPOP" and self._fetching is not None:
@@ -386,10 +431,11 @@ class SentinelTransport(kombu_redis.SentinelTransport):
 
 
 def _fetch_command(
-    prefix: str, index: str, hash_: str, lists: list[str], want: int, acked: list[str]
+    prefix: str, index: str, hash_: str, lists: list[str], want: int, acked: list[str], score: str = ""
 ) -> bytes:
     keys = [prefix + index, prefix + hash_, *(prefix + key for key in lists)]
-    command: tuple[str | int, ...] = ("EVALSHA", FETCH_SHA, len(keys), *keys, repr(time.time()), want, *acked)
+    at = score or repr(time.time())
+    command: tuple[str | int, ...] = ("EVALSHA", FETCH_SHA, len(keys), *keys, at, want, *acked)
     packed: bytes = hiredis.pack_command(command)  # type: ignore[arg-type]  # its stub takes one argument
     return packed
 

@@ -13,6 +13,7 @@ from kombu import Connection, Queue
 
 from ductape_jobs.embedded import EmbeddedRedis
 from ductape_jobs.transport import Transport
+from tests.support import wait_for
 
 
 def hold(redis_url: str, prefix: str, transport: object) -> tuple[Connection, Any]:
@@ -142,5 +143,30 @@ def test_an_ack_from_another_thread_is_sent_at_once(redis_url: str, prefix: str,
         acking.start()
         acking.join()
         assert r.hlen(f"{prefix}:unacked") == 0
+    finally:
+        conn.close()
+
+
+def test_messages_a_fetch_took_are_put_back_when_its_reply_is_lost_with_the_connection(
+    redis_url: str, prefix: str, r: redis.Redis
+):
+    conn = Connection(redis_url, transport=Transport, transport_options={"global_keyprefix": f"{prefix}:"})
+    queue = Queue("q", routing_key="q")
+    producer = conn.Producer()
+    for i in range(3):
+        producer.publish({"n": i}, routing_key="q", declare=[queue])
+    got: list[Any] = []
+    consumer = conn.Consumer(queue, callbacks=[lambda _body, message: got.append(message)])
+    consumer.qos(prefetch_count=10)
+    consumer.consume()
+    try:
+        conn.transport.cycle.on_poll_start()  # a FETCH sent, its reply not read yet
+        wait_for(lambda: r.hlen(f"{prefix}:unacked") == 3, 5, "the FETCH to run")
+        channel = consumer.channel
+        channel.client.connection.disconnect()  # the reply is lost with the connection
+        assert r.llen(f"{prefix}:q") == 0 and r.hlen(f"{prefix}:unacked") == 3  # delivered to no one
+        conn.drain_events(timeout=5)  # the next FETCH puts them back first, then takes them
+        assert sorted(m.payload["n"] for m in got) == [0, 1, 2]
+        assert r.hlen(f"{prefix}:unacked") == 3  # held again, by this consumer now
     finally:
         conn.close()
