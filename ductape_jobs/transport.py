@@ -238,7 +238,7 @@ class Channel(kombu_redis.Channel):
             for _, item in pending:
                 tag = _tag_of(item)
                 if tag is not None:
-                    self.qos.restore_by_tag(tag, leftmost=True)
+                    self.qos.restore_by_tag(tag)
             raise
         finally:
             self._fetched = False
@@ -342,7 +342,6 @@ class Channel(kombu_redis.Channel):
         qos = self.__dict__.get("_qos")
         held = list(qos._delivered) if qos is not None and not self.closed else []
         if self._acked and not self.closed:
-            self._fetching = None
             try:
                 self.flush_acks()
             except self.connection_errors:

@@ -12,7 +12,7 @@ import redis
 from kombu import Connection, Queue
 
 from ductape_jobs.embedded import EmbeddedRedis
-from ductape_jobs.transport import Transport
+from ductape_jobs.transport import FETCH, Transport
 from tests.support import wait_for
 
 
@@ -160,6 +160,7 @@ def test_messages_a_fetch_took_are_put_back_when_its_reply_is_lost_with_the_conn
     consumer.qos(prefetch_count=10)
     consumer.consume()
     try:
+        r.script_load(FETCH)  # as a worker's first FETCH does after NOSCRIPT
         conn.transport.cycle.on_poll_start()  # a FETCH sent, its reply not read yet
         wait_for(lambda: r.hlen(f"{prefix}:unacked") == 3, 5, "the FETCH to run")
         channel = consumer.channel
@@ -170,3 +171,21 @@ def test_messages_a_fetch_took_are_put_back_when_its_reply_is_lost_with_the_conn
         assert r.hlen(f"{prefix}:unacked") == 3  # held again, by this consumer now
     finally:
         conn.close()
+
+
+def test_what_a_fetch_under_way_took_is_put_back_when_the_channel_closes(
+    redis_url: str, prefix: str, r: redis.Redis
+):
+    conn = Connection(redis_url, transport=Transport, transport_options={"global_keyprefix": f"{prefix}:"})
+    queue = Queue("q", routing_key="q")
+    producer = conn.Producer()
+    for i in range(3):
+        producer.publish({"n": i}, routing_key="q", declare=[queue])
+    consumer = conn.Consumer(queue, callbacks=[lambda _body, _message: None])
+    consumer.qos(prefetch_count=10)
+    consumer.consume()
+    r.script_load(FETCH)  # as a worker's first FETCH does after NOSCRIPT
+    conn.transport.cycle.on_poll_start()  # a FETCH sent, its reply not read yet
+    wait_for(lambda: r.hlen(f"{prefix}:unacked") == 3, 5, "the FETCH to run")
+    conn.close()  # kombu's close reads the reply (our FETCH's too) and puts back what it held
+    assert r.hlen(f"{prefix}:unacked") == 0 and r.llen(f"{prefix}:q") == 3
