@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,10 +56,6 @@ __all__ = [
 
 T = TypeVar("T")
 log = logging.getLogger("ductape_jobs.store")
-# A connection that answered within this long is taken to be in step: the poll for a server
-# that closed it while idle (_drop_if_stale) is skipped, a syscall saved on every run of a busy
-# worker. A connection closed since still fails its read, and is retried on a new one.
-IN_STEP_S = 0.5
 
 
 class Store:
@@ -128,8 +123,8 @@ class Store:
             return None if defer else conn.read_response()
 
         with guarded():
-            if not self._settle(held) and time.monotonic() - held.read_at > IN_STEP_S:
-                _drop_if_stale(conn)
+            self._settle(held)
+            _drop_if_stale(conn)
             try:
                 reply = conn.retry.call_with_retry(attempt, lambda _: conn.disconnect())
             except redis.exceptions.NoScriptError:  # a new or restarted server: load, then once more
@@ -146,7 +141,6 @@ class Store:
                 held.pending = (script, packed)
             else:
                 held.loaded.add(script.sha)
-                held.read_at = time.monotonic()
             if self.replicas is not None and self.replicas.needed([call]):
                 self._wait(conn, [call])
             return reply
@@ -162,28 +156,26 @@ class Store:
             raise
         self.replicas.check(reached, calls)
 
-    def _settle(self, held: _Held) -> bool:
-        """Read the reply a deferred command left on this thread's connection; True when one
-        was read (the connection is in step).
+    def _settle(self, held: _Held) -> None:
+        """Read the reply a deferred command left on this thread's connection.
 
         Sent whole before the caller moved on, the command has reached Redis; it is sent again
         only when its reply can't be read (connection trouble) or the server lost its scripts.
         """
         if held.pending is None:
-            return False
+            return
         pending = held.pending
         script, packed = pending
         held.pending = None
         conn = held.conn
         try:
             conn.read_response()
-            held.read_at = time.monotonic()
-            return True
+            return
         except redis.exceptions.NoScriptError:
             self.redis.script_load(script.script)
         except redis.ResponseError as exc:
             log.error("a deferred %s failed in Redis: %s", self._names.get(script.sha, "script"), exc)
-            return True
+            return
         except REDIS_DOWN:
             conn.disconnect()
         except BaseException:
@@ -196,8 +188,6 @@ class Store:
 
         try:
             conn.retry.call_with_retry(again, lambda _: conn.disconnect())
-            held.read_at = time.monotonic()
-            return True
         except REDIS_DOWN:
             # Still unread: kept, so the next call (the worker retries until Redis is back)
             # sends it again rather than forgetting a run's outcome.
@@ -346,7 +336,6 @@ class _Held:
     conn: Any  # redis-py's Connection: its send/read calls are untyped
     pending: tuple[Any, list[bytes]] | None = None
     loaded: set[str] = field(default_factory=set)  # shas run on this connection since it connected
-    read_at: float = float("-inf")  # when a reply was last read whole on it (monotonic)
 
     def __post_init__(self) -> None:
         self.conn.register_connect_callback(self.on_connect)  # kept weakly: a method of ours
