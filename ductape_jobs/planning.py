@@ -93,12 +93,16 @@ def _route(spec: JobSpec) -> str:
     """Where a job's identity entry is looked up before its id exists, which its id then starts
     with (keys.routed), so the entry and the job share a shard: its key's route, else its
     idempotency key's (a request has one or the other), else (a schedule) its fingerprint's
-    first digits."""
+    first digits, taken without the session's digest: that changes with the session key, and the
+    twin sealed under an older key (ops.producer._fingerprints) must be found in the same shard."""
     if spec.key is not None:
         return route_of(spec.key)
     if spec.idempotency_key is not None:
         return route_of(spec.idempotency_key)
-    return spec.fingerprint() if spec.rule is not None else ""
+    if spec.rule is None:
+        return ""
+    unsealed = spec if spec.input_digest is None else spec.model_copy(update={"input_digest": None})
+    return unsealed.fingerprint()
 
 
 def _stored_rule(rule: timing.Rule) -> dict[str, Any]:

@@ -274,3 +274,25 @@ def test_the_async_client_schedules_lists_and_dedupes_over_the_shards(sharded: S
 async def _with_async(settings: Settings, body: Any) -> Any:
     async with AsyncDuctape(settings=settings) as ductape:
         return await body(ductape)
+
+
+def test_a_sealed_schedule_is_found_across_a_key_rotation_in_its_shard(sharded: Settings):
+    # Its fingerprint changes with the session key (input_digest), its shard must not: the twin
+    # written under the old key is looked up in the shard of the job the new key would make.
+    old, new = "test-secret-not-for-prod-0123456789abcdef", "rotated-secret-not-for-prod-0123456789abcd"
+    with Ductape(settings=sharded) as before:
+        token = before.sessions.start("user-session", {"email": "ada@example.com"})
+        requests = [
+            {
+                **ECHO,
+                "input": {"to": "$Session{email}", "n": n},
+                "repeat": {"every": 60_000},
+                "start_at": "2999-01-01T00:00:00Z",
+                "session": {"tag": "user-session", "token": token},
+            }
+            for n in range(8)
+        ]
+        first = [before.job.schedule(request).job_id for request in requests]
+    rotated = sharded.model_copy(update={"sessions": {"user-session": {"secrets": [new, old]}}})
+    with Ductape(settings=rotated) as after:
+        assert [after.job.schedule(request).job_id for request in requests] == first
