@@ -116,7 +116,7 @@ class Keys:
     def fingerprint(self, digest: str) -> str:
         """STRING: job id of the live recurring job with this fingerprint (in the shard of its
         job, whose id starts with the first 8 hex digits of the digest made without the session
-        digest, planning._route)."""
+        digest, planning.identity_route)."""
         return f"{self.space}:fp:{digest}"
 
     def key_index(self, key: str) -> str:

@@ -76,7 +76,7 @@ def plan_job(
             **spec_fields,
         }
     )
-    job_id = routed(job_id, _route(spec))
+    job_id = routed(job_id, identity_route(spec))
     if rule is None:
         plan = _plan_once(job_id, spec, settings, now_ms, build)
     else:
@@ -89,7 +89,7 @@ def plan_job(
     return dataclasses.replace(plan, older_digests=older_digests) if older_digests else plan
 
 
-def _route(spec: JobSpec) -> str:
+def identity_route(spec: JobSpec) -> str:
     """Where a job's identity entry is looked up before its id exists, which its id then starts
     with (keys.routed), so the entry and the job share a shard: its key's route, else its
     idempotency key's (a request has one or the other), else (a schedule) its fingerprint's

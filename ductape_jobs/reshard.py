@@ -20,7 +20,9 @@ from typing import Any
 
 import redis
 
+from ductape_jobs import jobfields
 from ductape_jobs.keys import Keys, route_of
+from ductape_jobs.planning import identity_route
 
 INDEXES = ("jobs", "due", "inflight", "dead", "retired", "set_aside")
 IDENTITY = ("fp", "key", "idem")
@@ -56,15 +58,15 @@ def reshard(client: redis.Redis, old: Keys, new: Keys) -> Moved:
     spaces = sorted((k.space for k in old.every_shard()), key=len, reverse=True)
     for shard in old.every_shard():
         for key in client.scan_iter(match=f"{shard.space}:*", count=SCAN_COUNT):
-            _move_record(client, shard.space, _text(key), new, spaces, moved)
+            _move_record(client, shard, _text(key), new, spaces, moved)
     _move_indexes(client, old, new, moved)
     return moved
 
 
 def _move_record(
-    client: redis.Redis, space: str, key: str, new: Keys, spaces: list[str], moved: Moved
+    client: redis.Redis, old: Keys, key: str, new: Keys, spaces: list[str], moved: Moved
 ) -> None:
-    kind, _, ident = key[len(space) + 1 :].partition(":")
+    kind, _, ident = key[len(old.space) + 1 :].partition(":")
     if kind == "job":
         target = new.job(ident)
         fields = client.hmget(key, "fp", "idem")
@@ -87,7 +89,9 @@ def _move_record(
         target = f"{owner.space}:{kind}:{ident}"
         # A job id made before ids were routed (or a schedule whose update moved its
         # fingerprint) is in another shard than the one a new request with it looks in.
-        moved.missed += owner.shard != new.shard_of(_route(kind, ident))
+        moved.missed += owner.shard != new.shard_of(
+            _route(client, kind, ident, [old.job(_text(job_id)), new.job(_text(job_id))])
+        )
     else:
         return  # an index, a lock, the broker's or another deployment-wide key: not a record
     if target != key:
@@ -95,9 +99,20 @@ def _move_record(
         moved.keys += 1
 
 
-def _route(kind: str, ident: str) -> str:
-    """What a new request with this identity routes its job id by (keys.routed)."""
-    return ident[:8] if kind == "fp" else route_of(ident)
+def _route(client: redis.Redis, kind: str, ident: str, job_keys: list[str]) -> str:
+    """What a new request with this identity routes its job id by (keys.routed): for a
+    fingerprint, its job's spec says (a sealed schedule's route leaves the session digest out,
+    planning.identity_route); the digest's own digits when the job is gone or unreadable."""
+    if kind != "fp":
+        return route_of(ident)
+    for job_key in job_keys:  # where it was, or where it went already
+        raw = client.hgetall(job_key)
+        if raw:
+            try:
+                return identity_route(jobfields.spec_of(jobfields.fields(raw)))
+            except ValueError:
+                break
+    return ident[:8]
 
 
 def _identity_target(value: str, job_id: str, new: Keys, spaces: list[str]) -> str:

@@ -156,3 +156,20 @@ def test_an_identity_entry_of_an_unrouted_job_is_reported(settings: Settings, st
     with client_of(settings, 4) as ductape:  # as the README says: a new request makes a new job
         again = ductape.job.schedule({**ECHO, "input": {}, "key": "legacy", "start_at": start})
         assert again.job_id != legacy and ductape.job.get(legacy).status == "scheduled"
+
+
+def test_sealed_schedules_move_to_where_a_new_request_finds_them(
+    settings: Settings, start: int, r: redis.Redis
+):
+    with client_of(settings, 1) as ductape:
+        session = {"tag": "user-session", "token": ductape.sessions.start("user-session", {"email": "a@b.c"})}
+        requests = [
+            {**ECHO, "input": {"to": "$Session{email}", "n": n}, "start_at": start, "repeat": {"every": HOUR}}
+            | {"session": session}
+            for n in range(8)
+        ]
+        ids = [ductape.job.schedule(request).job_id for request in requests]
+    moved = reshard(r, Keys(settings.key_prefix, 1), Keys(settings.key_prefix, 4))
+    assert moved.missed == 0  # their route leaves the session digest out, and so does the count
+    with client_of(settings, 4) as ductape:
+        assert [ductape.job.schedule(request).job_id for request in requests] == ids
