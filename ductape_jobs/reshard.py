@@ -133,40 +133,69 @@ def _job_of(index: str, member: str) -> str:
 
 
 def _move_indexes(client: redis.Redis, old: Keys, new: Keys, moved: Moved) -> None:
+    """The index and imported entries, counters and fencing counters, to the new shards. Every
+    new key is written before an old one is emptied, so a move interrupted here loses no entry
+    (a due entry lost would be a schedule that never runs again) and running it again ends it."""
+    found: dict[str, list[str]] = {}  # old index or imported key -> its members (fields)
     entries: dict[str, list[tuple[str, float]]] = defaultdict(list)
     imported: dict[str, dict[str, str]] = defaultdict(dict)
     stats: Counter[str] = Counter()
-    fence = 0
+    fence, counters, hashes = 0, list[str](), set[str]()  # hashes: the imported keys in `found`
     for shard in old.every_shard():
         for index in INDEXES:
             rows: list[Any] = client.zrange(getattr(shard, index), 0, -1, withscores=True)
-            entries[index] += [(_text(member), float(score)) for member, score in rows]
+            read = [(_text(member), float(score)) for member, score in rows]
+            entries[index] += read
+            found[getattr(shard, index)] = [member for member, _ in read]
         for key in client.scan_iter(match=f"{shard.space}:imported:*", count=SCAN_COUNT):
             app = _text(key)[len(shard.space) + len(":imported:") :]
-            imported[app].update({_text(k): _text(v) for k, v in client.hgetall(key).items()})
-            client.delete(key)
+            read_fields = {_text(k): _text(v) for k, v in client.hgetall(key).items()}
+            imported[app].update(read_fields)
+            found[_text(key)] = list(read_fields)
+            hashes.add(_text(key))
         stats.update({_text(k): int(v) for k, v in client.hgetall(shard.stats).items()})
         fence = max(fence, int(client.get(shard.beat_fence) or 0))
-        client.delete(
-            *(getattr(shard, index) for index in INDEXES), shard.stats, shard.beat_lock, shard.beat_fence
-        )
+        counters += [shard.stats, shard.beat_fence]
+    written: dict[str, set[str]] = defaultdict(set)  # new key -> the members written to it
     for index, members in entries.items():
         by_shard: dict[int, dict[str, float]] = defaultdict(dict)
         for member, score in members:
             by_shard[new.shard_of(_job_of(index, member))][member] = score
         for number, mapping in by_shard.items():
-            _zadd(client, getattr(new.for_shard(number), index), mapping)
+            key = getattr(new.for_shard(number), index)
+            _zadd(client, key, mapping)
+            written[key].update(mapping)
             moved.entries += len(mapping)
-    for app, fields in imported.items():
-        for job_id, digest in fields.items():
-            client.hset(new.of_job(job_id).imported(app), job_id, digest)
+    for app, by_job in imported.items():
+        for job_id, digest in by_job.items():
+            key = new.of_job(job_id).imported(app)
+            client.hset(key, job_id, digest)
+            written[key].add(job_id)
             moved.entries += 1
+    kept = set(written)
     if stats:
         counts: dict[Any, Any] = dict(stats)
         client.hset(new.stats, mapping=counts)
+        kept.add(new.stats)
     for shard in new.every_shard():
         if fence:
             client.set(shard.beat_fence, fence)
+            kept.add(shard.beat_fence)
+    # Only now empty the old keys. With more than one shard before and after, shard k's keys
+    # have the same names in both: such a key loses only what moved to another shard.
+    for key, held in found.items():
+        if key not in kept:
+            client.delete(key)
+            continue
+        gone = [m for m in held if m not in written[key]]
+        for at in range(0, len(gone), SCAN_COUNT):
+            chunk = gone[at : at + SCAN_COUNT]
+            if key in hashes:
+                client.hdel(key, *chunk)
+            else:
+                client.zrem(key, *chunk)
+    stale = [key for key in counters if key not in kept] + [k.beat_lock for k in old.every_shard()]
+    client.delete(*stale)
 
 
 def _zadd(client: redis.Redis, key: str, mapping: dict[str, float]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
+from typing import Any
 
 import pytest
 import redis
@@ -173,3 +174,29 @@ def test_sealed_schedules_move_to_where_a_new_request_finds_them(
     assert moved.missed == 0  # their route leaves the session digest out, and so does the count
     with client_of(settings, 4) as ductape:
         assert [ductape.job.schedule(request).job_id for request in requests] == ids
+
+
+class DropsOnSecondZadd(redis.Redis):
+    """A real client whose connection "drops" at the second ZADD (the index writes), once."""
+
+    zadds = 0
+
+    def zadd(self, *args: Any, **kwargs: Any) -> Any:
+        self.zadds += 1
+        if self.zadds == 2:
+            raise redis.ConnectionError("dropped (injected)")
+        return super().zadd(*args, **kwargs)
+
+
+def test_a_move_interrupted_while_writing_the_indexes_loses_no_entry(
+    settings: Settings, start: int, r: redis.Redis
+):
+    with client_of(settings, 1) as ductape:
+        ids = populate(ductape, start)
+    old, new = Keys(settings.key_prefix, 1), Keys(settings.key_prefix, 4)
+    dropping = DropsOnSecondZadd.from_url(settings.url)
+    with pytest.raises(redis.ConnectionError):
+        reshard(dropping, old, new)
+    dropping.close()
+    reshard(r, old, new)  # run again, as the CLI's help says
+    check(settings, 4, ids, start)
