@@ -13,6 +13,7 @@ the prefix itself, and the keys are those of deployments older than shards.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import zlib
@@ -45,6 +46,15 @@ def shard_number(job_id: str, shards: int) -> int:
     return number % shards
 
 
+@functools.lru_cache(maxsize=16)
+def _spaces(prefix: str, shards: int) -> tuple[str, ...]:
+    """Every shard's space, built once per deployment: ``for_shard`` makes a ``Keys`` per call
+    about a job of another shard, and ``every_shard`` one per shard (1,024 of 1,024 each)."""
+    if shards == 1:
+        return (prefix,)
+    return tuple(f"{prefix}:{{{prefix}.{k}}}" for k in range(shards))
+
+
 @dataclass(frozen=True)
 class Keys:
     """Key builders for one key prefix, split into ``shards``; the shard-scoped keys (the due
@@ -54,18 +64,13 @@ class Keys:
     prefix: str = "ductape"
     shards: int = 1
     shard: int = 0
-    # every shard's space, built once: a job's key is built on every call about it
+    # every shard's space: a job's key is built on every call about it
     _spaces: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.shard < self.shards:
             raise ValueError(f"shard {self.shard} is not one of the {self.shards} shards")
-        spaces = (
-            (self.prefix,)
-            if self.shards == 1
-            else tuple(f"{self.prefix}:{{{self.prefix}.{k}}}" for k in range(self.shards))
-        )
-        object.__setattr__(self, "_spaces", spaces)
+        object.__setattr__(self, "_spaces", _spaces(self.prefix, self.shards))
 
     # -- shards -------------------------------------------------------------------------------
 

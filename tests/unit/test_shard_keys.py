@@ -72,3 +72,11 @@ def test_ids_are_routed_by_their_key_idempotency_key_or_fingerprint():
     for shards in (2, 3, 16):  # the entry's shard is its job's whatever the count
         job_id = routed(uuid.uuid4().hex, route_of("a"))
         assert Keys("dt", shards).shard_of(job_id) == Keys("dt", shards).shard_of(route_of("a") + "0" * 24)
+
+
+def test_the_shards_spaces_are_built_once_per_deployment() -> None:
+    # for_shard and every_shard make a Keys per shard: each must not build every space again
+    # (1,024 shards: 1,024 x 1,024 strings for one every_shard()).
+    keys = Keys("p", 1024)
+    assert all(k._spaces is keys._spaces for k in keys.every_shard())
+    assert keys.of_job("ffffffff" + "0" * 24)._spaces is keys._spaces
