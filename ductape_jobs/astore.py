@@ -52,14 +52,16 @@ class AsyncStore:
             if batch.direct and not waits:
                 return [await ops.issue(self.redis, batch.calls[0], self._scripts)]
             # A WAIT ends the pipeline, on its connection after its writes (as Store._send).
-            async with self.redis.pipeline(transaction=batch.transaction and not waits) as pipe:
+            assert not (waits and batch.transaction), "a REPLICATED script in a transaction batch"
+            async with self.redis.pipeline(transaction=batch.transaction) as pipe:
                 for call in batch.calls:
                     await ops.issue(pipe, call, self._scripts)  # buffers; a script also registers itself
                 if not waits:
                     return await pipe.execute()
                 assert self.replicas is not None
+                pipe.set(self.keys.replicated, "1", px=Replicas.MARK_MS)
                 pipe.execute_command("WAIT", self.replicas.count, self.replicas.timeout_ms)
-                *replies, reached = await pipe.execute()
+                *replies, _, reached = await pipe.execute()
         except REDIS_DOWN as exc:
             raise unreachable(exc) from None
         self.replicas.check(reached, batch.calls)

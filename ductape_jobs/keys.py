@@ -193,6 +193,13 @@ class Keys:
         return f"{self.prefix}:beats"
 
     @property
+    def replicated(self) -> str:
+        """STRING (one per deployment, ``PX`` 60 s): written just before each WAIT of
+        DUCTAPE_WAIT_REPLICAS, so the WAIT covers every write the server made before it, also
+        one an earlier connection made (a retried script that finds its write done writes nothing)."""
+        return f"{self.prefix}:replicated"
+
+    @property
     def beat_lock(self) -> str:
         """STRING: the fencing token of this shard's beat leader, with a TTL."""
         return f"{self.space}:beat:lock"

@@ -149,7 +149,9 @@ class Store:
         """WAIT on ``conn`` until the replicas have what it wrote (NotReplicatedError if not)."""
         assert self.replicas is not None
         try:
+            conn.send_command("SET", self.keys.replicated, "1", "PX", Replicas.MARK_MS)
             conn.send_command("WAIT", self.replicas.count, self.replicas.timeout_ms)
+            conn.read_response()
             reached = conn.read_response()
         except BaseException:
             conn.disconnect()
@@ -255,14 +257,16 @@ class Store:
                 return [ops.issue(self.redis, batch.calls[0], self._scripts)]
             # A WAIT ends the pipeline: on its connection, after its writes (never in a MULTI,
             # where WAIT would not block: no transaction batch holds a REPLICATED script).
-            with self.redis.pipeline(transaction=batch.transaction and not waits) as pipe:
+            assert not (waits and batch.transaction), "a REPLICATED script in a transaction batch"
+            with self.redis.pipeline(transaction=batch.transaction) as pipe:
                 for call in batch.calls:
                     ops.issue(pipe, call, self._scripts)
                 if not waits:
                     return pipe.execute()
                 assert self.replicas is not None
+                pipe.set(self.keys.replicated, "1", px=Replicas.MARK_MS)
                 pipe.execute_command("WAIT", self.replicas.count, self.replicas.timeout_ms)  # type: ignore[no-untyped-call]
-                *replies, reached = pipe.execute()
+                *replies, _, reached = pipe.execute()
             self.replicas.check(reached, batch.calls)
             return replies
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import redis
 
@@ -123,6 +123,9 @@ class Replicas:
 
     count: int
     timeout_ms: int
+    # Each WAIT follows a write of ``Keys.replicated`` with this PX: a retried script that found
+    # its write already done writes nothing, and a WAIT then would cover nothing.
+    MARK_MS: ClassVar[int] = 60_000
 
     @classmethod
     def of(cls, settings: Settings) -> Replicas | None:

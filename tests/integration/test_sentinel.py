@@ -92,6 +92,35 @@ def test_an_acknowledged_schedule_is_on_the_replica_when_wait_is_on(
     assert all(replica.exists(f"{prefix}:job:{job_id}") for job_id in asyncio.run(asynchronous()))
 
 
+def test_a_write_found_done_is_not_acknowledged_before_a_replica_has_it(
+    group: SentinelGroup, prefix: str
+) -> None:
+    # A retried call whose first send landed finds its write done and writes nothing on its new
+    # connection: its WAIT must still cover that write. Here the earlier write comes from a
+    # client that does not wait, made while the replica is stopped.
+    request = {**REQUEST, "idempotency_key": f"{prefix}-once"}
+    waiting = sentinel_settings(group, prefix, wait_replicas=1, wait_timeout_ms=300)
+    group.pause("b", True)
+    try:
+        with Ductape(settings=sentinel_settings(group, prefix)) as plain:
+            first = plain.job.schedule(**request)
+        with Ductape(settings=waiting) as ductape, pytest.raises(NotReplicatedError) as refused:
+            ductape.job.schedule(**request)  # the same job, found: nothing written by this call
+        assert "CREATE_JOBS reached the primary but only 0 of 1" in str(refused.value)
+
+        async def asynchronous() -> None:
+            async with AsyncDuctape(settings=waiting) as aductape:
+                await aductape.job.schedule(**request)
+
+        with pytest.raises(NotReplicatedError):
+            asyncio.run(asynchronous())
+    finally:
+        group.pause("b", False)
+    group.wait_replicated("b")
+    with Ductape(settings=waiting) as ductape:  # the replica has it now: the same job, acknowledged
+        assert ductape.job.schedule(**request).job_id == first.job_id
+
+
 def test_a_write_no_replica_confirmed_fails_clearly_and_stays_on_the_primary(
     redis_url: str, prefix: str, r: redis.Redis
 ) -> None:
