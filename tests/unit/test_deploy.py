@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from ductape_jobs.flower_guard import credentials_problem
+from ductape_jobs.settings import Settings
 from tests.install import APP_FILES, BUILD, INSTALL, SOURCES, command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,3 +192,14 @@ def test_compose_restarts_a_worker_that_exits() -> None:
     assert spec["x-app"]["restart"] == "unless-stopped"
     assert "worker" in spec["services"] and "<<" not in spec["services"]["worker"]  # merged by yaml
     assert spec["services"]["worker"]["restart"] == "unless-stopped"
+
+
+def test_the_readme_configuration_table_names_every_setting() -> None:
+    # Settings.from_env reads DUCTAPE_<FIELD> for each field (REDIS_URL for the URL): each must
+    # be a row of README's Configuration table, so an operator can find every knob.
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `")]
+    named = {
+        name for line in rows for name in re.findall(r"`((?:DUCTAPE_[A-Z_]+)|REDIS_URL)`", line.split("|")[1])
+    }
+    wanted = {"REDIS_URL" if f == "redis_url" else f"DUCTAPE_{f.upper()}" for f in Settings.model_fields}
+    assert wanted <= named, sorted(wanted - named)
