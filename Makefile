@@ -44,8 +44,8 @@ lint: $(STAMP) ## ruff lint and format check
 typecheck: $(STAMP) ## mypy --strict
 	$(BIN)/mypy ductape_jobs workers beat
 
-bench: $(STAMP) ## speed beside plain Celery and RedBeat, printed as ratios
-	$(BIN)/python -m bench
+bench: $(STAMP) ## ~15 min: speed beside plain Celery and RedBeat, as ratios; curves drawn into docs/bench
+	$(BIN)/python -m bench $(BENCH_ARGS); status=$$?; $(BIN)/python -m bench.charts && exit $$status
 
 soak: $(STAMP) ## ~3 min: memory flat under a steady mix, retention shortened (bench figure 8)
 	$(BIN)/python -m bench --only 8

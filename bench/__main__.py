@@ -1,5 +1,6 @@
-"""``python -m bench [--only N[,N]] [--reps K] [--quick] [--receivers]``: print the table, write
-results/last.json."""
+"""``python -m bench [--only N[,N]] [--reps K] [--quick] [--aof] [--receivers]``: print the table,
+write results/last.json (results/last-aof.json with ``--aof``); ``python -m bench.charts`` then
+draws its curves."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib.metadata import version
+from pathlib import Path
 
 from celery.signals import after_task_publish, before_task_publish
 
@@ -37,16 +39,25 @@ NOTE = (
 )
 
 
+NOISY_REPS = 5  # repetitions of a figure by default (median and min-max reported)
+# Figures whose repetitions agree closely (counts, bytes, a 15x ratio spread by a few percent) or
+# whose peer side takes tens of seconds a repetition run fewer by default; --reps sets them all.
+FEWER_REPS = {4: 3, 5: 3, 9: 1, 12: 3}
+LONG = {8}  # minutes long: only when named in --only (`make soak` runs figure 8 alone)
+
+
 def _figures(quick: bool) -> dict[int, Callable[[Bench, int], list[Row]]]:
     bursts = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
+    rates = (100, 1_000, 5_000) if quick else (100, 1_000, 5_000, 20_000)
     return {
-        1: schedule_one_by_one,
-        2: schedule_batch,
-        3: lambda bench, reps: end_to_end(bench, reps, n=2_000 if quick else 10_000),
-        4: beat_release,  # figure 7 (round trips, commands, Redis CPU per run) is measured with it
+        1: lambda bench, reps: schedule_one_by_one(bench, reps, n=1_000 if quick else 2_000),
+        2: lambda bench, reps: schedule_batch(bench, reps, n=2_000 if quick else 3_000),
+        3: lambda bench, reps: end_to_end(bench, reps, n=500 if quick else 1_000),
+        # figure 7 (round trips, commands, Redis CPU per run) is measured with figure 4
+        4: lambda bench, reps: beat_release(bench, reps, stored=50_000, due=5_000),
         5: lambda bench, reps: beat_burst(bench, reps, bursts=bursts),
-        6: lateness,
-        8: soak,  # minutes long: `make soak` runs it alone
+        6: lambda bench, reps: lateness(bench, reps, rates=rates),
+        8: soak,
         9: sizing,
         10: beat_inputs,
         11: schedule_latency,
@@ -56,15 +67,41 @@ def _figures(quick: bool) -> dict[int, Callable[[Bench, int], list[Row]]]:
     }
 
 
+def reps_for(figure: int, args: argparse.Namespace) -> int:
+    """A figure's repetitions: --reps if given, else 2 with --quick, else its default."""
+    if args.reps is not None:
+        return int(args.reps)
+    return 2 if args.quick else FEWER_REPS.get(figure, NOISY_REPS)
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--only", default="", help="figures to run, e.g. 4 or 1,2 (7 comes with 4)")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions per figure; medians are reported")
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help=f"repetitions of every figure (default {NOISY_REPS}; figures "
+        + ", ".join(f"{n}: {k}" for n, k in FEWER_REPS.items())
+        + "); medians and min-max are reported",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a short pass: figure 3 drains 2,000 jobs, not 10,000; figure 5 stops at 10,000 due; "
-        "no soak (figure 8) unless named in --only",
+        help="a short pass: 2 repetitions, figure 1 at 1,000 calls, figure 2 at 2,000 jobs, "
+        "figure 3 drains 500 jobs, figure 5 stops at 10,000 due, "
+        "figure 6 at 5,000 a second",
+    )
+    parser.add_argument(
+        "--aof",
+        action="store_true",
+        help="the private server runs with appendonly yes, appendfsync everysec (results in last-aof.json)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the results (default bench/results/last.json, last-aof.json with --aof)",
     )
     parser.add_argument(
         "--receivers",
@@ -88,6 +125,14 @@ def _commit() -> str:
     return git("rev-parse", "--short", "HEAD") + dirty
 
 
+def versions(bench: Bench) -> dict[str, str]:
+    """Python, the libraries both sides run on, and the server."""
+    got = {"python": platform.python_version()}
+    got.update({p: version(p) for p in ("celery", "kombu", "redis", "hiredis", "celery-redbeat")})
+    got[bench.server_name] = bench.server_version
+    return got
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen figures and print one table."""
     args = _parse(argv)
@@ -95,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ductape_jobs.runner").setLevel(logging.ERROR)  # figure 9's failing runs
     figures = _figures(args.quick)
     chosen = {4 if int(n) == 7 else int(n) for n in args.only.split(",") if n.strip()}
-    # --quick leaves the soak (figure 8, minutes long) out unless it is asked for by name
-    wanted = sorted(chosen) or sorted(n for n in figures if not (args.quick and n == 8))
+    # the soak (figure 8, minutes long) runs only when asked for by name
+    wanted = sorted(chosen) or sorted(n for n in figures if n not in LONG)
+    if args.aof and os.environ.get("REDIS_URL"):
+        print("--aof sets up the bench's own server: unset REDIS_URL", file=sys.stderr)
+        return 2
     if args.receivers:
         before_task_publish.connect(_heard)
         after_task_publish.connect(_heard)
@@ -104,39 +152,41 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     rows: list[Row] = []
     failed: list[str] = []
-    with Bench.open() as bench:
+    wall_s: dict[str, float] = {}
+    with Bench.open(aof=args.aof) as bench:
         meta = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "commit": _commit(),
             "server": bench.where,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-            "versions": {
-                "python": platform.python_version(),
-                **{p: version(p) for p in ("celery", "kombu", "redis", "celery-redbeat")},
-            },
-            "reps": args.reps,
+            "versions": versions(bench),
+            "reps": {str(n): reps_for(n, args) for n in wanted},
             "quick": args.quick,
+            "aof": args.aof,
             "receivers": args.receivers,
         }
         print(f"ductape-jobs bench: {meta['server']}, {meta['machine']}, commit {meta['commit']}")
-        versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
-        print(f"versions: {versions}, {meta['server']}")
-        quick = " (--quick: figure 3 at 2,000 jobs, figure 5 up to 10,000 due)" if args.quick else ""
+        print("versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
+        quick = " (--quick: smaller sizes, see --help)" if args.quick else ""
         heard = "; publish-signal receivers connected" if args.receivers else ""
-        print(f"medians of {args.reps} repetitions, ratio spread min-max over them{quick}{heard}")
+        aof = "; server AOF on (appendfsync everysec)" if args.aof else ""
+        reps = ", ".join(f"{n}: {k}" for n, k in meta["reps"].items())
+        print(f"medians and min-max of the repetitions (figure: reps {reps}){quick}{aof}{heard}")
         for n in wanted:
             print(f"  figure {n}{' and 7' if n == 4 else ''} ...", end="", flush=True)
             t0 = time.monotonic()
             try:
-                rows += figures[n](bench, args.reps)
+                rows += figures[n](bench, reps_for(n, args))
                 print(f" {time.monotonic() - t0:.0f} s", flush=True)
             except Exception:
                 failed.append(f"figure {n}: {traceback.format_exc()}")
                 print(" FAILED", flush=True)
                 bench.stop_all()
+            wall_s[str(n)] = round(time.monotonic() - t0, 1)
     load_after = os.getloadavg()
     meta.update(
         total_s=round(time.monotonic() - started),
+        wall_s=wall_s,
         load_avg={"before": load_before, "after": load_after},
         note=NOTE,
         failed=failed,
@@ -147,12 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(NOTE)
     print(f"Load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; {meta['total_s']} s in all.")
+    print("Wall time per figure: " + ", ".join(f"{n}: {s:.0f} s" for n, s in wall_s.items()))
     commands = {r.figure.split()[0]: r.command for r in rows if r.command}
     print("One command per figure:", ", ".join(f"{n}: {c}" for n, c in commands.items()))
     for failure in failed:
         print(failure, file=sys.stderr)
-    write_json(RESULTS / "last.json", rows, meta)
-    print(f"details: {(RESULTS / 'last.json').relative_to(ROOT)}")
+    out = args.out or RESULTS / ("last-aof.json" if args.aof else "last.json")
+    write_json(out, rows, meta)
+    where = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    print(f"details: {where} (charts and curve tables: python -m bench.charts --results {where})")
     return 1 if failed else 0
 
 

@@ -1,7 +1,8 @@
 """Where a bench run happens: one Redis for ours and theirs, key prefixes, real processes.
 
 With ``REDIS_URL`` set the bench uses that server (and deletes only its own prefixes);
-otherwise it starts a private Valkey without AOF, so figures measure the code, not fsync.
+otherwise it starts a private Valkey without AOF, so figures measure the code, not fsync (``--aof``:
+with ``appendonly yes`` and ``appendfsync everysec``, the production setting we recommend).
 """
 
 from __future__ import annotations
@@ -51,14 +52,17 @@ class Bench:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls) -> Iterator[Bench]:
-        """The server named by REDIS_URL, or a private one stopped at the end."""
+    def open(cls, *, aof: bool = False) -> Iterator[Bench]:
+        """The server named by REDIS_URL, or a private one stopped at the end (with ``aof``: its
+        append-only file on, fsync every second)."""
         embedded = None
         url = os.environ.get("REDIS_URL")
         if not url:
             embedded = EmbeddedRedis.start(appendonly=False)
             url = embedded.url
         bench = cls(url, embedded)
+        if aof:
+            bench.aof_everysec()
         bench.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             yield bench
@@ -67,14 +71,41 @@ class Bench:
             if embedded is not None:
                 embedded.stop()
 
+    def aof_everysec(self) -> None:
+        """Turn the private server's AOF on, fsync every second; wait for its first rewrite."""
+        client = self.client()
+        client.config_set("appendfsync", "everysec")
+        client.config_set("appendonly", "yes")
+        wait_for(
+            lambda: (
+                client.info("persistence").get("aof_rewrite_in_progress") == 0
+                and client.info("persistence").get("aof_enabled") == 1
+            ),
+            60,
+            "the server's AOF to be on",
+            poll_s=0.05,
+        )
+        client.close()
+
+    @property
+    def server_name(self) -> str:
+        """``valkey`` or ``redis``."""
+        return "valkey" if "valkey_version" in self.client().info("server") else "redis"
+
+    @property
+    def server_version(self) -> str:
+        """The server's version."""
+        info = self.client().info("server")
+        return str(info.get("valkey_version") or info.get("redis_version"))
+
     @property
     def where(self) -> str:
         """The server, for the report (no password)."""
-        info = self.client().info("server")
         kind = "embedded valkey" if self.embedded else "REDIS_URL"
-        name = "valkey" if "valkey_version" in info else "redis"
-        version = info.get("valkey_version") or info.get("redis_version")
-        return f"{kind} ({name} {version})"
+        aof = self.client().config_get("appendonly").get("appendonly") == "yes"
+        fsync = self.client().config_get("appendfsync").get("appendfsync")
+        persistence = f", AOF on, appendfsync {fsync}" if aof else ", AOF off"
+        return f"{kind} ({self.server_name} {self.server_version}{persistence})"
 
     def prefix(self, name: str) -> str:
         """A key prefix private to this run and figure."""

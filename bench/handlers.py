@@ -1,4 +1,5 @@
-"""The no-op handler our workers run in the end-to-end figure: one INCR, like the plain task."""
+"""The handlers our workers run in the end-to-end figure: a no-op (one INCR, like the plain task)
+and the same INCR after some work (``do_work``: the plain task with the same argument does the same)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from typing import Any
 import redis
 
 from bench.counter import counter_key
+from bench.work import do_work
 from ductape_jobs import RunContext, handler
 
 PRODUCT = "bench"
 _client: redis.Redis | None = None
-__all__ = ["counter_key", "fail", "noop"]
+__all__ = ["counter_key", "fail", "noop", "work"]
 
 
 def _db() -> redis.Redis:
@@ -26,6 +28,13 @@ def _db() -> redis.Redis:
 @handler("noop", product_tag=PRODUCT)
 def noop(input: dict[str, Any], ctx: RunContext) -> None:
     """Counts the run and does nothing else."""
+    _db().incr(counter_key(os.environ["DUCTAPE_KEY_PREFIX"]))
+
+
+@handler("work", product_tag=PRODUCT)
+def work(input: dict[str, Any], ctx: RunContext) -> None:
+    """Does ``input["work"]`` (see ``do_work``), then counts the run."""
+    do_work(input["work"])
     _db().incr(counter_key(os.environ["DUCTAPE_KEY_PREFIX"]))
 
 

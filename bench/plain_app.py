@@ -17,9 +17,11 @@ from celery import Celery
 from celery.signals import worker_ready
 
 from bench.counter import counter_key
+from bench.work import do_work
 
 QUEUE = "plain"
 TASK = "bench.plain.noop"
+WORK_TASK = "bench.plain.work"  # the same INCR after the work its argument names (figure 3)
 
 
 def queue_key(prefix: str) -> str:
@@ -67,11 +69,19 @@ def make_app(redis_url: str, prefix: str, *, redbeat_lock: bool = True, delivery
     counter = counter_key(prefix)
     client: list[redis.Redis] = []
 
-    @app.task(name=TASK, ignore_result=True, shared=False)
-    def noop(*_: object) -> None:
+    def count() -> None:
         if not client:  # opened lazily: one connection per prefork child
             client.append(redis.Redis.from_url(redis_url))
         client[0].incr(counter)
+
+    @app.task(name=TASK, ignore_result=True, shared=False)
+    def noop(*_: object) -> None:
+        count()
+
+    @app.task(name=WORK_TASK, ignore_result=True, shared=False)
+    def work(kind: str) -> None:
+        do_work(kind)
+        count()
 
     @worker_ready.connect(weak=False)
     def ready(**_: object) -> None:

@@ -13,6 +13,10 @@ recorded done. Done means, for ours, the run recorded completed in Redis by the 
 FINISH_RUN (a completed one-off job enters the ``retired`` index there; after the clock stops,
 every job is read back and must be ``completed``); for plain Celery, the handler's own record
 (one INCR, which our handler also does, so both run the same work).
+
+Beside the no-op headline, a curve by handler work: the same drain, ours and Celery with the same
+delivery settings, of handlers that do 1 ms of CPU or sleep 10 ms before their INCR (fewer jobs:
+``WORK_JOBS``), in jobs per second.
 """
 
 from __future__ import annotations
@@ -31,14 +35,16 @@ from celery import Celery
 from bench.env import Bench, wait_for
 from bench.figures.producer import REQUEST
 from bench.handlers import counter_key
-from bench.plain_app import QUEUE, TASK, make_app, queue_key
-from bench.report import Row, row
+from bench.plain_app import QUEUE, TASK, WORK_TASK, make_app, queue_key
+from bench.report import Point, Row, row
 from ductape_jobs import Ductape
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.keys import Keys
 from ductape_jobs.settings import Settings
 
 CHUNK = 1_000  # schedule_many calls of this many jobs
+NO_OP = "no-op"
+WORK_JOBS = {"1 ms CPU": 300, "10 ms sleep": 200}  # jobs per drain of the handler-work curve
 BRPOP_S = 1.5  # kombu's BRPOP timeout (1 s) and a margin
 
 
@@ -53,11 +59,12 @@ class Side:
     hostname: str
     worker: subprocess.Popen[bytes]
     ready: Callable[[], bool]
-    fill: Callable[[int], None]
+    fill: Callable[[int, str], None]  # n jobs whose handler does the named work
     done: Callable[[], int]  # runs recorded done so far
     check: Callable[[int], None] = lambda n: None  # after the clock: every one of n recorded done
     drain_s: list[float] = field(default_factory=list)
     cpu_us: list[dict[str, float]] = field(default_factory=list)  # per job: main, pool, redis
+    work_jobs_per_s: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _control(side: Side, command: str) -> None:
@@ -79,10 +86,14 @@ def _ours(bench: Bench, pool: list[str]) -> tuple[Side, Ductape]:
     queue = settings.queue_for("dev")
     filled: list[str] = []  # job ids of the current fill
 
-    def fill(n: int) -> None:
+    def fill(n: int, work: str) -> None:
         filled.clear()
         for start in range(0, n, CHUNK):
-            batch = [{**REQUEST, "input": {"n": i}} for i in range(start, min(start + CHUNK, n))]
+            numbers = range(start, min(start + CHUNK, n))
+            if work == NO_OP:
+                batch = [{**REQUEST, "input": {"n": i}} for i in numbers]
+            else:
+                batch = [{**REQUEST, "event": "work", "input": {"n": i, "work": work}} for i in numbers]
             filled.extend(h.job_id for h in ductape.job.schedule_many(batch))
 
     def check(n: int) -> None:
@@ -112,13 +123,16 @@ def _plain(bench: Bench, pool: list[str], delivery: str) -> Side:
     prefix = bench.prefix(f"f3{delivery[0]}")
     app = make_app(bench.url, prefix, delivery=delivery)
     db = bench.client()
-    task = app.tasks[TASK]
+    task, work_task = app.tasks[TASK], app.tasks[WORK_TASK]
     hostname = f"plain-{prefix}@{socket.gethostname()}"
 
-    def fill(n: int) -> None:
+    def fill(n: int, work: str) -> None:
         with app.producer_or_acquire() as producer, producer.batch():
             for _ in range(n):
-                task.apply_async(producer=producer)
+                if work == NO_OP:
+                    task.apply_async(producer=producer)
+                else:
+                    work_task.apply_async(args=[work], producer=producer)
 
     return Side(
         prefix,
@@ -138,12 +152,12 @@ def _plain(bench: Bench, pool: list[str], delivery: str) -> Side:
     )
 
 
-def drain(bench: Bench, side: Side, n: int) -> float:
+def drain(bench: Bench, side: Side, n: int, work: str = NO_OP) -> float:
     """Seconds from ``add_consumer`` until n pre-filled jobs are recorded done."""
     db = bench.client()
     _control(side, "cancel_consumer")
     time.sleep(BRPOP_S)  # a BRPOP sent before the cancel would still take a message
-    side.fill(n)
+    side.fill(n, work)
     waiting = int(db.llen(side.queue_key))
     if waiting != n:
         raise RuntimeError(f"{side.prefix}: {waiting} messages in the queue, expected {n}")
@@ -159,7 +173,8 @@ def drain(bench: Bench, side: Side, n: int) -> float:
     wait_for(finished, 300, f"{n} runs recorded done under {side.prefix}", poll_s=0.005)
     elapsed = time.perf_counter() - start
     cpu_after = _cpu_s(side.worker.pid, db)
-    side.cpu_us.append({k: round((cpu_after[k] - cpu_before[k]) / n * 1e6, 1) for k in cpu_after})
+    if work == NO_OP:  # the headline's CPU per job: the handler-work curve's drains are left out
+        side.cpu_us.append({k: round((cpu_after[k] - cpu_before[k]) / n * 1e6, 1) for k in cpu_after})
     side.check(n)
     db.close()
     return elapsed
@@ -190,8 +205,11 @@ def _cpu_s(pid: int, db: Any) -> dict[str, float]:
     }
 
 
-def end_to_end(bench: Bench, reps: int, n: int = 10_000, concurrency: int = 2) -> list[Row]:
-    """Ours vs plain Celery with our delivery settings (headline) and with its defaults, seconds."""
+def end_to_end(
+    bench: Bench, reps: int, n: int = 10_000, concurrency: int = 2, work_jobs: dict[str, int] = WORK_JOBS
+) -> list[Row]:
+    """Ours vs plain Celery with our delivery settings (headline) and with its defaults, seconds;
+    and ours vs the same settings by handler work, jobs per second."""
     pool = ["worker", "-P", "prefork", "-c", str(concurrency), "--without-gossip", "--without-mingle"]
     pool += ["--loglevel", "WARNING"]
     ours, ductape = _ours(bench, pool)
@@ -214,13 +232,18 @@ def end_to_end(bench: Bench, reps: int, n: int = 10_000, concurrency: int = 2) -
         for rep in range(reps):
             for s in order if rep % 2 == 0 else reversed(order):
                 s.drain_s.append(drain(bench, s, n))
+        pair = [sides["ours"], sides["theirs_same_settings"]]
+        for rep in range(reps):
+            for work, jobs in work_jobs.items():
+                for s in pair if rep % 2 == 0 else reversed(pair):
+                    s.work_jobs_per_s.setdefault(work, []).append(jobs / drain(bench, s, jobs, work))
     finally:
         for s in sides.values():
             bench.stop(s.worker)
             s.app.close()
             bench.drop(s.prefix)
         ductape.close()
-    return _rows(sides, n, concurrency)
+    return _rows(sides, n, concurrency) + _work_rows(sides, n, work_jobs)
 
 
 def _rows(sides: dict[str, Side], n: int, concurrency: int) -> list[Row]:
@@ -258,4 +281,26 @@ def _rows(sides: dict[str, Side], n: int, concurrency: int) -> list[Row]:
             details=details,
             command=command,
         ),
+    ]
+
+
+def _work_rows(sides: dict[str, Side], n: int, work_jobs: dict[str, int]) -> list[Row]:
+    ours, same = sides["ours"], sides["theirs_same_settings"]
+    kinds = [NO_OP, *work_jobs]
+    for s in (ours, same):
+        s.work_jobs_per_s[NO_OP] = [n / t for t in s.drain_s]  # the headline's drains
+    jobs = {NO_OP: n, **work_jobs}
+    return [
+        row(
+            f"3 (info) end to end, drain {jobs[kind]:,} jobs, handler: {kind}",
+            "jobs/s",
+            ours.work_jobs_per_s[kind],
+            same.work_jobs_per_s[kind],
+            "-",
+            None,
+            theirs_label="Celery, same delivery settings",
+            command=".venv/bin/python -m bench --only 3",
+            point=Point("3 end to end by handler work", "jobs/s, prefork -c 2", at, "handler work", kind),
+        )
+        for at, kind in enumerate(kinds)
     ]

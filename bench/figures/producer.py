@@ -10,7 +10,7 @@ from typing import Any
 from bench.env import Bench
 from bench.handlers import PRODUCT
 from bench.plain_app import TASK, make_app
-from bench.report import Row, row
+from bench.report import Point, Row, row
 from ductape_jobs import Ductape
 from ductape_jobs.settings import Settings
 
@@ -193,6 +193,7 @@ def schedule_batch(bench: Bench, reps: int, n: int = 10_000) -> list[Row]:
 
 
 INPUT_SIZES = {"100 B": 100, "10 KB": 10_000, "200 KB": 200_000}
+CURVE = "11 schedule() latency by input size"
 CALLS = {100: 1_000, 10_000: 500, 200_000: 100}  # calls per size and side in a repetition
 
 
@@ -238,6 +239,7 @@ def schedule_latency(bench: Bench, reps: int, calls_per_size: dict[int, int] = C
                     theirs_label="apply_async",
                     details={"calls_per_rep": calls_per_size[size], "input_bytes": size},
                     command=".venv/bin/python -m bench --only 11",
+                    point=Point(CURVE, f"p{q} per call, ms", size, "input, bytes"),
                 )
             )
     return rows

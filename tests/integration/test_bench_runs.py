@@ -2,9 +2,11 @@
 run in a few seconds run at a tiny size on the test server, so a refactor of the product that
 breaks ``make bench`` (a moved method, a renamed key, a changed script) fails the suite.
 
-Figures 3, 6 and 8 (worker fleets, 15 s windows, minutes of soak) are only imported; figure 5's
-real ``celery beat`` run is done once, for our side, at 20 due schedules; figure 12's idle worker
-once, ours, with one pool child, then after 5 runs.
+The curves run at one tiny point each with real processes: figure 3's worker drains (no-op and the
+handler-work curve), figure 5's beat bursts and figure 6's rate sweep (both sides, real ``celery
+beat``). Figure 12's idle worker runs once, ours, with one pool child, then after 5 runs. Figure 8
+(minutes of soak) is only imported. The charts are drawn from a small results file, and the
+README's commands (``python -m bench.charts``, ``python -m bench --aof``) run as subprocesses.
 """
 
 from __future__ import annotations
@@ -12,26 +14,35 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import pkgutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bench import figures as figure_modules
-from bench.__main__ import _figures, _parse
-from bench.env import Bench
+from bench.__main__ import _figures, _parse, reps_for
+from bench.charts import draw, slug
+from bench.env import ROOT, Bench
 from bench.figures.beat import beat_release
-from bench.figures.memory import run_idle_worker, run_ours
+from bench.figures.e2e import end_to_end
+from bench.figures.lateness import lateness
+from bench.figures.memory import beat_burst, run_idle_worker
 from bench.figures.producer import schedule_batch, schedule_latency, schedule_one_by_one
 from bench.figures.replicas import replica_wait
 from bench.figures.shards import release_rate
 from bench.figures.sizing import sizing
 from bench.plain_app import OUR_DELIVERY
-from bench.report import Row, table
+from bench.report import Point, Row, read_json, row, table, write_json
 from bench.rss_probe import main as rss_probe
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.settings import Settings
+
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
@@ -61,6 +72,10 @@ def test_every_figure_module_imports_and_every_figure_is_wired() -> None:
     assert set(_figures(quick=True)) == {1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14}
     args = _parse(["--only", "3,7", "--reps", "1", "--quick"])  # as the README runs it
     assert (args.only, args.reps, args.quick) == ("3,7", 1, True)
+    # noisy figures repeat 5 times by default; --quick is a short pass; --reps sets every figure
+    assert reps_for(3, _parse([])) == reps_for(6, _parse([])) == 5
+    assert reps_for(6, _parse(["--quick"])) == 2 and reps_for(4, _parse(["--reps", "7"])) == 7
+    assert _parse(["--aof"]).aof and not _parse([]).aof
 
 
 def test_the_replica_wait_figure_runs_at_a_tiny_size(bench: Bench) -> None:
@@ -72,7 +87,8 @@ def test_producer_figures_run_at_a_tiny_size(bench: Bench) -> None:
     measured(schedule_one_by_one(bench, 1, n=10))
     rows = measured(schedule_batch(bench, 1, n=20))
     assert {"twins", "mixed", "recurring", "session", "kombu_batch"} <= set(rows[0].details["jobs_per_s"])
-    assert len(measured(schedule_latency(bench, 1, {100: 3, 10_000: 3, 200_000: 3}))) == 6
+    latency = measured(schedule_latency(bench, 1, {100: 3, 10_000: 3, 200_000: 3}))
+    assert len(on_curve(latency, "11 schedule() latency by input size")) == 6
 
 
 def test_beat_release_and_redis_cpu_run_at_a_tiny_size(bench: Bench) -> None:
@@ -86,9 +102,96 @@ def test_sizing_runs_at_a_tiny_size(bench: Bench) -> None:
     measured(sizing(bench, 1, n=10), positive=False)
 
 
-def test_a_real_beat_process_releases_a_tiny_burst(bench: Bench) -> None:
-    got = run_ours(bench, 20, tag="t5")
-    assert got["stored"] == 20 and got["peak_rss_mb"] > 0 and got["bytes_per_schedule"] > 0
+def on_curve(rows: list[Row], chart: str) -> list[Row]:
+    """The rows of one chart, each with both sides measured."""
+    points = [r for r in rows if r.point and r.point.chart == chart]
+    assert points, [r.figure for r in rows]
+    for r in points:
+        assert math.isfinite(r.ours) and math.isfinite(r.theirs), r
+    return points
+
+
+def test_real_beat_processes_release_a_tiny_burst_timed_from_the_due_instant(bench: Bench) -> None:
+    rows = measured(beat_burst(bench, 1, bursts=(20,)))
+    release = [r for r in on_curve(rows, "5 beat release by due burst") if "release time" in r.figure]
+    assert len(release) == 1 and release[0].point and release[0].point.x == 20
+    for side in ("ours", "theirs"):
+        got = rows[0].details[side][0]
+        assert got["stored"] == got["landed"] == 20 and not got["projected"], got
+        assert got["peak_rss_mb"] > 0 and got["bytes_per_schedule"] > 0 and got["release_s"] >= 0
+
+
+def test_the_rate_sweep_runs_real_beats_of_both_sides_at_a_tiny_rate(bench: Bench) -> None:
+    rows = measured(lateness(bench, 2, rates=(20,)), positive=False)
+    points = on_curve(rows, "6 beat release by schedules due per second")
+    assert {r.point.panel for r in points if r.point} == {
+        "runs released per second",
+        "lateness p50, ms",
+        "lateness p99, ms",
+    }
+    released = next(r for r in points if r.unit == "runs/s")
+    assert released.ours > 0 and released.theirs > 0 and len(released.samples["ours"]) == 2
+
+
+def test_end_to_end_drains_and_the_handler_work_curve_run_at_a_tiny_size(bench: Bench) -> None:
+    rows = measured(end_to_end(bench, 1, n=20, work_jobs={"1 ms CPU": 10, "10 ms sleep": 10}))
+    points = on_curve(rows, "3 end to end by handler work")
+    assert [r.point.x_name for r in points if r.point] == ["no-op", "1 ms CPU", "10 ms sleep"]
+
+
+def _results(path: Path) -> Path:
+    """A small results file with one two-panel curve, one categorical curve and a plain row."""
+    curve, work = Point("6 a curve", "p99", 0, "rate"), Point("3 by work", "jobs/s", 0, "handler work")
+    rows = [
+        row(f"6 p99 at {x}", "ms", [x / 10, x / 8], [x, x * 2], "-", None, point=replace(curve, x=x))
+        for x in (100, 1_000, 20_000)
+    ]
+    rows += [
+        row(f"6 rate {x}", "runs/s", [x], [x / 2], "-", None, point=replace(curve, panel="delivered", x=x))
+        for x in (100, 1_000, 20_000)
+    ]
+    rows += [
+        row(f"3 {name}", "jobs/s", [900, 1_100], [800, 950], "-", None, point=replace(work, x=i, x_name=name))
+        for i, name in enumerate(("no-op", "1 ms CPU"))
+    ]
+    rows[-1].details["projected"] = ["theirs"]  # drawn hollow
+    rows.append(row("1 not a curve", "jobs/s", [1.0], [2.0], "-", None))
+    write_json(path, rows, {"commit": "abc1234", "when": "2026-12-01T15:00:00+00:00"})
+    return path
+
+
+def test_charts_are_drawn_from_a_results_file(tmp_path: Path) -> None:
+    meta, rows = read_json(_results(tmp_path / "last.json"))
+    assert meta["commit"] == "abc1234" and rows[0].point == Point("6 a curve", "p99", 100, "rate")
+    written = draw(rows, tmp_path / "charts")
+    assert sorted(p.name for p in written) == sorted(f"{slug(c)}.png" for c in ("6 a curve", "3 by work"))
+    for path in written:
+        assert path.read_bytes().startswith(PNG) and path.stat().st_size > 1_000
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=150
+    )
+
+
+def test_the_readme_charts_command_draws_pngs_and_prints_the_curve_tables(tmp_path: Path) -> None:
+    results = _results(tmp_path / "last.json")
+    done = _run("bench.charts", "--results", str(results), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "| rate | ours | theirs | ratio (min-max) |" in done.stdout
+    assert (tmp_path / "out" / "6-a-curve.png").read_bytes().startswith(PNG)
+
+
+def test_the_readme_aof_command_runs_a_figure_on_a_server_with_aof_everysec(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # --aof sets up its own server
+    out = tmp_path / "last-aof.json"
+    done = _run("bench", "--aof", "--only", "11", "--reps", "1", "--out", str(out), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    meta, rows = read_json(out)
+    assert meta["aof"] and "AOF on, appendfsync everysec" in meta["server"]
+    assert {"python", "celery", "kombu", "redis", "valkey"} <= set(meta["versions"])
+    assert "Wall time per figure: 11:" in done.stdout and len(rows) == 6
 
 
 def test_the_rss_probe_builds_and_leads_a_beat_engine(
