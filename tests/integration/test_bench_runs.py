@@ -218,3 +218,14 @@ def test_two_real_beat_processes_share_four_shards_and_release_a_tiny_burst(benc
     got = release_rate(bench, 4, 2, 40, "t14")
     # (not the beats' CPU: it is read in 10 ms ticks, and 40 runs may cost none that shows)
     assert got.runs_per_s > 0 and got.redis_cpu_us > 0
+
+
+def test_make_bench_runs_the_bench_with_its_arguments_then_draws_the_charts() -> None:
+    # `make bench BENCH_ARGS=--quick` as the README shows it, dry-run: the bench's minutes are
+    # not spent here, the wiring is what is checked (charts drawn even when a figure failed)
+    done = subprocess.run(
+        ["make", "-n", "bench", "BENCH_ARGS=--quick"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith(".venv/bin/python -m bench --quick; status=$?; .venv/bin/python -m bench.charts")
