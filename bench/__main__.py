@@ -42,7 +42,7 @@ NOTE = (
 NOISY_REPS = 5  # repetitions of a figure by default (median and min-max reported)
 # Figures whose repetitions agree closely (counts, bytes, a 15x ratio spread by a few percent) or
 # whose peer side takes tens of seconds a repetition run fewer by default; --reps sets them all.
-FEWER_REPS = {4: 3, 5: 3, 9: 1, 12: 3}
+FEWER_REPS = {4: 2, 5: 2, 9: 1, 12: 2}
 LONG = {8}  # minutes long: only when named in --only (`make soak` runs figure 8 alone)
 
 
