@@ -17,6 +17,8 @@ from hypothesis import settings as hypothesis_settings
 
 from ductape_jobs import Ductape, Settings
 from ductape_jobs.embedded import EmbeddedRedis
+from tests.sentinels import PASSWORD as SENTINEL_PRIMARY_PASSWORD
+from tests.sentinels import SENTINEL_PASSWORD, SentinelGroup
 from tests.support import Processes, Reaper
 
 # Hypothesis fails an example that takes over 200 ms: a timing assertion, which a loaded machine
@@ -141,3 +143,19 @@ def exported() -> Iterator[tuple[Any, Any]]:
         provider.shutdown()
         trace._TRACER_PROVIDER_SET_ONCE = Once()
         trace._TRACER_PROVIDER = None
+
+
+@pytest.fixture
+def sentinel_down_after_ms() -> int:
+    """How long the sentinels of ``group`` wait before they call the primary down (ms)."""
+    return 1000
+
+
+@pytest.fixture
+def group(sentinel_down_after_ms: int) -> Iterator[SentinelGroup]:
+    """A primary (``a``), its replica (``b``) and three sentinels, with tests/sentinels.py's passwords."""
+    started = SentinelGroup.start(SENTINEL_PRIMARY_PASSWORD, SENTINEL_PASSWORD, sentinel_down_after_ms)
+    try:
+        yield started
+    finally:
+        started.stop()

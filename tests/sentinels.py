@@ -19,6 +19,8 @@ from ductape_jobs.embedded import free_port
 from tests.support import wait_for
 
 MASTER = "ductape-test"
+PASSWORD = "primary-pw-not-for-prod"  # the servers' requirepass (never to be seen in output)
+SENTINEL_PASSWORD = "sentinel-pw-not-for-prod"  # the sentinels' own requirepass
 
 
 def _binary() -> str:

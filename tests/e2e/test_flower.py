@@ -30,6 +30,8 @@ from ductape_jobs import Ductape, JobStatus, Settings
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.clock import now_ms
 from tests.sentinels import MASTER, SentinelGroup
+from tests.sentinels import PASSWORD as SENTINEL_PRIMARY_PW
+from tests.sentinels import SENTINEL_PASSWORD as SENTINEL_OWN_PW
 from tests.support import (
     ROOT,
     Processes,
@@ -370,20 +372,6 @@ def test_flower_broker_page_lists_env_queues_with_their_lengths(
     drained = {name: 0 for name in waiting}
     wait_for(lambda: queue_lengths(port) == drained, 60, "the worker to drain the queues")
     assert broker_page(port)[0] == {name: "0" for name in waiting}
-
-
-SENTINEL_PRIMARY_PW = "primary-pw-not-for-prod"
-SENTINEL_OWN_PW = "sentinel-pw-not-for-prod"
-
-
-@pytest.fixture
-def group() -> Iterator[SentinelGroup]:
-    """A primary (``a``), its replica (``b``) and three sentinels, with passwords."""
-    started = SentinelGroup.start(SENTINEL_PRIMARY_PW, SENTINEL_OWN_PW)
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def test_flower_broker_page_behind_sentinel(group: SentinelGroup, prefix: str, tmp_path: Path) -> None:

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ductape_jobs.embedded import EmbeddedRedis, free_port
 from tests.e2e.test_cli import run_cli
-from tests.sentinels import MASTER, SentinelGroup
+from tests.sentinels import MASTER, PASSWORD, SENTINEL_PASSWORD, SentinelGroup
 from tests.support import Processes, http_get, wait_for
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "primary-pw-not-for-prod"
-SENTINEL_PASSWORD = "sentinel-pw-not-for-prod"
 FLOWER = ("user", "flower-pw")
 SCHEDULE = 'schedule --env dev --product-tag tests --event echo --input \'{"via": "cli"}\''
 
@@ -31,16 +28,6 @@ def readme_block() -> tuple[set[str], list[str]]:
     lines = [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
     exported = {line.split()[1].split("=", 1)[0] for line in lines if line.startswith("export ")}
     return exported, [line for line in lines if line and not line.startswith("export ")]
-
-
-@pytest.fixture
-def group() -> Iterator[SentinelGroup]:
-    """A primary (``a``), its replica (``b``) and three sentinels, with passwords."""
-    started = SentinelGroup.start(PASSWORD, SENTINEL_PASSWORD)
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def test_worker_beat_flower_and_cli_follow_a_failover(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -14,21 +13,9 @@ from kombu import Connection, Queue
 from ductape_jobs import AsyncDuctape, BackendUnavailableError, Ductape, NotReplicatedError, Settings
 from ductape_jobs.records import Verdict
 from ductape_jobs.transport import SentinelTransport
-from tests.sentinels import MASTER, SentinelGroup
+from tests.sentinels import MASTER, SENTINEL_PASSWORD, SentinelGroup
 
-PASSWORD = "primary-pw-not-for-prod"
-SENTINEL_PASSWORD = "sentinel-pw-not-for-prod"
 REQUEST = {"env": "dev", "product_tag": "tests", "event": "echo", "input": {}, "start_at": 4_102_444_800}
-
-
-@pytest.fixture
-def group() -> Iterator[SentinelGroup]:
-    """A primary (``a``), its replica (``b``) and three sentinels, with passwords."""
-    started = SentinelGroup.start(PASSWORD, SENTINEL_PASSWORD)
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def sentinel_settings(group: SentinelGroup, prefix: str, **overrides: object) -> Settings:
