@@ -76,9 +76,9 @@ def test_messages_held_when_redis_went_down_are_put_back_by_the_next_connection(
 # -- FETCH: several messages per round trip, acks in batches (design §8.4) ----------------------
 
 
-def consuming(redis_url: str, prefix: str, n: int, prefetch: int = 10) -> tuple[Connection, list[Any]]:
-    """A connection on our transport, ``n`` messages published to queue q and consumed (unacked)
-    by one ``drain_events``: the sync path runs the same FETCH a worker's event loop does."""
+def subscribed(redis_url: str, prefix: str, n: int, prefetch: int = 10) -> tuple[Connection, list[Any]]:
+    """A connection on our transport, ``n`` messages published to queue q and a consumer of it
+    (nothing taken yet); the messages it is handed land in the list."""
     conn = Connection(redis_url, transport=Transport, transport_options={"global_keyprefix": f"{prefix}:"})
     queue = Queue("q", routing_key="q")
     producer = conn.Producer()
@@ -88,6 +88,13 @@ def consuming(redis_url: str, prefix: str, n: int, prefetch: int = 10) -> tuple[
     consumer = conn.Consumer(queue, callbacks=[lambda _body, message: got.append(message)])
     consumer.qos(prefetch_count=prefetch)
     consumer.consume()
+    return conn, got
+
+
+def consuming(redis_url: str, prefix: str, n: int, prefetch: int = 10) -> tuple[Connection, list[Any]]:
+    """As ``subscribed``, the messages then consumed (unacked) by one ``drain_events``: the sync
+    path runs the same FETCH a worker's event loop does."""
+    conn, got = subscribed(redis_url, prefix, n, prefetch)
     conn.drain_events(timeout=5)
     return conn, got
 
@@ -150,20 +157,12 @@ def test_an_ack_from_another_thread_is_sent_at_once(redis_url: str, prefix: str,
 def test_messages_a_fetch_took_are_put_back_when_its_reply_is_lost_with_the_connection(
     redis_url: str, prefix: str, r: redis.Redis
 ):
-    conn = Connection(redis_url, transport=Transport, transport_options={"global_keyprefix": f"{prefix}:"})
-    queue = Queue("q", routing_key="q")
-    producer = conn.Producer()
-    for i in range(3):
-        producer.publish({"n": i}, routing_key="q", declare=[queue])
-    got: list[Any] = []
-    consumer = conn.Consumer(queue, callbacks=[lambda _body, message: got.append(message)])
-    consumer.qos(prefetch_count=10)
-    consumer.consume()
+    conn, got = subscribed(redis_url, prefix, 3)
     try:
         r.script_load(FETCH)  # as a worker's first FETCH does after NOSCRIPT
         conn.transport.cycle.on_poll_start()  # a FETCH sent, its reply not read yet
         wait_for(lambda: r.hlen(f"{prefix}:unacked") == 3, 5, "the FETCH to run")
-        channel = consumer.channel
+        channel = conn.default_channel  # the consumer's
         channel.client.connection.disconnect()  # the reply is lost with the connection
         assert r.llen(f"{prefix}:q") == 0 and r.hlen(f"{prefix}:unacked") == 3  # delivered to no one
         conn.drain_events(timeout=5)  # the next FETCH puts them back first, then takes them
@@ -176,14 +175,7 @@ def test_messages_a_fetch_took_are_put_back_when_its_reply_is_lost_with_the_conn
 def test_what_a_fetch_under_way_took_is_put_back_when_the_channel_closes(
     redis_url: str, prefix: str, r: redis.Redis
 ):
-    conn = Connection(redis_url, transport=Transport, transport_options={"global_keyprefix": f"{prefix}:"})
-    queue = Queue("q", routing_key="q")
-    producer = conn.Producer()
-    for i in range(3):
-        producer.publish({"n": i}, routing_key="q", declare=[queue])
-    consumer = conn.Consumer(queue, callbacks=[lambda _body, _message: None])
-    consumer.qos(prefetch_count=10)
-    consumer.consume()
+    conn, _ = subscribed(redis_url, prefix, 3)
     r.script_load(FETCH)  # as a worker's first FETCH does after NOSCRIPT
     conn.transport.cycle.on_poll_start()  # a FETCH sent, its reply not read yet
     wait_for(lambda: r.hlen(f"{prefix}:unacked") == 3, 5, "the FETCH to run")
