@@ -1,4 +1,5 @@
-"""The Redis-backed beat: ``celery -A workers beat`` (or ``-S beat.RedisScheduler``).
+"""The Redis-backed beat: ``celery -A beat beat`` (beat/celery.py), or ``-S beat.RedisScheduler`` in
+any Celery app.
 
 Owns: leader election with fencing (``leader``: one object owns the lock and its token),
 releasing due runs from the Redis due index to Celery (claim, advance and message push atomic per

@@ -19,10 +19,10 @@ from ductape_jobs import jobfields, ops, timing, tracing
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.imported import BeatSchedule
 from ductape_jobs.jitter import Spread
-from ductape_jobs.models import run_id_for
 from ductape_jobs.records import Message, Messages, reason
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Claim, DueEntry, Store
+from ductape_jobs.terms import run_id_for
 
 log = logging.getLogger("beat")
 

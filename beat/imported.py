@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from celery import Celery
@@ -18,9 +18,12 @@ from celery.schedules import crontab, schedule
 
 from ductape_jobs.errors import JobValidationError
 from ductape_jobs.imported import BeatSchedule, ImportedEntry
-from ductape_jobs.models import CeleryCall, Repeat
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import CeleryCall
 from ductape_jobs.urls import is_sentinel, sentinel_target
+
+if TYPE_CHECKING:
+    from ductape_jobs.models import Repeat
 
 log = logging.getLogger("beat")
 
@@ -85,6 +88,8 @@ def _call(app: Celery, name: str, raw: dict[str, Any]) -> CeleryCall:
 
 def _repeat(app: Celery, when: object) -> Repeat:
     """The entry's schedule as a repeat of ours (overlap 'allow': Celery beat has no such rule)."""
+    from ductape_jobs.models import Repeat  # validated (pydantic): loaded only when there are entries
+
     if isinstance(when, int | float) and not isinstance(when, bool):
         when = timedelta(seconds=when)
     if isinstance(when, schedule):

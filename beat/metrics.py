@@ -22,12 +22,11 @@ from collections.abc import Callable, Collection, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from beat.engine import TickReport
-from beat.health import HealthCollector
-from ductape_jobs import ops
+from ductape_jobs import health, ops
 from ductape_jobs.clock import now_ms
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.settings import Settings
@@ -231,3 +230,53 @@ class _FailedRuns(Collector):
                 skipped.add_metric(list(labels), skips)
         yield family
         yield skipped
+
+
+class HealthCollector(Collector):
+    """Redis memory, eviction policy and the lifecycle counters (beat/health.py's watch, as
+    metrics), read at scrape time in three round trips (leader only, so summing over beats never
+    counts twice)."""
+
+    def __init__(self, store: Store, is_leader: Callable[[], bool]) -> None:
+        self.store = store
+        self.is_leader = is_leader
+
+    def collect(self) -> Iterator[Metric]:
+        if not self.is_leader():
+            return
+        try:
+            policy = self.store.run(ops.beat.eviction_policy())
+            memory = self.store.run(ops.beat.memory())
+            counters = self.store.run(ops.beat.counters(self.store.keys))
+        except BackendUnavailableError:
+            log.warning("metrics: Redis is unreachable; its memory and record counts left out of this scrape")
+            return
+        if memory is not None:
+            used, maxmemory = memory
+            yield GaugeMetricFamily("ductape_redis_used_memory_bytes", "Redis used_memory.", value=used)
+            yield GaugeMetricFamily(
+                "ductape_redis_maxmemory_bytes", "Redis maxmemory (0: no limit).", value=maxmemory
+            )
+        if policy is not None:
+            safe = 1.0 if health.eviction_safe(policy) else 0.0
+            yield GaugeMetricFamily(
+                "ductape_redis_eviction_safe", "1 when maxmemory-policy cannot evict schedules.", value=safe
+            )
+        yield CounterMetricFamily(
+            "ductape_jobs_expired",
+            "Finished jobs removed after their retention, with their runs.",
+            value=counters.get("jobs_expired", 0),
+        )
+        yield CounterMetricFamily(
+            "ductape_dead_letters_dropped",
+            "Dead letters dropped past DUCTAPE_DEAD_RETENTION_S or beyond DUCTAPE_DEAD_MAX.",
+            value=counters.get("dead_dropped", 0),
+        )
+        vanished = CounterMetricFamily(
+            "ductape_records_vanished",
+            "Records gone before their time (evicted or deleted): due entries, runs, jobs.",
+            labels=["record"],
+        )
+        for name, record in health.VANISHED.items():
+            vanished.add_metric([record], counters.get(name, 0))
+        yield vanished

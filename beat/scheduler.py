@@ -8,15 +8,13 @@ import logging
 import os
 import socket
 import threading
-from typing import Any
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING, Any
 
 from celery import beat as celery_beat
 
 from beat.engine import BeatEngine
 from beat.health import RedisWatch
 from beat.imported import beat_schedule
-from beat.metrics import BeatMetrics
 from ductape_jobs.clock import now_ms
 from ductape_jobs.connection import connect
 from ductape_jobs.events import SentEvents
@@ -25,6 +23,11 @@ from ductape_jobs.ops import Replicas
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Retention, Store
 from ductape_jobs.wire import MessageBuilder
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from beat.metrics import BeatMetrics
 
 log = logging.getLogger("beat")
 
@@ -69,6 +72,8 @@ class RedisScheduler(celery_beat.Scheduler):  # type: ignore[misc]
         self._renewer = threading.Thread(target=self._renew_loop, name="beat-lock", daemon=True)
         self._renewer.start()
         if self.settings.metrics_port is not None:
+            from beat.metrics import BeatMetrics  # prometheus_client: only a beat serving metrics loads it
+
             leadership = self.engine.leadership
             self.metrics = BeatMetrics(
                 self.store,

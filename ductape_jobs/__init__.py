@@ -33,25 +33,20 @@ from ductape_jobs.errors import (
 if TYPE_CHECKING:
     from ductape_jobs.aclient import AsyncDuctape
     from ductape_jobs.client import Ductape
-    from ductape_jobs.models import (
-        JobRecord,
-        JobRequest,
-        JobStatus,
-        Repeat,
-        RunRecord,
-        RunStatus,
-        ScheduleHandle,
-    )
+    from ductape_jobs.models import JobRecord, JobRequest, Repeat, RunRecord, ScheduleHandle
     from ductape_jobs.registry import RunContext, handler
     from ductape_jobs.settings import Settings
+    from ductape_jobs.terms import JobStatus, RunStatus
 
 _LAZY = {
     "AsyncDuctape": "ductape_jobs.aclient",
     "Ductape": "ductape_jobs.client",
     **dict.fromkeys(
-        ("JobRecord", "JobRequest", "JobStatus", "Repeat", "RunRecord", "RunStatus", "ScheduleHandle"),
+        ("JobRecord", "JobRequest", "Repeat", "RunRecord", "ScheduleHandle"),
         "ductape_jobs.models",
     ),
+    "JobStatus": "ductape_jobs.terms",
+    "RunStatus": "ductape_jobs.terms",
     "RunContext": "ductape_jobs.registry",
     "handler": "ductape_jobs.registry",
     "Settings": "ductape_jobs.settings",

@@ -7,22 +7,29 @@ Read from the job hash's brief fields (jobfields.BRIEF: a few hundred bytes at m
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
+import json
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 from ductape_jobs import timing
-from ductape_jobs.models import CeleryCall, JobSpec
 from ductape_jobs.sessions import redact
+from ductape_jobs.terms import CeleryCall
 from ductape_jobs.tracing import TRACEPARENT
+
+if TYPE_CHECKING:
+    from ductape_jobs.models import JobSpec
 
 ARGSREPR_MAX = 1_024  # Celery's argsrepr (shown by Flower) is the input's repr cut to this length
 
 
-class JobBrief(BaseModel):
-    """Where a job's runs go, when they fall due, and how Flower shows their input."""
+@dataclass(frozen=True, slots=True)
+class JobBrief:
+    """Where a job's runs go, when they fall due, and how Flower shows their input.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    A plain dataclass, so beat reads briefs without pydantic: what it holds was checked when the
+    job was scheduled (JobRequest), and ``__post_init__`` checks again what a damaged record could
+    get wrong, raising ValueError (beat then sets the job aside).
+    """
 
     env: str
     product_tag: str
@@ -34,7 +41,28 @@ class JobBrief(BaseModel):
     celery: CeleryCall | None = None  # an imported beat_schedule entry: its task, not our handler
     # The W3C traceparent of the span that scheduled the job (55 characters, no baggage, no
     # tracestate): beat links a recurring run's trace to it, and sends a one-off in its trace.
-    traceparent: str | None = Field(default=None, pattern=TRACEPARENT.pattern)
+    traceparent: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("env", "product_tag", "event"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}: expected a string, got {getattr(self, name)!r}")
+        if self.rule is not None and not isinstance(self.rule, dict):
+            raise ValueError(f"rule: expected an object, got {self.rule!r}")
+        if self.timeout_s is not None and not isinstance(self.timeout_s, int):
+            raise ValueError(f"timeout_s: expected a whole number, got {self.timeout_s!r}")
+        if isinstance(self.celery, dict):  # as JSON holds it
+            object.__setattr__(self, "celery", CeleryCall.of(self.celery))
+        if self.traceparent is not None and not TRACEPARENT.fullmatch(self.traceparent):
+            raise ValueError(f"traceparent: not a W3C traceparent: {self.traceparent[:64]!r}")
+
+    @classmethod
+    def from_json(cls, text: str) -> JobBrief:
+        """A brief stored as JSON (the layout before jobfields); ValueError when it is not one."""
+        data = json.loads(text)
+        if not isinstance(data, dict) or not set(data) <= {f.name for f in fields(cls)}:
+            raise ValueError(f"not a job brief: {text[:64]!r}")
+        return cls(**data)
 
     @classmethod
     def of(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu.entity import Queue
@@ -11,8 +12,8 @@ from kombu.exceptions import OperationalError
 
 from ductape_jobs.errors import BackendUnavailableError
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import hard_limit_s
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import hard_limit_s
 from ductape_jobs.urls import broker_url, kombu_sentinel
 
 
@@ -68,6 +69,15 @@ def create_app(settings: Settings, *, name: str = "ductape_jobs") -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def use_our_transport(app: Celery, settings: Settings) -> None:
+    """Workers and beat take messages through ductape_jobs.transport (kombu#582 worked around,
+    behind Sentinel too; the worker's FETCH); rediss:// keeps kombu's own, with its TLS defaults."""
+    if settings.sentinel_target() is not None:
+        app.conf.broker_transport = "ductape_jobs.transport:SentinelTransport"
+    elif urlsplit(settings.url).scheme == "redis":
+        app.conf.broker_transport = "ductape_jobs.transport:Transport"
 
 
 def _broker(settings: Settings) -> tuple[str, dict[str, Any]]:

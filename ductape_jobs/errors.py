@@ -6,6 +6,8 @@ field, show the offending value and say what to do; they never carry a secret.
 
 from __future__ import annotations
 
+import sys
+
 
 class DuctapeError(Exception):
     """Base class of every error raised by ductape-jobs."""
@@ -74,3 +76,10 @@ class JobTimeoutError(HandlerError, TimeoutError):
 class RunCancelledError(DuctapeError):
     """The run was cancelled (``cancel``, ``cancel_run``): raised in its handler by
     ``ctx.check_cancelled()``; the run ends ``cancelled`` and is never retried."""
+
+
+def validation_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is pydantic's ValidationError, asked without loading pydantic (~10 MB a
+    process, which beat never needs): a process that did not load it cannot have raised one."""
+    pydantic = sys.modules.get("pydantic")
+    return pydantic is not None and isinstance(exc, pydantic.ValidationError)

@@ -8,18 +8,21 @@ name and the entry's name, so every beat of that app names it the same.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ductape_jobs import jobfields
 from ductape_jobs.errors import JobValidationError
-from ductape_jobs.models import CeleryCall, JobRequest, Repeat
-from ductape_jobs.planning import plan_job
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import CeleryCall
+
+if TYPE_CHECKING:
+    from ductape_jobs.models import Repeat
 
 PRODUCT_TAG = "beat_schedule"  # what ``ductape-jobs list --product-tag`` finds them by
 _NOT_SLUG = re.compile(r"[^A-Za-z0-9_.-]")
@@ -83,6 +86,11 @@ class BeatSchedule:
         return rows, refused
 
     def _row(self, entry: ImportedEntry, now_ms: int) -> ImportRow:
+        # Imported here: planning validates through the request models (pydantic, ~10 MB a
+        # process), which a beat without beat_schedule entries never loads.
+        from ductape_jobs.models import JobRequest
+        from ductape_jobs.planning import plan_job
+
         call = entry.call
         request = JobRequest(
             env=self.settings.envs[0],
@@ -96,7 +104,7 @@ class BeatSchedule:
         # plan_job checks what any schedule is checked for (rate, input size and shape, tz).
         planned = plan_job(request, self.settings, Sessions({}), now_ms, job_id)
         spec = planned.spec.model_copy(update={"celery": call})
-        said = [request.model_dump(mode="json"), call.model_dump(mode="json")]
+        said = [request.model_dump(mode="json"), dataclasses.asdict(call)]
         digest = hashlib.sha256(json.dumps(said, sort_keys=True, default=str).encode()).hexdigest()[:32]
         # The first slot goes to the due index (beat releases it), never straight to Celery here.
         return ImportRow(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 
 from ductape_jobs import timing
-from ductape_jobs.models import run_id_for
+from ductape_jobs.terms import run_id_for
 
 
 def offset_ms(run_id: str, window_ms: int) -> int:

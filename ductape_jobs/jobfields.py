@@ -19,12 +19,16 @@ it in this layout (``put_spec`` deletes both). Pure: no I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ductape_jobs.brief import JobBrief, argsrepr
-from ductape_jobs.models import CeleryCall, JobSpec
+from ductape_jobs.terms import CeleryCall
+
+if TYPE_CHECKING:
+    from ductape_jobs.models import JobSpec
 
 SEP = "\x1f"
 Kind = Literal["str", "int", "json"]
@@ -93,7 +97,7 @@ ALL = (*SPEC[:-2], ARGSREPR, TRACEPARENT, LEGACY_SPEC, LEGACY_BRIEF)
 
 def _encode(value: Any, kind: Kind) -> str:
     if kind == "json":
-        return _JSON.encode(value.model_dump(mode="json") if isinstance(value, CeleryCall) else value)
+        return _JSON.encode(dataclasses.asdict(value) if isinstance(value, CeleryCall) else value)
     return str(value)
 
 
@@ -172,6 +176,10 @@ def holds_spec(packed: str) -> bool:
 
 def spec_of(f: Mapping[str, str]) -> JobSpec:
     """The spec a job hash holds (either layout); raises ValueError when it can't be read."""
+    # Imported here: the spec is a validated model (pydantic, ~10 MB a process), which beat never
+    # reads; the worker loads it before forking its pool (workers.factory).
+    from ductape_jobs.models import JobSpec
+
     if LEGACY_SPEC in f:
         return JobSpec.model_validate_json(f[LEGACY_SPEC])
     data: dict[str, Any] = {"input": json.loads(f[INPUT]) if INPUT in f else {}}
@@ -186,20 +194,18 @@ def spec_of(f: Mapping[str, str]) -> JobSpec:
 def brief_of(f: Mapping[str, str]) -> JobBrief:
     """What beat reads of a job (either layout); raises ValueError when it can't be read."""
     if LEGACY_BRIEF in f:
-        return JobBrief.model_validate_json(f[LEGACY_BRIEF])
+        return JobBrief.from_json(f[LEGACY_BRIEF])
     if LEGACY_SPEC in f:
-        return JobBrief.of(JobSpec.model_validate_json(f[LEGACY_SPEC]))
-    return JobBrief.model_validate(
-        {
-            "env": f.get("env"),
-            "product_tag": f.get("tag"),
-            "event": f.get("ev"),
-            "rule": _rule_of(f),
-            "argsrepr": f.get(ARGSREPR, "{}"),
-            "timeout_s": f.get("to"),
-            "celery": None if "cel" not in f else json.loads(f["cel"]),
-            "traceparent": f.get(TRACEPARENT),
-        }
+        return JobBrief.of(spec_of(f))
+    return JobBrief(
+        env=f.get("env"),  # type: ignore[arg-type]  # None (a damaged record): ValueError
+        product_tag=f.get("tag"),  # type: ignore[arg-type]
+        event=f.get("ev"),  # type: ignore[arg-type]
+        rule=_rule_of(f),
+        argsrepr=f.get(ARGSREPR, "{}"),
+        timeout_s=None if "to" not in f else int(f["to"]),
+        celery=None if "cel" not in f else CeleryCall.of(json.loads(f["cel"])),
+        traceparent=f.get(TRACEPARENT),
     )
 
 

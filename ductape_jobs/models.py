@@ -16,8 +16,7 @@ import difflib
 import hashlib
 import json
 import math
-from datetime import UTC, datetime
-from enum import StrEnum
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import (
@@ -34,51 +33,20 @@ from pydantic import (
 
 from ductape_jobs import timing
 from ductape_jobs.errors import JobValidationError, SessionError, shown
-
-SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-SLUG_FIX = "use letters, digits, '_', '.' or '-', starting with a letter or digit, at most 128 characters"
-# A caller-chosen ``key`` or ``idempotency_key``: part of a Redis key name, so bounded and plain.
-KEY = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$"
-KEY_FIX = (
-    "use letters, digits, '_', '.', ':', '/' or '-', starting with a letter or digit, at most 200 characters"
+from ductape_jobs.terms import (
+    KEY,
+    KEY_FIX,
+    MAX_INT,
+    MAX_RETRIES,
+    MAX_TIMEOUT_S,
+    SLUG,
+    SLUG_FIX,
+    CeleryCall,
+    JobStatus,
+    RunStatus,
+    check_task_namespace,
+    ms_to_datetime,
 )
-# Upper bounds of the numeric fields, so that no number is too large to store, read back or show
-# (CPython cannot even print an int past 4,300 digits): repeat.every, limit and catchup_ms hold
-# in a signed 64-bit integer; start_at and endDate end at the year 9999 (timing.MAX_MS).
-MAX_INT = 2**63 - 1
-MAX_RETRIES = 25
-# Celery names its own tasks celery.* (celery.chord_unlock, celery.backend_cleanup, ...); a task
-# of ours there would replace one of them in the worker.
-CELERY_NAMESPACE = "celery."
-MAX_TIMEOUT_S = 86_400  # a job's ``timeout`` (seconds): at most a day
-
-
-class JobStatus(StrEnum):
-    """Where a job is in its life."""
-
-    SCHEDULED = "scheduled"
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    PAUSED = "paused"
-
-
-class RunStatus(StrEnum):
-    """Where a run is in its life."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    CANCELLED = "cancelled"
-    BUFFERED = "buffered"  # repeat.overlap=buffer_one: waits in the due index for the run before it
-    # A plain Celery task of an imported beat_schedule entry, handed to the broker: from here on
-    # its execution is Celery's (the app's own worker runs it; no outcome comes back to us).
-    SENT = "sent"
 
 
 class _Frozen(BaseModel):
@@ -343,19 +311,6 @@ def _unknown_field_message(loc: list[str]) -> str:
     return f"is not a known field (known: {', '.join(known)}){hint}"
 
 
-class CeleryCall(_Frozen):
-    """A plain Celery task an imported ``beat_schedule`` entry sends (beat/imported.py), as
-    ``app.send_task(task, args, kwargs, **options)`` would."""
-
-    entry: str  # the beat_schedule entry's name
-    task: str
-    args: list[Any] = Field(default_factory=list)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    # Resolved at import: queue (its broker list), exchange, routing_key, priority, expires,
-    # headers, time_limit, soft_time_limit
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
 class JobSpec(_Frozen):
     """What to run, where, how often: a stored job's request part (changed only by an update)."""
 
@@ -445,45 +400,3 @@ class ScheduleHandle(_Frozen):
     next_run_at: datetime | None
     created: bool = True
     updated: bool = False  # an existing job (its key's, or a twin asking other settings) was changed
-
-
-def hard_limit_s(timeout_s: int) -> int:
-    """When a handler still running past its timeout is killed: a grace of a tenth, 1..60 s."""
-    return timeout_s + min(max(timeout_s // 10, 1), 60)
-
-
-def ms_to_datetime(value_ms: int | None) -> datetime | None:
-    """Epoch ms to an aware UTC datetime (None stays None)."""
-    return None if value_ms is None else datetime.fromtimestamp(value_ms / 1000, tz=UTC)
-
-
-def task_name(product_tag: str, event: str) -> str:
-    """The Celery task of an event: ``<product_tag>.<event>``, or ``<product_tag>:<event>`` when the
-    product tag holds a dot.
-
-    One name per pair: a slug never holds ':', so a name with one splits there, and a name without
-    one came from a dotless product tag, which ends at its first dot (``billing.refund``/``notify``
-    is ``billing.refund:notify``, ``billing``/``refund.notify`` is ``billing.refund.notify``).
-    """
-    return f"{product_tag}{':' if '.' in product_tag else '.'}{event}"
-
-
-def check_task_namespace(product_tag: str, field: str = "product_tag") -> None:
-    """Refuse a product tag whose tasks would be named in Celery's own ``celery.*`` namespace."""
-    if f"{product_tag}.".startswith(CELERY_NAMESPACE):
-        raise JobValidationError(
-            field,
-            f"{shown(product_tag)} is reserved: its tasks would be named {CELERY_NAMESPACE}<event>, "
-            "where Celery keeps its own tasks (celery.chord_unlock, celery.backend_cleanup, ...); "
-            "choose another product tag",
-        )
-
-
-def run_id_for(job_id: str, nominal_ms: int) -> str:
-    """The deterministic run id, also used as the Celery task id."""
-    return f"{job_id}:{nominal_ms}"
-
-
-def job_id_of(run_id: str) -> str:
-    """The job a run id belongs to."""
-    return run_id.rsplit(":", 1)[0]

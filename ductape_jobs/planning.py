@@ -17,11 +17,12 @@ from ductape_jobs import timing
 from ductape_jobs.errors import JobValidationError, SessionError
 from ductape_jobs.jitter import Spread
 from ductape_jobs.keys import route_of, routed
-from ductape_jobs.models import JobRequest, JobSpec, JobStatus, ScheduleHandle, ms_to_datetime, run_id_for
+from ductape_jobs.models import JobRequest, JobSpec, ScheduleHandle
 from ductape_jobs.records import Message, NewJob
 from ductape_jobs.sealed import seal_input
 from ductape_jobs.sessions import OPENER, Sessions, has_placeholders, redact, resolve_placeholders
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import JobStatus, ms_to_datetime, run_id_for
 
 # The last instant a datetime holds (9999-12-31T23:59:59.999Z): a run after it cannot be shown.
 _LAST_MS = 253_402_300_799_999

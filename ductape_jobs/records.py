@@ -11,14 +11,16 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ductape_jobs.brief import JobBrief
+from ductape_jobs.errors import validation_error
 from ductape_jobs.jobfields import spec_of
-from ductape_jobs.models import JobRecord, JobSpec, JobStatus, RunRecord, RunStatus
+from ductape_jobs.terms import JobStatus, RunStatus
 from ductape_jobs.timing import Overlap
+
+if TYPE_CHECKING:  # the validated models (pydantic): loaded where a record is read back, not in beat
+    from ductape_jobs.models import JobRecord, JobSpec, RunRecord
 
 # The scripts' words, as types mypy checks: what callers pass in as Literals, what Redis answers as
 # StrEnums (parsed where the reply is read, so an unknown word fails there). Both are plain str.
@@ -224,8 +226,8 @@ REASON_MAX = 300
 
 def reason(what: str, exc: BaseException) -> str:
     """A one-line reason for a record set aside: what failed, the exception's type and its gist."""
-    if isinstance(exc, ValidationError):
-        first = exc.errors(include_url=False)[0]
+    if validation_error(exc):
+        first = exc.errors(include_url=False)[0]  # type: ignore[attr-defined]
         where = ".".join(str(part) for part in first["loc"]) or "record"
         gist = f"{where}: {first['msg']}"
     else:
@@ -270,6 +272,8 @@ class Started:
 
 def job_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord:
     """A job hash (HGETALL reply) as a JobRecord."""
+    from ductape_jobs.models import JobRecord  # see TYPE_CHECKING above
+
     f = {text(k): text(v) for k, v in raw.items()}
     spec = spec_of(f)
     return JobRecord(
@@ -298,7 +302,7 @@ def read_job(job_id: str, raw: dict[bytes, bytes]) -> JobRecord | Unreadable:
         return Unreadable(job_id, reason("could not read this job's record", exc))
 
 
-class JobList(list[JobRecord]):
+class JobList(list["JobRecord"]):
     """What ``job.list()`` returns: the jobs, and the records it skipped as unreadable."""
 
     def __init__(self, jobs: list[JobRecord] = (), unreadable: list[Unreadable] | None = None) -> None:  # type: ignore[assignment]
@@ -337,6 +341,8 @@ class SetAside:
 
 def run_record(run_id: str, raw: dict[bytes, bytes]) -> RunRecord:
     """A run hash (HGETALL reply) as a RunRecord."""
+    from ductape_jobs.models import RunRecord  # see TYPE_CHECKING above
+
     f = {text(k): text(v) for k, v in raw.items()}
     return RunRecord(
         run_id=run_id,

@@ -5,16 +5,18 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any, cast
 
 from ductape_jobs.errors import JobValidationError, RunCancelledError
-from ductape_jobs.models import SLUG, SLUG_FIX, check_task_namespace, ms_to_datetime, task_name
+from ductape_jobs.terms import SLUG, SLUG_FIX, check_task_namespace, ms_to_datetime, task_name
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 HandlerFn = Callable[..., Any]
 
@@ -189,4 +191,7 @@ def _input_model(fn: HandlerFn) -> type[BaseModel] | None:
     except (NameError, TypeError):
         return None
     hint = hints.get(params[0].name)
-    return hint if inspect.isclass(hint) and issubclass(hint, BaseModel) else None
+    pydantic = sys.modules.get("pydantic")  # a module declaring a model has loaded it; beat has not
+    if pydantic and inspect.isclass(hint) and issubclass(hint, pydantic.BaseModel):
+        return cast("type[BaseModel]", hint)
+    return None

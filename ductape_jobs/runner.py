@@ -16,25 +16,27 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from ductape_jobs.calling import call_handler
-from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError
+from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError, validation_error
 from ductape_jobs.heartbeat import Heartbeat, Leases
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobSpec, job_id_of
 from ductape_jobs.records import Answer, Finish, Started, StateAction, Verdict
 from ductape_jobs.registry import CancelSignal, Registry, RunContext
 from ductape_jobs.scrub import Scrubber
 from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import job_id_of
+
+if TYPE_CHECKING:
+    from ductape_jobs.models import JobSpec
 
 log = logging.getLogger("ductape_jobs.runner")
 
@@ -226,9 +228,9 @@ class Runner:
             result_json = self.vault.seal_result(spec, json.dumps(_plain(result), default=str))
         except RetiredKeyError as exc:  # sealed under a key that left the ring: no run can open it
             return self._set_aside(ctx, f"{type(exc).__name__}: {exc}")
-        except ValidationError as exc:  # the input does not fit the handler's model: retrying won't help
-            return self._fail(ctx, _error_text(exc, hidden), _trace(hidden), retryable=False)
         except Exception as exc:  # noqa: BLE001 - any handler failure is recorded, never lost
+            if validation_error(exc):  # the input does not fit the handler's model: retrying won't help
+                return self._fail(ctx, _error_text(exc, hidden), _trace(hidden), retryable=False)
             # RunCancelledError from ctx.check_cancelled(), or anything a cancelled handler raised on
             # its way out: never retried. (RunCancelledError raised without a cancel is a failure.)
             if ctx.cancelled():
@@ -342,7 +344,8 @@ class Runner:
 
 
 def _plain(result: Any) -> Any:
-    return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+    pydantic = sys.modules.get("pydantic")  # a handler returning a model has loaded it
+    return result.model_dump(mode="json") if pydantic and isinstance(result, pydantic.BaseModel) else result
 
 
 def _error_text(exc: BaseException, hidden: Scrubber) -> str:

@@ -17,12 +17,13 @@ from ductape_jobs import jobfields, ops, tracing
 from ductape_jobs.brief import ARGSREPR_MAX
 from ductape_jobs.errors import JobValidationError
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import ScheduleHandle, run_id_for
+from ductape_jobs.models import ScheduleHandle
 from ductape_jobs.planning import check_input, handle_of
 from ductape_jobs.records import Message, NewJob
 from ductape_jobs.rows import CreateJobsRow
 from ductape_jobs.sessions import OPENER
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import run_id_for
 from ductape_jobs.wire import MessageBuilder
 
 ShapeKey = tuple[Any, ...]

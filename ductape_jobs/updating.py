@@ -11,8 +11,9 @@ from typing import Any
 from ductape_jobs import timing
 from ductape_jobs.errors import JobStateError, JobValidationError
 from ductape_jobs.jitter import Spread
-from ductape_jobs.models import JobRecord, JobSpec, JobStatus
+from ductape_jobs.models import JobRecord, JobSpec
 from ductape_jobs.records import Current, Update
+from ductape_jobs.terms import JobStatus
 
 # What job.update() may change; env, product_tag and event name the job's queue and Celery task.
 UPDATABLE = frozenset({"input", "session", "retries", "timeout", "repeat", "start_at", "app", "cache"})

@@ -48,7 +48,9 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(spawn(["worker", "-l", "INFO", "-c", "2", "-n", f"demo-{prefix}@%h"], "worker", env))
-        procs.append(spawn(["beat", "-l", "INFO", "-s", str(LOGS / "beat.schedule")], "beat", env))
+        procs.append(
+            spawn(["beat", "-l", "INFO", "-s", str(LOGS / "beat.schedule")], "beat", env, app="beat")
+        )
         settings = Settings.from_env(env)
         with Ductape(settings=settings) as ductape:
             wait_for_worker(ductape, procs)
@@ -140,12 +142,12 @@ def watch(ductape: Ductape, jobs: dict[str, Any], timeout_s: float) -> None:
         say(f"  {title:42} {record.status.value:9} runs {record.runs_done}{result}")
 
 
-def spawn(args: list[str], name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start ``celery -A workers <args>`` with its output in .demo/<name>.log."""
+def spawn(args: list[str], name: str, env: dict[str, str], app: str = "workers") -> subprocess.Popen[bytes]:
+    """Start ``celery -A <app> <args>`` with its output in .demo/<name>.log."""
     log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-    say(f"starting: celery -A workers {' '.join(args)}   (log: .demo/{name}.log)")
+    say(f"starting: celery -A {app} {' '.join(args)}   (log: .demo/{name}.log)")
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", *args],
+        [sys.executable, "-m", "celery", "-A", app, *args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 

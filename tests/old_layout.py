@@ -3,6 +3,8 @@ over a job scheduled today, for the tests that old records are still read and up
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 from ductape_jobs import jobfields
@@ -14,7 +16,9 @@ def to_old_layout(r: Any, key: str, *, brief: bool = True) -> dict[str, str]:
     found = jobfields.fields(r.hgetall(key))
     old = {jobfields.LEGACY_SPEC: jobfields.spec_of(found).model_dump_json()}
     if brief:
-        old[jobfields.LEGACY_BRIEF] = jobfields.brief_of(found).model_dump_json()
+        old[jobfields.LEGACY_BRIEF] = json.dumps(
+            dataclasses.asdict(jobfields.brief_of(found)), separators=(",", ":")
+        )
     r.hdel(key, *[name for name in jobfields.ALL if name in found])
     r.hset(key, mapping={**old, "attempts": found.get("attempts", "0"), "idem": found.get("idem", "")})
     return old

@@ -126,11 +126,12 @@ class Processes:
                 raise AssertionError(f"worker exited early:\n{self.log(proc)}")
         return proc
 
-    def beat(self, *more: str, **extra: str) -> subprocess.Popen[bytes]:
-        """Start a beat with our Redis scheduler (``more``: further arguments, e.g. ``-S``)."""
+    def beat(self, *more: str, app: str = "beat", **extra: str) -> subprocess.Popen[bytes]:
+        """Start a beat with our Redis scheduler (``more``: further arguments, e.g. ``-S``): beat's
+        own app as the README runs it, or ``app="workers"``, which loads the handler modules too."""
         sched = str(self.log_dir / f"beat-{self.count + 1}.schedule")
         args = ["beat", "--loglevel", "INFO", "-s", sched, *more]
-        return self._spawn(args, "beat", self.env(**extra))
+        return self._spawn(args, "beat", self.env(**extra), app=app)
 
     def flower(
         self, port: int, basic_auth: str, address: str | None = "127.0.0.1", **extra: str

@@ -4,11 +4,11 @@ around ``Runner.execute``. Making it connects to nothing (redis-py and kombu con
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import os
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 from billiard.exceptions import WorkerLostError
 from celery import Celery, Task
@@ -43,10 +43,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     registry = load_handlers(settings.handlers, registry)
     app = celery_app.create_app(settings, name="workers")
     app.conf.task_queues = [q for q in app.conf.task_queues if q.name in settings.served_queues()]
-    if settings.sentinel_target() is not None:  # kombu#582 worked around, behind Sentinel too
-        app.conf.broker_transport = "ductape_jobs.transport:SentinelTransport"
-    elif urlsplit(settings.url).scheme == "redis":  # rediss:// keeps kombu's own (its TLS defaults)
-        app.conf.broker_transport = "ductape_jobs.transport:Transport"  # kombu#582 worked around
+    celery_app.use_our_transport(app, settings)
     keys = Keys(settings.key_prefix, settings.shards)
     store = Store(connect(settings), keys, Retention.of(settings), Replicas.of(settings))
     vault = Vault(Sessions(session_types_from_config(settings.sessions)))
@@ -98,7 +95,12 @@ def _share_start_up_with_the_pool(**_: Any) -> None:
     forked. A prefork child shares the main process's pages until either writes to them, and a
     collection writes to every object it scans: without this, each child's first collections copy
     most of Celery, kombu, pydantic and our modules (~20 MB a child). Frozen objects live as long
-    as the process, which they do anyway; what is made after start-up is collected as usual."""
+    as the process, which they do anyway; what is made after start-up is collected as usual.
+
+    The validated models every run reads its spec through (pydantic, ~10 MB) are loaded here, in
+    the main process, so the children share them instead of each loading its own on its first
+    run; beat, which builds this app too, never loads them."""
+    importlib.import_module("ductape_jobs.models")
     if not _FREEZE_AT_FORK:
         gc.collect()  # what start-up left behind is freed, not frozen
         os.register_at_fork(before=gc.freeze)  # also for a child forked again later

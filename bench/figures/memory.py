@@ -10,7 +10,7 @@ USAGE`` (every element sampled) of every key the side wrote, divided by the coun
 whole, and each index ZSET whole, so its members (and the ZSET's own overhead, shared by all) are
 in it. The keyspace's own table (a few bytes a key, not in any key's ``MEMORY USAGE``) is left out
 on both sides; ours has two keys a schedule, RedBeat one. Then a real ``celery beat`` process
-starts: ours ``celery -A workers beat -S beat.RedisScheduler``, RedBeat ``celery -A
+starts: ours ``celery -A beat beat``, RedBeat ``celery -A
 bench.plain_app beat -S redbeat.RedBeatScheduler``, and holds its lock before the due instant
 (when its start-up outlasts the lead on a loaded machine, the clock starts when it holds the lock,
 and ``ready_before_due_ms`` says by how much). A consumer in this process pops the broker list as
@@ -196,9 +196,7 @@ def run_ours(bench: Bench, burst: int, tag: str = "f5") -> dict[str, Any]:
     expected = {"job": burst, "fp": burst, "due": 1, "jobs": 1}
     per_schedule = _per_schedule(kinds, expected, burst, "ours")
     env = {"DUCTAPE_KEY_PREFIX": prefix, "DUCTAPE_HANDLERS": "bench.handlers"}
-    proc = bench.spawn(
-        "workers", ["beat", "--loglevel", "WARNING", "-S", "beat.RedisScheduler"], env, f"{tag}-ours-beat"
-    )
+    proc = bench.spawn("beat", ["beat", "--loglevel", "WARNING"], env, f"{tag}-ours-beat")
     got = _release(bench, proc, keys.beat_lock, keys.broker_prefix + settings.queue_for("dev"), burst, due_ms)
     bench.drop(prefix)
     breakdown = {f"bytes_{kind}": size / burst for kind, (_, size) in kinds.items()} | used

@@ -19,7 +19,7 @@ from ductape_jobs.cli.output import (
     table,
 )
 from ductape_jobs.cli.schedule import number_or_text
-from ductape_jobs.models import JobStatus, ms_to_datetime
+from ductape_jobs.terms import JobStatus, ms_to_datetime
 
 STATUSES = [s.value for s in JobStatus]
 

@@ -14,7 +14,8 @@ from ductape_jobs.cli.context import Context, json_option, pass_context
 from ductape_jobs.cli.output import echo_json, handle_json, handles_table, job_json, note, say, stamp
 from ductape_jobs.client import Ductape
 from ductape_jobs.errors import DuctapeError, JobValidationError
-from ductape_jobs.models import ScheduleHandle, ms_to_datetime
+from ductape_jobs.models import ScheduleHandle
+from ductape_jobs.terms import ms_to_datetime
 
 EXAMPLES = """\b
 Examples:

@@ -6,11 +6,10 @@ spec it can't read is set aside) and beat (a run whose job can't be read).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ductape_jobs import jobfields, scripts
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobRecord, JobSpec, RunRecord
 from ductape_jobs.ops.core import Call, Eval, Flow, Stream, batched, one, send
 from ductape_jobs.records import (
     Answer,
@@ -39,6 +38,9 @@ from ductape_jobs.rows import (
     TwinFound,
     UpdateJobArgs,
 )
+
+if TYPE_CHECKING:  # records are read back as these in the producer, never in beat (pydantic)
+    from ductape_jobs.models import JobRecord, JobSpec, RunRecord
 
 
 def create_jobs(keys: Keys, jobs: Sequence[NewJob], now_ms: int) -> Flow[list[tuple[str, bool]]]:

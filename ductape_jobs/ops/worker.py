@@ -12,10 +12,10 @@ from dataclasses import replace
 
 from ductape_jobs import jobfields
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import job_id_of
 from ductape_jobs.ops.core import Call, Eval, Flow, one, send
 from ductape_jobs.records import Finish, Lease, Lost, Retention, Started, Verdict, opt, reason, text
 from ductape_jobs.rows import BeginReply, FinishRunArgs
+from ductape_jobs.terms import job_id_of
 
 log = logging.getLogger("ductape_jobs.store")
 

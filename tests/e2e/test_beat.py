@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from pydantic import SecretStr
 
 from ductape_jobs import Ductape, JobStatus, RunStatus, Settings, ops
 from ductape_jobs.embedded import EmbeddedRedis
-from ductape_jobs.models import job_id_of
 from ductape_jobs.records import Dispatch
+from ductape_jobs.terms import job_id_of
 from tests.handlers import calls_key
 from tests.support import Processes, wait_for
 
@@ -36,7 +35,7 @@ def env_prefix(monkeypatch: pytest.MonkeyPatch, prefix: str) -> str:
 
 
 def client(settings: Settings, **overrides: object) -> Ductape:
-    return Ductape(settings=settings.model_copy(update=overrides))
+    return Ductape(settings=settings.replace(**overrides))
 
 
 def executions(r: redis.Redis, name: str = "echo") -> Counter[str]:
@@ -409,7 +408,7 @@ def test_schedules_counts_and_limits_survive_beat_and_redis_restarts(
 ):
     procs = Processes(own_redis.url, env_prefix, tmp_path)
     tuned = {**SHORT_LOCK, "DUCTAPE_RUN_LEASE_S": "10"}
-    ductape = Ductape(settings=settings.model_copy(update={"redis_url": SecretStr(own_redis.url)}))
+    ductape = Ductape(settings=settings.replace(**{"redis_url": own_redis.url}))
     r = redis.Redis.from_url(own_redis.url)
     try:
         procs.worker(concurrency=2, **tuned)

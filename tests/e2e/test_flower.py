@@ -216,7 +216,7 @@ def test_flower_shows_runs_when_sent_before_any_worker_takes_them(
 
     # The producer sends what falls due within its horizon (5 s here) with an ETA; beat sends a
     # run due later at its time. No worker runs yet.
-    events_on = settings.model_copy(update={"task_events": True, "horizon_ms": 5_000})
+    events_on = settings.replace(**{"task_events": True, "horizon_ms": 5_000})
     with Ductape(settings=events_on) as ductape:
         by_beat = ductape.job.schedule(
             env="dev", product_tag="tests", event="echo", start_at=now_ms() + 12_000, input={"via": "beat"}

@@ -122,7 +122,7 @@ def test_a_clean_install_runs_the_quick_example(
     install: Install, installed: Processes, ductape: Ductape, r: redis.Redis
 ) -> None:
     worker = installed.worker(concurrency=1, DUCTAPE_TASK_EVENTS="true")
-    beat = installed.beat("-S", "beat.RedisScheduler")
+    beat = installed.beat()
     wait_for(
         lambda: beat.poll() is not None or r.exists(f"{installed.prefix}:beat:lock"),
         60,

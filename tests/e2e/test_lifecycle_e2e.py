@@ -27,7 +27,7 @@ def test_finished_jobs_runs_and_dead_letters_leave_after_their_retention(
     monkeypatch.setenv("DUCTAPE_KEY_PREFIX", prefix)
     procs.worker(**RETENTION)
     procs.beat(**RETENTION)
-    short = settings.model_copy(update={"job_retention_s": 1, "run_retention_s": 1, "dead_retention_s": 2})
+    short = settings.replace(**{"job_retention_s": 1, "run_retention_s": 1, "dead_retention_s": 2})
     with Ductape(settings=short) as ductape:
         base = {"env": "dev", "product_tag": "tests"}
         one_off = ductape.job.schedule(**base, event="echo", input={"n": 1})

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from ductape_jobs import Ductape, JobStateError, JobStatus, RunStatus
-from ductape_jobs.models import job_id_of
+from ductape_jobs.terms import job_id_of
 from tests.handlers import calls_key
 from tests.support import Processes, wait_for
 

@@ -11,7 +11,8 @@ import pytest
 import redis
 
 from ductape_jobs import Ductape, JobStatus, RunStatus
-from ductape_jobs.models import RunRecord, run_id_for
+from ductape_jobs.models import RunRecord
+from ductape_jobs.terms import run_id_for
 from tests.handlers import calls_key
 from tests.support import Processes, wait_for
 

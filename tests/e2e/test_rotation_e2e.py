@@ -71,7 +71,7 @@ def test_a_rotation_keeps_sealed_jobs_running_and_a_removed_key_sets_them_aside_
 
     # Rotate: the new key first, the old one still accepted.
     worker = restart(procs, worker, NEW, OLD)
-    with Ductape(settings=settings.model_copy(update={"sessions": ring(NEW, OLD)})) as rotated:
+    with Ductape(settings=settings.replace(**{"sessions": ring(NEW, OLD)})) as rotated:
         # The old token still verifies; the same schedule is found, not made twice.
         again = rotated.job.schedule({**request, "session": {"tag": "user-session", "token": token}})
         assert again.job_id == old_job

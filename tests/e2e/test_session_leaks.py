@@ -125,7 +125,7 @@ def test_no_session_value_reaches_redis_logs_events_or_the_cli(
     assert not needles.found("control", b"nothing here 2026-12-01 08:45:43,123: INFO")
 
     # The producer sends task-sent events (DUCTAPE_TASK_EVENTS), so they are scanned too.
-    sender = Ductape(settings=settings.model_copy(update={"task_events": True}))
+    sender = Ductape(settings=settings.replace(**{"task_events": True}))
     with EventTap(settings) as tap, sender:
         handles = {
             how: sender.job.schedule(

@@ -162,7 +162,7 @@ def test_unknown_event_is_refused_once_workers_registered(
     procs: Processes, settings: Settings, r, env_prefix
 ):
     procs.worker()
-    strict = Ductape(settings=settings.model_copy(update={"require_handler": True}))
+    strict = Ductape(settings=settings.replace(**{"require_handler": True}))
     before = set(r.keys(f"{settings.key_prefix}:*"))
     with pytest.raises(UnknownEventError) as err:
         strict.job.schedule(env="dev", product_tag="tests", event="no_such_event", input={})

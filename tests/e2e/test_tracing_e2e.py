@@ -33,7 +33,10 @@ def test_one_off_in_the_callers_trace_schedules_linked_retries_in_their_run(
     handlers = "tests.handlers,tests.otel_export"
     # A 1 s horizon: a retry's 2 s backoff (after attempt 2) waits in the due index for beat.
     procs.worker(DUCTAPE_HANDLERS=handlers, TEST_SPANS_FILE=str(worker_file), DUCTAPE_HORIZON_MS="1000")
-    procs.beat(DUCTAPE_HANDLERS=handlers, TEST_SPANS_FILE=str(beat_file), DUCTAPE_HORIZON_MS="1000")
+    # -A workers: beat loads the handler modules, and with them tests.otel_export's exporter
+    procs.beat(
+        app="workers", DUCTAPE_HANDLERS=handlers, TEST_SPANS_FILE=str(beat_file), DUCTAPE_HORIZON_MS="1000"
+    )
 
     tracer = trace.get_tracer("test")
     with tracer.start_as_current_span("caller"):  # fails once: Celery's retry sends attempt 2

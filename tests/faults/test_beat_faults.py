@@ -16,8 +16,8 @@ import redis
 
 from ductape_jobs import Ductape
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import job_id_of
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import job_id_of
 from tests.faults.conftest import Report, executions, lock_holders, nominal, now_ms
 from tests.support import Processes, wait_for
 
@@ -75,7 +75,7 @@ def shards(request: pytest.FixtureRequest, procs: Processes) -> int:
 @pytest.fixture
 def client(settings: Settings, shards: int) -> Iterator[Ductape]:
     """A client of the deployment, with its shard count."""
-    ductape = Ductape(settings=settings.model_copy(update={"shards": shards}))
+    ductape = Ductape(settings=settings.replace(**{"shards": shards}))
     yield ductape
     ductape.close()
 

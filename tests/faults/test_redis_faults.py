@@ -12,7 +12,7 @@ import redis
 
 from ductape_jobs import BackendUnavailableError, Ductape, Settings, jobfields
 from ductape_jobs.embedded import EmbeddedRedis
-from ductape_jobs.models import job_id_of
+from ductape_jobs.terms import job_id_of
 from tests.faults.conftest import Report, calls, executions, lock_holder, nominal, now_ms
 from tests.support import Processes, wait_for
 

@@ -25,7 +25,7 @@ import redis
 from ductape_jobs import BackendUnavailableError, Ductape, Settings
 from ductape_jobs.connection import connect
 from ductape_jobs.embedded import EmbeddedRedis
-from ductape_jobs.models import job_id_of
+from ductape_jobs.terms import job_id_of
 from tests.faults.conftest import Report, now_ms
 from tests.sentinels import SentinelGroup
 from tests.support import Processes, wait_for

@@ -18,7 +18,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import redis
-from pydantic import SecretStr
 
 from ductape_jobs import (
     AsyncDuctape,
@@ -239,7 +238,7 @@ def test_validation_errors_match_the_sync_client_and_write_nothing(
 
 
 def test_unknown_event_is_refused_until_a_worker_registers_it(settings: Settings, r: redis.Redis) -> None:
-    strict = settings.model_copy(update={"require_handler": True})
+    strict = settings.replace(**{"require_handler": True})
 
     async def body(ductape: AsyncDuctape) -> None:
         with pytest.raises(UnknownEventError, match="tests/echo"):
@@ -277,7 +276,7 @@ def test_unreachable_redis_raises_backend_unavailable(settings: Settings) -> Non
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    down = settings.model_copy(update={"redis_url": SecretStr(f"redis://:hunter2@127.0.0.1:{port}/0")})
+    down = settings.replace(**{"redis_url": f"redis://:hunter2@127.0.0.1:{port}/0"})
 
     async def body(ductape: AsyncDuctape) -> None:
         with pytest.raises(BackendUnavailableError, match="unreachable") as err:

@@ -14,8 +14,8 @@ from ductape_jobs import AsyncDuctape, Ductape, JobStateError, JobValidationErro
 from ductape_jobs.cli.main import cli
 from ductape_jobs.clock import now_ms
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import RunStatus, run_id_for
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import RunStatus, run_id_for
 from tests.integration.test_async_client import run
 
 MIN = 60_000
@@ -78,7 +78,7 @@ def test_refused_ranges_name_the_field_and_write_nothing(
         assert caught.value.field == field, caught.value
     with pytest.raises(JobValidationError, match="after end"):
         ductape.job.backfill(job_id, start + MIN, start)
-    small = Ductape(settings=settings.model_copy(update={"runs_kept": 3}))
+    small = Ductape(settings=settings.replace(**{"runs_kept": 3}))
     try:
         with pytest.raises(JobValidationError, match=r"BACKFILL_MAX_SLOTS 1000.*DUCTAPE_RUNS_KEPT 3"):
             small.job.backfill(job_id, start, now_ms())

@@ -111,7 +111,7 @@ def test_a_bad_input_deep_in_a_batch_is_named_and_nothing_is_written(
     at = CREATE_BATCH + 200  # past the first call's worth: the check is whole before any write
     requests = [job(input={"n": i}) for i in range(CREATE_BATCH + 500)]
     requests[at] = job(input=BAD_LATE[case])
-    with Ductape(settings=settings.model_copy(update={"max_input_depth": 3})) as ductape:
+    with Ductape(settings=settings.replace(**{"max_input_depth": 3})) as ductape:
         with pytest.raises(JobValidationError) as refused:
             ductape.job.schedule_many(requests)
         with pytest.raises(JobValidationError) as alone:

@@ -17,13 +17,14 @@ from beat.engine import BRIEF_CACHE_ENTRIES, BeatEngine, TickReport
 from ductape_jobs import jobfields, ops
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobRequest, JobStatus
+from ductape_jobs.models import JobRequest
 from ductape_jobs.ops import Flow, Stream
 from ductape_jobs.planning import plan_job
 from ductape_jobs.rows import ClaimDueHead, ClaimDueRow
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Claim, DueEntry, Store
+from ductape_jobs.terms import JobStatus
 from ductape_jobs.wire import MessageBuilder
 from tests.support import wait_for
 
@@ -106,7 +107,7 @@ def engine_for(
     store: Store, settings: Settings, app: Celery, instance: str = "beat-a", **overrides: Any
 ) -> tuple[BeatEngine, Queues]:
     """An engine building real Celery messages; its claims push them onto the queue lists."""
-    tuned = settings.model_copy(update=overrides)
+    tuned = settings.replace(**overrides)
     return BeatEngine(store, tuned, MessageBuilder(app, tuned), instance), Queues(store, settings)
 
 

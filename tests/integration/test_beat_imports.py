@@ -18,9 +18,9 @@ from ductape_jobs import Ductape, ops
 from ductape_jobs.errors import JobStateError
 from ductape_jobs.imported import ImportCounts, job_id_for
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobStatus, RunStatus
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
+from ductape_jobs.terms import JobStatus, RunStatus
 from ductape_jobs.wire import MessageBuilder
 
 T0 = 1_893_456_000_000  # 2030-01-01T00:00:00Z

@@ -29,10 +29,11 @@ from ductape_jobs.celery_app import create_app
 from ductape_jobs.embedded import EmbeddedRedis
 from ductape_jobs.imported import BeatSchedule, ImportedEntry
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import CeleryCall, Repeat
+from ductape_jobs.models import Repeat
 from ductape_jobs.records import Dispatch, InFlight
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Retention, Store
+from ductape_jobs.terms import CeleryCall
 from ductape_jobs.wire import MessageBuilder
 from tests.support import free_port, wait_for
 

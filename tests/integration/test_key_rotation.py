@@ -15,9 +15,7 @@ NEW = "rotated-secret-not-for-prod-0123456789abcd"
 
 def client(settings: Settings, *secrets: str) -> Ductape:
     """A producer whose "user-session" ring is ``secrets``."""
-    return Ductape(
-        settings=settings.model_copy(update={"sessions": {"user-session": {"secrets": list(secrets)}}})
-    )
+    return Ductape(settings=settings.replace(**{"sessions": {"user-session": {"secrets": list(secrets)}}}))
 
 
 def test_the_same_schedule_is_found_across_a_rotation_until_the_old_key_goes(

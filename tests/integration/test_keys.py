@@ -13,15 +13,14 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from pydantic import SecretStr
 
 from beat.engine import BeatEngine
 from ductape_jobs import AsyncDuctape, Ductape, ops
 from ductape_jobs.errors import BackendUnavailableError, JobStateError, JobValidationError
-from ductape_jobs.models import JobStatus
 from ductape_jobs.ops import Batch
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import DueEntry, Store
+from ductape_jobs.terms import JobStatus
 from tests.integration.test_beat_engine import RacingStore, engine_for
 from tests.support import wait_for
 
@@ -327,7 +326,7 @@ def test_schedule_many_honours_idempotency_keys_per_request_and_within_the_batch
 def test_an_idempotency_key_expires_with_its_window_and_never_returns_a_job_that_left(
     settings: Settings, r: redis.Redis
 ):
-    with Ductape(settings=settings.model_copy(update={"idempotency_window_s": 1})) as ductape:
+    with Ductape(settings=settings.replace(**{"idempotency_window_s": 1})) as ductape:
         first = ductape.job.schedule(**JOB, idempotency_key="short", start_at=now_ms() + HOUR)
         idem = ductape.store.keys.idempotency("short")
         assert 0 < r.pttl(idem) <= 1_000
@@ -402,8 +401,8 @@ def test_a_call_that_timed_out_while_its_write_landed_is_answered_with_that_job_
 ):
     proxy = ReplyEater(settings.url)
     hasty = Ductape(
-        settings=settings.model_copy(
-            update={"redis_url": SecretStr(f"redis://127.0.0.1:{proxy.port}/0"), "socket_timeout_s": 0.3}
+        settings=settings.replace(
+            **{"redis_url": f"redis://127.0.0.1:{proxy.port}/0", "socket_timeout_s": 0.3}
         )
     )
     patient = Ductape(settings=settings)

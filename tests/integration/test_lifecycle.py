@@ -115,8 +115,8 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def lifecycle_settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={
+    return settings.replace(
+        **{
             "job_retention_s": RETENTION_S,
             "run_retention_s": RETENTION_S,
             "dead_retention_s": DEAD_RETENTION_S,
@@ -252,7 +252,7 @@ def test_a_schedule_keeps_runs_kept_run_records_and_deletes_older_ones(world: Wo
 def test_dead_letters_beyond_the_cap_are_dropped_and_counted(
     client: redis.Redis, lifecycle_settings: Settings, app: Celery, ductape: Ductape
 ):
-    world = World(client, lifecycle_settings.model_copy(update={"dead_max": 2}), app)
+    world = World(client, lifecycle_settings.replace(**{"dead_max": 2}), app)
     failing = [world.schedule("boom", retries=0, input={"n": n}) for n in range(5)]
     for n in range(5):  # one failure a second, so the dead letters have an order
         world.now = T0 + n * SEC

@@ -42,7 +42,7 @@ def counted_store(settings: Settings) -> Iterator[Store]:
 
 
 def metrics_for(store: Store, settings: Settings, **overrides: Any) -> BeatMetrics:
-    tuned = settings.model_copy(update={"metrics_port": free_port(), **overrides})
+    tuned = settings.replace(**{"metrics_port": free_port(), **overrides})
     metrics = BeatMetrics(store, lambda: True, tuned)
     server = metrics.serve()
     metrics.server = server  # type: ignore[attr-defined]

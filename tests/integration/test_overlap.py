@@ -8,9 +8,10 @@ from celery import Celery
 
 from beat.engine import BeatEngine
 from ductape_jobs import ops
-from ductape_jobs.models import JobRecord, JobStatus, RunStatus, run_id_for
+from ductape_jobs.models import JobRecord
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Store
+from ductape_jobs.terms import JobStatus, RunStatus, run_id_for
 from tests.integration.test_beat_engine import (
     MIN,
     T0,

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from beat.engine import BeatEngine
 from ductape_jobs import Ductape, JobValidationError, jobfields, ops
-from ductape_jobs.models import MAX_INT
 from ductape_jobs.records import Dispatch
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import MAX_INT
 
 LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 # Naive bounds, as hypothesis wants them; naive times are read as UTC.

@@ -37,7 +37,7 @@ def start() -> int:
 
 
 def client_of(settings: Settings, shards: int) -> Ductape:
-    return Ductape(settings=settings.model_copy(update={"shards": shards}))
+    return Ductape(settings=settings.replace(**{"shards": shards}))
 
 
 def populate(ductape: Ductape, at: int) -> dict[str, str]:
@@ -105,7 +105,7 @@ def test_records_move_between_shard_counts_and_keep_working(settings: Settings, 
     assert sum(int(r.hget(k.stats, "jobs_expired") or 0) for k in keys.every_shard()) == 3
 
     # Beat over the new shards releases every job once.
-    tuned = settings.model_copy(update={"shards": 3})
+    tuned = settings.replace(**{"shards": 3})
     store = Store(redis.Redis.from_url(settings.url), keys, Retention.of(tuned))
     app = create_app(tuned)
     engine = BeatEngine(store, tuned, MessageBuilder(app, tuned), "beat-a")

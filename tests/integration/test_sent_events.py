@@ -19,9 +19,9 @@ from ductape_jobs.clock import now_ms
 from ductape_jobs.connection import connect
 from ductape_jobs.events import SentEvents
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import ms_to_datetime
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Retention, Store
+from ductape_jobs.terms import ms_to_datetime
 from ductape_jobs.wire import MessageBuilder
 from tests.e2e.test_sessions_e2e import EventTap
 from tests.integration.test_backfill import echo, past_schedule
@@ -32,7 +32,7 @@ MIN = 60_000
 
 @pytest.fixture
 def on(settings: Settings) -> Settings:
-    return settings.model_copy(update={"task_events": True})
+    return settings.replace(**{"task_events": True})
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_no_event_while_events_are_off(settings: Settings, tap: EventTap) -> Non
         handle = ductape.job.schedule(**echo())
         assert not ductape.sent.enabled
         run_id = ductape.job.get(handle.job_id).last_run_id or ""
-    with Ductape(settings=settings.model_copy(update={"task_events": True})) as ductape:
+    with Ductape(settings=settings.replace(**{"task_events": True})) as ductape:
         marker = ductape.job.schedule(**echo())  # sent after the first: once it is heard, so would be that
         sent(tap, ductape.job.get(marker.job_id).last_run_id or "")
     assert "task-sent" not in tap.of(run_id)

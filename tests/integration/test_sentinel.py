@@ -113,7 +113,7 @@ def test_a_write_no_replica_confirmed_fails_clearly_and_stays_on_the_primary(
 ) -> None:
     # The test server has no replica: WAIT 1 can only time out.
     settings = Settings(redis_url=redis_url, key_prefix=prefix, require_handler=False, wait_replicas=1)
-    settings = settings.model_copy(update={"wait_timeout_ms": 50})
+    settings = settings.replace(**{"wait_timeout_ms": 50})
     before = set(r.scan_iter(match=f"{prefix}:job:*"))
     with Ductape(settings=settings) as ductape, pytest.raises(NotReplicatedError) as refused:
         ductape.job.schedule(**REQUEST)

@@ -3,6 +3,7 @@ other schedules run on time; listing skips and reports them (engine ticked at ch
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -46,7 +47,7 @@ FIELD_POISON = {
 def poison_briefs(store: Store, healthy: str) -> dict[str, str]:
     """A brief for each poison case, built from a real one so only the poison differs."""
     found = jobfields.fields(store.redis.hgetall(store.keys.job(healthy)))
-    brief = jobfields.brief_of(found).model_dump(mode="json")
+    brief = dataclasses.asdict(jobfields.brief_of(found))
     zone = {**brief, "rule": {**brief["rule"], "cron": "0 * * * *", "every_ms": None, "tz": "Mars/Olympus"}}
     raises = {**brief, "rule": {**brief["rule"], "not_a_rule_field": 1}}
     return {

@@ -38,7 +38,7 @@ ECHO = {"env": "dev", "product_tag": "tests", "event": "echo"}
 
 @pytest.fixture
 def sharded(settings: Settings) -> Settings:
-    return settings.model_copy(update={"shards": SHARDS, "beat_lock_ttl_ms": TTL_MS})
+    return settings.replace(**{"shards": SHARDS, "beat_lock_ttl_ms": TTL_MS})
 
 
 @pytest.fixture
@@ -293,6 +293,6 @@ def test_a_sealed_schedule_is_found_across_a_key_rotation_in_its_shard(sharded: 
             for n in range(8)
         ]
         first = [before.job.schedule(request).job_id for request in requests]
-    rotated = sharded.model_copy(update={"sessions": {"user-session": {"secrets": [new, old]}}})
+    rotated = sharded.replace(**{"sessions": {"user-session": {"secrets": [new, old]}}})
     with Ductape(settings=rotated) as after:
         assert [after.job.schedule(request).job_id for request in requests] == first

@@ -6,6 +6,7 @@ Flower closed and on the host's loopback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
@@ -31,10 +32,10 @@ def makefile_commands() -> dict[str, list[str]]:
     for target in ("worker", "beat", "flower"):
         recipe = re.search(rf"^{target}:.*\n((?:\t.*\n)+)", text, re.M)
         assert recipe, f"Makefile has a {target} target"
-        line = next(x for x in recipe.group(1).splitlines() if "$(CELERY)" in x)
+        line = next(x for x in recipe.group(1).splitlines() if "celery" in x.lower())
         restarted = re.search(r"until (\$\(CELERY\).*?); do", line)  # `make worker` restarts it
         line = restarted.group(1) if restarted else line.strip()
-        line = line.replace("$(CELERY)", celery.group(1)).replace("$$", "$")
+        line = line.replace("$(CELERY)", celery.group(1)).replace("$(BIN)/", "").replace("$$", "$")
         out[target] = shlex.split(line)
     return out
 
@@ -53,7 +54,7 @@ def compose_commands() -> dict[str, list[str]]:
 def test_compose_and_makefile_run_the_same_commands() -> None:
     make, compose = makefile_commands(), compose_commands()
     assert make == compose
-    assert make["beat"][:4] == ["celery", "-A", "workers", "beat"]
+    assert make["beat"][:4] == ["celery", "-A", "beat", "beat"]  # beat's own app (beat/celery.py)
 
 
 def test_compose_keeps_redis_durable_and_flower_closed() -> None:
@@ -201,5 +202,6 @@ def test_the_readme_configuration_table_names_every_setting() -> None:
     named = {
         name for line in rows for name in re.findall(r"`((?:DUCTAPE_[A-Z_]+)|REDIS_URL)`", line.split("|")[1])
     }
-    wanted = {"REDIS_URL" if f == "redis_url" else f"DUCTAPE_{f.upper()}" for f in Settings.model_fields}
+    settings = [field.name for field in dataclasses.fields(Settings)]
+    wanted = {"REDIS_URL" if f == "redis_url" else f"DUCTAPE_{f.upper()}" for f in settings}
     assert wanted <= named, sorted(wanted - named)

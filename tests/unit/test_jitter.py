@@ -14,10 +14,11 @@ import pytest
 from ductape_jobs import timing
 from ductape_jobs.errors import JobValidationError
 from ductape_jobs.jitter import Spread, offset_ms
-from ductape_jobs.models import JobRequest, JobStatus, Repeat
+from ductape_jobs.models import JobRequest, Repeat
 from ductape_jobs.planning import plan_job
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import JobStatus
 
 SECOND = 1000
 MINUTE = 60 * SECOND

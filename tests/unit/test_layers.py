@@ -38,6 +38,7 @@ PURE = {
         "records",
         "registry",
         "scripts",
+        "terms",
         "scrub",
         "sealed",
         "sessions",

@@ -16,10 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ductape_jobs.errors import JobValidationError, shown
-from ductape_jobs.models import MAX_INT, JobRequest
+from ductape_jobs.models import JobRequest
 from ductape_jobs.planning import plan_job
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import MAX_INT
 from ductape_jobs.timing import MAX_MS
 
 NOW = 1_717_200_000_000  # 2024-06-01T00:00:00Z

@@ -3,6 +3,8 @@ past range, the range checks), with time as an argument."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -11,7 +13,8 @@ from ductape_jobs import jobfields, timing
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.errors import JobValidationError
 from ductape_jobs.flows import _check_range
-from ductape_jobs.models import JobRecord, JobRequest, JobSpec, JobStatus, Repeat
+from ductape_jobs.models import JobRecord, JobRequest, JobSpec, Repeat
+from ductape_jobs.terms import JobStatus
 
 T0 = 1_893_456_000_000  # 2030-01-01T00:00:00Z
 MIN = 60_000
@@ -23,7 +26,11 @@ def test_new_schedules_skip_by_default_and_a_rule_stored_without_the_field_allow
     assert Repeat(every=MIN, overlap="buffer_one").to_rule().overlap == "buffer_one"
     assert timing.Rule(every_ms=MIN).overlap == "allow"  # what a stored rule without it reads as
     old = {"env": "dev", "product_tag": "tests", "event": "echo", "rule": {"every_ms": MIN, "tz": "UTC"}}
-    stored = jobfields.LEGACY_BRIEF + jobfields.SEP + JobBrief(**old).model_dump_json()
+    stored = (
+        jobfields.LEGACY_BRIEF
+        + jobfields.SEP
+        + json.dumps(dataclasses.asdict(JobBrief(**old)), separators=(",", ":"))
+    )
     assert jobfields.read_brief(stored).timing_rule().overlap == "allow"  # type: ignore[union-attr]
     packed = jobfields.SEP.join(["env", "dev", "tag", "tests", "ev", "echo", "every", str(MIN)])
     assert jobfields.read_brief(packed).timing_rule().overlap == "allow"  # type: ignore[union-attr]

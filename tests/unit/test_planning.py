@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from ductape_jobs.errors import JobValidationError, SessionError
-from ductape_jobs.models import JobRequest, JobStatus
+from ductape_jobs.models import JobRequest
 from ductape_jobs.planning import check_input, plan_job
 from ductape_jobs.records import NewJob
 from ductape_jobs.sessions import Sessions, session_types_from_config
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import JobStatus
 
 JOB = "job1"
 SECOND = 1000

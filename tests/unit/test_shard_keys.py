@@ -7,10 +7,11 @@ import uuid
 import pytest
 
 from ductape_jobs.keys import Keys, route_of, routed, shard_number
-from ductape_jobs.models import JobRequest, run_id_for
+from ductape_jobs.models import JobRequest
 from ductape_jobs.planning import plan_job
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import run_id_for
 
 ECHO = {"env": "dev", "product_tag": "tests", "event": "echo", "input": {}}
 

@@ -8,11 +8,12 @@ import pytest
 
 from ductape_jobs.errors import JobStateError, JobValidationError
 from ductape_jobs.jitter import Spread
-from ductape_jobs.models import CeleryCall, JobRecord, JobRequest, JobSpec, JobStatus
+from ductape_jobs.models import JobRecord, JobRequest, JobSpec
 from ductape_jobs.planning import plan_job
 from ductape_jobs.records import Current
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import CeleryCall, JobStatus
 from ductape_jobs.updating import plan_update
 
 T0 = 1_893_456_000_000  # 2030-01-01T00:00:00Z

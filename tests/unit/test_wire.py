@@ -11,8 +11,9 @@ from kombu.serialization import dumps
 
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.events import sent_fields
-from ductape_jobs.models import CeleryCall, JobSpec, ms_to_datetime
+from ductape_jobs.models import JobSpec
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import CeleryCall, ms_to_datetime
 from ductape_jobs.wire import EMBED, MessageBuilder
 
 SPEC = JobSpec(env="prd", product_tag="billing", event="process_payment", retries=1,
