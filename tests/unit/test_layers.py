@@ -245,6 +245,28 @@ def test_a_worker_loads_nothing_heavy_it_does_not_use():
     assert done.stdout.split("\n")[:2] == ["[]", "True"]  # nothing heavy; and the worker was made
 
 
+def test_beat_loads_no_handler_no_models_and_no_pydantic():
+    # What `celery -A beat beat` loads: its app and the scheduler Celery makes from it. Beat reads
+    # briefs and settings, never a validated model: no pydantic (~10 MB; bench figure 5's beat
+    # memory), no handler module, no runner, no Prometheus client unless it serves metrics.
+    code = (
+        "import sys\n"
+        "from celery.app.utils import find_app\n"
+        "from celery.utils.imports import symbol_by_name\n"
+        "app = find_app('beat')\n"
+        "scheduler = symbol_by_name(app.conf.beat_scheduler)(app=app, lazy=True)\n"
+        "heavy = ('pydantic', 'pydantic_core', 'ductape_jobs.models', 'ductape_jobs.runner', "
+        "'examples.handlers', 'prometheus_client', 'workers')\n"
+        "print(type(scheduler).__name__, sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0", "DUCTAPE_HANDLERS": "examples.handlers"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "RedisScheduler []"
+
+
 def test_only_beats_leadership_touches_the_leader_lock():
     # One owner of the fencing token: nothing else takes, renews or releases the lock.
     lock_calls = {"acquire_lock", "renew_lock", "release_lock", "renew_locks"}
