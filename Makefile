@@ -54,7 +54,7 @@ worker: $(STAMP) ## a worker for every env, started again if it fails (REDIS_URL
 	@until $(CELERY) worker --loglevel INFO; do echo "worker exited with status $$?; starting it again in 1 s" >&2; sleep 1; done
 
 beat: $(STAMP) ## the Redis-backed beat (one leader; start more as standbys)
-	$(BIN)/celery -A beat beat --loglevel INFO
+	$(BIN)/ductape-beat --loglevel INFO
 
 flower: $(STAMP) ## Flower on 127.0.0.1:5555; refuses to start without FLOWER_BASIC_AUTH=user:password
 	$(CELERY) flower

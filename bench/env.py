@@ -142,6 +142,14 @@ class Bench:
 
     def spawn(self, app: str, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
         """Start ``celery -A app ...`` in its own process group, logging to results/logs."""
+        return self.start([sys.executable, "-m", "celery", "-A", app, *args], env, name)
+
+    def beat(self, env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+        """Start our beat as the README runs it: ``ductape-beat`` (``python -m beat``: the same code)."""
+        return self.start([sys.executable, "-m", "beat", "--loglevel", "WARNING"], env, name)
+
+    def start(self, command: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+        """Start ``command`` in its own process group, logging to results/logs."""
         full_env = {
             **os.environ,
             "REDIS_URL": self.url,
@@ -150,7 +158,7 @@ class Bench:
         }
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", app, *args],
+            command,
             cwd=ROOT,
             env=full_env,
             stdout=log,

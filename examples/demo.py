@@ -48,9 +48,7 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(spawn(["worker", "-l", "INFO", "-c", "2", "-n", f"demo-{prefix}@%h"], "worker", env))
-        procs.append(
-            spawn(["beat", "-l", "INFO", "-s", str(LOGS / "beat.schedule")], "beat", env, app="beat")
-        )
+        procs.append(spawn(["-l", "INFO"], "beat", env))
         settings = Settings.from_env(env)
         with Ductape(settings=settings) as ductape:
             wait_for_worker(ductape, procs)
@@ -142,12 +140,16 @@ def watch(ductape: Ductape, jobs: dict[str, Any], timeout_s: float) -> None:
         say(f"  {title:42} {record.status.value:9} runs {record.runs_done}{result}")
 
 
-def spawn(args: list[str], name: str, env: dict[str, str], app: str = "workers") -> subprocess.Popen[bytes]:
-    """Start ``celery -A <app> <args>`` with its output in .demo/<name>.log."""
+def spawn(args: list[str], name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``celery -A workers <args>``, or ``ductape-beat <args>`` for the beat (``python -m
+    beat``: the script's code), with its output in .demo/<name>.log."""
     log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-    say(f"starting: celery -A {app} {' '.join(args)}   (log: .demo/{name}.log)")
+    shown, command = (
+        ("ductape-beat", ["beat"]) if name == "beat" else ("celery -A workers", ["celery", "-A", "workers"])
+    )
+    say(f"starting: {shown} {' '.join(args)}   (log: .demo/{name}.log)")
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", app, *args],
+        [sys.executable, "-m", *command, *args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 

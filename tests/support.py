@@ -49,6 +49,9 @@ class Processes:
     # How to run ``celery`` and from where: this checkout's by default; an installed one's
     # (tests/e2e/test_install.py) with ``overrides`` of the environment (None removes a variable).
     celery: list[str] = field(default_factory=lambda: [sys.executable, "-m", "celery"])
+    ductape_beat: list[str] = field(
+        default_factory=lambda: [sys.executable, "-m", "beat"]
+    )  # its script's code
     cwd: Path = ROOT
     overrides: dict[str, str | None] = field(default_factory=dict)
 
@@ -79,10 +82,13 @@ class Processes:
     def _spawn(
         self, args: list[str], name: str, env: dict[str, str], app: str = "workers"
     ) -> subprocess.Popen[bytes]:
+        return self._run([*self.celery, "-A", app, *args], name, env)
+
+    def _run(self, command: list[str], name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
         self.count += 1
         log = open(self.log_dir / f"{name}-{self.count}.log", "wb")  # noqa: SIM115 - lives with the process
         proc = subprocess.Popen(
-            [*self.celery, "-A", app, *args],
+            command,
             cwd=self.cwd,
             env=env,
             stdout=log,
@@ -126,12 +132,15 @@ class Processes:
                 raise AssertionError(f"worker exited early:\n{self.log(proc)}")
         return proc
 
-    def beat(self, *more: str, app: str = "beat", **extra: str) -> subprocess.Popen[bytes]:
-        """Start a beat with our Redis scheduler (``more``: further arguments, e.g. ``-S``): beat's
-        own app as the README runs it, or ``app="workers"``, which loads the handler modules too."""
+    def beat(self, *more: str, app: str | None = None, **extra: str) -> subprocess.Popen[bytes]:
+        """Start a beat with our Redis scheduler: ``ductape-beat``, as the README runs it; with
+        ``more`` (further arguments, e.g. ``-S``) or an ``app``, ``celery -A <app> beat`` (app
+        ``beat`` by default: beat's own; ``workers`` loads the handler modules too)."""
+        if app is None and not more:
+            return self._run([*self.ductape_beat, "--loglevel", "INFO"], "beat", self.env(**extra))
         sched = str(self.log_dir / f"beat-{self.count + 1}.schedule")
         args = ["beat", "--loglevel", "INFO", "-s", sched, *more]
-        return self._spawn(args, "beat", self.env(**extra), app=app)
+        return self._spawn(args, "beat", self.env(**extra), app=app or "beat")
 
     def flower(
         self, port: int, basic_auth: str, address: str | None = "127.0.0.1", **extra: str

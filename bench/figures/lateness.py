@@ -1,7 +1,7 @@
 """Figure 6: beat release by schedules due per second, a curve: 100 to 20,000 schedules every
 second, ours beside RedBeat.
 
-For each rate, a real beat process runs on each side: ours (``celery -A beat beat``) and RedBeat
+For each rate, a real beat process runs on each side: ours (``ductape-beat``) and RedBeat
 (``celery -A bench.plain_app beat -S bench.redbeat_probe:ProbedRedBeatScheduler``), one after the
 other on the same server, the side going first alternating from rate to rate. A consumer in this
 process pops every message off the broker list as it lands (BLMPOP, up to 1,000 a call: it keeps up
@@ -114,8 +114,7 @@ def _run_ours(bench: Bench, schedules: int, windows: int) -> Landed:
     consumer = Arrivals(bench.url, Keys(prefix).broker_prefix + settings.queue_for("dev"))
     consumer.start()
     env = {"DUCTAPE_KEY_PREFIX": prefix, "DUCTAPE_HANDLERS": "bench.handlers"}
-    schedule_file = str(bench.log_dir / f"{prefix}.schedule")
-    proc = bench.spawn("beat", ["beat", "--loglevel", "WARNING", "-s", schedule_file], env, "f6-ours-beat")
+    proc = bench.beat(env, "f6-ours-beat")
     ready = _watch(bench, proc, consumer, f"{prefix}:beat:lock", start_ms, windows)
     at_due: list[tuple[int, int]] = []
     runs: list[str] = []

@@ -9,9 +9,9 @@ RedBeat: its schedule ZSET and entry hashes), and the bytes per stored schedule 
 USAGE`` (every element sampled) of every key the side wrote, divided by the count: each record key
 whole, and each index ZSET whole, so its members (and the ZSET's own overhead, shared by all) are
 in it. The keyspace's own table (a few bytes a key, not in any key's ``MEMORY USAGE``) is left out
-on both sides; ours has two keys a schedule, RedBeat one. Then a real ``celery beat`` process
-starts: ours ``celery -A beat beat``, RedBeat ``celery -A
-bench.plain_app beat -S redbeat.RedBeatScheduler``, and holds its lock before the due instant
+on both sides; ours has two keys a schedule, RedBeat one. Then a real beat process starts: ours
+``ductape-beat`` (as the README runs it; once also ``celery -A beat beat``, an info row), RedBeat
+``celery -A bench.plain_app beat -S redbeat.RedBeatScheduler``, and holds its lock before the due instant
 (when its start-up outlasts the lead on a loaded machine, the clock starts when it holds the lock,
 and ``ready_before_due_ms`` says by how much). A consumer in this process pops the broker list as
 messages land (it keeps up with any rate here, so it stands for workers that keep up: what is
@@ -176,8 +176,10 @@ def _release(bench: Bench, proc: Any, lock_key: str, queue: str, burst: int, due
     }
 
 
-def run_ours(bench: Bench, burst: int, tag: str = "f5") -> dict[str, Any]:
-    """Store ``burst`` due hourly schedules, run our real beat until all are in the broker."""
+def run_ours(bench: Bench, burst: int, tag: str = "f5", via_celery: bool = False) -> dict[str, Any]:
+    """Store ``burst`` due hourly schedules, run our real beat until all are in the broker: as the
+    README runs it (``ductape-beat``), or ``via_celery`` (``celery -A beat beat``: the same beat
+    under Celery's command line, which loads its REPL and plugins, Flower's among them)."""
     prefix = bench.prefix(tag)
     settings = Settings(redis_url=bench.url, key_prefix=prefix, require_handler=False)
     keys = Keys(prefix)
@@ -196,7 +198,10 @@ def run_ours(bench: Bench, burst: int, tag: str = "f5") -> dict[str, Any]:
     expected = {"job": burst, "fp": burst, "due": 1, "jobs": 1}
     per_schedule = _per_schedule(kinds, expected, burst, "ours")
     env = {"DUCTAPE_KEY_PREFIX": prefix, "DUCTAPE_HANDLERS": "bench.handlers"}
-    proc = bench.spawn("beat", ["beat", "--loglevel", "WARNING"], env, f"{tag}-ours-beat")
+    if via_celery:
+        proc = bench.spawn("beat", ["beat", "--loglevel", "WARNING"], env, f"{tag}-ours-celery-beat")
+    else:
+        proc = bench.beat(env, f"{tag}-ours-beat")
     got = _release(bench, proc, keys.beat_lock, keys.broker_prefix + settings.queue_for("dev"), burst, due_ms)
     bench.drop(prefix)
     breakdown = {f"bytes_{kind}": size / burst for kind, (_, size) in kinds.items()} | used
@@ -245,6 +250,7 @@ def beat_burst(bench: Bench, reps: int, bursts: tuple[int, ...] = (1_000, 10_000
         for rep in range(min(reps, REPS_CAP.get(burst, reps))):
             for side, run in sides if rep % 2 == 0 else reversed(sides):
                 results[burst][side].append(run(bench, burst))
+        results[burst]["ours_celery"].append(run_ours(bench, burst, via_celery=True))  # once: info
     command = ".venv/bin/python -m bench --only 5" + (
         " (--quick: 1,000 and 10,000 due)" if 100_000 not in bursts else ""
     )
@@ -270,6 +276,16 @@ def beat_burst(bench: Bench, reps: int, bursts: tuple[int, ...] = (1_000, 10_000
                 details=details,
                 command=command,
                 point=Point(chart, "beat peak RSS, MB", burst, x_label),
+            ),
+            row(
+                f"5 (info) beat peak RSS under `celery -A beat beat` (ours once), {burst:,} due at once",
+                "MB",
+                of("ours_celery", "peak_rss_mb"),
+                of("theirs", "peak_rss_mb"),
+                "-",
+                None,
+                theirs_label="RedBeat",
+                command=command,
             ),
             row(
                 f"5 (info) release time, {burst:,} due at once, due instant to the last in the broker"

@@ -49,7 +49,7 @@ def release_rate(bench: Bench, shards: int, beats: int, due: int, tag: str) -> R
     keys = Keys(prefix, shards)
     store = Store(connect(settings), keys)
     env = {"DUCTAPE_KEY_PREFIX": prefix, "DUCTAPE_HANDLERS": "bench.handlers", "DUCTAPE_SHARDS": str(shards)}
-    procs = [bench.spawn("beat", ["beat", "--loglevel", "WARNING"], env, f"{tag}-{n}") for n in range(beats)]
+    procs = [bench.beat(env, f"{tag}-{n}") for n in range(beats)]
     share = -(-shards // beats)
 
     def balanced() -> bool:

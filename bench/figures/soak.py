@@ -110,8 +110,7 @@ def soak_run(bench: Bench, retention_s: int = RETENTION_S, periods: int = PERIOD
         "WARNING",
     ]
     worker = bench.spawn("workers", [*args, "-n", f"soak-{prefix}@%h"], env, "f8-worker")
-    beat_log = str(bench.log_dir / "f8-beat.schedule")
-    beat = bench.spawn("beat", ["beat", "--loglevel", "WARNING", "-s", beat_log], env, "f8-beat")
+    beat = bench.beat(env, "f8-beat")
     try:
         wait_for(lambda: bool(db.hlen(f"{prefix}:workers")), 120, "the soak worker to be ready", 0.1)
         live = ductape.job.schedule_many(

@@ -33,7 +33,7 @@ PROBLEMS = (WARN, FAIL)
 # Workers refresh seen_ms on their Celery heartbeat (workers/app.py, every ~10 s); an entry much
 # older than that is a worker that stopped or hangs.
 STALE_AFTER_MS = 60_000
-BEAT_CMD = "celery -A beat beat"
+BEAT_CMD = "ductape-beat"
 WORKER_CMD = "celery -A workers worker"
 
 

@@ -279,7 +279,7 @@ def test_doctor_names_the_fix_without_aof_beat_or_workers(prefix: str):
         done, as_json = (run_cli(server.url, prefix, line) for line in ("doctor", "doctor --json"))
         assert done.returncode == 1, done.stderr
         for line in ("WARN  aof", "fix: CONFIG SET appendonly yes", "FAIL  beat",
-                     "fix: start a beat: celery -A beat beat", "FAIL  env prd",
+                     "fix: start a beat: ductape-beat", "FAIL  env prd",
                      "fix: start one: DUCTAPE_WORKER_ENVS=prd celery -A workers worker"):  # fmt: skip
             assert line in done.stdout, done.stdout
         report = json.loads(as_json.stdout)

@@ -68,6 +68,7 @@ class Install:
             prefix,
             log_dir,
             celery=[str(self.venv / "bin" / "celery")],
+            ductape_beat=[str(self.venv / "bin" / "ductape-beat")],
             cwd=self.app,
             overrides={"PYTHONPATH": str(self.app), "DUCTAPE_HANDLERS": "examples.handlers"},
         )

@@ -39,7 +39,7 @@ def test_worker_beat_flower_and_cli_follow_a_failover(
     assert exported == set(settings)
     assert commands == [
         "celery -A workers worker --loglevel INFO",
-        "celery -A beat beat --loglevel INFO",
+        "ductape-beat --loglevel INFO",
         "ductape-jobs doctor",
     ]
     recorder = EmbeddedRedis.start(appendonly=False)  # where the handlers record (TEST_RECORD_URL)
