@@ -342,7 +342,11 @@ class Settings:
         values: dict[str, Any] = {}
         if environ.get("REDIS_URL"):
             values["redis_url"] = environ["REDIS_URL"]
-        for name in (spec.name for spec in fields(cls)):
+        names = [spec.name for spec in fields(cls)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise JobValidationError("settings", f"{unknown} are not settings (known: {', '.join(names)})")
+        for name in names:
             raw = environ.get(f"DUCTAPE_{name.upper()}")
             if raw is None or name == "redis_url":
                 continue

@@ -749,3 +749,15 @@ def test_bad_environment_values_name_the_variable(variables: dict[str, str], fie
     for text in (str(err), repr(err), repr(err.args)):
         assert PASSWORD not in text
     assert err.__cause__ is None and err.__suppress_context__
+
+
+def test_settings_refuse_an_unknown_override_and_recheck_a_replaced_value() -> None:
+    with pytest.raises(JobValidationError, match=r"\['cachez'\] are not settings") as caught:
+        Settings.from_env({}, cachez={})
+    assert "known: redis_url" in str(caught.value)
+    settings = Settings.from_env({"REDIS_URL": SECRET_URL})
+    with pytest.raises(JobValidationError, match="fix DUCTAPE_SHARDS"):
+        settings.replace(shards=0)
+    with pytest.raises(JobValidationError, match="fix DUCTAPE_ENVS"):
+        Settings(envs=())
+    assert settings.replace(shards=4).shards == 4 and settings.replace(shards=4).url == SECRET_URL
