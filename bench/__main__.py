@@ -1,4 +1,4 @@
-"""``python -m bench [--only N[,N]] [--reps K] [--quick] [--aof] [--receivers]``: print the table,
+"""``python -m bench [--only N[,N]] [--reps K] [--quick] [--drain N] [--aof] [--receivers]``: print the table,
 write results/last.json (results/last-aof.json with ``--aof``); ``python -m bench.charts`` then
 draws its curves."""
 
@@ -48,13 +48,14 @@ FEWER_REPS = {4: 2, 5: 2, 9: 1, 12: 2, 14: 3}
 LONG = {8}  # minutes long: only when named in --only (`make soak` runs figure 8 alone)
 
 
-def _figures(quick: bool) -> dict[int, Callable[[Bench, int], list[Row]]]:
+def _figures(quick: bool, drain: int | None = None) -> dict[int, Callable[[Bench, int], list[Row]]]:
     bursts = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
+    drained = drain or (500 if quick else 1_000)
     rates = (100, 1_000, 5_000) if quick else (100, 1_000, 5_000, 20_000)
     return {
         1: lambda bench, reps: schedule_one_by_one(bench, reps, n=1_000 if quick else 2_000),
         2: lambda bench, reps: schedule_batch(bench, reps, n=2_000 if quick else 3_000),
-        3: lambda bench, reps: end_to_end(bench, reps, n=500 if quick else 1_000),
+        3: lambda bench, reps: end_to_end(bench, reps, n=drained),
         # figure 7 (round trips, commands, Redis CPU per run) is measured with figure 4
         4: lambda bench, reps: beat_release(bench, reps, stored=50_000, due=5_000),
         5: lambda bench, reps: beat_burst(bench, reps, bursts=bursts),
@@ -93,6 +94,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="a short pass: 2 repetitions, figure 1 at 1,000 calls, figure 2 at 2,000 jobs, "
         "figure 3 drains 500 jobs, figure 5 stops at 10,000 due, "
         "figure 6 at 5,000 a second",
+    )
+    parser.add_argument(
+        "--drain",
+        type=int,
+        default=None,
+        metavar="N",
+        help="figure 3's no-op drain: N jobs (default 1,000; 500 with --quick); its handler-work "
+        "curve keeps its sizes",
     )
     parser.add_argument(
         "--aof",
@@ -140,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.getLogger("beat").setLevel(logging.ERROR)  # the in-process engine's leader chatter
     logging.getLogger("ductape_jobs.runner").setLevel(logging.ERROR)  # figure 9's failing runs
-    figures = _figures(args.quick)
+    figures = _figures(args.quick, args.drain)
     chosen = {4 if int(n) == 7 else int(n) for n in args.only.split(",") if n.strip()}
     # the soak (figure 8, minutes long) runs only when asked for by name
     wanted = sorted(chosen) or sorted(n for n in figures if n not in LONG)
@@ -164,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions(bench),
             "reps": {str(n): reps_for(n, args) for n in wanted},
             "quick": args.quick,
+            "drain": args.drain,
             "aof": args.aof,
             "receivers": args.receivers,
         }
