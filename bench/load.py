@@ -75,7 +75,7 @@ def load_ours(
     batch: list[NewJob] = []
     for n in numbers:
         due = due_ms(n)
-        spec = base.spec.model_copy(update={"input": input_of(n), "start_ms": due, "created_ms": now})
+        spec = replace(base.spec, input=input_of(n), start_ms=due, created_ms=now)
         batch.append(
             replace(
                 base,

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ductape_jobs import timing
 from ductape_jobs.sessions import redact
-from ductape_jobs.terms import CeleryCall
+from ductape_jobs.terms import CeleryCall, JobSpec
 from ductape_jobs.tracing import TRACEPARENT
-
-if TYPE_CHECKING:
-    from ductape_jobs.models import JobSpec
 
 ARGSREPR_MAX = 1_024  # Celery's argsrepr (shown by Flower) is the input's repr cut to this length
 

@@ -27,7 +27,7 @@ from ductape_jobs.errors import (
 from ductape_jobs.events import SentEvents
 from ductape_jobs.jitter import Spread
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobRecord, JobRequest, JobSpec, RunRecord, ScheduleHandle
+from ductape_jobs.models import JobRecord, JobRequest, RunRecord, ScheduleHandle
 from ductape_jobs.ops import Flow
 from ductape_jobs.planning import Build, _iso, handle_of, plan_job
 from ductape_jobs.records import (
@@ -46,7 +46,7 @@ from ductape_jobs.scripts import BACKFILL_MAX_SLOTS
 from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions, session_types_from_config
 from ductape_jobs.settings import Settings
-from ductape_jobs.terms import JobStatus, job_id_of, ms_to_datetime, run_id_for
+from ductape_jobs.terms import JobSpec, JobStatus, job_id_of, ms_to_datetime, run_id_for
 from ductape_jobs.twins import Shapes, Twin, shape_key
 from ductape_jobs.updating import UPDATABLE, plan_update, request_of, settings_differ
 from ductape_jobs.wire import MessageBuilder

@@ -103,7 +103,7 @@ class BeatSchedule:
         job_id = job_id_for(self.app, call.entry)
         # plan_job checks what any schedule is checked for (rate, input size and shape, tz).
         planned = plan_job(request, self.settings, Sessions({}), now_ms, job_id)
-        spec = planned.spec.model_copy(update={"celery": call})
+        spec = dataclasses.replace(planned.spec, celery=call)
         said = [request.model_dump(mode="json"), dataclasses.asdict(call)]
         digest = hashlib.sha256(json.dumps(said, sort_keys=True, default=str).encode()).hexdigest()[:32]
         # The first slot goes to the due index (beat releases it), never straight to Celery here.

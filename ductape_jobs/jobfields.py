@@ -22,13 +22,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from ductape_jobs.brief import JobBrief, argsrepr
-from ductape_jobs.terms import CeleryCall
-
-if TYPE_CHECKING:
-    from ductape_jobs.models import JobSpec
+from ductape_jobs.terms import CeleryCall, JobSpec
 
 SEP = "\x1f"
 Kind = Literal["str", "int", "json"]
@@ -176,19 +173,15 @@ def holds_spec(packed: str) -> bool:
 
 def spec_of(f: Mapping[str, str]) -> JobSpec:
     """The spec a job hash holds (either layout); raises ValueError when it can't be read."""
-    # Imported here: the spec is a validated model (pydantic, ~10 MB a process), which beat never
-    # reads; the worker loads it before forking its pool (workers.factory).
-    from ductape_jobs.models import JobSpec
-
     if LEGACY_SPEC in f:
-        return JobSpec.model_validate_json(f[LEGACY_SPEC])
+        return JobSpec.from_json(f[LEGACY_SPEC])
     data: dict[str, Any] = {"input": json.loads(f[INPUT]) if INPUT in f else {}}
     for attr, (field, kind, default) in _SPEC.items():
         data[attr] = _decode(f[field], kind) if field in f else default
     if CREATED not in f and "created_ms" in f:  # the job's own (spec_args left it out)
         data["created_ms"] = int(f["created_ms"])
     data["rule"] = _rule_of(f)
-    return JobSpec.model_validate(data)
+    return JobSpec(**data)
 
 
 def brief_of(f: Mapping[str, str]) -> JobBrief:

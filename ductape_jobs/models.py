@@ -13,8 +13,6 @@ and nowhere else.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import math
 from datetime import datetime
 from typing import Any, Literal
@@ -41,7 +39,7 @@ from ductape_jobs.terms import (
     MAX_TIMEOUT_S,
     SLUG,
     SLUG_FIX,
-    CeleryCall,
+    JobSpec,
     JobStatus,
     RunStatus,
     check_task_namespace,
@@ -309,43 +307,6 @@ def _unknown_field_message(loc: list[str]) -> str:
     close = difflib.get_close_matches(loc[-1], known, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"is not a known field (known: {', '.join(known)}){hint}"
-
-
-class JobSpec(_Frozen):
-    """What to run, where, how often: a stored job's request part (changed only by an update)."""
-
-    env: str
-    product_tag: str
-    event: str
-    retries: int
-    timeout_s: int | None = None  # None in records written before timeouts: the settings' default
-    input: dict[str, Any]
-    app: str | None = None
-    cache: str | None = None
-    start_ms: int = 0
-    rule: dict[str, Any] | None = None  # timing.Rule as a dict
-    redact_paths: list[list[str | int]] = Field(default_factory=list)
-    # With session values: ``input`` holds them masked, ``sealed`` holds the real input encrypted
-    # under the session type's secret, and ``input_digest`` an HMAC of it (dedupe, cache keys).
-    session_tag: str | None = None
-    sealed: str | None = None
-    input_digest: str | None = None
-    created_ms: int
-    celery: CeleryCall | None = None  # an imported beat_schedule entry's own task (else our handler)
-    key: str | None = None  # JobRequest.key: the job's key index entry names it (keys.key_index)
-    idempotency_key: str | None = None
-
-    def timing_rule(self) -> timing.Rule | None:
-        """The repeat rule, or None for a one-off job."""
-        return None if self.rule is None else timing.Rule(**self.rule)
-
-    def fingerprint(self) -> str:
-        """What makes two recurring jobs the same schedule (docs/design.md section 4)."""
-        same = self.model_dump(
-            include={"env", "product_tag", "event", "app", "input", "rule", "input_digest"}
-        )
-        blob = json.dumps(same, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 class JobRecord(_Frozen):

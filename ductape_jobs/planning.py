@@ -17,12 +17,12 @@ from ductape_jobs import timing
 from ductape_jobs.errors import JobValidationError, SessionError
 from ductape_jobs.jitter import Spread
 from ductape_jobs.keys import route_of, routed
-from ductape_jobs.models import JobRequest, JobSpec, ScheduleHandle
+from ductape_jobs.models import JobRequest, ScheduleHandle
 from ductape_jobs.records import Message, NewJob
 from ductape_jobs.sealed import seal_input
 from ductape_jobs.sessions import OPENER, Sessions, has_placeholders, redact, resolve_placeholders
 from ductape_jobs.settings import Settings
-from ductape_jobs.terms import JobStatus, ms_to_datetime, run_id_for
+from ductape_jobs.terms import JobSpec, JobStatus, ms_to_datetime, run_id_for
 
 # The last instant a datetime holds (9999-12-31T23:59:59.999Z): a run after it cannot be shown.
 _LAST_MS = 253_402_300_799_999
@@ -60,22 +60,20 @@ def plan_job(
     spec_fields = _session_fields(req, input_json, sessions, settings, now_ms)
     older_digests = spec_fields.pop(_OLDER_DIGESTS, ())
     rule = req.repeat.to_rule() if req.repeat is not None else None
-    spec = JobSpec.model_validate(
-        {
-            "env": req.env,
-            "product_tag": req.product_tag,
-            "event": req.event,
-            "retries": req.retries,
-            "timeout_s": req.timeout or settings.job_timeout_s,
-            "app": req.app,
-            "cache": req.cache,
-            "start_ms": req.start_ms,
-            "rule": None if rule is None else _stored_rule(rule),
-            "created_ms": now_ms,
-            "key": req.key,
-            "idempotency_key": req.idempotency_key,
-            **spec_fields,
-        }
+    spec = JobSpec(
+        env=req.env,
+        product_tag=req.product_tag,
+        event=req.event,
+        retries=req.retries,
+        timeout_s=req.timeout or settings.job_timeout_s,
+        app=req.app,
+        cache=req.cache,
+        start_ms=req.start_ms,
+        rule=None if rule is None else _stored_rule(rule),
+        created_ms=now_ms,
+        key=req.key,
+        idempotency_key=req.idempotency_key,
+        **spec_fields,
     )
     job_id = routed(job_id, identity_route(spec))
     if rule is None:
@@ -102,7 +100,7 @@ def identity_route(spec: JobSpec) -> str:
         return route_of(spec.idempotency_key)
     if spec.rule is None:
         return ""
-    unsealed = spec if spec.input_digest is None else spec.model_copy(update={"input_digest": None})
+    unsealed = spec if spec.input_digest is None else dataclasses.replace(spec, input_digest=None)
     return unsealed.fingerprint()
 
 

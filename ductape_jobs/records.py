@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.errors import validation_error
 from ductape_jobs.jobfields import spec_of
-from ductape_jobs.terms import JobStatus, RunStatus
+from ductape_jobs.terms import JobSpec, JobStatus, RunStatus
 from ductape_jobs.timing import Overlap
 
 if TYPE_CHECKING:  # the validated models (pydantic): loaded where a record is read back, not in beat
-    from ductape_jobs.models import JobRecord, JobSpec, RunRecord
+    from ductape_jobs.models import JobRecord, RunRecord
 
 # The scripts' words, as types mypy checks: what callers pass in as Literals, what Redis answers as
 # StrEnums (parsed where the reply is read, so an unknown word fails there). Both are plain str.

@@ -21,7 +21,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from ductape_jobs.calling import call_handler
 from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError, validation_error
@@ -33,10 +33,7 @@ from ductape_jobs.scrub import Scrubber
 from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
-from ductape_jobs.terms import job_id_of
-
-if TYPE_CHECKING:
-    from ductape_jobs.models import JobSpec
+from ductape_jobs.terms import JobSpec, job_id_of
 
 log = logging.getLogger("ductape_jobs.runner")
 

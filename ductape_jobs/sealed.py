@@ -13,15 +13,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ductape_jobs.errors import SessionError
 from ductape_jobs.keyring import KeyRing
 from ductape_jobs.scrub import MASK, Scrubber, leaves
 from ductape_jobs.sessions import Sessions
-
-if TYPE_CHECKING:
-    from ductape_jobs.models import JobSpec
+from ductape_jobs.terms import JobSpec
 
 __all__ = ["MASK", "SEALED_KEY", "Opened", "Vault", "seal_input"]
 

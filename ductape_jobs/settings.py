@@ -13,14 +13,11 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ductape_jobs.errors import JobValidationError
-from ductape_jobs.terms import MAX_TIMEOUT_S, SLUG
+from ductape_jobs.terms import MAX_TIMEOUT_S, SLUG, JobSpec
 from ductape_jobs.urls import SentinelTarget, sentinel_target, url_secrets
-
-if TYPE_CHECKING:
-    from ductape_jobs.models import JobSpec
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRET_FIELDS = ("redis_url", "sessions", "sentinel_password")  # shown as *** in any error

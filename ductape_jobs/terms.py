@@ -1,15 +1,18 @@
-"""The vocabulary's plain parts: name patterns and bounds, job and run states, run ids, task names
-and the Celery call an imported entry sends. No I/O, and no pydantic: beat and the worker's
-start-up read these without loading the validated models of models.py (~10 MB a process).
+"""The vocabulary's plain parts: name patterns and bounds, job and run states, run ids, task names,
+the Celery call an imported entry sends and a stored job's spec. No I/O, and no pydantic: beat
+and the worker read these without loading the validated models of models.py (~10 MB a process).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from ductape_jobs import timing
 from ductape_jobs.errors import JobValidationError, shown
 
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -95,6 +98,102 @@ class CeleryCall:
 
 
 _CALL_FIELDS = {"entry", "task", "args", "kwargs", "options"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """What to run, where, how often: a stored job's request part (changed only by an update).
+
+    A plain dataclass, so the worker reads a run's spec without pydantic: what it holds was checked
+    when the job was scheduled (JobRequest, planning), and ``__post_init__`` checks again what a
+    damaged record could get wrong, raising ValueError (beat and the worker then set the job
+    aside). Pydantic validates it inside a ``JobRecord`` (and forbids unknown fields there).
+    """
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
+
+    env: str
+    product_tag: str
+    event: str
+    retries: int
+    timeout_s: int | None = None  # None in records written before timeouts: the settings' default
+    input: dict[str, Any]
+    app: str | None = None
+    cache: str | None = None
+    start_ms: int = 0
+    rule: dict[str, Any] | None = None  # timing.Rule as a dict
+    redact_paths: list[list[str | int]] = field(default_factory=list)
+    # With session values: ``input`` holds them masked, ``sealed`` holds the real input encrypted
+    # under the session type's secret, and ``input_digest`` an HMAC of it (dedupe, cache keys).
+    session_tag: str | None = None
+    sealed: str | None = None
+    input_digest: str | None = None
+    created_ms: int
+    celery: CeleryCall | None = None  # an imported beat_schedule entry's own task (else our handler)
+    key: str | None = None  # JobRequest.key: the job's key index entry names it (keys.key_index)
+    idempotency_key: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in _SPEC_STRINGS:
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}: expected a string, got {shown(getattr(self, name))}")
+        for name in _SPEC_INTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name}: expected a whole number, got {shown(value)}")
+        for name in _SPEC_OPTIONAL_STRINGS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                # never the value: sealed holds a session's values, encrypted
+                raise ValueError(f"{name}: expected a string or null, got {type(value).__name__}")
+        timeout_s = self.timeout_s
+        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, int)):
+            raise ValueError(f"timeout_s: expected a whole number or null, got {shown(timeout_s)}")
+        if not isinstance(self.input, dict) or not all(isinstance(k, str) for k in self.input):
+            raise ValueError(f"input: expected an object, got {shown(self.input)}")
+        if self.rule is not None and not isinstance(self.rule, dict):
+            raise ValueError(f"rule: expected an object or null, got {shown(self.rule)}")
+        paths = self.redact_paths
+        if not isinstance(paths, list) or not all(
+            isinstance(path, list)
+            and all(isinstance(step, str | int) and not isinstance(step, bool) for step in path)
+            for path in paths
+        ):
+            raise ValueError(f"redact_paths: expected a list of key paths, got {shown(paths)}")
+        if isinstance(self.celery, dict):  # as JSON holds it
+            object.__setattr__(self, "celery", CeleryCall.of(self.celery))
+        elif self.celery is not None and not isinstance(self.celery, CeleryCall):
+            raise ValueError(f"celery: expected a Celery call or null, got {shown(self.celery)}")
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSpec:
+        """A spec stored as JSON (the layout before jobfields); ValueError when it is not one."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"not a job spec: {text[:64]!r}")
+        unknown, missing = sorted(set(data) - _SPEC_FIELDS), sorted(_SPEC_REQUIRED - set(data))
+        if unknown or missing:  # named, as pydantic did: a newer version's field, a cut record
+            raise ValueError(f"not a job spec: unknown fields {unknown}, missing fields {missing}")
+        return cls(**data)
+
+    def timing_rule(self) -> timing.Rule | None:
+        """The repeat rule, or None for a one-off job."""
+        return None if self.rule is None else timing.Rule(**self.rule)
+
+    def fingerprint(self) -> str:
+        """What makes two recurring jobs the same schedule (docs/design.md section 4)."""
+        same = {name: getattr(self, name) for name in _FINGERPRINTED}
+        blob = json.dumps(same, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+_SPEC_STRINGS = ("env", "product_tag", "event")
+_SPEC_INTS = ("retries", "created_ms", "start_ms")
+_SPEC_OPTIONAL_STRINGS = ("app", "cache", "session_tag", "sealed", "input_digest", "key", "idempotency_key")
+_SPEC_FIELDS = {f.name for f in fields(JobSpec)}
+_SPEC_REQUIRED = {f.name for f in fields(JobSpec) if f.default is MISSING and f.default_factory is MISSING}
+# A stored identity key is this JSON's hash: the same fields, dumped the same way, for good.
+_FINGERPRINTED = ("env", "product_tag", "event", "app", "input", "rule", "input_digest")
 
 
 def hard_limit_s(timeout_s: int) -> int:

@@ -6,14 +6,15 @@ reads and writes; UPDATE_JOB makes the write conditional on what was read).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ductape_jobs import timing
 from ductape_jobs.errors import JobStateError, JobValidationError
 from ductape_jobs.jitter import Spread
-from ductape_jobs.models import JobRecord, JobSpec
+from ductape_jobs.models import JobRecord
 from ductape_jobs.records import Current, Update
-from ductape_jobs.terms import JobStatus
+from ductape_jobs.terms import JobSpec, JobStatus
 
 # What job.update() may change; env, product_tag and event name the job's queue and Celery task.
 UPDATABLE = frozenset({"input", "session", "retries", "timeout", "repeat", "start_at", "app", "cache"})
@@ -93,10 +94,14 @@ def plan_update(current: Current, spec: JobSpec, now_ms: int, *, input_given: bo
             f"job {job.job_id} {now_is}; an update cannot change that: cancel it and schedule a new one",
         )
     _check_updatable(job)
-    kept = {"created_ms": old.created_ms, "key": old.key, "idempotency_key": old.idempotency_key}
+    kept: dict[str, Any] = {
+        "created_ms": old.created_ms,
+        "key": old.key,
+        "idempotency_key": old.idempotency_key,
+    }
     if not input_given:
         kept.update({name: getattr(old, name) for name in _INPUT_FIELDS})
-    spec = spec.model_copy(update=kept)
+    spec = dataclasses.replace(spec, **kept)
     if spec.rule == old.rule and spec.start_ms == old.start_ms:
         return Update(spec, job.next_run_ms, current.anchor_ms)
     rule = spec.timing_rule()

@@ -17,7 +17,7 @@ import os
 import re
 from bisect import bisect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import Celery
 from celery._state import _set_current_app, get_current_app
@@ -29,10 +29,7 @@ from ductape_jobs.brief import JobBrief, argsrepr
 from ductape_jobs.keys import Keys
 from ductape_jobs.records import Message
 from ductape_jobs.settings import Settings
-from ductape_jobs.terms import CeleryCall, hard_limit_s, job_id_of, ms_to_datetime, task_name
-
-if TYPE_CHECKING:
-    from ductape_jobs.models import JobSpec
+from ductape_jobs.terms import CeleryCall, JobSpec, hard_limit_s, job_id_of, ms_to_datetime, task_name
 
 
 class MessageBuilder:

@@ -14,7 +14,9 @@ def to_old_layout(r: Any, key: str, *, brief: bool = True) -> dict[str, str]:
     """Rewrite job hash ``key`` as the old layout wrote it (without ``brief`` for a record older
     than briefs); returns the old fields written."""
     found = jobfields.fields(r.hgetall(key))
-    old = {jobfields.LEGACY_SPEC: jobfields.spec_of(found).model_dump_json()}
+    old = {
+        jobfields.LEGACY_SPEC: json.dumps(dataclasses.asdict(jobfields.spec_of(found)), separators=(",", ":"))
+    }
     if brief:
         old[jobfields.LEGACY_BRIEF] = json.dumps(
             dataclasses.asdict(jobfields.brief_of(found)), separators=(",", ":")

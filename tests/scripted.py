@@ -21,11 +21,12 @@ import redis
 from ductape_jobs import jobfields, ops
 from ductape_jobs.flows import ClientCore
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobRequest, JobSpec
+from ductape_jobs.models import JobRequest
 from ductape_jobs.ops import REDIS_DOWN, Call, Eval, Flow, unreachable
 from ductape_jobs.planning import plan_job
 from ductape_jobs.rows import CreateJobsHead, CreateJobsRow
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import JobSpec
 
 T = TypeVar("T")
 ANY = object()  # in a step's keys or args: any value is fine at this place (a clock reading, a random id)

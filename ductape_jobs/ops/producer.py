@@ -5,6 +5,7 @@ spec it can't read is set aside) and beat (a run whose job can't be read).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +39,10 @@ from ductape_jobs.rows import (
     TwinFound,
     UpdateJobArgs,
 )
+from ductape_jobs.terms import JobSpec
 
 if TYPE_CHECKING:  # records are read back as these in the producer, never in beat (pydantic)
-    from ductape_jobs.models import JobRecord, JobSpec, RunRecord
+    from ductape_jobs.models import JobRecord, RunRecord
 
 
 def create_jobs(keys: Keys, jobs: Sequence[NewJob], now_ms: int) -> Flow[list[tuple[str, bool]]]:
@@ -125,7 +127,7 @@ def _fingerprints(k: Keys, job: NewJob) -> str:
     the same lifecycle (written with the job, deleted when it retires or leaves)."""
     if job.spec.key is not None:
         return k.key_index(job.spec.key)
-    older = (job.spec.model_copy(update={"input_digest": d}) for d in job.older_digests)
+    older = (dataclasses.replace(job.spec, input_digest=d) for d in job.older_digests)
     return "\n".join(k.fingerprint(spec.fingerprint()) for spec in (job.spec, *older))
 
 

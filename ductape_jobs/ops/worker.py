@@ -50,7 +50,7 @@ def begin_run(
     started = Started(verdict, attempt=got.attempt, nominal_ms=got.nominal_ms, manual=got.manual)
     try:
         return replace(started, spec=jobfields.read_spec(got.spec))
-    except ValueError as exc:  # pydantic's ValidationError too: the runner sets the run aside
+    except ValueError as exc:  # a damaged field (JobSpec.__post_init__): the runner sets the run aside
         return replace(started, unreadable=reason("this worker could not read the job's spec", exc))
 
 

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from ductape_jobs.cli.doctor import FAIL, OK, Finding, render
 from ductape_jobs.cli.output import job_detail, job_json, jobs_table, printable, run_json, runs_table
-from ductape_jobs.models import JobRecord, JobSpec, RunRecord
+from ductape_jobs.models import JobRecord, RunRecord
 from ductape_jobs.settings import Settings
-from ductape_jobs.terms import JobStatus, RunStatus
+from ductape_jobs.terms import JobSpec, JobStatus, RunStatus
 
 # What a terminal acts on: C0 (ESC starts CSI/OSC sequences, BEL ends OSC), DEL, C1 (U+009B is a
 # one-character CSI), line/paragraph separators and bidi marks, overrides and isolates.

@@ -22,12 +22,12 @@ from ductape_jobs.errors import (
 )
 from ductape_jobs.flows import Revoke
 from ductape_jobs.keys import Keys
-from ductape_jobs.models import JobRequest, JobSpec
+from ductape_jobs.models import JobRequest
 from ductape_jobs.planning import plan_job
 from ductape_jobs.records import SetAside
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
-from ductape_jobs.terms import JobStatus, RunStatus
+from ductape_jobs.terms import JobSpec, JobStatus, RunStatus
 from tests.scripted import (
     ANY,
     CREATE_ROW_WIDTH,

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from ductape_jobs import jobfields
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.imported import BeatSchedule, ImportedEntry
-from ductape_jobs.models import JobRequest, JobSpec, Repeat
+from ductape_jobs.models import JobRequest, Repeat
 from ductape_jobs.planning import plan_job
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
-from ductape_jobs.terms import CeleryCall
+from ductape_jobs.terms import CeleryCall, JobSpec
 
 NOW = 1_893_456_000_000
 TRACE = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
@@ -134,11 +134,11 @@ def test_a_record_in_the_layout_before_reads_as_it_did() -> None:
         JobRequest.parse({**BASE, "repeat": {"every": 60_000}}), Settings(), Sessions({}), NOW, "j"
     ).spec
     brief = JobBrief.of(spec, traceparent=TRACE)
-    assert jobfields.spec_of({"spec": spec.model_dump_json(), "status": "scheduled"}) == spec
-    assert (
-        jobfields.brief_of({"brief": json.dumps(dataclasses.asdict(brief), separators=(",", ":"))}) == brief
-    )
-    older = jobfields.LEGACY_SPEC + jobfields.SEP + spec.model_dump_json()  # READ_DUE before briefs
+    spec_json = json.dumps(dataclasses.asdict(spec), separators=(",", ":"))  # as pydantic wrote it
+    assert jobfields.spec_of({"spec": spec_json, "status": "scheduled"}) == spec
+    brief_json = json.dumps(dataclasses.asdict(brief), separators=(",", ":"))
+    assert jobfields.brief_of({"brief": brief_json}) == brief
+    older = jobfields.LEGACY_SPEC + jobfields.SEP + spec_json  # READ_DUE before briefs
     assert jobfields.holds_spec(older) and jobfields.read_brief(older) == JobBrief.of(spec)
     assert not jobfields.holds_spec(jobfields.pack_spec(spec))
 

@@ -13,8 +13,8 @@ from ductape_jobs import jobfields, timing
 from ductape_jobs.brief import JobBrief
 from ductape_jobs.errors import JobValidationError
 from ductape_jobs.flows import _check_range
-from ductape_jobs.models import JobRecord, JobRequest, JobSpec, Repeat
-from ductape_jobs.terms import JobStatus
+from ductape_jobs.models import JobRecord, JobRequest, Repeat
+from ductape_jobs.terms import JobSpec, JobStatus
 
 T0 = 1_893_456_000_000  # 2030-01-01T00:00:00Z
 MIN = 60_000

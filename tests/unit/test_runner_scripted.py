@@ -15,13 +15,14 @@ from pydantic import BaseModel
 
 from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError, RunCancelledError
 from ductape_jobs.heartbeat import Heartbeat
-from ductape_jobs.models import JobRequest, JobSpec
+from ductape_jobs.models import JobRequest
 from ductape_jobs.planning import plan_job
 from ductape_jobs.records import Started
 from ductape_jobs.registry import Registry, RunContext
 from ductape_jobs.runner import Outcome, Runner, cache_digest, owner_prefix
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
+from ductape_jobs.terms import JobSpec
 from tests.scripted import ScriptedStore
 
 NOW = 1_700_000_000_000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 from typing import Any
 
@@ -16,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ductape_jobs.errors import SessionError
-from ductape_jobs.models import JobSpec
 from ductape_jobs.runner import cache_digest
 from ductape_jobs.sealed import Vault, seal_input
 from ductape_jobs.sessions import (
@@ -30,6 +30,7 @@ from ductape_jobs.sessions import (
     session_types_from_config,
     unseal,
 )
+from ductape_jobs.terms import JobSpec
 
 USER_SECRET = "user-secret-0123456789abcdefghijklmnop"
 ADMIN_SECRET = "admin-secret-0123456789abcdefghijklmno"
@@ -674,7 +675,7 @@ def test_vault_opens_input_seals_results_and_scrubs(sessions: Sessions) -> None:
 def test_vault_opens_seals_made_before_key_rings(sessions: Sessions) -> None:
     # Then the seal was the bare Fernet token of the input, without a key id or session values.
     spec = _sealed_spec(sessions, DATA)
-    legacy = spec.model_copy(update={"sealed": seal({"to": "alice@example.com", "n": 1}, USER_SECRET)})
+    legacy = dataclasses.replace(spec, sealed=seal({"to": "alice@example.com", "n": 1}, USER_SECRET))
     opened = Vault(sessions).open(legacy)
     assert opened.input == {"to": "alice@example.com", "n": 1}
     assert opened.hidden.scrub("to ALICE@example.com") == "to ***"
@@ -705,9 +706,7 @@ def test_cache_digest_tells_sealed_jobs_of_different_users_apart(sessions: Sessi
     assert alice.input == bob.input  # alike as stored (masked)...
     assert cache_digest(alice) != cache_digest(bob)  # ...never sharing a cache entry
     assert cache_digest(alice) == cache_digest(_sealed_spec(sessions, DATA))
-    plain = alice.model_copy(
-        update={"sealed": None, "input_digest": None, "session_tag": None, "redact_paths": []}
-    )
+    plain = dataclasses.replace(alice, sealed=None, input_digest=None, session_tag=None, redact_paths=[])
     assert cache_digest(plain) != cache_digest(alice)
 
 

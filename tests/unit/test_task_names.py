@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.errors import JobValidationError
-from ductape_jobs.models import JobRequest, JobSpec
+from ductape_jobs.models import JobRequest
 from ductape_jobs.registry import Registry, RunContext
 from ductape_jobs.settings import Settings
-from ductape_jobs.terms import task_name
+from ductape_jobs.terms import JobSpec, task_name
 from ductape_jobs.wire import MessageBuilder
 
 # Mostly short tags over a tiny alphabet with dots, where collisions would show up if they could.

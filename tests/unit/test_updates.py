@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from ductape_jobs.errors import JobStateError, JobValidationError
 from ductape_jobs.jitter import Spread
-from ductape_jobs.models import JobRecord, JobRequest, JobSpec
+from ductape_jobs.models import JobRecord, JobRequest
 from ductape_jobs.planning import plan_job
 from ductape_jobs.records import Current
 from ductape_jobs.sessions import Sessions
 from ductape_jobs.settings import Settings
-from ductape_jobs.terms import CeleryCall, JobStatus
+from ductape_jobs.terms import CeleryCall, JobSpec, JobStatus
 from ductape_jobs.updating import plan_update
 
 T0 = 1_893_456_000_000  # 2030-01-01T00:00:00Z
@@ -188,7 +189,7 @@ def test_an_update_without_input_keeps_the_stored_input_fields():
 def test_an_imported_beat_schedule_entry_is_changed_in_its_config_not_by_update():
     cur = current(EVERY)
     imported = cur.job.model_copy(
-        update={"spec": cur.job.spec.model_copy(update={"celery": CeleryCall(entry="nightly", task="app.t")})}
+        update={"spec": dataclasses.replace(cur.job.spec, celery=CeleryCall(entry="nightly", task="app.t"))}
     )
     with pytest.raises(JobStateError, match="imported beat_schedule entry 'nightly'"):
         plan_update(Current(imported, T0, 0, None), asked(JobRequest.parse({**JOB, **EVERY}), T0), T0)

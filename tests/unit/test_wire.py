@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 
 from celery import Celery
@@ -11,9 +12,8 @@ from kombu.serialization import dumps
 
 from ductape_jobs.celery_app import create_app
 from ductape_jobs.events import sent_fields
-from ductape_jobs.models import JobSpec
 from ductape_jobs.settings import Settings
-from ductape_jobs.terms import CeleryCall, ms_to_datetime
+from ductape_jobs.terms import CeleryCall, JobSpec, ms_to_datetime
 from ductape_jobs.wire import EMBED, MessageBuilder
 
 SPEC = JobSpec(env="prd", product_tag="billing", event="process_payment", retries=1,
@@ -54,7 +54,7 @@ def test_a_jobs_timeout_sets_its_messages_hard_time_limit() -> None:
     builder = MessageBuilder(create_app(settings), settings)
     limits = {
         timeout: json.loads(
-            builder.build("job1:1", SPEC.model_copy(update={"timeout_s": timeout}), 1, 1).payload
+            builder.build("job1:1", dataclasses.replace(SPEC, timeout_s=timeout), 1, 1).payload
         )
         for timeout in (None, 2, 3_600, 86_400)
     }
