@@ -8,54 +8,12 @@ import os
 import time
 from typing import Any
 
-import redis
 from pydantic import BaseModel
 
 from ductape_jobs import JobTimeoutError, RunContext, handler
+from tests.plain_handlers import PRODUCT, calls_key, db, echo, record
 
-PRODUCT = "tests"
-_client: redis.Redis | None = None
-
-
-def db() -> redis.Redis:
-    """A connection for recording calls: the worker's own server, or TEST_RECORD_URL (a server
-    the test does not restart, so what handlers did is never lost with it)."""
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(os.environ.get("TEST_RECORD_URL") or os.environ["REDIS_URL"])
-    return _client
-
-
-def calls_key(name: str) -> str:
-    """Where handler ``name`` records its calls, under the test's prefix."""
-    return f"{os.environ['DUCTAPE_KEY_PREFIX']}:test:calls:{name}"
-
-
-def record(name: str, input: Any, ctx: RunContext) -> None:
-    """Append one call record and count the run id."""
-    entry = {
-        "input": input,
-        "job_id": ctx.job_id,
-        "run_id": ctx.run_id,
-        "attempt": ctx.attempt,
-        "env": ctx.env,
-        "event": ctx.event,
-        "product_tag": ctx.product_tag,
-        "app": ctx.app,
-        "scheduled_ms": ctx.scheduled_ms,
-        "at_ms": time.time_ns() // 1_000_000,
-    }
-    pipe = db().pipeline()
-    pipe.rpush(calls_key(name), json.dumps(entry))
-    pipe.hincrby(calls_key(name) + ":runs", ctx.run_id, 1)
-    pipe.execute()
-
-
-@handler("echo", product_tag=PRODUCT)
-def echo(input: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    """Records its input and returns it."""
-    record("echo", input, ctx)
-    return {"echo": input}
+__all__ = ["PRODUCT", "calls_key", "db", "echo", "record"]  # the plain handlers, served here too
 
 
 @handler("flaky", product_tag=PRODUCT)

@@ -4,7 +4,6 @@ around ``Runner.execute``. Making it connects to nothing (redis-py and kombu con
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import os
 import time
@@ -94,13 +93,8 @@ def _share_start_up_with_the_pool(**_: Any) -> None:
     """Freeze the garbage collector's view of everything loaded so far before each pool process is
     forked. A prefork child shares the main process's pages until either writes to them, and a
     collection writes to every object it scans: without this, each child's first collections copy
-    most of Celery, kombu, pydantic and our modules (~20 MB a child). Frozen objects live as long
-    as the process, which they do anyway; what is made after start-up is collected as usual.
-
-    The validated models every run reads its spec through (pydantic, ~10 MB) are loaded here, in
-    the main process, so the children share them instead of each loading its own on its first
-    run; beat, which builds this app too, never loads them."""
-    importlib.import_module("ductape_jobs.models")
+    most of Celery, kombu and our modules (~20 MB a child). Frozen objects live as long as the
+    process, which they do anyway; what is made after start-up is collected as usual."""
     if not _FREEZE_AT_FORK:
         gc.collect()  # what start-up left behind is freed, not frozen
         os.register_at_fork(before=gc.freeze)  # also for a child forked again later
