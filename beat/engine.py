@@ -123,9 +123,10 @@ class BeatEngine:
         """The fencing token we lead shard 0 with (``Leadership`` owns them), or None."""
         return self.leadership.token
 
-    def step_down(self) -> None:
-        """Release the locks so the other beats take over at once."""
-        self.leadership.step_down()
+    def step_down(self) -> bool:
+        """Release the locks so the other beats take over at once (False: not now, see
+        Leadership.step_down)."""
+        return self.leadership.step_down()
 
     # -- ticking ----------------------------------------------------------------------------
 

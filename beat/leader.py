@@ -26,6 +26,8 @@ from ductape_jobs.store import Store
 
 log = logging.getLogger("beat")
 
+STEP_DOWN_WAIT_S = 2.0  # how long step_down waits for a tick or renewal under way (see there)
+
 
 class Leadership:
     """One beat instance's hold on the shards' locks: a fencing token per shard it leads."""
@@ -96,13 +98,25 @@ class Leadership:
                 del self._tokens[shard]
                 log.warning("beat %s was fenced out of shard %d; standing by on it", self.instance, shard)
 
-    def step_down(self) -> None:
-        """Release every lock and leave the registry, so the other beats take over at once."""
-        with self._lock:
+    def step_down(self) -> bool:
+        """Release every lock and leave the registry, so the other beats take over at once.
+
+        False, having done nothing, when ``self._lock`` is not free within STEP_DOWN_WAIT_S: that
+        is a signal handler (Celery's SIGTERM handler closes the scheduler) that interrupted this
+        very thread inside ``lead()`` or ``renew()``, and a threading.Lock is not re-entrant:
+        waiting would hang the process. Celery's beat service closes the scheduler again once the
+        handler's SystemExit has unwound (its ``finally``), and that call steps down."""
+        if not self._lock.acquire(timeout=STEP_DOWN_WAIT_S):
+            log.info("beat %s: stepping down once the tick under way has unwound", self.instance)
+            return False
+        try:
             for shard, token in sorted(self._tokens.items()):
                 self.store.run(ops.beat.release_lock(self.keys.for_shard(shard), token))
             self._tokens.clear()
             self.store.run(ops.beat.leave(self.keys, self.instance))
+        finally:
+            self._lock.release()
+        return True
 
     # -- under self._lock ----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import pytest
 import redis
 from celery import Celery
 
+from beat import leader
 from beat.engine import BeatEngine, Release, TickReport
 from beat.metrics import BeatMetrics
 from ductape_jobs import AsyncDuctape, Ductape, ops
@@ -296,3 +297,21 @@ def test_a_sealed_schedule_is_found_across_a_key_rotation_in_its_shard(sharded: 
     rotated = sharded.replace(**{"sessions": {"user-session": {"secrets": [new, old]}}})
     with Ductape(settings=rotated) as after:
         assert [after.job.schedule(request).job_id for request in requests] == first
+
+
+def test_step_down_asked_inside_a_tick_of_the_same_thread_does_not_hang(
+    store: Store, sharded: Settings, app: Celery, monkeypatch: pytest.MonkeyPatch
+):
+    # Celery's SIGTERM handler closes the scheduler in the main thread, which may be inside
+    # lead() or renew(), holding the leadership's (non re-entrant) lock: that step-down must give
+    # up instead of waiting on itself forever; the one after the handler unwound steps down.
+    monkeypatch.setattr(leader, "STEP_DOWN_WAIT_S", 0.05)
+    leaving, staying = engine(store, sharded, app, "beat-a"), engine(store, sharded, app, "beat-b")
+    assert leaving.tick(T0).shards == list(range(SHARDS))
+    with leaving.leadership._lock:  # as when the signal arrives inside lead()
+        assert leaving.step_down() is False
+    assert leaving.leadership.held
+    assert store.run(ops.beat.live_beats(store.keys, 0)) == ["beat-a"]
+    assert leaving.step_down() is True
+    assert store.run(ops.beat.live_beats(store.keys, 0)) == []
+    wait_for(lambda: staying.tick(T0).shards == list(range(SHARDS)), 10, "beat-b to lead every shard")
