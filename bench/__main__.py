@@ -66,7 +66,7 @@ def _figures(quick: bool, drain: int | None = None) -> dict[int, Callable[[Bench
         11: schedule_latency,
         12: idle_worker,
         13: replica_wait,  # a primary and a replica of its own: the cost of DUCTAPE_WAIT_REPLICAS
-        14: lambda bench, reps: several_beats(bench, reps, due=20_000 if quick else 40_000),
+        14: lambda bench, reps: several_beats(bench, reps, due=10_000 if quick else 20_000),
     }
 
 
