@@ -41,6 +41,9 @@ MAX_ERROR_CHARS = 2_000
 MAX_TRACEBACK_CHARS = 8_000
 MIN_PATIENCE_S = 60
 T = TypeVar("T")
+# A result as JSON, what json.dumps(result, default=str) gives: made once, as json.dumps does for
+# its default arguments (with default= given it builds an encoder on every call, on every run).
+_RESULT_JSON = json.JSONEncoder(default=str)
 
 
 def owner_prefix(pid: int) -> str:
@@ -222,7 +225,7 @@ class Runner:
             opened = self.vault.open(spec)
             hidden = opened.hidden
             result = call_handler(handler, opened.input, ctx, self.settings.timeout_s(spec))
-            result_json = self.vault.seal_result(spec, json.dumps(_plain(result), default=str))
+            result_json = self.vault.seal_result(spec, _RESULT_JSON.encode(_plain(result)))
         except RetiredKeyError as exc:  # sealed under a key that left the ring: no run can open it
             return self._set_aside(ctx, f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - any handler failure is recorded, never lost

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -50,9 +51,14 @@ def typed(given: Order, ctx: RunContext) -> Any:
     return {"order": given.order}
 
 
+def odd(given: dict[str, Any], ctx: RunContext) -> Any:
+    return {"at": datetime(2030, 1, 1, tzinfo=UTC), "pair": (1, "é"), 3: None}
+
+
 REGISTRY = Registry()
 REGISTRY.add("billing", "pay", pay)
 REGISTRY.add("billing", "typed", typed)
+REGISTRY.add("billing", "odd", odd)
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +79,15 @@ def execute(store: ScriptedStore, settings: Settings = SETTINGS, **options: Any)
     outcome = Runner(store, REGISTRY, settings, lambda: NOW, **options).execute(RUN)
     assert store.done(), f"the runner left scripted calls unmade: {list(store.script)}"
     return outcome
+
+
+def test_a_result_json_cannot_hold_is_recorded_as_json_dumps_writes_it() -> None:
+    # What is not JSON is written as its str(); a tuple as a list, a number key as a string.
+    store = ScriptedStore(("begin_run", run(spec(event="odd"))), ("finish_run", True))
+    stored = '{"at": "2030-01-01 00:00:00+00:00", "pair": [1, "\\u00e9"], "3": null}'
+    assert execute(store) == Outcome("completed", result=json.loads(stored))
+    (finish,) = store.args("finish_run")
+    assert finish["result_json"] == stored
 
 
 # -- BEGIN_RUN ----------------------------------------------------------------------------------
