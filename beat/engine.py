@@ -354,7 +354,7 @@ class BeatEngine:
             return cached[1]
         try:
             brief = jobfields.read_brief(stored)
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        except ValueError as exc:  # a damaged record: the checked dataclasses raise ValueError
             raise UnreadableRecordError(reason("beat could not read this job's record", exc)) from None
         if jobfields.holds_spec(stored):  # a record older than briefs: its spec is too big to keep
             return brief

@@ -50,7 +50,7 @@ LONG = {8}  # minutes long: only when named in --only (`make soak` runs figure 8
 
 def _figures(quick: bool, drain: int | None = None) -> dict[int, Callable[[Bench, int], list[Row]]]:
     bursts = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
-    drained = drain or (500 if quick else 1_000)
+    drained = drain if drain is not None else (500 if quick else 1_000)
     rates = (100, 1_000, 5_000) if quick else (100, 1_000, 5_000, 20_000)
     return {
         1: lambda bench, reps: schedule_one_by_one(bench, reps, n=1_000 if quick else 2_000),

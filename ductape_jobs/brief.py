@@ -8,10 +8,11 @@ Read from the job hash's brief fields (jobfields.BRIEF: a few hundred bytes at m
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from ductape_jobs import timing
+from ductape_jobs.errors import shown
 from ductape_jobs.sessions import redact
 from ductape_jobs.terms import CeleryCall, JobSpec
 from ductape_jobs.tracing import TRACEPARENT
@@ -41,24 +42,33 @@ class JobBrief:
     traceparent: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("env", "product_tag", "event"):
+        for name in ("env", "product_tag", "event", "argsrepr"):
             if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name}: expected a string, got {getattr(self, name)!r}")
+                raise ValueError(f"{name}: expected a string, got {shown(getattr(self, name))}")
         if self.rule is not None and not isinstance(self.rule, dict):
-            raise ValueError(f"rule: expected an object, got {self.rule!r}")
-        if self.timeout_s is not None and not isinstance(self.timeout_s, int):
-            raise ValueError(f"timeout_s: expected a whole number, got {self.timeout_s!r}")
+            raise ValueError(f"rule: expected an object, got {shown(self.rule)}")
+        timeout_s = self.timeout_s
+        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, int)):
+            raise ValueError(f"timeout_s: expected a whole number, got {shown(timeout_s)}")
         if isinstance(self.celery, dict):  # as JSON holds it
             object.__setattr__(self, "celery", CeleryCall.of(self.celery))
-        if self.traceparent is not None and not TRACEPARENT.fullmatch(self.traceparent):
-            raise ValueError(f"traceparent: not a W3C traceparent: {self.traceparent[:64]!r}")
+        elif self.celery is not None and not isinstance(self.celery, CeleryCall):
+            raise ValueError(f"celery: expected a Celery call, got {shown(self.celery)}")
+        traceparent = self.traceparent
+        if traceparent is not None and not (
+            isinstance(traceparent, str) and TRACEPARENT.fullmatch(traceparent)
+        ):
+            raise ValueError(f"traceparent: not a W3C traceparent: {shown(traceparent)}")
 
     @classmethod
     def from_json(cls, text: str) -> JobBrief:
         """A brief stored as JSON (the layout before jobfields); ValueError when it is not one."""
         data = json.loads(text)
-        if not isinstance(data, dict) or not set(data) <= {f.name for f in fields(cls)}:
+        if not isinstance(data, dict):
             raise ValueError(f"not a job brief: {text[:64]!r}")
+        unknown, missing = sorted(set(data) - _FIELDS), sorted(_REQUIRED - set(data))
+        if unknown or missing:  # named, as pydantic did: a newer version's field, a cut record
+            raise ValueError(f"not a job brief: unknown fields {unknown}, missing fields {missing}")
         return cls(**data)
 
     @classmethod
@@ -80,6 +90,10 @@ class JobBrief:
     def timing_rule(self) -> timing.Rule | None:
         """The repeat rule, or None for a one-off job."""
         return None if self.rule is None else timing.Rule(**self.rule)
+
+
+_FIELDS = {f.name for f in fields(JobBrief)}
+_REQUIRED = {f.name for f in fields(JobBrief) if f.default is MISSING and f.default_factory is MISSING}
 
 
 def argsrepr(spec: JobSpec, input: dict[str, Any] | None = None) -> str:

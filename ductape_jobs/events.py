@@ -23,6 +23,7 @@ from ductape_jobs.records import Message
 log = logging.getLogger("ductape_jobs.events")
 
 BATCH = 1000  # events per published batch (Celery's ``task.multi``: one message for many events)
+CLOSE_WAIT_S = 2.0  # how long close() waits for events being sent (see there)
 
 
 def sent_fields(message: Message, exchanges: dict[str, str]) -> dict[str, Any]:
@@ -94,9 +95,17 @@ class SentEvents:
         return self._dispatcher
 
     def close(self) -> None:
-        """Close the dispatcher and its connection (if one was opened in this process)."""
-        with self._lock:
+        """Close the dispatcher and its connection (if one was opened in this process).
+
+        Beat's SIGTERM handler closes the scheduler, and so this, in the main thread, which may be
+        sending events under ``self._lock`` (not re-entrant): then this gives up after
+        CLOSE_WAIT_S, and the close Celery's beat service makes after the handler unwound does it."""
+        if not self._lock.acquire(timeout=CLOSE_WAIT_S):
+            return
+        try:
             dispatcher, self._dispatcher = self._dispatcher, None
+        finally:
+            self._lock.release()
         if dispatcher is not None and dispatcher.pid == os.getpid():
             dispatcher.close()
             dispatcher.connection.release()

@@ -95,7 +95,7 @@ class Keys:
 
     def of_run(self, run_id: str) -> Keys:
         """The keys of the shard a run lives in: its job's (a run id is ``<job_id>:<ms>``,
-        models.run_id_for)."""
+        terms.run_id_for)."""
         return self.of_job(run_id.rsplit(":", 1)[0])
 
     def every_shard(self) -> list[Keys]:

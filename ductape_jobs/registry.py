@@ -130,7 +130,7 @@ class Registry:
     def add(self, product_tag: str, event: str, fn: HandlerFn) -> Handler:
         """Register fn; registering a different function for the same pair is an error."""
         for name, value in (("product_tag", product_tag), ("event", event)):
-            # Task names are one per pair only for slugs (models.task_name), as schedule() takes.
+            # Task names are one per pair only for slugs (terms.task_name), as schedule() takes.
             if not isinstance(value, str) or not re.fullmatch(SLUG, value):
                 raise JobValidationError(f"handler.{name}", f"{value!r} is not a valid tag; {SLUG_FIX}")
         check_task_namespace(product_tag, "handler.product_tag")

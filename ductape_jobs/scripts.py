@@ -3,7 +3,7 @@
 Keys of other records are built inside a script from the prefix passed in ARGV, by the key
 functions of the prelude keys.py generates, so the scripts assume one Redis node (or a cluster with
 hash tags on the prefix). The rows and replies are laid out in rows.py.
-Status words are the values of models.JobStatus and models.RunStatus.
+Status words are the values of terms.JobStatus and terms.RunStatus.
 """
 
 from __future__ import annotations

@@ -82,7 +82,17 @@ def number(
     kind: type[int] | type[float] = int,
 ) -> Any:
     """A whole number (or a float with ``kind=float``) within bounds; None only as the default says."""
+    return _setting(default, _numbers(default, ge=ge, gt=gt, le=le, kind=kind))
 
+
+def _numbers(
+    default: float | None,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    kind: type[int] | type[float] = int,
+) -> Parse:
     def parse(value: Any) -> int | float | None:
         if value is None and default is None:
             return None
@@ -92,10 +102,12 @@ def number(
         try:
             if isinstance(value, bool):
                 raise ValueError
+            if kind is int and isinstance(value, str) and not value.lstrip("+-").isdigit():
+                value = float(value)  # "5.0" is 5, as pydantic read it; "5.5" is refused below
             parsed = kind(value)
             if kind is int and isinstance(value, float) and value != parsed:
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             what = "an integer" if kind is int else "a number"
             raise Invalid(f"Input should be {what}", got) from None
         if not math.isfinite(parsed):
@@ -108,7 +120,7 @@ def number(
             raise Invalid(f"Input should be less than or equal to {le}", got)
         return parsed
 
-    return _setting(default, parse)
+    return parse
 
 
 def text(default: str | None, *, pattern: str | None = None, min_length: int = 0) -> Any:
@@ -121,7 +133,7 @@ def text(default: str | None, *, pattern: str | None = None, min_length: int = 0
             raise Invalid("Input should be a valid string", value)
         if len(value) < min_length:
             raise Invalid(f"String should have at least {min_length} character", value)
-        if pattern is not None and not re.search(pattern, value):
+        if pattern is not None and not re.fullmatch(pattern, value):  # no trailing newline past $
             raise Invalid(f"String should match pattern '{pattern}'", value)
         return value
 
@@ -188,18 +200,19 @@ def caches() -> Any:
     def parse(value: Any) -> dict[str, CacheConfig]:
         parsed = {}
         for name, cache in _object(value).items():
-            if not isinstance(cache, CacheConfig):
-                config = _object(cache, (name,))
-                if set(config) != {"ttl_ms"}:
-                    raise Invalid("A cache holds exactly one field, ttl_ms", config, (name,))
-                ttl = config["ttl_ms"]
-                if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
-                    raise Invalid("Input should be a whole number greater than 0", ttl, (name, "ttl_ms"))
-                cache = CacheConfig(ttl)
-            parsed[name] = cache
+            config = {"ttl_ms": cache.ttl_ms} if isinstance(cache, CacheConfig) else _object(cache, (name,))
+            if set(config) != {"ttl_ms"}:
+                raise Invalid("A cache holds exactly one field, ttl_ms", config, (name,))
+            try:
+                parsed[name] = CacheConfig(_ttl(config["ttl_ms"]))
+            except Invalid as bad:
+                raise Invalid(bad.reason, bad.got, (name, "ttl_ms")) from None
         return parsed
 
     return _setting({}, parse)
+
+
+_ttl = _numbers(1, gt=0)  # a cache's ttl_ms: a whole number above 0
 
 
 def objects() -> Any:
@@ -251,7 +264,7 @@ class Settings:
     # running it renews it every third of this, so it only runs out when that worker is gone.
     run_lease_s: int = number(60, ge=1)
     # A job's default ``timeout``: the handler is interrupted after this long (a failed attempt)
-    # and its process killed a grace period later (models.hard_limit_s).
+    # and its process killed a grace period later (terms.hard_limit_s).
     job_timeout_s: int = number(300, ge=1, le=MAX_TIMEOUT_S)
     # Messages each worker process reserves ahead of the one it runs (Celery's prefetch multiplier):
     # 2 keeps a process fed between runs; 1 is fairer when handlers run for a long time.
@@ -340,6 +353,7 @@ class Settings:
         if environ.get("REDIS_URL"):
             values["redis_url"] = environ["REDIS_URL"]
         names = [spec.name for spec in fields(cls)]
+        overrides = {k: v for k, v in overrides.items() if v is not None}  # None: not given
         unknown = sorted(set(overrides) - set(names))
         if unknown:
             raise JobValidationError("settings", f"{unknown} are not settings (known: {', '.join(names)})")
@@ -351,7 +365,7 @@ class Settings:
                 values[name] = _json_setting(name, raw)
             else:
                 values[name] = raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values.update(overrides)
         return cls(**values)
 
 
@@ -365,7 +379,7 @@ def _refused(name: str, bad: Invalid) -> JobValidationError:
 def _check_envs(name: str, value: tuple[str, ...], envs: tuple[str, ...]) -> None:
     # Each env names a Celery queue; an empty list would leave nothing to schedule on.
     for env in value:
-        if not re.match(SLUG, env):
+        if not re.fullmatch(SLUG, env):
             raise Invalid(f"{env!r} is not a valid env name; use letters, digits, '_', '.' or '-'", value)
     if name == "envs" and not value:
         raise Invalid("needs at least one env, e.g. 'dev,staging,prd'", value)

@@ -191,7 +191,7 @@ def dispatches(keys: Keys, run_ids: Sequence[str]) -> Flow[list[Dispatch | Unrea
             out.append(
                 Dispatch(run_id, jobfields.brief_of(brief), int(nominal or 0), trace_of(text(traced or b"")))
             )
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        except ValueError as exc:  # a damaged record: the checked dataclasses raise ValueError
             out.append(Unreadable(text(job_id), reason("could not read this job's record", exc), run_id))
     return out
 

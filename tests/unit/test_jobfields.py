@@ -149,3 +149,53 @@ def test_damaged_fields_raise_value_error(packed: str) -> None:
         jobfields.read_spec(packed)
     with pytest.raises(ValueError):
         jobfields.read_brief(packed)
+
+
+# Written by the pydantic models of commit a1ab5ca (model_dump_json), not by this code: a record of
+# the layout before jobfields, as Redis holds it, must read back with every field.
+PYDANTIC_SPEC = (
+    '{"env":"dev","product_tag":"beat_schedule","event":"app.tasks.add","retries":2,"timeout_s":30,'
+    '"input":{"args":[1,2],"kwargs":{}},"app":"proj","cache":null,"start_ms":5,"rule":{"every_ms":60000,'
+    '"tz":"UTC","limit":null,"end_ms":null,"misfire":"skip","catchup_ms":0,"cron":null,"overlap":"allow"},'
+    '"redact_paths":[["a",0]],"session_tag":null,"sealed":null,"input_digest":null,"created_ms":1700000000000,'
+    '"celery":{"entry":"add-every-minute","task":"app.tasks.add","args":[1,2],"kwargs":{},'
+    '"options":{"queue":"ductape.dev"}},"key":"k1","idempotency_key":null}'
+)
+PYDANTIC_BRIEF = (
+    '{"env":"dev","product_tag":"beat_schedule","event":"app.tasks.add","rule":{"every_ms":60000,'
+    '"tz":"UTC","limit":null,"end_ms":null,"misfire":"skip","catchup_ms":0,"cron":null,"overlap":"allow"},'
+    '"argsrepr":"{\'args\': [1, 2], \'kwargs\': {}}","timeout_s":30,"celery":{"entry":"add-every-minute",'
+    '"task":"app.tasks.add","args":[1,2],"kwargs":{},"options":{"queue":"ductape.dev"}},'
+    '"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}'
+)
+
+
+def test_records_the_pydantic_models_wrote_read_back_whole() -> None:
+    spec = jobfields.spec_of({"spec": PYDANTIC_SPEC, "status": "scheduled"})
+    call = CeleryCall(
+        entry="add-every-minute", task="app.tasks.add", args=[1, 2], options={"queue": "ductape.dev"}
+    )
+    assert (spec.env, spec.event, spec.retries, spec.timeout_s, spec.start_ms, spec.key) == (
+        "dev", "app.tasks.add", 2, 30, 5, "k1",
+    )  # fmt: skip
+    assert spec.input == {"args": [1, 2], "kwargs": {}} and spec.redact_paths == [["a", 0]]
+    assert spec.celery == call and spec.rule is not None and spec.rule["every_ms"] == 60_000
+    brief = jobfields.brief_of({"brief": PYDANTIC_BRIEF})
+    assert brief == JobBrief.of(spec, traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    assert brief.celery == call and brief.timeout_s == 30
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        {"product_tag": "t", "event": "e"},  # env missing
+        {"env": "dev", "product_tag": "t", "event": "e", "traceparent": 7},
+        {"env": "dev", "product_tag": "t", "event": "e", "timeout_s": True},
+        {"env": "dev", "product_tag": "t", "event": "e", "argsrepr": ["x"]},
+        {"env": "dev", "product_tag": "t", "event": "e", "celery": {"task": "t"}},
+    ],
+)
+def test_a_damaged_brief_of_the_layout_before_is_a_value_error(damaged: dict[str, object]) -> None:
+    # ValueError is what beat's readers catch to set the job aside (a TypeError would escape)
+    with pytest.raises(ValueError):
+        jobfields.brief_of({"brief": json.dumps(damaged)})

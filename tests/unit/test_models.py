@@ -17,7 +17,7 @@ import pytest
 
 from ductape_jobs.errors import DuctapeError, JobValidationError, SessionError
 from ductape_jobs.models import JobRequest, Repeat
-from ductape_jobs.settings import Settings
+from ductape_jobs.settings import CacheConfig, Settings
 
 # The seed's "Run immediately" example, in Python spelling.
 BASE: dict[str, Any] = {
@@ -761,3 +761,37 @@ def test_settings_refuse_an_unknown_override_and_recheck_a_replaced_value() -> N
     with pytest.raises(JobValidationError, match="fix DUCTAPE_ENVS"):
         Settings(envs=())
     assert settings.replace(shards=4).shards == 4 and settings.replace(shards=4).url == SECRET_URL
+
+
+def test_settings_read_values_as_pydantic_did_and_refuse_what_it_refused() -> None:
+    env = {
+        "REDIS_URL": SECRET_URL,
+        "DUCTAPE_HORIZON_MS": " 5000.0 ",  # a whole number written as a float
+        "DUCTAPE_CACHES": '{"short": {"ttl_ms": "60000"}}',
+        "DUCTAPE_REQUIRE_HANDLER": "No",
+    }
+    settings = Settings.from_env(env, caches=None)  # an override of None is no override
+    assert (settings.horizon_ms, settings.caches["short"].ttl_ms, settings.require_handler) == (
+        5_000,
+        60_000,
+        False,
+    )
+    for variables, fix in [
+        (
+            {"DUCTAPE_KEY_PREFIX": "ductape\n"},
+            "DUCTAPE_KEY_PREFIX",
+        ),  # no trailing newline past the pattern's $
+        ({"DUCTAPE_ENVS": "dev\n"}, None),  # blank-stripped: fine
+        ({"DUCTAPE_HORIZON_MS": "5000.5"}, "DUCTAPE_HORIZON_MS"),
+        ({"DUCTAPE_HORIZON_MS": "inf"}, "DUCTAPE_HORIZON_MS"),
+        ({"DUCTAPE_CACHES": '{"x": {"ttl_ms": 1.5}}'}, "DUCTAPE_CACHES"),
+    ]:
+        if fix is None:
+            Settings.from_env({**env, **variables})
+            continue
+        with pytest.raises(JobValidationError, match=f"fix {fix}"):
+            Settings.from_env({**env, **variables})
+    with pytest.raises(JobValidationError, match="fix DUCTAPE_HORIZON_MS"):
+        Settings(horizon_ms=float("inf"))  # type: ignore[arg-type]
+    with pytest.raises(JobValidationError, match="fix DUCTAPE_CACHES"):
+        Settings(caches={"x": CacheConfig(0)})
