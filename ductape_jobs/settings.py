@@ -73,16 +73,10 @@ def _setting(default: Any, parse: Parse) -> Any:
     return field(default=default, metadata={"parse": parse})
 
 
-def number(
-    default: float | None,
-    *,
-    ge: float | None = None,
-    gt: float | None = None,
-    le: float | None = None,
-    kind: type[int] | type[float] = int,
-) -> Any:
-    """A whole number (or a float with ``kind=float``) within bounds; None only as the default says."""
-    return _setting(default, _numbers(default, ge=ge, gt=gt, le=le, kind=kind))
+def number(default: float | None, **bounds: Any) -> Any:
+    """A whole number (or a float with ``kind=float``) within ``bounds`` (``ge``, ``gt``, ``le``:
+    _numbers); None only as the default says."""
+    return _setting(default, _numbers(default, **bounds))
 
 
 def _numbers(
