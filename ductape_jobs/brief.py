@@ -7,14 +7,20 @@ Read from the job hash's brief fields (jobfields.BRIEF: a few hundred bytes at m
 
 from __future__ import annotations
 
-import json
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from ductape_jobs import timing
 from ductape_jobs.errors import shown
 from ductape_jobs.sessions import redact
-from ductape_jobs.terms import CeleryCall, JobSpec
+from ductape_jobs.terms import (
+    CeleryCall,
+    JobSpec,
+    check_rule_and_call,
+    check_strings,
+    check_whole,
+    stored_fields,
+)
 from ductape_jobs.tracing import TRACEPARENT
 
 ARGSREPR_MAX = 1_024  # Celery's argsrepr (shown by Flower) is the input's repr cut to this length
@@ -42,18 +48,9 @@ class JobBrief:
     traceparent: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("env", "product_tag", "event", "argsrepr"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name}: expected a string, got {shown(getattr(self, name))}")
-        if self.rule is not None and not isinstance(self.rule, dict):
-            raise ValueError(f"rule: expected an object, got {shown(self.rule)}")
-        timeout_s = self.timeout_s
-        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, int)):
-            raise ValueError(f"timeout_s: expected a whole number, got {shown(timeout_s)}")
-        if isinstance(self.celery, dict):  # as JSON holds it
-            object.__setattr__(self, "celery", CeleryCall.of(self.celery))
-        elif self.celery is not None and not isinstance(self.celery, CeleryCall):
-            raise ValueError(f"celery: expected a Celery call, got {shown(self.celery)}")
+        check_strings(self, ("env", "product_tag", "event", "argsrepr"))
+        check_whole(self, ("timeout_s",), optional=True)
+        check_rule_and_call(self)
         traceparent = self.traceparent
         if traceparent is not None and not (
             isinstance(traceparent, str) and TRACEPARENT.fullmatch(traceparent)
@@ -63,13 +60,7 @@ class JobBrief:
     @classmethod
     def from_json(cls, text: str) -> JobBrief:
         """A brief stored as JSON (the layout before jobfields); ValueError when it is not one."""
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"not a job brief: {text[:64]!r}")
-        unknown, missing = sorted(set(data) - _FIELDS), sorted(_REQUIRED - set(data))
-        if unknown or missing:  # named, as pydantic did: a newer version's field, a cut record
-            raise ValueError(f"not a job brief: unknown fields {unknown}, missing fields {missing}")
-        return cls(**data)
+        return cls(**stored_fields(cls, text, "job brief"))
 
     @classmethod
     def of(
@@ -90,10 +81,6 @@ class JobBrief:
     def timing_rule(self) -> timing.Rule | None:
         """The repeat rule, or None for a one-off job."""
         return None if self.rule is None else timing.Rule(**self.rule)
-
-
-_FIELDS = {f.name for f in fields(JobBrief)}
-_REQUIRED = {f.name for f in fields(JobBrief) if f.default is MISSING and f.default_factory is MISSING}
 
 
 def argsrepr(spec: JobSpec, input: dict[str, Any] | None = None) -> str:

@@ -7,6 +7,7 @@ field, show the offending value and say what to do; they never carry a secret.
 from __future__ import annotations
 
 import sys
+from typing import Any, cast
 
 
 class DuctapeError(Exception):
@@ -78,8 +79,15 @@ class RunCancelledError(DuctapeError):
     ``ctx.check_cancelled()``; the run ends ``cancelled`` and is never retried."""
 
 
-def validation_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is pydantic's ValidationError, asked without loading pydantic (~10 MB a
-    process, which beat never needs): a process that did not load it cannot have raised one."""
+def loaded_pydantic(name: str) -> type[Any] | None:
+    """``pydantic.<name>`` (ValidationError, BaseModel) if this process loaded pydantic, else None:
+    asked without loading it (~10 MB a process, which beat and the worker never need): what only
+    pydantic makes (its errors, a handler's model) cannot exist where nothing loaded it."""
     pydantic = sys.modules.get("pydantic")
-    return pydantic is not None and isinstance(exc, pydantic.ValidationError)
+    return None if pydantic is None else cast("type[Any]", getattr(pydantic, name))
+
+
+def validation_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is pydantic's ValidationError (loaded_pydantic)."""
+    kind = loaded_pydantic("ValidationError")
+    return kind is not None and isinstance(exc, kind)

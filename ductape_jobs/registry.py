@@ -5,14 +5,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from ductape_jobs.errors import JobValidationError, RunCancelledError
+from ductape_jobs.errors import JobValidationError, RunCancelledError, loaded_pydantic
 from ductape_jobs.terms import SLUG, SLUG_FIX, check_task_namespace, ms_to_datetime, task_name
 
 if TYPE_CHECKING:
@@ -191,7 +190,7 @@ def _input_model(fn: HandlerFn) -> type[BaseModel] | None:
     except (NameError, TypeError):
         return None
     hint = hints.get(params[0].name)
-    pydantic = sys.modules.get("pydantic")  # a module declaring a model has loaded it; beat has not
-    if pydantic and inspect.isclass(hint) and issubclass(hint, pydantic.BaseModel):
+    model = loaded_pydantic("BaseModel")  # a module declaring a model has loaded it; beat has not
+    if model and inspect.isclass(hint) and issubclass(hint, model):
         return cast("type[BaseModel]", hint)
     return None

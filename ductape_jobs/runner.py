@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 from ductape_jobs.calling import call_handler
-from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError, validation_error
+from ductape_jobs.errors import BackendUnavailableError, RetiredKeyError, loaded_pydantic, validation_error
 from ductape_jobs.heartbeat import Heartbeat, Leases
 from ductape_jobs.keys import Keys
 from ductape_jobs.records import Answer, Finish, Started, StateAction, Verdict
@@ -344,8 +343,8 @@ class Runner:
 
 
 def _plain(result: Any) -> Any:
-    pydantic = sys.modules.get("pydantic")  # a handler returning a model has loaded it
-    return result.model_dump(mode="json") if pydantic and isinstance(result, pydantic.BaseModel) else result
+    model = loaded_pydantic("BaseModel")  # a handler returning a model has loaded it
+    return result.model_dump(mode="json") if model and isinstance(result, model) else result
 
 
 def _error_text(exc: BaseException, hidden: Scrubber) -> str:

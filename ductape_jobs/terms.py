@@ -134,25 +134,17 @@ class JobSpec:
     idempotency_key: str | None = None
 
     def __post_init__(self) -> None:
-        for name in _SPEC_STRINGS:
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name}: expected a string, got {shown(getattr(self, name))}")
-        for name in _SPEC_INTS:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name}: expected a whole number, got {shown(value)}")
+        check_strings(self, _SPEC_STRINGS)
+        check_whole(self, _SPEC_INTS)
         for name in _SPEC_OPTIONAL_STRINGS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 # never the value: sealed holds a session's values, encrypted
                 raise ValueError(f"{name}: expected a string or null, got {type(value).__name__}")
-        timeout_s = self.timeout_s
-        if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, int)):
-            raise ValueError(f"timeout_s: expected a whole number or null, got {shown(timeout_s)}")
+        check_whole(self, ("timeout_s",), optional=True)
         if not isinstance(self.input, dict) or not all(isinstance(k, str) for k in self.input):
             raise ValueError(f"input: expected an object, got {shown(self.input)}")
-        if self.rule is not None and not isinstance(self.rule, dict):
-            raise ValueError(f"rule: expected an object or null, got {shown(self.rule)}")
+        check_rule_and_call(self)
         paths = self.redact_paths
         if not isinstance(paths, list) or not all(
             isinstance(path, list)
@@ -160,21 +152,11 @@ class JobSpec:
             for path in paths
         ):
             raise ValueError(f"redact_paths: expected a list of key paths, got {shown(paths)}")
-        if isinstance(self.celery, dict):  # as JSON holds it
-            object.__setattr__(self, "celery", CeleryCall.of(self.celery))
-        elif self.celery is not None and not isinstance(self.celery, CeleryCall):
-            raise ValueError(f"celery: expected a Celery call or null, got {shown(self.celery)}")
 
     @classmethod
     def from_json(cls, text: str) -> JobSpec:
         """A spec stored as JSON (the layout before jobfields); ValueError when it is not one."""
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"not a job spec: {text[:64]!r}")
-        unknown, missing = sorted(set(data) - _SPEC_FIELDS), sorted(_SPEC_REQUIRED - set(data))
-        if unknown or missing:  # named, as pydantic did: a newer version's field, a cut record
-            raise ValueError(f"not a job spec: unknown fields {unknown}, missing fields {missing}")
-        return cls(**data)
+        return cls(**stored_fields(cls, text, "job spec"))
 
     def timing_rule(self) -> timing.Rule | None:
         """The repeat rule, or None for a one-off job."""
@@ -190,10 +172,54 @@ class JobSpec:
 _SPEC_STRINGS = ("env", "product_tag", "event")
 _SPEC_INTS = ("retries", "created_ms", "start_ms")
 _SPEC_OPTIONAL_STRINGS = ("app", "cache", "session_tag", "sealed", "input_digest", "key", "idempotency_key")
-_SPEC_FIELDS = {f.name for f in fields(JobSpec)}
-_SPEC_REQUIRED = {f.name for f in fields(JobSpec) if f.default is MISSING and f.default_factory is MISSING}
 # A stored identity key is this JSON's hash: the same fields, dumped the same way, for good.
 _FINGERPRINTED = ("env", "product_tag", "event", "app", "input", "rule", "input_digest")
+
+
+# -- the checks of a record read back (JobSpec here, brief.JobBrief): ValueError names the field --
+
+
+def check_strings(record: object, names: tuple[str, ...]) -> None:
+    """Each of ``names`` is a string."""
+    for name in names:
+        if not isinstance(getattr(record, name), str):
+            raise ValueError(f"{name}: expected a string, got {shown(getattr(record, name))}")
+
+
+def check_whole(record: object, names: tuple[str, ...], optional: bool = False) -> None:
+    """Each of ``names`` is a whole number (not a bool), or None when ``optional``."""
+    for name in names:
+        value = getattr(record, name)
+        if (value is None and optional) or (isinstance(value, int) and not isinstance(value, bool)):
+            continue
+        raise ValueError(
+            f"{name}: expected a whole number{' or null' if optional else ''}, got {shown(value)}"
+        )
+
+
+def check_rule_and_call(record: Any) -> None:
+    """``rule`` is an object or None; ``celery`` a CeleryCall (made from the dict JSON holds) or None."""
+    if record.rule is not None and not isinstance(record.rule, dict):
+        raise ValueError(f"rule: expected an object or null, got {shown(record.rule)}")
+    if isinstance(record.celery, dict):
+        object.__setattr__(record, "celery", CeleryCall.of(record.celery))
+    elif record.celery is not None and not isinstance(record.celery, CeleryCall):
+        raise ValueError(f"celery: expected a Celery call or null, got {shown(record.celery)}")
+
+
+def stored_fields(cls: type, text: str, what: str) -> dict[str, Any]:
+    """The fields of a ``cls`` dataclass stored as JSON (the layout before jobfields), refused
+    unless they are exactly its fields: unknown and missing ones named, as pydantic did (a newer
+    version's field, a cut record)."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"not a {what}: {text[:64]!r}")
+    names = {f.name for f in fields(cls)}
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    unknown, missing = sorted(set(data) - names), sorted(required - set(data))
+    if unknown or missing:
+        raise ValueError(f"not a {what}: unknown fields {unknown}, missing fields {missing}")
+    return data
 
 
 def hard_limit_s(timeout_s: int) -> int:

@@ -25,6 +25,17 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def fresh_python(code: str, handlers: str = "examples.handlers") -> str:
+    """Run ``code`` in a fresh interpreter from the checkout, as ``celery -A ...`` would start one
+    (Redis at a closed port: nothing may connect; ``handlers`` as DUCTAPE_HANDLERS); its stdout."""
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0", "DUCTAPE_HANDLERS": handlers}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def wait_for(check: Callable[[], T], timeout_s: float = 30.0, what: str = "condition") -> T:
     """Poll ``check`` until it returns something truthy; fail with ``what`` at the deadline."""
     deadline = time.monotonic() + timeout_s

@@ -349,7 +349,7 @@ IDLE_SETTLE_S = 3.0  # after the pool children exist: start-up allocations done,
 AFTER_RUNS = 2_000  # then this many no-op runs, and the same worker is read again
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """``pid``'s child processes and theirs (the prefork pool), from /proc."""
     parents: dict[int, list[int]] = defaultdict(list)
     for entry in os.listdir("/proc"):
@@ -384,7 +384,7 @@ def tree_memory_mb(pid: int, processes: int) -> dict[str, Any]:
     """RSS, PSS and USS summed over ``pid`` and its descendants, MB, once there are ``processes``."""
 
     def pool() -> list[int]:
-        found = _descendants(pid)
+        found = descendants(pid)
         return found if len(found) + 1 >= processes else []
 
     pids = [pid, *wait_for(pool, 60, f"{processes - 1} pool processes")]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench.figures.memory import descendants
 from ductape_jobs import Ductape, JobStatus, RunStatus, Settings, ops
 from ductape_jobs.embedded import EmbeddedRedis
 from ductape_jobs.records import Dispatch
@@ -132,7 +133,7 @@ def test_interval_cron_and_later_one_off_fire_once_each_on_time(
     assert r.zcard(f"{env_prefix}:due") == 0
     # Beat released every kind of run, and the worker's pool processes ran them (each reading its
     # run's spec), without loading pydantic (~10 MB a process; bench figures 5 and 12).
-    pool = children(worker.pid)
+    pool = descendants(worker.pid)
     assert pool and not any(maps_pydantic(pid) for pid in [beat.pid, worker.pid, *pool])
     ductape.close()
 
@@ -140,19 +141,6 @@ def test_interval_cron_and_later_one_off_fire_once_each_on_time(
 def maps_pydantic(pid: int) -> bool:
     """Whether a process has pydantic's compiled core mapped (it loads with pydantic)."""
     return "pydantic_core" in Path(f"/proc/{pid}/maps").read_text()
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (a prefork worker's pool)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the name, which may hold ')'
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 # -- one run per occurrence ------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import fresh_python
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("ductape_jobs", "beat", "workers")
 
@@ -237,12 +239,7 @@ def test_a_worker_loads_nothing_heavy_it_does_not_use():
         "print(sorted(m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in heavy)))\n"
         "print('ductape_jobs.runner' in sys.modules)\n"
     )
-    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0", "DUCTAPE_HANDLERS": "examples.handlers"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == ["[]", "True"]  # nothing heavy; and the worker was made
+    assert fresh_python(code).split("\n")[:2] == ["[]", "True"]  # nothing heavy; and the worker was made
 
 
 def test_beat_loads_no_handler_no_models_and_no_pydantic():
@@ -259,12 +256,7 @@ def test_beat_loads_no_handler_no_models_and_no_pydantic():
         "'examples.handlers', 'prometheus_client', 'workers')\n"
         "print(type(scheduler).__name__, sorted(m for m in heavy if m in sys.modules))\n"
     )
-    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0", "DUCTAPE_HANDLERS": "examples.handlers"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "RedisScheduler []"
+    assert fresh_python(code).strip() == "RedisScheduler []"
 
 
 def test_only_beats_leadership_touches_the_leader_lock():

@@ -3,10 +3,9 @@ view of it is frozen before each fork, so a child's collections do not copy its 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
+
+from tests.support import fresh_python
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,12 +36,7 @@ def test_a_pool_process_is_forked_with_start_up_frozen():
         "print(sorted(m for m in ('pydantic', 'pydantic_core', 'ductape_jobs.models') if m in sys.modules))\n"
     )
     # bench.handlers imports no pydantic (examples.handlers and tests.handlers do: their models).
-    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0", "DUCTAPE_HANDLERS": "bench.handlers"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
-    )
-    assert done.returncode == 0, done.stderr
-    counts, heavy = done.stdout.splitlines()
+    counts, heavy = fresh_python(code, handlers="bench.handlers").splitlines()
     before, tracked, in_child = (int(n) for n in counts.split())
     # A run's spec is a plain dataclass (terms.JobSpec): neither start-up nor reading one loads
     # pydantic (~10 MB a process), unless a handler module imports it itself.
