@@ -8,8 +8,52 @@ Status words are the values of terms.JobStatus and terms.RunStatus.
 
 from __future__ import annotations
 
+import re
+
 from ductape_jobs import jobfields
 from ductape_jobs.keys import lua_prelude
+
+# A prelude's top-level definitions: `local function name(` or `local a, b = ...` at column 0.
+# Everything else at column 0 in a prelude is an `end`, a comment or a blank line (test_scripts).
+_DEFINITION = re.compile(r"local\s+(?:function\s+(\w+)|([\w ,]+?)\s*=)")
+_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+def _definitions(prelude: str) -> list[tuple[set[str], str]]:
+    """The prelude cut into its top-level definitions: (names defined, text with the comments
+    above it)."""
+    found: list[tuple[set[str], list[str]]] = []
+    above: list[str] = []
+    for line in prelude.splitlines(keepends=True):
+        start = _DEFINITION.match(line)
+        if start:
+            names = {start[1]} if start[1] else {n.strip() for n in start[2].split(",")}
+            found.append((names, [*above, line]))
+            above = []
+        elif line.startswith("--") or not line.strip():
+            above.append(line)
+        else:
+            found[-1][1].extend([*above, line])
+            above = []
+    return [(names, "".join(text)) for names, text in found]
+
+
+def _script(*preludes_and_body: str) -> str:
+    """A script: the definitions of its preludes that its body uses (directly or through another
+    one kept), in their order, then the body. Lua makes a closure of every ``local function`` on
+    every call, so a script carrying the whole prelude paid for dozens it never called."""
+    *preludes, body = preludes_and_body
+    definitions = _definitions("".join(preludes))
+    used, kept = set(_NAME.findall(body)), [False] * len(definitions)
+    grew = True
+    while grew:  # a definition kept brings in the names it uses
+        grew = False
+        for i, (names, text) in enumerate(definitions):
+            if not kept[i] and names & used:
+                kept[i] = grew = True
+                used |= set(_NAME.findall(text))
+    return "".join(text for (_, text), keep in zip(definitions, kept, strict=True) if keep) + body
+
 
 # Shared by every script that builds a key from the prefix: job_key(prefix, id), due_key(prefix),
 # ... derived from keys.py, so Lua builds no key that keys.py does not (keys.lua_prelude); and the
@@ -51,7 +95,8 @@ local function retire(prefix, id, ttl, now)
   local job, runs = job_key(prefix, id), runs_key(prefix, id)
   -- A job with dead letters stays as long as they do ('keep_s', set when one is made), so a
   -- redrive on their last day still finds the job it runs.
-  ttl = math.max(tonumber(ttl), tonumber(redis.call('HGET', job, 'keep_s') or 0) or 0)
+  local held = redis.call('HMGET', job, 'keep_s', 'fp')
+  ttl = math.max(tonumber(ttl), tonumber(held[1] or 0) or 0)
   local keep = ttl + MARGIN_S
   redis.call('EXPIRE', job, keep)
   for _, run_id in ipairs(redis.call('ZRANGE', runs, 0, -1)) do
@@ -59,7 +104,7 @@ local function retire(prefix, id, ttl, now)
     if redis.call('HGET', run, 'status') ~= 'failed' then redis.call('EXPIRE', run, keep) end
   end
   redis.call('EXPIRE', runs, keep)
-  local fp = redis.call('HGET', job, 'fp')
+  local fp = held[2]
   if fp and fp ~= '' and redis.call('GET', fp) == id then redis.call('DEL', fp) end
   redis.call('ZADD', retired_key(prefix), tonumber(now) + tonumber(ttl) * 1000, id)
 end
@@ -200,10 +245,10 @@ end
 # landed is answered with that job when retried.
 # Returns {index, twin_job_id, ...} (1-based) for the jobs not written because of a twin
 # (rows.TwinFound).
-CREATE_JOBS = (
-    _KEYS
-    + _BATCHED_WRITES
-    + """
+CREATE_JOBS = _script(
+    _KEYS,
+    _BATCHED_WRITES,
+    """
 local HEAD, ROW = 2, 16  -- rows.CreateJobsHead, rows.CreateJobsRow
 local prefix, now_ms = unpack(ARGV, 1, HEAD)
 local twins, created, due, inflight = {}, {}, {}, {}
@@ -280,10 +325,10 @@ CREATE_BATCH = 1_000  # jobs per CREATE_JOBS call: bounds its unpack() sizes and
 # read it; an update in between changes it, and the item is not claimed).
 # Returns the indexes (1-based) of the claimed or set-aside items, or {-1} when fenced out
 # (rows.Claimed).
-CLAIM_DUE = (
-    _BATCHED_WRITES
-    + _LIFECYCLE
-    + """
+CLAIM_DUE = _script(
+    _BATCHED_WRITES,
+    _LIFECYCLE,
+    """
 local HEAD, ROW = 6, 12  -- rows.ClaimDueHead, rows.ClaimDueRow
 local prefix, fence, now_ms, runs_kept, job_retention_s, dead_retention_s = unpack(ARGV, 1, HEAD)
 if redis.call('GET', KEYS[1]) ~= fence then return {-1} end
@@ -459,9 +504,9 @@ return claimed
 # ARGV: prefix, fence, now_ms, job_retention_s, then 5 per entry:
 #   job_id, digest, spec (packed fields, jobfields.py), next_run_ms, anchor_ms
 # Returns {created, updated, unchanged, removed} counts, or {-1} when fenced out.
-SYNC_IMPORTED = (
-    _LIFECYCLE
-    + """
+SYNC_IMPORTED = _script(
+    _LIFECYCLE,
+    """
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then return {-1} end
 local prefix, now, job_ttl = ARGV[1], ARGV[3], ARGV[4]
 local wanted, counts = {}, {0, 0, 0, 0}
@@ -545,10 +590,10 @@ end
 # ARGV: now_ms, lease_ms, run_id, owner, prefix, job_retention_s, dead_retention_s
 # Returns {'run', attempts, spec, nominal_ms, manual} | {'done'} | {'skip'} | {'gone'} | {'busy', wait_ms}
 # (spec: the job's spec fields packed, jobfields.SPEC; an old record's 'spec' JSON)
-BEGIN_RUN = (
-    _LOSE_ATTEMPT
-    + _CANCEL
-    + """
+BEGIN_RUN = _script(
+    _LOSE_ATTEMPT,
+    _CANCEL,
+    """
 local run = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'started_ms', 'nominal_ms', 'manual',
   'lease_ms', 'owner', 'cancel')
 local job = redis.call('HMGET', KEYS[2], 'status', 'recurring')
@@ -590,10 +635,13 @@ local attempts = tonumber(run[2] or '0') + 1
 redis.call('HSET', KEYS[1], 'status', 'running', 'attempts', attempts, 'started_ms', now,
   'lease_ms', now + lease, 'owner', ARGV[4])
 redis.call('ZADD', KEYS[3], now, ARGV[3])
-redis.call('HSET', KEYS[2], 'attempts', attempts, 'updated_ms', now)
 -- A manual (triggered) run is extra: it never moves a one-off's status, or the one-off's own
 -- scheduled run would be dropped by beat as no longer 'scheduled'.
-if job[2] == '0' and run[5] ~= '1' then redis.call('HSET', KEYS[2], 'status', 'running') end
+if job[2] == '0' and run[5] ~= '1' then
+  redis.call('HSET', KEYS[2], 'attempts', attempts, 'updated_ms', now, 'status', 'running')
+else
+  redis.call('HSET', KEYS[2], 'attempts', attempts, 'updated_ms', now)
+end
 return {'run', attempts, packed(KEYS[2], SPEC_FIELDS), run[4], run[5] or ''}
 """
 )
@@ -621,10 +669,10 @@ return st[3] == '1' and 2 or 1
 # ARGV: run_id, owner_prefix (host:pid:), reason, now_ms, prefix, job_retention_s, dead_retention_s
 # A run cancelled while that attempt ran ends 'cancelled' instead (_CANCEL): no further attempt.
 # Returns 'dead', 'retry', 'cancelled', or 'moved' (the run is no longer that process's attempt).
-LOSE_RUN = (
-    _LOSE_ATTEMPT
-    + _CANCEL
-    + """
+LOSE_RUN = _script(
+    _LOSE_ATTEMPT,
+    _CANCEL,
+    """
 local run = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'owner')
 local prefix, now = ARGV[2], ARGV[4]
 local gone = redis.call('EXISTS', KEYS[2]) == 0
@@ -652,15 +700,16 @@ return 'retry'
 # whatever its handler raised once cancelled (_CANCEL).
 # KEYS: run, job, due, dead, inflight
 # ARGV: rows.FinishRunArgs
-FINISH_RUN = (
-    _LIFECYCLE
-    + _CANCEL
-    + """
+FINISH_RUN = _script(
+    _LIFECYCLE,
+    _CANCEL,
+    """
 local ARGS = 13  -- rows.FinishRunArgs
 local attempt, now_ms, outcome, result_json, error_text, traceback, cached, retention_s, due_ms,
   run_id, prefix, job_retention_s, dead_retention_s = unpack(ARGV, 1, ARGS)
-if redis.call('HGET', KEYS[1], 'attempts') ~= attempt then return 0 end
-local prior = redis.call('HGET', KEYS[1], 'status')
+local run = redis.call('HMGET', KEYS[1], 'attempts', 'status', 'manual', 'cancel', 'error')
+if run[1] ~= attempt then return 0 end
+local prior = run[2]
 if prior ~= 'running' then
   -- Sent again because its reply was lost: already written, so written once (failed_runs
   -- counts a run once). Anything else moved the run on meanwhile (it was dead-lettered for a
@@ -668,7 +717,8 @@ if prior ~= 'running' then
   local replay = prior == outcome or (prior == 'retrying' and string.sub(outcome, 1, 5) == 'retry')
   return replay and 1 or 0
 end
-if redis.call('EXISTS', KEYS[2]) == 0 then
+local job = redis.call('HMGET', KEYS[2], 'recurring', 'status', 'last_error')
+if not job[1] and not job[2] then
   -- The job left while this run was out (its retention passed): the outcome goes on the run
   -- alone, or the writes below would bring back a job record without its spec.
   local ended = (outcome == 'completed' or outcome == 'cancelled') and outcome or 'failed'
@@ -679,24 +729,27 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   return 1
 end
 -- A triggered run leaves the status alone; so does any run of a job cancelled while it ran (its
--- retry then finds the job cancelled and is skipped: the cancel is never undone).
-local one_off = one_off_of(KEYS[2], KEYS[1])
-redis.call('HSET', KEYS[2], 'last_run_id', run_id, 'updated_ms', now_ms)
-if outcome == 'cancelled' or (outcome ~= 'completed' and redis.call('HGET', KEYS[1], 'cancel') == '1') then
-  local why = error_text ~= '' and error_text or 'cancelled'
-  end_cancelled(prefix, KEYS[1], run_id, now_ms, why, job_retention_s)
-  return 1
-end
+-- retry then finds the job cancelled and is skipped: the cancel is never undone). (one_off_of,
+-- from the fields read above: the hot path of every run, so each record is read once.)
+local one_off = job[1] == '0' and job[2] ~= 'cancelled' and run[3] ~= '1'
 if outcome == 'completed' then
   redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_ms', now_ms, 'result', result_json,
     'cached', cached)
-  redis.call('HDEL', KEYS[1], 'error', 'traceback')
+  if run[5] then redis.call('HDEL', KEYS[1], 'error', 'traceback') end  -- set together
   redis.call('EXPIRE', KEYS[1], retention_s)
-  redis.call('HSET', KEYS[2], 'result', result_json)
-  redis.call('HDEL', KEYS[2], 'last_error')
-  if one_off then redis.call('HSET', KEYS[2], 'status', 'completed') end
+  local status = one_off and 'completed' or job[2]
+  local wrote = {'last_run_id', run_id, 'updated_ms', now_ms, 'result', result_json}
+  if one_off then wrote[7], wrote[8] = 'status', status end
+  redis.call('HSET', KEYS[2], unpack(wrote))
+  if job[3] then redis.call('HDEL', KEYS[2], 'last_error') end
   redis.call('ZREM', KEYS[5], run_id)
-  retire_if_finished(prefix, job_of(run_id), job_retention_s, now_ms)
+  if FINISHED[status] then retire(prefix, job_of(run_id), job_retention_s, now_ms) end
+  return 1
+end
+redis.call('HSET', KEYS[2], 'last_run_id', run_id, 'updated_ms', now_ms)
+if outcome == 'cancelled' or run[4] == '1' then
+  local why = error_text ~= '' and error_text or 'cancelled'
+  end_cancelled(prefix, KEYS[1], run_id, now_ms, why, job_retention_s)
   return 1
 end
 redis.call('HSET', KEYS[1], 'error', error_text, 'traceback', traceback, 'finished_ms', now_ms)
@@ -732,10 +785,10 @@ return 1
 # ARGV: action, job_id, now_ms, next_ms (resume), expected_runs_done (resume), prefix, job_retention_s,
 #       terminate ('1' | '', cancel)
 # Returns {'ok', running run ids (cancel)...}, {'refused', current_status} or {'missing'}
-CHANGE_STATE = (
-    _LIFECYCLE
-    + _CANCEL
-    + """
+CHANGE_STATE = _script(
+    _LIFECYCLE,
+    _CANCEL,
+    """
 local st = redis.call('HMGET', KEYS[1], 'status', 'fp', 'runs_done', 'recurring')
 if not st[1] then return {'missing'} end
 local action, member, now = ARGV[1], 'j:' .. ARGV[2], ARGV[3]
@@ -782,10 +835,10 @@ return running
 # Producer: cancel one run (cancel_run; see _CANCEL). A finished run is refused with its status.
 # KEYS: run   ARGV: prefix, run_id, now_ms, terminate ('1' | ''), job_retention_s
 # Returns {'ok', status it had} | {'refused', status} | {'missing'}
-CANCEL_RUN = (
-    _LIFECYCLE
-    + _CANCEL
-    + """
+CANCEL_RUN = _script(
+    _LIFECYCLE,
+    _CANCEL,
+    """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 local live = {queued = true, retrying = true, running = true, buffered = true}
@@ -798,9 +851,9 @@ return {'ok', status}
 # Add one extra run now (trigger) or re-queue a dead-lettered one (redrive), with its message.
 # KEYS: job, run, job_runs, queue, dead, inflight
 # ARGV: action ('trigger' | 'redrive'), job_id, run_id, now_ms, message, prefix, runs_kept
-ADD_RUN = (
-    _LIFECYCLE
-    + """
+ADD_RUN = _script(
+    _LIFECYCLE,
+    """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing'} end
 local now = ARGV[4]
@@ -844,10 +897,10 @@ return {'ok'}
 # KEYS: job, job_runs, inflight
 # ARGV: rows.BackfillHead, then one rows.BackfillRow per slot.
 # Returns {'ok', run_id, ...} (the runs added), {'refused', status} or {'missing'} (rows.Backfilled)
-BACKFILL = (
-    _BATCHED_WRITES
-    + _LIFECYCLE
-    + """
+BACKFILL = _script(
+    _BATCHED_WRITES,
+    _LIFECYCLE,
+    """
 local HEAD, ROW = 4, 4  -- rows.BackfillHead, rows.BackfillRow
 local job_id, now_ms, prefix, runs_kept = unpack(ARGV, 1, HEAD)
 local st = redis.call('HMGET', KEYS[1], 'status', 'recurring')
@@ -957,9 +1010,9 @@ return 1
 # (an r: entry's run's trace, '' when it has none). The brief is the fields packed (jobfields.py;
 # an old record's 'brief' JSON), '' when the job is gone, and 'spec' .. '\\31' .. spec for a
 # record written before briefs existed.
-READ_DUE = (
-    _KEYS
-    + """
+READ_DUE = _script(
+    _KEYS,
+    """
 local rows = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
 local out = {}
 -- one HMGET a job: on a listpack each name is a scan of the hash, each call a round of its own
@@ -997,9 +1050,9 @@ return out
 # Worker or beat: a run whose record is gone although its job is not (see run_vanished).
 # KEYS: none   ARGV: prefix, run_id, now_ms, job_retention_s, dead_retention_s
 # Returns 1 when the run vanished (counted), 0 when it exists or its job left too.
-RUN_GONE = (
-    _LIFECYCLE
-    + """
+RUN_GONE = _script(
+    _LIFECYCLE,
+    """
 local prefix, run_id = ARGV[1], ARGV[2]
 if redis.call('EXISTS', run_key(prefix, run_id)) == 1 then return 0 end
 redis.call('ZREM', inflight_key(prefix), run_id)
@@ -1014,9 +1067,9 @@ return run_vanished(prefix, run_id, ARGV[3], ARGV[4], ARGV[5], 'runs_vanished')
 # KEYS: retired, dead, jobs, stats
 # ARGV: prefix, now_ms, limit, cursor, job_retention_s, dead_retention_s, dead_max
 # Returns {jobs_expired, dead_dropped, retired, jobs_vanished, next_cursor}
-SWEEP = (
-    _LIFECYCLE
-    + """
+SWEEP = _script(
+    _LIFECYCLE,
+    """
 local prefix, now, limit, cursor = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
 for _, id in ipairs(expired) do drop(prefix, id) end
@@ -1072,9 +1125,9 @@ return {#expired, #dead, retired, vanished, next_cursor}
 # ARGV: rows.UpdateJobArgs (next_run_ms '' = nothing left: the schedule completes; fp = the
 # identity entry it should hold, key entry or fingerprint key, '' = none)
 # Returns {'ok'}, {'moved', status}, {'refused', status} or {'missing'} (rows.Answered)
-UPDATE_JOB = (
-    _LIFECYCLE
-    + """
+UPDATE_JOB = _script(
+    _LIFECYCLE,
+    """
 local ARGS = 11  -- rows.UpdateJobArgs
 local job_id, now_ms, version, runs_done, status, spec, next_run_ms, anchor_ms, fp, prefix,
   job_retention_s = unpack(ARGV, 1, ARGS)
