@@ -303,7 +303,7 @@ add_all(KEYS[2], due)
 add_all(KEYS[3], inflight)
 push_all()
 return twins
-"""
+""",
 )
 CREATE_BATCH = 1_000  # jobs per CREATE_JOBS call: bounds its unpack() sizes and its run time
 
@@ -489,7 +489,7 @@ add_all(KEYS[2], rescheduled)
 add_all(KEYS[3], inflight)
 push_all()
 return claimed
-"""
+""",
 )
 
 # Beat, as the leader, when it takes the lead: make the live schedules imported from a Celery
@@ -554,7 +554,7 @@ for _, id in ipairs(redis.call('HKEYS', KEYS[2])) do
   end
 end
 return counts
-"""
+""",
 )
 
 # An attempt that ended without recording its outcome (its process died, was OOM-killed or was
@@ -643,7 +643,7 @@ else
   redis.call('HSET', KEYS[2], 'attempts', attempts, 'updated_ms', now)
 end
 return {'run', attempts, packed(KEYS[2], SPEC_FIELDS), run[4], run[5] or ''}
-"""
+""",
 )
 
 # Worker: the heartbeat of a running attempt renews its lease and marks it moved (beat's
@@ -692,7 +692,7 @@ redis.call('HDEL', KEYS[1], 'owner', 'lease_ms')
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 if one_off_of(KEYS[2], KEYS[1]) then redis.call('HSET', KEYS[2], 'status', 'queued') end
 return 'retry'
-"""
+""",
 )
 
 # Worker: record the outcome of one attempt, fenced by the attempt number.
@@ -769,7 +769,7 @@ else
   end
 end
 return 1
-"""
+""",
 )
 
 # Cancel, pause or resume a job, or set it aside as failed (a worker found that no run of it
@@ -829,7 +829,7 @@ elseif action == 'resume' then
   end
 end
 return running
-"""
+""",
 )
 
 # Producer: cancel one run (cancel_run; see _CANCEL). A finished run is refused with its status.
@@ -845,7 +845,7 @@ local live = {queued = true, retrying = true, running = true, buffered = true}
 if not live[status] then return {'refused', status} end
 cancel_one(ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1', 'cancelled (cancel_run)', ARGV[5])
 return {'ok', status}
-"""
+""",
 )
 
 # Add one extra run now (trigger) or re-queue a dead-lettered one (redrive), with its message.
@@ -886,7 +886,7 @@ redis.call('ZREM', retired_key(ARGV[6]), ARGV[2])
 redis.call('LPUSH', KEYS[4], ARGV[5])
 redis.call('ZADD', KEYS[6], now, ARGV[3])
 return {'ok'}
-"""
+""",
 )
 
 # Backfill: add the runs of past slots of a recurring job, each with its message, under the
@@ -935,7 +935,7 @@ if #added > 1 then
   push_all()
 end
 return added
-"""
+""",
 )
 BACKFILL_MAX_SLOTS = 1_000  # slots per backfill call (also at most runs_kept): bounds the script
 
@@ -1044,7 +1044,7 @@ for i = 1, #rows, 2 do
   out[#out+1] = traceparent or ''
 end
 return out
-"""
+""",
 )
 
 # Worker or beat: a run whose record is gone although its job is not (see run_vanished).
@@ -1057,7 +1057,7 @@ local prefix, run_id = ARGV[1], ARGV[2]
 if redis.call('EXISTS', run_key(prefix, run_id)) == 1 then return 0 end
 redis.call('ZREM', inflight_key(prefix), run_id)
 return run_vanished(prefix, run_id, ARGV[3], ARGV[4], ARGV[5], 'runs_vanished')
-"""
+""",
 )
 
 # Beat (leader): remove what left, with bounded work per call. Finished jobs whose retention
@@ -1113,7 +1113,7 @@ if vanished > 0 then redis.call('HINCRBY', KEYS[4], 'jobs_vanished', vanished) e
 local next_cursor = cursor + #ids - removed
 if #ids < limit then next_cursor = 0 end
 return {#expired, #dead, retired, vanished, next_cursor}
-"""
+""",
 )
 
 # Producer: change a live job in place (job.update, or schedule() meeting its key or a twin with
@@ -1160,5 +1160,5 @@ elseif st[1] == 'scheduled' then
   redis.call('ZADD', KEYS[2], next_run_ms, 'j:' .. job_id)
 end
 return {'ok'}
-"""
+""",
 )
