@@ -22,31 +22,35 @@ HandlerFn = Callable[..., Any]
 
 class CancelSignal:
     """Whether a run was cancelled: set from the worker's heartbeat thread (RENEW_RUN's reply),
-    read by the handler through its ``RunContext``; callbacks let an async handler be interrupted."""
+    read by the handler through its ``RunContext``; callbacks let an async handler be interrupted.
+
+    A flag under a lock, not a ``threading.Event`` (a Condition and its locks made for every run):
+    nobody waits on it, and reading a bool needs no lock.
+    """
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._set = False
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
 
     def set(self) -> None:
         """Mark the run cancelled and call the callbacks (once)."""
         with self._lock:
-            if self._event.is_set():
+            if self._set:
                 return
-            self._event.set()
+            self._set = True
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             callback()
 
     def is_set(self) -> bool:
         """Whether the run was cancelled."""
-        return self._event.is_set()
+        return self._set
 
     def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` when the run is cancelled (now, if it is); returns its remover."""
         with self._lock:
-            if not self._event.is_set():
+            if not self._set:
                 self._callbacks.append(callback)
                 return lambda: self._forget(callback)
         callback()
@@ -99,16 +103,17 @@ class Handler:
     event: str
     fn: HandlerFn
     input_model: type[BaseModel] | None
+    # An ``async def`` handler: the worker awaits what it returns. Asked once (inspect's answer
+    # costs a few microseconds, on every run).
+    is_async: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.fn))
 
     @property
     def pair(self) -> str:
         """``product_tag/event``, as workers publish it."""
         return f"{self.product_tag}/{self.event}"
-
-    @property
-    def is_async(self) -> bool:
-        """An ``async def`` handler: the worker awaits what it returns."""
-        return inspect.iscoroutinefunction(self.fn)
 
     @property
     def task_name(self) -> str:

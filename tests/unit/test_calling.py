@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from ductape_jobs.calling import call_handler
 from ductape_jobs.errors import JobTimeoutError, RunCancelledError
-from ductape_jobs.registry import Registry, RunContext
+from ductape_jobs.registry import CancelSignal, Registry, RunContext
 
 CTX = RunContext("j", "j:1", 1, "dev", "p", "e", None, 1, 1)
 
@@ -47,6 +47,29 @@ def test_a_sync_handler_past_its_timeout_is_interrupted_inside_the_handler() -> 
     assert signal.getsignal(signal.SIGALRM) is before  # the previous handler is back
     left_s = signal.getitimer(signal.ITIMER_REAL)[0]
     assert (left_s == 0) if outer_s == 0 else (0 < left_s < outer_s)  # and its timer goes on
+
+
+def test_the_timer_still_fires_after_someone_else_replaced_our_signal_handler() -> None:
+    # Ours stays installed between runs; a library that installs its own in between must not
+    # leave the next run without its timeout, nor lose its handler to ours.
+    def slow(input: dict[str, Any], ctx: RunContext) -> None:
+        time.sleep(30)
+
+    def theirs(signum: int, frame: object) -> None:
+        raise AssertionError("their handler ran in place of the job's timeout")
+
+    before = signal.getsignal(signal.SIGALRM)
+    try:
+        assert call_handler(registered(lambda input, ctx: "ok"), {}, CTX, timeout_s=5) == "ok"
+        signal.signal(signal.SIGALRM, theirs)
+        with pytest.raises(JobTimeoutError, match="timed out after 1 s"):
+            call_handler(registered(slow), {}, CTX, timeout_s=1)
+        assert signal.getsignal(signal.SIGALRM) is theirs
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        assert call_handler(registered(lambda input, ctx: "ok"), {}, CTX, timeout_s=5) == "ok"
+        assert signal.getsignal(signal.SIGALRM) is signal.SIG_IGN  # an ignored signal stays ignored
+    finally:
+        signal.signal(signal.SIGALRM, before)
 
 
 def test_an_async_handler_is_awaited_with_its_typed_input_on_a_loop_kept_between_runs() -> None:
@@ -129,6 +152,27 @@ def test_an_async_handler_is_interrupted_at_its_next_await_when_cancelled_from_a
 async def _async_ok(input: dict[str, Any], ctx: RunContext) -> str:
     await asyncio.sleep(0)
     return "ok"
+
+
+def test_a_cancel_signal_calls_its_callbacks_once_and_a_late_one_at_once() -> None:
+    cancel = CancelSignal()
+    calls: list[str] = []
+    forget = cancel.on_set(lambda: calls.append("kept"))
+    cancel.on_set(lambda: calls.append("forgotten"))()
+    forget_early = cancel.on_set(lambda: calls.append("early"))
+    assert not cancel.is_set() and calls == []
+    cancel.set()
+    cancel.set()  # a second renewal saying 'cancelled': nothing more
+    assert cancel.is_set() and calls == ["kept", "early"]
+    cancel.on_set(lambda: calls.append("late"))
+    assert calls == ["kept", "early", "late"]
+    forget()  # removing a called callback is harmless
+    forget_early()
+
+
+def test_a_handler_is_known_async_or_not_at_registration() -> None:
+    assert registered(_async_ok).is_async
+    assert not registered(lambda input, ctx: None).is_async
 
 
 def test_an_async_handlers_own_cancellation_is_not_taken_for_a_cancel() -> None:
