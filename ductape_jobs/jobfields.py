@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from ductape_jobs.brief import JobBrief, argsrepr
@@ -98,10 +98,9 @@ def _encode(value: Any, kind: Kind) -> str:
     return str(value)
 
 
-def _decode(value: str, kind: Kind) -> Any:
-    if kind == "int":
-        return int(value)
-    return json.loads(value) if kind == "json" else value
+_DECODE: dict[Kind, Callable[[str], Any]] = {"str": str, "int": int, "json": json.loads}
+# How spec_of reads _SPEC: (attribute, hash field, decoder, default); a worker reads one a run.
+_SPEC_READ = tuple((attr, field, _DECODE[kind], default) for attr, (field, kind, default) in _SPEC.items())
 
 
 def pack_spec(spec: JobSpec, traceparent: str | None = None, input_json: str | None = None) -> str:
@@ -176,12 +175,13 @@ def spec_of(f: Mapping[str, str]) -> JobSpec:
     if LEGACY_SPEC in f:
         return JobSpec.from_json(f[LEGACY_SPEC])
     data: dict[str, Any] = {"input": json.loads(f[INPUT]) if INPUT in f else {}}
-    for attr, (field, kind, default) in _SPEC.items():
-        data[attr] = _decode(f[field], kind) if field in f else default
+    for attr, field, decode, default in _SPEC_READ:
+        value = f.get(field)
+        data[attr] = default if value is None else decode(value)
     if CREATED not in f and "created_ms" in f:  # the job's own (spec_args left it out)
         data["created_ms"] = int(f["created_ms"])
     data["rule"] = _rule_of(f)
-    return JobSpec(**data)
+    return JobSpec.of_fields(data)
 
 
 def brief_of(f: Mapping[str, str]) -> JobBrief:

@@ -154,6 +154,17 @@ class JobSpec:
             raise ValueError(f"redact_paths: expected a list of key paths, got {shown(paths)}")
 
     @classmethod
+    def of_fields(cls, data: dict[str, Any]) -> JobSpec:
+        """``JobSpec(**data)``; when ``data`` names every field (what jobfields reads, on every
+        run), made without the frozen ``__init__``'s ``object.__setattr__`` per field."""
+        if data.keys() != _SPEC_FIELDS:
+            return cls(**data)
+        spec = object.__new__(cls)
+        spec.__dict__.update(data)
+        spec.__post_init__()
+        return spec
+
+    @classmethod
     def from_json(cls, text: str) -> JobSpec:
         """A spec stored as JSON (the layout before jobfields); ValueError when it is not one."""
         return cls(**stored_fields(cls, text, "job spec"))
@@ -169,6 +180,7 @@ class JobSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+_SPEC_FIELDS = {f.name for f in fields(JobSpec)}
 _SPEC_STRINGS = ("env", "product_tag", "event")
 _SPEC_INTS = ("retries", "created_ms", "start_ms")
 _SPEC_OPTIONAL_STRINGS = ("app", "cache", "session_tag", "sealed", "input_digest", "key", "idempotency_key")
