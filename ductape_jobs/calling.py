@@ -11,8 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Coroutine
 from types import FrameType
 from typing import Any
 
@@ -26,8 +25,16 @@ def call_handler(handler: Handler, given: dict[str, Any], ctx: RunContext, timeo
     """``handler(given, ctx)``, awaited when it is ``async def``, interrupted after ``timeout_s``."""
     if handler.is_async:
         return _loop().run(_awaited(handler(given, ctx), timeout_s, ctx))
-    with _alarm(timeout_s):
+    if threading.current_thread() is not threading.main_thread():
+        # Only the main thread receives signals: elsewhere (a ``threads`` pool) only Celery's
+        # hard limit applies.
         return handler(given, ctx)
+    # Armed and disarmed around the call, not by a context manager (~2 us a run).
+    armed = _arm(timeout_s)
+    try:
+        return handler(given, ctx)
+    finally:
+        _disarm(armed)
 
 
 def _timed_out(timeout_s: int) -> JobTimeoutError:
@@ -78,13 +85,9 @@ def _expire(_signum: int, _frame: FrameType | None) -> None:
         raise _timed_out(_armed_s[-1])
 
 
-@contextmanager
-def _alarm(timeout_s: int) -> Iterator[None]:
-    """Raise JobTimeoutError in this thread after ``timeout_s``: only the main thread receives
-    signals, so elsewhere (a ``threads`` pool) only Celery's hard limit applies."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _arm(timeout_s: int) -> tuple[Any, float, float, float]:
+    """Raise JobTimeoutError in this (main) thread after ``timeout_s``; what ``_disarm`` needs:
+    the SIGALRM handler before, and the timer it stopped with when it was stopped."""
     # Our handler stays installed in place of the default one (a pool process's), a syscall less
     # per run; anyone else's is put back after the run. Asked of _signal: signal.getsignal turns
     # its answer into an enum when it can, by catching a ValueError (~5 us a run, for a function).
@@ -93,14 +96,16 @@ def _alarm(timeout_s: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, _expire)
     outer_s, outer_every_s = signal.setitimer(signal.ITIMER_REAL, timeout_s)
     _armed_s.append(timeout_s)
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        _armed_s.pop()
-        if previous not in (_expire, signal.SIG_DFL, None):
-            signal.signal(signal.SIGALRM, previous)
-        if outer_s:  # someone else's timer (a test runner's, say) was running: it goes on
-            left_s = max(outer_s - (time.monotonic() - started), 0.001)
-            signal.setitimer(signal.ITIMER_REAL, left_s, outer_every_s)
+    return previous, outer_s, outer_every_s, time.monotonic()
+
+
+def _disarm(armed: tuple[Any, float, float, float]) -> None:
+    """Stop the timer ``_arm`` started, and put back the handler and the timer it found."""
+    previous, outer_s, outer_every_s, started = armed
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    _armed_s.pop()
+    if previous not in (_expire, signal.SIG_DFL, None):
+        signal.signal(signal.SIGALRM, previous)
+    if outer_s:  # someone else's timer (a test runner's, say) was running: it goes on
+        left_s = max(outer_s - (time.monotonic() - started), 0.001)
+        signal.setitimer(signal.ITIMER_REAL, left_s, outer_every_s)
