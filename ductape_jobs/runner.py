@@ -224,7 +224,7 @@ class Runner:
             opened = self.vault.open(spec)
             hidden = opened.hidden
             result = call_handler(handler, opened.input, ctx, self.settings.timeout_s(spec))
-            result_json = self.vault.seal_result(spec, _RESULT_JSON.encode(_plain(result)))
+            result_json = self.vault.seal_result(spec, _result_json(result))
         except RetiredKeyError as exc:  # sealed under a key that left the ring: no run can open it
             return self._set_aside(ctx, f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - any handler failure is recorded, never lost
@@ -340,6 +340,11 @@ class Runner:
                 return self._written(lambda: write(True), "record the outcome of", ctx.run_id)
 
             self.heartbeat.confirm(ctx.run_id, self.store.unread(), again)
+
+
+def _result_json(result: Any) -> str:
+    # Most handlers return nothing: no encoder for that (~1.5 us a run).
+    return "null" if result is None else _RESULT_JSON.encode(_plain(result))
 
 
 def _plain(result: Any) -> Any:

@@ -77,7 +77,9 @@ class Vault:
 
     def shown_result(self, spec: JobSpec, stored_json: str) -> Any:
         """What Celery gets back from the task (its logs and task-succeeded events show it)."""
-        return MASK if spec.sealed is not None else json.loads(stored_json)
+        if spec.sealed is not None:
+            return MASK
+        return None if stored_json == "null" else json.loads(stored_json)  # most results: no parse
 
     def open_result(self, spec: JobSpec, stored: Any) -> Any:
         """A stored result for the caller; left sealed when this side lacks the key that sealed it."""
