@@ -112,33 +112,52 @@ def test_json_that_is_no_spec_raises_value_error(text: str) -> None:
         JobSpec.from_json(text)
 
 
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [
-        ("env", None),
-        ("product_tag", 7),
-        ("event", b"e"),
-        ("retries", True),
-        ("retries", "1"),
-        ("created_ms", 1.0),
-        ("start_ms", None),
-        ("timeout_s", "30"),
-        ("timeout_s", False),
-        ("input", ["n"]),
-        ("input", {1: "n"}),
-        ("rule", "every minute"),
-        ("redact_paths", [("to",)]),
-        ("redact_paths", [["to", None]]),
-        ("redact_paths", "to"),
-        ("sealed", 1),
-        ("key", ["k"]),
-        ("celery", {"task": "app.t"}),
-        ("celery", "app.t"),
-    ],
-)
+DAMAGED: list[tuple[str, Any]] = [
+    ("env", None),
+    ("product_tag", 7),
+    ("event", b"e"),
+    ("retries", True),
+    ("retries", "1"),
+    ("created_ms", 1.0),
+    ("start_ms", None),
+    ("timeout_s", "30"),
+    ("timeout_s", False),
+    ("input", ["n"]),
+    ("input", {1: "n"}),
+    ("rule", "every minute"),
+    ("redact_paths", [("to",)]),
+    ("redact_paths", [["to", None]]),
+    ("redact_paths", "to"),
+    ("sealed", 1),
+    ("key", ["k"]),
+    ("celery", {"task": "app.t"}),
+    ("celery", "app.t"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), DAMAGED)
 def test_a_damaged_field_raises_value_error_naming_it(name: str, value: Any) -> None:
     with pytest.raises(ValueError, match=f"^{name}"):
         JobSpec(**{**PLAIN, name: value})
+
+
+def _every_field(given: dict[str, Any]) -> dict[str, Any]:
+    defaults = {f.name: f.default for f in dataclasses.fields(JobSpec)} | {"redact_paths": []}
+    return defaults | given
+
+
+@pytest.mark.parametrize("fields", [PLAIN, EVERY, SEALED_CRON])
+def test_a_spec_made_of_every_field_is_the_one_its_constructor_makes(fields: dict[str, Any]) -> None:
+    # What jobfields reads skips the frozen __init__ (JobSpec.of_fields), not the checks.
+    made = JobSpec.of_fields(_every_field(fields))
+    assert made == JobSpec(**fields) and type(made.celery) is type(JobSpec(**fields).celery)
+    assert JobSpec.of_fields(dict(PLAIN)) == JobSpec(**PLAIN)  # some fields: the constructor's defaults
+
+
+@pytest.mark.parametrize(("name", "value"), DAMAGED)
+def test_a_spec_made_of_every_field_refuses_a_damaged_one_alike(name: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f"^{name}"):
+        JobSpec.of_fields({**_every_field(PLAIN), name: value})
 
 
 def test_a_damaged_seal_is_not_shown() -> None:
