@@ -134,6 +134,8 @@ class JobSpec:
     idempotency_key: str | None = None
 
     def __post_init__(self) -> None:
+        if _usual(self):
+            return
         check_strings(self, _SPEC_STRINGS)
         check_whole(self, _SPEC_INTS)
         for name in _SPEC_OPTIONAL_STRINGS:
@@ -184,6 +186,36 @@ _SPEC_FIELDS = {f.name for f in fields(JobSpec)}
 _SPEC_STRINGS = ("env", "product_tag", "event")
 _SPEC_INTS = ("retries", "created_ms", "start_ms")
 _SPEC_OPTIONAL_STRINGS = ("app", "cache", "session_tag", "sealed", "input_digest", "key", "idempotency_key")
+_TEXT_OR_NONE, _WHOLE_OR_NONE = {str, type(None)}, {int, type(None)}
+
+
+def _usual(spec: JobSpec) -> bool:
+    """Whether every field has its usual type, asked in one pass (a worker reads a spec on every
+    run); for anything else, JobSpec's checks decide, naming what is wrong."""
+    return (
+        type(spec.env) is str
+        and type(spec.product_tag) is str
+        and type(spec.event) is str
+        and type(spec.retries) is int  # not a bool either
+        and type(spec.created_ms) is int
+        and type(spec.start_ms) is int
+        and type(spec.timeout_s) in _WHOLE_OR_NONE
+        and type(spec.app) in _TEXT_OR_NONE
+        and type(spec.cache) in _TEXT_OR_NONE
+        and type(spec.session_tag) in _TEXT_OR_NONE
+        and type(spec.sealed) in _TEXT_OR_NONE
+        and type(spec.input_digest) in _TEXT_OR_NONE
+        and type(spec.key) in _TEXT_OR_NONE
+        and type(spec.idempotency_key) in _TEXT_OR_NONE
+        and type(spec.input) is dict
+        and all(type(k) is str for k in spec.input)
+        and (spec.rule is None or type(spec.rule) is dict)
+        and spec.celery is None  # a dict (JSON's) is made a CeleryCall by the checks
+        and type(spec.redact_paths) is list
+        and not spec.redact_paths
+    )
+
+
 # A stored identity key is this JSON's hash: the same fields, dumped the same way, for good.
 _FINGERPRINTED = ("env", "product_tag", "event", "app", "input", "rule", "input_digest")
 
