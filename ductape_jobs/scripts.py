@@ -718,7 +718,7 @@ if prior ~= 'running' then
   return replay and 1 or 0
 end
 local job = redis.call('HMGET', KEYS[2], 'recurring', 'status', 'last_error')
-if not job[1] and not job[2] then
+if not job[1] and not job[2] and redis.call('EXISTS', KEYS[2]) == 0 then
   -- The job left while this run was out (its retention passed): the outcome goes on the run
   -- alone, or the writes below would bring back a job record without its spec.
   local ended = (outcome == 'completed' or outcome == 'cancelled') and outcome or 'failed'

@@ -137,6 +137,11 @@ def test_end_to_end_drains_and_the_handler_work_curve_run_at_a_tiny_size(bench: 
     rows = measured(end_to_end(bench, 1, n=20, work_jobs={"1 ms CPU": 10, "10 ms sleep": 10}))
     points = on_curve(rows, "3 end to end by handler work")
     assert [r.point.x_name for r in points if r.point] == ["no-op", "1 ms CPU", "10 ms sleep"]
+    # the same drains less their start-up: one per repetition (the warm-up's left out), each shorter
+    steady = next(r for r in rows if r.figure.startswith("3 (info) the same drains without"))
+    whole = next(r for r in rows if r.figure.startswith("3 end to end, drain 20 no-op"))
+    assert len(steady.samples["ours"]) == len(whole.samples["ours"]) == 1
+    assert 0 < steady.samples["ours"][0] < whole.samples["ours"][0]
 
 
 def _results(path: Path) -> Path:

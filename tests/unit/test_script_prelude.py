@@ -24,6 +24,15 @@ def test_a_prelude_holds_only_definitions_at_its_top_level(name: str) -> None:
             assert re.match(r"(local\s+(function\s+\w+\(|[\w ,]+=)|end\b|--|\}|\))", line), (name, line)
 
 
+@pytest.mark.parametrize("name", PRELUDES)
+def test_each_definition_of_a_prelude_ends_where_the_next_begins(name: str) -> None:
+    # An indented statement after a definition's closing line would be cut with that definition.
+    for names, text in scripts._definitions(PRELUDES[name]):
+        code = [line for line in text.splitlines() if line.strip() and not line.startswith("--")]
+        assert len(code) == 1 or re.match(r"(end|\}|\))\b", code[-1]), (name, names, code[-1])
+        assert len(re.findall(r"^local\s", "\n".join(code), re.M)) == 1, (name, names)
+
+
 def test_a_script_keeps_what_its_body_uses_and_what_that_uses_in_order() -> None:
     prelude = """local A = {1}
 -- b uses a
