@@ -204,7 +204,14 @@ class Store:
         held: _Held | None = getattr(self._local, "held", None)
         if held is None or held.pid != os.getpid():  # new thread, or a forked pool child
             pool = self.redis.connection_pool
-            held = _Held(os.getpid(), pool.get_connection())
+            try:
+                conn = pool.get_connection()  # connects: Redis may be down right now
+            except REDIS_DOWN as exc:
+                # BackendUnavailableError like any other call, so the runner writes a run's outcome
+                # again once Redis is back: the heartbeat thread's first call (confirming a
+                # completion sent without waiting) may come while Redis restarts.
+                raise unreachable(exc) from None
+            held = _Held(os.getpid(), conn)
             # When its thread (or greenlet) ends, the connection goes back to the pool, closed, so
             # a reply still unread there can never reach the connection's next user.
             weakref.finalize(held, _give_back, pool, held.conn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import threading
 import time
 from typing import Any
 
@@ -352,3 +353,43 @@ def test_redis_restart_with_hundreds_of_runs_in_flight_doubles_nothing_and_kills
     ductape.close()
     r.close()
     records.close()
+
+
+def test_a_threads_first_call_while_redis_restarts_is_unreachable_and_written_once_it_is_back(
+    private_redis: EmbeddedRedis, prefix: str
+) -> None:
+    # A worker's heartbeat thread may make its first call (confirming a completion sent without
+    # waiting) while Redis restarts: opening that thread's connection fails. It must be Redis
+    # unreachable like any other call, which the runner tries again until Redis is back; as a raw
+    # ConnectionError it escaped that retry once, the run stayed 'running' and ran twice.
+    ductape = deployment(private_redis, prefix)
+    job_id = ductape.job.schedule(env="dev", product_tag="tests", event="echo", input={}).job_id
+    store = ductape.store
+    [run_id] = [m.decode() for m in store.redis.zrange(store.keys.inflight, 0, -1)]
+    started = store.begin_run(run_id, job_id, now_ms(), 60_000, "the-delivery")
+
+    def finish() -> bool:
+        return store.finish_run(
+            run_id, job_id, started.attempt, now_ms(), "completed", result_json="null", wait=True
+        )
+
+    outcomes: list[object] = []
+
+    def first_call_of_a_new_thread() -> None:
+        try:
+            outcomes.append(finish())
+        except Exception as exc:  # noqa: BLE001 - what it raised is the point
+            outcomes.append(exc)
+
+    private_redis.kill()
+    thread = threading.Thread(target=first_call_of_a_new_thread)
+    thread.start()
+    thread.join(30)
+    private_redis.launch()
+    assert len(outcomes) == 1 and isinstance(outcomes[0], BackendUnavailableError), outcomes
+    again = threading.Thread(target=first_call_of_a_new_thread)
+    again.start()
+    again.join(30)
+    assert outcomes[1] is True
+    assert store.redis.hget(store.keys.run(run_id), "status") == b"completed"
+    ductape.close()
