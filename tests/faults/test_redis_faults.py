@@ -378,7 +378,7 @@ def test_a_threads_first_call_while_redis_restarts_is_unreachable_and_written_on
     def first_call_of_a_new_thread() -> None:
         try:
             outcomes.append(finish())
-        except Exception as exc:  # noqa: BLE001 - what it raised is the point
+        except Exception as exc:  # what it raised is the point
             outcomes.append(exc)
 
     private_redis.kill()
