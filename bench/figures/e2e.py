@@ -180,15 +180,14 @@ def drain(bench: Bench, side: Side, n: int, work: str = NO_OP) -> float:
         return done >= n
 
     wait_for(finished, 300, f"{n} runs recorded done under {side.prefix}", poll_s=0.005)
-    elapsed = time.perf_counter() - start
-    if work == NO_OP:
-        side.steady_s.append(time.perf_counter() - tenth[0])
+    end = time.perf_counter()
     cpu_after = _cpu_s(side.worker.pid, db)
-    if work == NO_OP:  # the headline's CPU per job: the handler-work curve's drains are left out
+    if work == NO_OP:  # the headline's: the handler-work curve's drains are left out
+        side.steady_s.append(end - tenth[0])
         side.cpu_us.append({k: round((cpu_after[k] - cpu_before[k]) / n * 1e6, 1) for k in cpu_after})
     side.check(n)
     db.close()
-    return elapsed
+    return end - start
 
 
 def _cpu_s(pid: int, db: Any) -> dict[str, float]:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ductape_jobs import terms
 from ductape_jobs.models import JobRecord
 from ductape_jobs.terms import CeleryCall, JobSpec
 
@@ -158,6 +159,16 @@ def test_a_spec_made_of_every_field_is_the_one_its_constructor_makes(fields: dic
 def test_a_spec_made_of_every_field_refuses_a_damaged_one_alike(name: str, value: Any) -> None:
     with pytest.raises(ValueError, match=f"^{name}"):
         JobSpec.of_fields({**_every_field(PLAIN), name: value})
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(JobSpec)])
+def test_the_fast_type_pass_looks_at_every_field(name: str) -> None:
+    # terms._usual names each field by hand (a loop over the field lists costs twice as much, on
+    # every run): a field added to JobSpec but not to it would skip the checks.
+    spec = JobSpec(**PLAIN)
+    assert terms._usual(spec)
+    spec.__dict__[name] = object()  # never a usual type
+    assert not terms._usual(spec)
 
 
 def test_a_damaged_seal_is_not_shown() -> None:
