@@ -222,7 +222,9 @@ def lua_prelude() -> str:
         return "{" + ", ".join(f"'{n}'" for n in names) + "}"
 
     return f"""
-local SPEC_FIELDS, BRIEF_FIELDS, ALL_SPEC_FIELDS = {table(SPEC)}, {table(BRIEF)}, {table(ALL)}
+local SPEC_FIELDS = {table(SPEC)}
+local BRIEF_FIELDS = {table(BRIEF)}
+local ALL_SPEC_FIELDS = {table(ALL)}
 -- The fields among names[first..] that an HMGET of `names` found, packed (jobfields.py): name,
 -- value, ... joined by \\31.
 local function pack_from(names, values, first)

@@ -8,12 +8,14 @@ redis-py client. This channel, while messages keep coming, takes them with FETCH
 script call that removes the tags acknowledged since the last call from the unacked hash and
 index, pops as many messages as the prefetch allows and records each there, atomically (a message
 is never in neither place, as it is between kombu's BRPOP and its HSET). Its reply is read by the
-event loop like BRPOP's, so nothing waits on it. An empty FETCH falls back to kombu's blocking
-BRPOP (an idle worker costs Redis nothing more); the message BRPOP brings is recorded as kombu
-does, and the next call is a FETCH again. Acks wait for the next FETCH, or are sent on the next
-tick of the event loop (one script call for all of them) when no FETCH is under way, so an
-acknowledged message leaves the unacked hash within a round trip; one still there when the
-worker dies is put back at the visibility timeout and its run skipped (BEGIN_RUN: finished). What
+event loop like BRPOP's, so nothing waits on it. While the pool has work, a worker's FETCH waits
+for room for a batch of messages (``fetch_in_batches``), for at most ``HOLD_S``: one round trip
+for several messages and their acks. An empty FETCH falls back to kombu's blocking BRPOP (an
+idle worker costs Redis nothing more); the message BRPOP brings is recorded as kombu does, and
+the next call is a FETCH again. Acks wait for the next FETCH, or are sent on the next tick of
+the event loop (one script call for all of them) when no FETCH is under way or held back; one
+still in the unacked hash when the worker dies is put back at the visibility timeout and its run
+skipped (BEGIN_RUN: finished). What
 a FETCH took when its reply is lost with the connection is put back once Redis answers again.
 
 Two fixes for a worker that loses its broker connection, for kombu upstream (README, "Redis
@@ -66,6 +68,25 @@ _stranded: set[str] = set()
 _lost_fetches: set[tuple[str, str]] = set()
 
 MAX_FETCH = 100  # messages one FETCH takes when the prefetch is unlimited
+HOLD_S = 0.05  # the longest a FETCH (and the acks riding with it) waits for a fuller batch
+
+
+class _Batching:
+    """How many messages a FETCH waits to have room for while the pool has work (``batch``): a
+    worker sets it from its prefetch and pool size (``fetch_in_batches``); 1 fetches as soon as
+    one message is acknowledged, as kombu does."""
+
+    batch = 1
+
+
+def fetch_in_batches(prefetch: int, pool: int) -> None:
+    """Let each FETCH wait until it has room for about half of the messages held beyond what the
+    pool runs (``prefetch - pool``), while at least one of those stays held: the pool never waits
+    for a FETCH, and each FETCH costs Redis and the event loop one round trip for several
+    messages, not one. With a prefetch of the pool size or one more, every FETCH goes at once."""
+    spare = prefetch - pool  # held beyond what the pool runs: its next work
+    _Batching.batch = max(1, min(spare // 2 + 1, spare))
+
 
 # KEYS: the unacked index (zset), the unacked hash, then the queue lists in the order to take from
 # ARGV: now (seconds, kombu's index score), how many to take (0: none), then acknowledged tags
@@ -149,6 +170,7 @@ class Channel(kombu_redis.Channel):
         self._sending: list[str] = []  # the acks that FETCH carries
         self._fetch_score = ""  # the instant it records its messages at
         self._fetch_next = True  # FETCH (messages are coming) or BRPOP (wait for one)
+        self._held_since: float | None = None  # since when a FETCH waits for a fuller batch
         self._fetched = False  # delivering what FETCH recorded
         self._loop_thread: int | None = None  # the thread of the event loop (acks deferred there)
         self._shared: Any = None  # one redis-py client on the pool, not one per command
@@ -166,6 +188,8 @@ class Channel(kombu_redis.Channel):
             self.flush_acks()  # BRPOP holds its connection: the acks can't ride with it
             super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
             return
+        if self._holding():
+            return  # the pool has work: the next FETCH takes a fuller batch, the acks with it
         queues = self._queue_cycle.consume(len(self.active_queues))
         lists: list[str] = [
             self._q_for_pri(q, pri)  # type: ignore[no-untyped-call]
@@ -188,6 +212,28 @@ class Channel(kombu_redis.Channel):
                 )
             ]
         )
+
+    def _holding(self) -> bool:
+        """Whether the next FETCH waits for room for a fuller batch (``fetch_in_batches``): no
+        longer than ``HOLD_S``, so an acknowledgement never waits long for it (the event loop
+        looks at least every second, on its own timers)."""
+        free = self.qos.can_consume_max_estimate()
+        if free is None or free >= _Batching.batch:
+            self._held_since = None
+            return False
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+        elif now - self._held_since >= HOLD_S:
+            self._held_since = None
+            return False
+        return True
+
+    def _acks_wait(self) -> bool:
+        """Whether the acks wait for a FETCH held back for a batch: while the channel consumes, and
+        no longer than ``HOLD_S`` after it was first held back."""
+        since = self._held_since
+        return since is not None and bool(self.active_queues) and time.monotonic() - since < HOLD_S
 
     def _brpop_read(self, **options: Any) -> bool:
         lists = self._fetching
@@ -387,13 +433,14 @@ class Channel(kombu_redis.Channel):
 
 
 class Poller(kombu_redis.MultiChannelPoller):
-    """kombu's poller; after each tick's FETCH or BRPOP is sent, the acks left are sent too."""
+    """kombu's poller; after each tick's FETCH or BRPOP is sent, the acks left are sent too,
+    unless they wait for a FETCH held back for a fuller batch."""
 
     def on_poll_start(self) -> None:
-        """Start each channel's FETCH or BRPOP, then send the acks no FETCH took."""
+        """Start each channel's FETCH or BRPOP, then send the acks no FETCH took or waits for."""
         super().on_poll_start()  # type: ignore[no-untyped-call]
         for channel in self._channels:
-            if isinstance(channel, Channel) and channel._acked:
+            if isinstance(channel, Channel) and channel._acked and not channel._acks_wait():
                 try:
                     channel.flush_acks()
                 except channel.connection_errors:

@@ -15,7 +15,7 @@ from celery.exceptions import Ignore
 from celery.signals import heartbeat_sent, worker_init, worker_ready
 from celery.worker.request import Request
 
-from ductape_jobs import celery_app, ops, tracing
+from ductape_jobs import celery_app, ops, tracing, transport
 from ductape_jobs.clock import now_ms
 from ductape_jobs.connection import connect
 from ductape_jobs.errors import HandlerError
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             log.warning("could not refresh this worker's registration; will retry")
 
     worker_init.connect(_share_start_up_with_the_pool, weak=False)
+    worker_init.connect(_fetch_in_batches, weak=False)
     worker_ready.connect(announce, weak=False)
     heartbeat_sent.connect(still_here, weak=False)
     guard_flower(app)
@@ -99,6 +100,14 @@ def _share_start_up_with_the_pool(**_: Any) -> None:
         gc.collect()  # what start-up left behind is freed, not frozen
         os.register_at_fork(before=gc.freeze)  # also for a child forked again later
         _FREEZE_AT_FORK.append(True)
+
+
+def _fetch_in_batches(sender: Any = None, **_: Any) -> None:
+    """Size the transport's FETCH batches from this worker's prefetch and pool (both known once
+    Celery has read its command line; an ``auto`` pool size keeps one message per FETCH)."""
+    pool = getattr(sender, "concurrency", None)
+    if isinstance(pool, int) and pool > 0:
+        transport.fetch_in_batches(sender.app.conf.worker_prefetch_multiplier * pool, pool)
 
 
 _FREEZE_AT_FORK: list[bool] = []  # registered once per process: at-fork hooks cannot be removed

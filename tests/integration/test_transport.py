@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import socket
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
 from kombu import Connection, Queue
 
+from ductape_jobs import transport
 from ductape_jobs.embedded import EmbeddedRedis
 from ductape_jobs.transport import FETCH, Transport
-from tests.support import wait_for
+from tests.support import fresh_python, wait_for
 
 
 def hold(redis_url: str, prefix: str, transport: object) -> tuple[Connection, Any]:
@@ -181,3 +183,99 @@ def test_what_a_fetch_under_way_took_is_put_back_when_the_channel_closes(
     wait_for(lambda: r.hlen(f"{prefix}:unacked") == 3, 5, "the FETCH to run")
     conn.close()  # kombu's close reads the reply (our FETCH's too) and puts back what it held
     assert r.hlen(f"{prefix}:unacked") == 0 and r.llen(f"{prefix}:q") == 3
+
+
+# -- batches: a busy worker's FETCH waits for room for several messages (design §8.4) -----------
+
+
+@pytest.fixture
+def batches() -> Iterator[Callable[[int, int], None]]:
+    """``fetch_in_batches``, as a worker calls it at start; this process's default is back after."""
+    before = transport._Batching.batch
+    yield transport.fetch_in_batches
+    transport._Batching.batch = before
+
+
+def test_a_worker_sizes_its_batches_from_its_prefetch_and_pool_at_start():
+    # Celery's own WorkController, made as `celery worker -c 8` makes it (nothing started), in a
+    # fresh process: worker_init tells the transport. Prefetch 2 x 8 = 16, 8 held beyond the pool.
+    code = (
+        "from workers.celery import app\n"
+        "from ductape_jobs import transport\n"
+        "before = transport._Batching.batch\n"
+        "app.WorkController(concurrency=8, pool_cls='prefork')\n"
+        "print(before, transport._Batching.batch)\n"
+    )
+    assert fresh_python(code).split() == ["1", "5"]
+
+
+@pytest.mark.parametrize(
+    ("prefetch", "pool", "batch"),
+    [(2, 2, 1), (3, 2, 1), (4, 2, 2), (5, 2, 2), (8, 2, 4), (16, 8, 5), (1, 4, 1)],
+)
+def test_a_batch_is_half_of_what_the_prefetch_holds_beyond_the_pool_and_one(
+    batches: Callable[[int, int], None], prefetch: int, pool: int, batch: int
+):
+    batches(prefetch, pool)
+    assert transport._Batching.batch == batch
+
+
+def test_with_batches_a_fetch_and_its_acks_wait_for_room_for_a_batch(
+    redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], None]
+):
+    batches(4, 2)  # a worker's default: prefetch 2 x 2 processes, batches of 2
+    conn, got = consuming(redis_url, prefix, 8, prefetch=4)
+    tick = conn.transport.cycle.on_poll_start  # what the event loop calls each time round
+    try:
+        assert len(got) == 4 and r.llen(f"{prefix}:q") == 4
+        got[0].ack()
+        tick()  # room for one: the FETCH waits, and the ack with it
+        assert r.llen(f"{prefix}:q") == 4 and r.hlen(f"{prefix}:unacked") == 4
+        got[1].ack()
+        tick()  # room for two: sent, with both acks
+        wait_for(lambda: r.llen(f"{prefix}:q") == 2, 5, "the FETCH to run")
+        acked = {got[0].delivery_tag, got[1].delivery_tag}
+        assert not acked & {t.decode() for t in r.hkeys(f"{prefix}:unacked")}
+        assert r.hlen(f"{prefix}:unacked") == 4  # two held, two taken
+        conn.drain_events(timeout=5)  # its reply, read: two more handed over
+        assert [m.payload["n"] for m in got] == [0, 1, 2, 3, 4, 5]
+    finally:
+        conn.close()
+
+
+def test_a_fetch_held_back_for_a_batch_goes_once_it_has_waited_hold_s(
+    redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], None]
+):
+    batches(4, 2)
+    conn, got = consuming(redis_url, prefix, 8, prefetch=4)
+    tick = conn.transport.cycle.on_poll_start
+    try:
+        got[0].ack()
+        tick()
+        assert r.llen(f"{prefix}:q") == 4 and r.hlen(f"{prefix}:unacked") == 4  # held back
+        channel = got[0].channel
+        channel._held_since -= transport.HOLD_S  # as if HOLD_S had passed (no test sleeps)
+        tick()  # it has waited long enough: it goes with the room it has, and the ack
+        wait_for(lambda: r.llen(f"{prefix}:q") == 3, 5, "the FETCH to run")
+        assert got[0].delivery_tag.encode() not in r.hkeys(f"{prefix}:unacked")
+        assert r.hlen(f"{prefix}:unacked") == 4
+    finally:
+        conn.close()
+
+
+def test_acks_waiting_for_a_held_back_fetch_are_sent_once_the_consumer_is_cancelled(
+    redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], None]
+):
+    batches(4, 2)
+    conn, got = consuming(redis_url, prefix, 8, prefetch=4)
+    tick = conn.transport.cycle.on_poll_start
+    try:
+        got[0].ack()
+        tick()
+        assert r.hlen(f"{prefix}:unacked") == 4  # waiting for the held-back FETCH
+        channel = got[0].channel
+        channel.basic_cancel(next(iter(channel._consumers)))  # Celery's cancel_consumer: no more FETCH
+        tick()
+        assert r.hlen(f"{prefix}:unacked") == 3 and r.llen(f"{prefix}:q") == 4  # the ack, alone
+    finally:
+        conn.close()
