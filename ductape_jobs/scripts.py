@@ -974,7 +974,8 @@ return dropped
 # Beat: take an in-flight run whose job can't be read out of flight (dead-lettered with the
 # reason), only if it has not moved since beat read it. The job is then set aside (CHANGE_STATE).
 # KEYS: run, inflight, dead, job   ARGV: run_id, moved_ms, why, now_ms, dead_retention_s
-# Returns 1 when the run was set aside, 0 when it had moved.
+# Returns 1 when the run was set aside, 0 when it had moved. A job that left meanwhile is not
+# written: the write would make a hash of two fields that nothing ever expires.
 SET_ASIDE_RUN = """
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
@@ -982,7 +983,9 @@ redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[3], 'finished_ms',
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-redis.call('HSET', KEYS[4], 'last_error', ARGV[3], 'keep_s', ARGV[5])
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HSET', KEYS[4], 'last_error', ARGV[3], 'keep_s', ARGV[5])
+end
 return 1
 """
 

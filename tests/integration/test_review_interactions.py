@@ -213,6 +213,24 @@ def test_a_parked_retry_of_a_cancelled_job_beat_cannot_read_leaves_the_job_cance
     assert world.store.redis.hget(world.keys.run(run_id), "status") == b"skipped"
 
 
+def test_setting_aside_a_run_whose_job_left_meanwhile_leaves_no_job_record_behind(world: World):
+    # The job left (its retention passed, or someone deleted it) between beat's read and the
+    # set-aside: the run is still dead-lettered, and no stub job hash without a TTL is made.
+    job_id = world.schedule()
+    world.work()
+    run_id = f"{job_id}:{T0}"
+    world.store.redis.zadd(world.keys.inflight, {run_id: T0})
+    world.store.redis.hset(world.keys.run(run_id), "status", "queued")
+    [read] = world.store.run(ops.beat.unmoved_runs(world.store.keys, T0 + MIN, 10))
+    world.store.redis.delete(world.keys.job(job_id))
+    assert world.store.run(
+        ops.beat.set_aside_run(world.store.keys, world.store.retention, read, job_id, "unreadable", T0 + SEC)
+    )
+    assert not world.store.redis.exists(world.keys.job(job_id))
+    assert world.store.redis.zscore(world.keys.dead, run_id) is not None
+    assert world.store.redis.ttl(world.keys.run(run_id)) > 0
+
+
 def test_the_lost_sweep_drops_or_sets_aside_only_runs_that_have_not_moved_since_it_read_them(world: World):
     # Beat reads unmoved runs, then writes: a run redriven or resent in between (its in-flight
     # score moved) must stay watched, and must not be dead-lettered for what beat read earlier.
