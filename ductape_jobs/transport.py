@@ -15,8 +15,8 @@ idle worker costs Redis nothing more); the message BRPOP brings is recorded as k
 the next call is a FETCH again. Acks wait for the next FETCH, or are sent on the next tick of
 the event loop (one script call for all of them) when no FETCH is under way or held back; one
 still in the unacked hash when the worker dies is put back at the visibility timeout and its run
-skipped (BEGIN_RUN: finished). What
-a FETCH took when its reply is lost with the connection is put back once Redis answers again.
+skipped (BEGIN_RUN: finished). What a FETCH took when its reply is lost with the connection is
+put back once Redis answers again.
 
 Two fixes for a worker that loses its broker connection, for kombu upstream (README, "Redis
 restarts"):
@@ -80,10 +80,13 @@ class _Batching:
 
 
 def fetch_in_batches(prefetch: int, pool: int) -> None:
-    """Let each FETCH wait until it has room for about half of the messages held beyond what the
-    pool runs (``prefetch - pool``), while at least one of those stays held: the pool never waits
-    for a FETCH, and each FETCH costs Redis and the event loop one round trip for several
-    messages, not one. With a prefetch of the pool size or one more, every FETCH goes at once."""
+    """Let each FETCH wait until it has room for half of the messages the prefetch holds beyond
+    what the pool runs (``prefetch - pool``), and one, at most all of them: one round trip for
+    Redis and the event loop per several messages, not per message. The pool keeps working
+    meanwhile; with a prefetch of twice the pool (Celery's default multiplier is 4, ours 2) the
+    FETCH goes as the last message held beyond the pool goes to it, so a process that finishes
+    within the FETCH's round trip waits that long. With a prefetch of the pool size or one more,
+    every FETCH goes at once."""
     spare = prefetch - pool  # held beyond what the pool runs: its next work
     _Batching.batch = max(1, min(spare // 2 + 1, spare))
 
@@ -185,6 +188,7 @@ class Channel(kombu_redis.Channel):
         if _lost_fetches:
             self._restore_lost_fetches()
         if not self._fetch_next or not self.active_queues:
+            self._held_since = None
             self.flush_acks()  # BRPOP holds its connection: the acks can't ride with it
             super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
             return
