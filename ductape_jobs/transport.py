@@ -9,14 +9,14 @@ script call that removes the tags acknowledged since the last call from the unac
 index, pops as many messages as the prefetch allows and records each there, atomically (a message
 is never in neither place, as it is between kombu's BRPOP and its HSET). Its reply is read by the
 event loop like BRPOP's, so nothing waits on it. While the pool has work, a worker's FETCH waits
-for room for a batch of messages (``fetch_in_batches``), for at most ``HOLD_S``: one round trip
-for several messages and their acks. An empty FETCH falls back to kombu's blocking BRPOP (an
-idle worker costs Redis nothing more); the message BRPOP brings is recorded as kombu does, and
-the next call is a FETCH again. Acks wait for the next FETCH, or are sent on the next tick of
-the event loop (one script call for all of them) when no FETCH is under way or held back; one
-still in the unacked hash when the worker dies is put back at the visibility timeout and its run
-skipped (BEGIN_RUN: finished). What a FETCH took when its reply is lost with the connection is
-put back once Redis answers again.
+for room for a batch of messages (``fetch_in_batches``; only in an event loop, with a timer so it
+waits no longer than ``HOLD_S``): one round trip for several messages and their acks. An empty
+FETCH falls back to kombu's blocking BRPOP (an idle worker costs Redis nothing more); the message
+BRPOP brings is recorded as kombu does, and the next call is a FETCH again. Acks wait for the
+next FETCH, or are sent on the next tick of the event loop (one script call for all of them) when
+no FETCH is under way or held back; one still in the unacked hash when the worker dies is put
+back at the visibility timeout and its run skipped (BEGIN_RUN: finished). What a FETCH took when
+its reply is lost with the connection is put back once Redis answers again.
 
 Two fixes for a worker that loses its broker connection, for kombu upstream (README, "Redis
 restarts"):
@@ -68,27 +68,37 @@ _stranded: set[str] = set()
 _lost_fetches: set[tuple[str, str]] = set()
 
 MAX_FETCH = 100  # messages one FETCH takes when the prefetch is unlimited
-HOLD_S = 0.05  # the longest a FETCH (and the acks riding with it) waits for a fuller batch
+# A FETCH held back for a batch (and the acks riding with it) goes this long after the ack that
+# held it back at the latest: a timer makes the event loop look again by then.
+HOLD_S = 0.05
 
 
 class _Batching:
-    """How many messages a FETCH waits to have room for while the pool has work (``batch``): a
-    worker sets it from its prefetch and pool size (``fetch_in_batches``); 1 fetches as soon as
-    one message is acknowledged, as kombu does."""
+    """How many messages a FETCH waits to have room for while the pool has work (``batch``), and
+    the pool's size: a worker sets both once it is ready (``fetch_in_batches``); a batch of 1
+    fetches as soon as one message is acknowledged, as kombu does."""
 
     batch = 1
+    pool = 0
 
 
-def fetch_in_batches(prefetch: int, pool: int) -> None:
-    """Let each FETCH wait until it has room for half of the messages the prefetch holds beyond
-    what the pool runs (``prefetch - pool``), and one, at most all of them: one round trip for
-    Redis and the event loop per several messages, not per message. The pool keeps working
-    meanwhile; with a prefetch of twice the pool (Celery's default multiplier is 4, ours 2) the
-    FETCH goes as the last message held beyond the pool goes to it, so a process that finishes
-    within the FETCH's round trip waits that long. With a prefetch of the pool size or one more,
-    every FETCH goes at once."""
+def fetch_in_batches(prefetch: int, pool: int) -> int:
+    """Let each FETCH of a worker's event loop wait until it has room for half of the messages the
+    prefetch holds beyond what the pool runs (``spare``: ``prefetch - pool``), and one, at most
+    all of them: ``max(1, min(spare // 2 + 1, spare))``. One round trip for Redis and the event
+    loop per several messages, not per message, while the pool keeps working. For a pool of one or
+    two at a prefetch of twice its size (ours by default; Celery's multiplier is 4), the FETCH goes
+    as the last spare message goes to the pool, so a process that finishes within the FETCH's
+    round trip waits that long. With a prefetch of the pool size or one more, every FETCH goes at
+    once. A prefetch lowered later (Celery's, after a reconnection) lowers the batch with it.
+    Returns the batch."""
     spare = prefetch - pool  # held beyond what the pool runs: its next work
-    _Batching.batch = max(1, min(spare // 2 + 1, spare))
+    _Batching.batch, _Batching.pool = max(1, min(spare // 2 + 1, spare)), pool
+    return _Batching.batch
+
+
+def _look_again() -> None:
+    """A timer's callback: waking the event loop is all it does (the tick after it sends the FETCH)."""
 
 
 # KEYS: the unacked index (zset), the unacked hash, then the queue lists in the order to take from
@@ -157,6 +167,7 @@ class QoS(kombu_redis.QoS):
             return
         self.channel._acked.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+        self.channel._acked_on_loop()
 
 
 class Channel(kombu_redis.Channel):
@@ -192,7 +203,7 @@ class Channel(kombu_redis.Channel):
             self.flush_acks()  # BRPOP holds its connection: the acks can't ride with it
             super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
             return
-        if self._holding():
+        if self._holding(time.monotonic()):
             return  # the pool has work: the next FETCH takes a fuller batch, the acks with it
         queues = self._queue_cycle.consume(len(self.active_queues))
         lists: list[str] = [
@@ -217,21 +228,41 @@ class Channel(kombu_redis.Channel):
             ]
         )
 
-    def _holding(self) -> bool:
-        """Whether the next FETCH waits for room for a fuller batch (``fetch_in_batches``): no
-        longer than ``HOLD_S``, so an acknowledgement never waits long for it (the event loop
-        looks at least every second, on its own timers)."""
+    def _batch(self) -> int:
+        """The room a FETCH waits for: the worker's batch, lowered with a prefetch lowered since
+        (1 outside an event loop: ``drain_events`` never waits for a batch)."""
+        batch = _Batching.batch
+        if batch == 1 or getattr(self.connection.cycle, "hub", None) is None:
+            return 1
+        return min(batch, max(1, (self.qos.prefetch_count or 0) - _Batching.pool))
+
+    def _holding(self, now: float) -> bool:
+        """Whether the next FETCH waits for room for a fuller batch (``fetch_in_batches``): until
+        ``HOLD_S`` after it was first held back, so an acknowledgement never waits longer."""
         free = self.qos.can_consume_max_estimate()
-        if free is None or free >= _Batching.batch:
+        if free is None or free >= self._batch():
             self._held_since = None
             return False
-        now = time.monotonic()
         if self._held_since is None:
-            self._held_since = now
+            self._hold(now)
         elif now - self._held_since >= HOLD_S:
             self._held_since = None
             return False
         return True
+
+    def _hold(self, now: float) -> None:
+        """Start holding the next FETCH back, with a timer that makes the event loop look again
+        once ``HOLD_S`` has passed (the loop may otherwise sleep for a second or more)."""
+        self._held_since = now
+        self.connection.cycle.hub.call_later(HOLD_S, _look_again)
+
+    def _acked_on_loop(self) -> None:
+        """An ack was just kept for the next FETCH: if that FETCH will wait for a batch, its clock
+        and timer start now, before the event loop works out how long it may sleep."""
+        if self._held_since is None and self.active_queues:
+            free = self.qos.can_consume_max_estimate()
+            if free is not None and free < self._batch():
+                self._hold(time.monotonic())
 
     def _acks_wait(self) -> bool:
         """Whether the acks wait for a FETCH held back for a batch: while the channel consumes, and
@@ -440,6 +471,8 @@ class Poller(kombu_redis.MultiChannelPoller):
     """kombu's poller; after each tick's FETCH or BRPOP is sent, the acks left are sent too,
     unless they wait for a FETCH held back for a fuller batch."""
 
+    hub: Any = None  # the event loop, once the transport is registered with one
+
     def on_poll_start(self) -> None:
         """Start each channel's FETCH or BRPOP, then send the acks no FETCH took or waits for."""
         super().on_poll_start()  # type: ignore[no-untyped-call]
@@ -451,7 +484,17 @@ class Poller(kombu_redis.MultiChannelPoller):
                     log.warning("could not send acknowledgements; will again", exc_info=True)
 
 
-class Transport(kombu_redis.Transport):
+class _KeepsLoop:
+    """A transport keeping the event loop it is registered with, for the timers of FETCHes held
+    back for a batch."""
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """kombu's, then the loop kept."""
+        super().register_with_event_loop(connection, loop)  # type: ignore[misc]
+        self.cycle.hub = loop  # type: ignore[attr-defined]
+
+
+class Transport(_KeepsLoop, kombu_redis.Transport):
     """kombu's Redis transport with the channel and poller above."""
 
     Channel = Channel
@@ -470,7 +513,7 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):
             return super()._sentinel_managed_pool(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
 
 
-class SentinelTransport(kombu_redis.SentinelTransport):
+class SentinelTransport(_KeepsLoop, kombu_redis.SentinelTransport):
     """kombu's ``sentinel://`` transport with the channel and poller above (``REDIS_URL=sentinel://...``)."""
 
     Channel = SentinelChannel

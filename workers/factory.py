@@ -81,8 +81,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             log.warning("could not refresh this worker's registration; will retry")
 
     worker_init.connect(_share_start_up_with_the_pool, weak=False)
-    worker_init.connect(_fetch_in_batches, weak=False)
     worker_ready.connect(announce, weak=False)
+    worker_ready.connect(_fetch_in_batches, weak=False)
     heartbeat_sent.connect(still_here, weak=False)
     guard_flower(app)
     app.ductape_store = store
@@ -103,11 +103,13 @@ def _share_start_up_with_the_pool(**_: Any) -> None:
 
 
 def _fetch_in_batches(sender: Any = None, **_: Any) -> None:
-    """Size the transport's FETCH batches from this worker's prefetch and pool (both known once
-    Celery has read its command line; an ``auto`` pool size keeps one message per FETCH)."""
-    pool = getattr(sender, "concurrency", None)
-    if isinstance(pool, int) and pool > 0:
-        transport.fetch_in_batches(sender.app.conf.worker_prefetch_multiplier * pool, pool)
+    """Size the transport's FETCH batches from the ready consumer's prefetch and pool, both final
+    by then (command line, ``auto`` and ``--autoscale`` included)."""
+    prefetch = getattr(sender, "initial_prefetch_count", None)
+    pool = getattr(getattr(sender, "pool", None), "num_processes", None)
+    if isinstance(prefetch, int) and isinstance(pool, int) and prefetch > 0 and pool > 0:
+        batch = transport.fetch_in_batches(prefetch, pool)
+        log.info("taking messages in batches of %d (prefetch %d, pool %d)", batch, prefetch, pool)
 
 
 _FREEZE_AT_FORK: list[bool] = []  # registered once per process: at-fork hooks cannot be removed

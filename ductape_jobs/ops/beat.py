@@ -213,8 +213,8 @@ def set_aside_run(
     keys: Keys, retention: Retention, run: InFlight, job_id: str, why: str, now_ms: int
 ) -> Flow[bool]:
     """Take an in-flight run whose job can't be read out of flight, unless it moved since
-    ``run`` was read: the run is dead-lettered and its job failed with the reason, retired and
-    listed as set aside (CHANGE_STATE). False when it had moved."""
+    ``run`` was read: the run is dead-lettered and its job (if still there) failed with the
+    reason, retired and listed as set aside (CHANGE_STATE). False when it had moved."""
     k = keys
     touched = [k.run(run.run_id), k.inflight, k.dead, k.job(job_id)]
     args = [run.run_id, run.moved_ms, why, now_ms, retention.dead_s]

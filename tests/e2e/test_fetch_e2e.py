@@ -41,7 +41,10 @@ def test_a_worker_takes_several_messages_per_fetch_and_leaves_no_acknowledged_on
 ):
     keys = Keys(prefix)
     job_ids = slow_jobs(ductape, 6, 0.5)  # queued before the worker: its first FETCH finds them
-    procs.worker(concurrency=2)  # prefetch 2 x 2: holds 4
+    worker = procs.worker(concurrency=2)  # prefetch 2 x 2: holds 4
+    # Sized once ready, from what Celery made of its command line: 2 messages beyond the pool.
+    batches = "taking messages in batches of 2 (prefetch 4, pool 2)"
+    wait_for(lambda: batches in procs.log(worker), 30, "the worker to size its batches")
     held = wait_for(lambda: r.zrange(keys.broker_unacked_index, 0, -1, withscores=True), 30, "held messages")
     # kombu's BRPOP then HSET records each message at its own instant; one FETCH records its
     # batch at one.

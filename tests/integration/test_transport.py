@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
 from kombu import Connection, Queue
+from kombu.asynchronous import Hub
 
 from ductape_jobs import transport
 from ductape_jobs.embedded import EmbeddedRedis
 from ductape_jobs.transport import FETCH, Transport
-from tests.support import fresh_python, wait_for
+from tests.support import wait_for
 
 
 def hold(redis_url: str, prefix: str, transport: object) -> tuple[Connection, Any]:
@@ -189,24 +191,27 @@ def test_what_a_fetch_under_way_took_is_put_back_when_the_channel_closes(
 
 
 @pytest.fixture
-def batches() -> Iterator[Callable[[int, int], None]]:
-    """``fetch_in_batches``, as a worker calls it at start; this process's default is back after."""
-    before = transport._Batching.batch
+def batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int, int], int]]:
+    """``fetch_in_batches``, as a worker calls it once ready; this process's default is back
+    after. HOLD_S is long here, so no hold runs out between two steps of a test on a slow day."""
+    monkeypatch.setattr(transport, "HOLD_S", 30.0)
+    before = (transport._Batching.batch, transport._Batching.pool)
     yield transport.fetch_in_batches
-    transport._Batching.batch = before
+    transport._Batching.batch, transport._Batching.pool = before
 
 
-def test_a_worker_sizes_its_batches_from_its_prefetch_and_pool_at_start():
-    # Celery's own WorkController, made as `celery worker -c 8` makes it (nothing started), in a
-    # fresh process: worker_init tells the transport. Prefetch 2 x 8 = 16, 8 held beyond the pool.
-    code = (
-        "from workers.celery import app\n"
-        "from ductape_jobs import transport\n"
-        "before = transport._Batching.batch\n"
-        "app.WorkController(concurrency=8, pool_cls='prefork')\n"
-        "print(before, transport._Batching.batch)\n"
-    )
-    assert fresh_python(code).split() == ["1", "5"]
+def looped(conn: Connection) -> Hub:
+    """A real kombu event loop the connection is registered with, as a worker's is (not run: the
+    test calls its ticks itself)."""
+    hub = Hub()
+    conn.register_with_event_loop(hub)
+    return hub
+
+
+def hold_timers(hub: Hub) -> list[float]:
+    """When the loop's timers that end a held-back FETCH are due, in seconds from now."""
+    now = time.monotonic()
+    return [t.eta - now for t in hub.timer._queue if t.entry.fun is transport._look_again]
 
 
 @pytest.mark.parametrize(
@@ -214,22 +219,27 @@ def test_a_worker_sizes_its_batches_from_its_prefetch_and_pool_at_start():
     [(2, 2, 1), (3, 2, 1), (4, 2, 2), (5, 2, 2), (8, 2, 4), (16, 8, 5), (1, 4, 1)],
 )
 def test_a_batch_is_half_of_what_the_prefetch_holds_beyond_the_pool_and_one(
-    batches: Callable[[int, int], None], prefetch: int, pool: int, batch: int
+    batches: Callable[[int, int], int], prefetch: int, pool: int, batch: int
 ):
-    batches(prefetch, pool)
-    assert transport._Batching.batch == batch
+    assert batches(prefetch, pool) == batch == transport._Batching.batch
 
 
-def test_with_batches_a_fetch_and_its_acks_wait_for_room_for_a_batch(
-    redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], None]
+def test_in_an_event_loop_a_fetch_and_its_acks_wait_for_room_for_a_batch(
+    redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], int]
 ):
     batches(4, 2)  # a worker's default: prefetch 2 x 2 processes, batches of 2
     conn, got = consuming(redis_url, prefix, 8, prefetch=4)
+    hub = looped(conn)
     tick = conn.transport.cycle.on_poll_start  # what the event loop calls each time round
     try:
         assert len(got) == 4 and r.llen(f"{prefix}:q") == 4
         got[0].ack()
+        # The hold starts with the ack, before the loop works out how long it may sleep: a
+        # timer makes it look again once HOLD_S has passed.
+        assert [round(due) for due in hold_timers(hub)] == [round(transport.HOLD_S)]
         tick()  # room for one: the FETCH waits, and the ack with it
+        channel = got[0].channel
+        assert channel._fetching is None and channel._acked == [got[0].delivery_tag]
         assert r.llen(f"{prefix}:q") == 4 and r.hlen(f"{prefix}:unacked") == 4
         got[1].ack()
         tick()  # room for two: sent, with both acks
@@ -237,37 +247,76 @@ def test_with_batches_a_fetch_and_its_acks_wait_for_room_for_a_batch(
         acked = {got[0].delivery_tag, got[1].delivery_tag}
         assert not acked & {t.decode() for t in r.hkeys(f"{prefix}:unacked")}
         assert r.hlen(f"{prefix}:unacked") == 4  # two held, two taken
-        conn.drain_events(timeout=5)  # its reply, read: two more handed over
+        # The loop reads its reply: two more handed over.
+        wait_for(lambda: hub.run_once() or len(got) == 6, 5, "the FETCH's messages")
         assert [m.payload["n"] for m in got] == [0, 1, 2, 3, 4, 5]
     finally:
         conn.close()
+        hub.close()
 
 
 def test_a_fetch_held_back_for_a_batch_goes_once_it_has_waited_hold_s(
-    redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], None]
+    redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], int]
 ):
     batches(4, 2)
     conn, got = consuming(redis_url, prefix, 8, prefetch=4)
+    hub = looped(conn)
     tick = conn.transport.cycle.on_poll_start
     try:
         got[0].ack()
         tick()
         assert r.llen(f"{prefix}:q") == 4 and r.hlen(f"{prefix}:unacked") == 4  # held back
         channel = got[0].channel
-        channel._held_since -= transport.HOLD_S  # as if HOLD_S had passed (no test sleeps)
+        channel._held_since -= transport.HOLD_S  # as if its timer had fired (no test sleeps)
         tick()  # it has waited long enough: it goes with the room it has, and the ack
         wait_for(lambda: r.llen(f"{prefix}:q") == 3, 5, "the FETCH to run")
         assert got[0].delivery_tag.encode() not in r.hkeys(f"{prefix}:unacked")
         assert r.hlen(f"{prefix}:unacked") == 4
     finally:
         conn.close()
+        hub.close()
+
+
+def test_without_an_event_loop_a_fetch_never_waits_for_a_batch(
+    redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], int]
+):
+    # drain_events (a script's consumer, or one in a pool process, which inherits the batch):
+    # nothing would wake it to send a held-back FETCH.
+    batches(4, 2)
+    conn, got = consuming(redis_url, prefix, 8, prefetch=4)
+    try:
+        got[0].ack()
+        conn.transport.cycle.on_poll_start()
+        wait_for(lambda: r.llen(f"{prefix}:q") == 3, 5, "the FETCH to run")
+        assert got[0].delivery_tag.encode() not in r.hkeys(f"{prefix}:unacked")
+    finally:
+        conn.close()
+
+
+def test_a_prefetch_lowered_since_the_worker_started_lowers_the_batch(
+    redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], int]
+):
+    # Sized for a prefetch of 8 (batches of 4); Celery runs at a prefetch of 3 now (as after a
+    # reconnection): one beyond the pool of 2, so a FETCH goes for every freed slot.
+    batches(8, 2)
+    conn, got = consuming(redis_url, prefix, 8, prefetch=3)
+    hub = looped(conn)
+    try:
+        got[0].ack()
+        assert not hold_timers(hub)
+        conn.transport.cycle.on_poll_start()
+        wait_for(lambda: r.llen(f"{prefix}:q") == 4, 5, "the FETCH to run")
+    finally:
+        conn.close()
+        hub.close()
 
 
 def test_acks_waiting_for_a_held_back_fetch_are_sent_once_the_consumer_is_cancelled(
-    redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], None]
+    redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], int]
 ):
     batches(4, 2)
     conn, got = consuming(redis_url, prefix, 8, prefetch=4)
+    hub = looped(conn)
     tick = conn.transport.cycle.on_poll_start
     try:
         got[0].ack()
@@ -279,3 +328,4 @@ def test_acks_waiting_for_a_held_back_fetch_are_sent_once_the_consumer_is_cancel
         assert r.hlen(f"{prefix}:unacked") == 3 and r.llen(f"{prefix}:q") == 4  # the ack, alone
     finally:
         conn.close()
+        hub.close()
