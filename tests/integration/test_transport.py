@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -200,18 +201,33 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int, int], in
     transport._Batching.batch, transport._Batching.pool = before
 
 
-def looped(conn: Connection) -> Hub:
-    """A real kombu event loop the connection is registered with, as a worker's is (not run: the
-    test calls its ticks itself)."""
+@contextmanager
+def looping(
+    redis_url: str, prefix: str, prefetch: int, *, loop: bool = True
+) -> Iterator[tuple[Connection, list[Any], Hub]]:
+    """As ``consuming`` (8 messages), the connection then registered with a real kombu event loop
+    as a worker's is (not run: the test calls its ticks itself); ``loop=False``: not registered."""
+    conn, got = consuming(redis_url, prefix, 8, prefetch=prefetch)
     hub = Hub()
-    conn.register_with_event_loop(hub)
-    return hub
+    if loop:
+        conn.register_with_event_loop(hub)
+    try:
+        yield conn, got, hub
+    finally:
+        conn.close()
+        hub.close()
 
 
 def hold_timers(hub: Hub) -> list[float]:
     """When the loop's timers that end a held-back FETCH are due, in seconds from now."""
     now = time.monotonic()
     return [t.eta - now for t in hub.timer._queue if t.entry.fun is transport._look_again]
+
+
+def sent_with_a_fetch(r: redis.Redis, prefix: str, acked: Any, left: int) -> None:
+    """Wait for a FETCH to leave ``left`` messages queued; the ``acked`` message went with it."""
+    wait_for(lambda: r.llen(f"{prefix}:q") == left, 5, "the FETCH to run")
+    assert acked.delivery_tag.encode() not in r.hkeys(f"{prefix}:unacked")
 
 
 @pytest.mark.parametrize(
@@ -228,10 +244,8 @@ def test_in_an_event_loop_a_fetch_and_its_acks_wait_for_room_for_a_batch(
     redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], int]
 ):
     batches(4, 2)  # a worker's default: prefetch 2 x 2 processes, batches of 2
-    conn, got = consuming(redis_url, prefix, 8, prefetch=4)
-    hub = looped(conn)
-    tick = conn.transport.cycle.on_poll_start  # what the event loop calls each time round
-    try:
+    with looping(redis_url, prefix, prefetch=4) as (conn, got, hub):
+        tick = conn.transport.cycle.on_poll_start  # what the event loop calls each time round
         assert len(got) == 4 and r.llen(f"{prefix}:q") == 4
         got[0].ack()
         # The hold starts with the ack, before the loop works out how long it may sleep: a
@@ -243,38 +257,26 @@ def test_in_an_event_loop_a_fetch_and_its_acks_wait_for_room_for_a_batch(
         assert r.llen(f"{prefix}:q") == 4 and r.hlen(f"{prefix}:unacked") == 4
         got[1].ack()
         tick()  # room for two: sent, with both acks
-        wait_for(lambda: r.llen(f"{prefix}:q") == 2, 5, "the FETCH to run")
-        acked = {got[0].delivery_tag, got[1].delivery_tag}
-        assert not acked & {t.decode() for t in r.hkeys(f"{prefix}:unacked")}
+        sent_with_a_fetch(r, prefix, got[1], left=2)
+        assert got[0].delivery_tag.encode() not in r.hkeys(f"{prefix}:unacked")
         assert r.hlen(f"{prefix}:unacked") == 4  # two held, two taken
         # The loop reads its reply: two more handed over.
         wait_for(lambda: hub.run_once() or len(got) == 6, 5, "the FETCH's messages")
         assert [m.payload["n"] for m in got] == [0, 1, 2, 3, 4, 5]
-    finally:
-        conn.close()
-        hub.close()
 
 
 def test_a_fetch_held_back_for_a_batch_goes_once_it_has_waited_hold_s(
     redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], int]
 ):
     batches(4, 2)
-    conn, got = consuming(redis_url, prefix, 8, prefetch=4)
-    hub = looped(conn)
-    tick = conn.transport.cycle.on_poll_start
-    try:
+    with looping(redis_url, prefix, prefetch=4) as (conn, got, _):
         got[0].ack()
-        tick()
+        conn.transport.cycle.on_poll_start()
         assert r.llen(f"{prefix}:q") == 4 and r.hlen(f"{prefix}:unacked") == 4  # held back
-        channel = got[0].channel
-        channel._held_since -= transport.HOLD_S  # as if its timer had fired (no test sleeps)
-        tick()  # it has waited long enough: it goes with the room it has, and the ack
-        wait_for(lambda: r.llen(f"{prefix}:q") == 3, 5, "the FETCH to run")
-        assert got[0].delivery_tag.encode() not in r.hkeys(f"{prefix}:unacked")
+        got[0].channel._held_since -= transport.HOLD_S  # as if its timer had fired (no test sleeps)
+        conn.transport.cycle.on_poll_start()  # it has waited long enough: it goes, with the ack
+        sent_with_a_fetch(r, prefix, got[0], left=3)
         assert r.hlen(f"{prefix}:unacked") == 4
-    finally:
-        conn.close()
-        hub.close()
 
 
 def test_without_an_event_loop_a_fetch_never_waits_for_a_batch(
@@ -283,14 +285,10 @@ def test_without_an_event_loop_a_fetch_never_waits_for_a_batch(
     # drain_events (a script's consumer, or one in a pool process, which inherits the batch):
     # nothing would wake it to send a held-back FETCH.
     batches(4, 2)
-    conn, got = consuming(redis_url, prefix, 8, prefetch=4)
-    try:
+    with looping(redis_url, prefix, prefetch=4, loop=False) as (conn, got, _):
         got[0].ack()
         conn.transport.cycle.on_poll_start()
-        wait_for(lambda: r.llen(f"{prefix}:q") == 3, 5, "the FETCH to run")
-        assert got[0].delivery_tag.encode() not in r.hkeys(f"{prefix}:unacked")
-    finally:
-        conn.close()
+        sent_with_a_fetch(r, prefix, got[0], left=3)
 
 
 def test_a_prefetch_lowered_since_the_worker_started_lowers_the_batch(
@@ -299,33 +297,22 @@ def test_a_prefetch_lowered_since_the_worker_started_lowers_the_batch(
     # Sized for a prefetch of 8 (batches of 4); Celery runs at a prefetch of 3 now (as after a
     # reconnection): one beyond the pool of 2, so a FETCH goes for every freed slot.
     batches(8, 2)
-    conn, got = consuming(redis_url, prefix, 8, prefetch=3)
-    hub = looped(conn)
-    try:
+    with looping(redis_url, prefix, prefetch=3) as (conn, got, hub):
         got[0].ack()
         assert not hold_timers(hub)
         conn.transport.cycle.on_poll_start()
-        wait_for(lambda: r.llen(f"{prefix}:q") == 4, 5, "the FETCH to run")
-    finally:
-        conn.close()
-        hub.close()
+        sent_with_a_fetch(r, prefix, got[0], left=4)
 
 
 def test_acks_waiting_for_a_held_back_fetch_are_sent_once_the_consumer_is_cancelled(
     redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], int]
 ):
     batches(4, 2)
-    conn, got = consuming(redis_url, prefix, 8, prefetch=4)
-    hub = looped(conn)
-    tick = conn.transport.cycle.on_poll_start
-    try:
+    with looping(redis_url, prefix, prefetch=4) as (conn, got, _):
         got[0].ack()
-        tick()
+        conn.transport.cycle.on_poll_start()
         assert r.hlen(f"{prefix}:unacked") == 4  # waiting for the held-back FETCH
         channel = got[0].channel
         channel.basic_cancel(next(iter(channel._consumers)))  # Celery's cancel_consumer: no more FETCH
-        tick()
+        conn.transport.cycle.on_poll_start()
         assert r.hlen(f"{prefix}:unacked") == 3 and r.llen(f"{prefix}:q") == 4  # the ack, alone
-    finally:
-        conn.close()
-        hub.close()
