@@ -35,7 +35,7 @@ from typing import Any
 
 from celery import Celery
 
-from bench.env import Bench, wait_for
+from bench.env import Bench, calls_delta, command_calls, wait_for
 from bench.figures.producer import REQUEST
 from bench.handlers import counter_key
 from bench.plain_app import QUEUE, TASK, WORK_TASK, make_app, queue_key
@@ -68,6 +68,7 @@ class Side:
     drain_s: list[float] = field(default_factory=list)
     steady_s: list[float] = field(default_factory=list)  # each no-op drain less its first tenth
     cpu_us: list[dict[str, float]] = field(default_factory=list)  # per job: main, pool, redis
+    calls: list[dict[str, float]] = field(default_factory=list)  # per job: Redis commands, by name
     work_jobs_per_s: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -167,6 +168,7 @@ def drain(bench: Bench, side: Side, n: int, work: str = NO_OP) -> float:
         raise RuntimeError(f"{side.prefix}: {waiting} messages in the queue, expected {n}")
     before = side.done()
     cpu_before = _cpu_s(side.worker.pid, db)
+    calls_before = command_calls(db)
     start = time.perf_counter()
     _control(side, "add_consumer")
 
@@ -182,9 +184,11 @@ def drain(bench: Bench, side: Side, n: int, work: str = NO_OP) -> float:
     wait_for(finished, 300, f"{n} runs recorded done under {side.prefix}", poll_s=0.005)
     end = time.perf_counter()
     cpu_after = _cpu_s(side.worker.pid, db)
+    calls = calls_delta(calls_before, command_calls(db))
     if work == NO_OP:  # the headline's: the handler-work curve's drains are left out
         side.steady_s.append(end - tenth[0])
         side.cpu_us.append({k: round((cpu_after[k] - cpu_before[k]) / n * 1e6, 1) for k in cpu_after})
+        side.calls.append({k: round(c / n, 2) for k, c in calls.items() if c / n >= 0.01})
     side.check(n)
     db.close()
     return end - start
@@ -240,6 +244,7 @@ def end_to_end(
             drain(bench, s, 200)  # warm-up: connections, scripts, pool children
             s.steady_s.clear()  # (kept out of the figures)
             s.cpu_us.clear()
+            s.calls.clear()
         order = list(sides.values())
         for rep in range(reps):
             for s in order if rep % 2 == 0 else reversed(order):
@@ -267,6 +272,10 @@ def _rows(sides: dict[str, Side], n: int, concurrency: int) -> list[Row]:
         "steady_s": {k: s.steady_s for k, s in sides.items()},
         "jobs_per_s": {k: [n / t for t in s.drain_s] for k, s in sides.items()},
         "cpu_us_per_job": {k: s.cpu_us for k, s in sides.items()},
+        # INFO commandstats over each drain, per job: what Redis was asked, server-wide (the
+        # draining worker's calls, the bench's polling of the done count, and whatever the idle
+        # workers send meanwhile; commands a script ran count under their own names too)
+        "redis_calls_per_job": {k: s.calls for k, s in sides.items()},
         "measured": "queue pre-filled, worker not consuming; add_consumer until all recorded done",
         "done": "ours: job recorded completed (FINISH_RUN); plain: the handler's INCR",
     }

@@ -142,6 +142,12 @@ def test_end_to_end_drains_and_the_handler_work_curve_run_at_a_tiny_size(bench: 
     whole = next(r for r in rows if r.figure.startswith("3 end to end, drain 20 no-op"))
     assert len(steady.samples["ours"]) == len(whole.samples["ours"]) == 1
     assert 0 < steady.samples["ours"][0] < whole.samples["ours"][0]
+    # what Redis was asked per job during each drain: ours two scripts a run at least (BEGIN_RUN,
+    # FINISH_RUN) and FETCH's LRANGE; plain Celery a BRPOP and two MULTI/EXECs (kombu recording the
+    # message, then removing it at the ack); each side's handler one INCR
+    [ours], [same] = (whole.details["redis_calls_per_job"][k] for k in ("ours", "theirs_same_settings"))
+    assert ours["evalsha"] >= 2 and ours["lrange"] > 0 and ours["incrby"] == 1
+    assert same["brpop"] >= 1 and same["multi"] >= 2 and same["incrby"] == 1
 
 
 def _results(path: Path) -> Path:
