@@ -236,19 +236,26 @@ class Channel(kombu_redis.Channel):
             return 1
         return min(batch, max(1, (self.qos.prefetch_count or 0) - _Batching.pool))
 
+    def _short_of_room(self) -> bool:
+        """Whether the prefetch has room for fewer messages than a batch (an unlimited one never)."""
+        free = self.qos.can_consume_max_estimate()
+        return free is not None and free < self._batch()
+
+    def _hold_running(self, now: float) -> bool:
+        """Whether a FETCH is held back, and has been for less than ``HOLD_S``."""
+        return self._held_since is not None and now - self._held_since < HOLD_S
+
     def _holding(self, now: float) -> bool:
         """Whether the next FETCH waits for room for a fuller batch (``fetch_in_batches``): until
         ``HOLD_S`` after it was first held back, so an acknowledgement never waits longer."""
-        free = self.qos.can_consume_max_estimate()
-        if free is None or free >= self._batch():
-            self._held_since = None
-            return False
-        if self._held_since is None:
-            self._hold(now)
-        elif now - self._held_since >= HOLD_S:
-            self._held_since = None
-            return False
-        return True
+        if self._short_of_room():
+            if self._held_since is None:
+                self._hold(now)
+                return True
+            if self._hold_running(now):
+                return True
+        self._held_since = None
+        return False
 
     def _hold(self, now: float) -> None:
         """Start holding the next FETCH back, with a timer that makes the event loop look again
@@ -259,16 +266,13 @@ class Channel(kombu_redis.Channel):
     def _acked_on_loop(self) -> None:
         """An ack was just kept for the next FETCH: if that FETCH will wait for a batch, its clock
         and timer start now, before the event loop works out how long it may sleep."""
-        if self._held_since is None and self.active_queues:
-            free = self.qos.can_consume_max_estimate()
-            if free is not None and free < self._batch():
-                self._hold(time.monotonic())
+        if self._held_since is None and self.active_queues and self._short_of_room():
+            self._hold(time.monotonic())
 
     def _acks_wait(self) -> bool:
         """Whether the acks wait for a FETCH held back for a batch: while the channel consumes, and
         no longer than ``HOLD_S`` after it was first held back."""
-        since = self._held_since
-        return since is not None and bool(self.active_queues) and time.monotonic() - since < HOLD_S
+        return bool(self.active_queues) and self._hold_running(time.monotonic())
 
     def _brpop_read(self, **options: Any) -> bool:
         lists = self._fetching

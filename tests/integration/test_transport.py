@@ -279,29 +279,33 @@ def test_a_fetch_held_back_for_a_batch_goes_once_it_has_waited_hold_s(
         assert r.hlen(f"{prefix}:unacked") == 4
 
 
-def test_without_an_event_loop_a_fetch_never_waits_for_a_batch(
-    redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], int]
+@pytest.mark.parametrize(
+    ("loop", "sized_for", "prefetch", "left"),
+    [
+        # drain_events (a script's consumer, or one in a pool process, which inherits the batch):
+        # nothing would wake it to send a held-back FETCH.
+        pytest.param(False, (4, 2), 4, 3, id="without an event loop"),
+        # Sized for a prefetch of 8 (batches of 4); Celery runs at a prefetch of 3 now (as after a
+        # reconnection): one beyond the pool of 2, so a FETCH goes for every freed slot.
+        pytest.param(True, (8, 2), 3, 4, id="a prefetch lowered since the worker started"),
+    ],
+)
+def test_a_fetch_that_cannot_wait_for_a_batch_goes_with_the_first_ack(
+    redis_url: str,
+    prefix: str,
+    r: redis.Redis,
+    batches: Callable[[int, int], int],
+    loop: bool,
+    sized_for: tuple[int, int],
+    prefetch: int,
+    left: int,
 ):
-    # drain_events (a script's consumer, or one in a pool process, which inherits the batch):
-    # nothing would wake it to send a held-back FETCH.
-    batches(4, 2)
-    with looping(redis_url, prefix, prefetch=4, loop=False) as (conn, got, _):
-        got[0].ack()
-        conn.transport.cycle.on_poll_start()
-        sent_with_a_fetch(r, prefix, got[0], left=3)
-
-
-def test_a_prefetch_lowered_since_the_worker_started_lowers_the_batch(
-    redis_url: str, prefix: str, r: redis.Redis, batches: Callable[[int, int], int]
-):
-    # Sized for a prefetch of 8 (batches of 4); Celery runs at a prefetch of 3 now (as after a
-    # reconnection): one beyond the pool of 2, so a FETCH goes for every freed slot.
-    batches(8, 2)
-    with looping(redis_url, prefix, prefetch=3) as (conn, got, hub):
+    batches(*sized_for)
+    with looping(redis_url, prefix, prefetch=prefetch, loop=loop) as (conn, got, hub):
         got[0].ack()
         assert not hold_timers(hub)
         conn.transport.cycle.on_poll_start()
-        sent_with_a_fetch(r, prefix, got[0], left=4)
+        sent_with_a_fetch(r, prefix, got[0], left=left)
 
 
 def test_acks_waiting_for_a_held_back_fetch_are_sent_once_the_consumer_is_cancelled(
