@@ -29,6 +29,7 @@ from ductape_jobs.sealed import Vault
 from ductape_jobs.sessions import Sessions, session_types_from_config
 from ductape_jobs.settings import Settings
 from ductape_jobs.store import Retention, Store
+from workers.hub_timers import HubTimers
 
 log = logging.getLogger("workers")
 
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     worker_ready.connect(announce, weak=False)
     worker_ready.connect(_fetch_in_batches, weak=False)
     heartbeat_sent.connect(still_here, weak=False)
+    app.steps["worker"].add(HubTimers)
     guard_flower(app)
     app.ductape_store = store
     app.ductape_settings = settings
