@@ -17,6 +17,9 @@ every job is read back and must be ``completed``); for plain Celery, the handler
 The same drains are also timed without their start-up (from the moment a tenth of the jobs are
 done: the worker has resumed consuming and its pipeline is full), an info row for throughput alone.
 
+After each no-op drain each worker's main process RSS is read (an info row): a busy worker
+should not grow with the runs it has done.
+
 Beside the no-op headline, a curve by handler work: the same drain, ours and Celery with the same
 delivery settings, of handlers that do 1 ms of CPU or sleep 10 ms before their INCR (fewer jobs:
 ``WORK_JOBS``), in jobs per second.
@@ -69,6 +72,7 @@ class Side:
     steady_s: list[float] = field(default_factory=list)  # each no-op drain less its first tenth
     cpu_us: list[dict[str, float]] = field(default_factory=list)  # per job: main, pool, redis
     calls: list[dict[str, float]] = field(default_factory=list)  # per job: Redis commands, by name
+    main_rss_mb: list[float] = field(default_factory=list)  # the main process's RSS after each no-op drain
     work_jobs_per_s: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -189,9 +193,17 @@ def drain(bench: Bench, side: Side, n: int, work: str = NO_OP) -> float:
         side.steady_s.append(end - tenth[0])
         side.cpu_us.append({k: round((cpu_after[k] - cpu_before[k]) / n * 1e6, 1) for k in cpu_after})
         side.calls.append({k: round(c / n, 2) for k, c in calls.items() if c / n >= 0.01})
+        side.main_rss_mb.append(_rss_mb(side.worker.pid))
     side.check(n)
     db.close()
     return end - start
+
+
+def _rss_mb(pid: int) -> float:
+    """A process's resident memory now, MB (``VmRSS``)."""
+    with open(f"/proc/{pid}/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return round(kb / 1024, 1)
 
 
 def _cpu_s(pid: int, db: Any) -> dict[str, float]:
@@ -245,6 +257,7 @@ def end_to_end(
             s.steady_s.clear()  # (kept out of the figures)
             s.cpu_us.clear()
             s.calls.clear()
+            s.main_rss_mb.clear()
         order = list(sides.values())
         for rep in range(reps):
             for s in order if rep % 2 == 0 else reversed(order):
@@ -276,6 +289,8 @@ def _rows(sides: dict[str, Side], n: int, concurrency: int) -> list[Row]:
         # draining worker's calls, the bench's polling of the done count, and whatever the idle
         # workers send meanwhile; commands a script ran count under their own names too)
         "redis_calls_per_job": {k: s.calls for k, s in sides.items()},
+        # after each no-op drain, in the order run: a busy worker's main process should not grow
+        "main_rss_mb": {k: s.main_rss_mb for k, s in sides.items()},
         "measured": "queue pre-filled, worker not consuming; add_consumer until all recorded done",
         "done": "ours: job recorded completed (FINISH_RUN); plain: the handler's INCR",
     }
@@ -297,6 +312,17 @@ def _rows(sides: dict[str, Side], n: int, concurrency: int) -> list[Row]:
             "s",
             ours.steady_s,
             same.steady_s,
+            "-",
+            None,
+            theirs_label="Celery, same delivery settings",
+            details=details,
+            command=command,
+        ),
+        row(
+            "3 (info) the worker's main process RSS after each no-op drain",
+            "MB",
+            ours.main_rss_mb,
+            same.main_rss_mb,
             "-",
             None,
             theirs_label="Celery, same delivery settings",

@@ -148,6 +148,10 @@ def test_end_to_end_drains_and_the_handler_work_curve_run_at_a_tiny_size(bench: 
     [ours], [same] = (whole.details["redis_calls_per_job"][k] for k in ("ours", "theirs_same_settings"))
     assert ours["evalsha"] >= 2 and ours["lrange"] > 0 and ours["incrby"] == 1
     assert same["brpop"] >= 1 and same["multi"] >= 2 and same["incrby"] == 1
+    # each worker's main process measured after each of its drains
+    rss = next(r for r in rows if r.figure.startswith("3 (info) the worker's main process RSS"))
+    assert len(rss.samples["ours"]) == len(rss.samples["theirs"]) == 1
+    assert rss.samples["ours"][0] > 10 and rss.samples["theirs"][0] > 10
 
 
 def _results(path: Path) -> Path:
