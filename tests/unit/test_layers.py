@@ -54,8 +54,8 @@ PURE = {
 CELERY = ("celery", "kombu", "billiard")
 REDIS = ("redis", "hiredis")
 # Where Celery may be imported: the message builder, the app factory, the task-sent events,
-# Flower's guard, kombu's transport fix, and the thin adapters (the workers app, beat's scheduler
-# and its beat_schedule reader).
+# Flower's guard, kombu's transport fix, and the thin adapters (the workers app and its event
+# loop's timer bootstep, beat's scheduler and its beat_schedule reader).
 CELERY_USERS = {
     "ductape_jobs.wire",
     "ductape_jobs.celery_app",
@@ -63,6 +63,7 @@ CELERY_USERS = {
     "ductape_jobs.flower_guard",
     "ductape_jobs.transport",
     "workers.factory",
+    "workers.hub_timers",
     "beat.scheduler",
     "beat.imported",
 }
