@@ -35,7 +35,8 @@ def drop_cancelled(timer: Timer) -> int:
 
 
 class HubTimers(bootsteps.StartStopStep):  # type: ignore[misc]  # Celery is untyped
-    """Drops cancelled timers from the worker's event loop (none without one: solo, threads)."""
+    """Drops cancelled timers from the worker's event loop (a worker without one, under eventlet or
+    gevent, sets no such timers)."""
 
     requires = ("celery.worker.components:Hub",)
 
