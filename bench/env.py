@@ -247,6 +247,16 @@ def round_trips() -> Iterator[Sent]:
         conn_cls.send_packed_command = original  # type: ignore[method-assign]
 
 
+def status_mb(pid: int, field: str) -> float:
+    """One memory line of a process's ``/proc/<pid>/status`` (``VmRSS``: now, ``VmHWM``: its
+    peak), MB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for {pid}")
+
+
 def command_calls(client: redis.Redis) -> dict[str, int]:
     """Server-side calls per command (INFO commandstats; commands run inside Lua count too)."""
     stats = client.info("commandstats")

@@ -232,7 +232,7 @@ class Channel(kombu_redis.Channel):
         """The room a FETCH waits for: the worker's batch, lowered with a prefetch lowered since
         (1 outside an event loop: ``drain_events`` never waits for a batch)."""
         batch = _Batching.batch
-        if batch == 1 or getattr(self.connection.cycle, "hub", None) is None:
+        if batch == 1 or self.connection.cycle.hub is None:
             return 1
         return min(batch, max(1, (self.qos.prefetch_count or 0) - _Batching.pool))
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from celery import Celery
 
-from bench.env import Bench, calls_delta, command_calls, wait_for
+from bench.env import Bench, calls_delta, command_calls, status_mb, wait_for
 from bench.figures.producer import REQUEST
 from bench.handlers import counter_key
 from bench.plain_app import QUEUE, TASK, WORK_TASK, make_app, queue_key
@@ -193,17 +193,10 @@ def drain(bench: Bench, side: Side, n: int, work: str = NO_OP) -> float:
         side.steady_s.append(end - tenth[0])
         side.cpu_us.append({k: round((cpu_after[k] - cpu_before[k]) / n * 1e6, 1) for k in cpu_after})
         side.calls.append({k: round(c / n, 2) for k, c in calls.items() if c / n >= 0.01})
-        side.main_rss_mb.append(_rss_mb(side.worker.pid))
+        side.main_rss_mb.append(round(status_mb(side.worker.pid, "VmRSS"), 1))
     side.check(n)
     db.close()
     return end - start
-
-
-def _rss_mb(pid: int) -> float:
-    """A process's resident memory now, MB (``VmRSS``)."""
-    with open(f"/proc/{pid}/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return round(kb / 1024, 1)
 
 
 def _cpu_s(pid: int, db: Any) -> dict[str, float]:

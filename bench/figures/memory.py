@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench.counter import counter_key
-from bench.env import Bench, wait_for
+from bench.env import Bench, status_mb, wait_for
 from bench.figures.beat import EVERY_MS
 from bench.figures.lateness import Arrivals
 from bench.figures.producer import REQUEST
@@ -55,15 +55,6 @@ REPS_CAP = {10_000: 1, 100_000: 1}
 LEAD_S = 6.0  # the due instant is this long after the load (~1 s per 4,000): the beat starts meanwhile
 CELERY_CLI_UP_TO = 10_000  # bursts also run once under `celery -A beat beat` (an info row)
 CAP_S = 60.0  # a side still releasing this long after the due instant is stopped and projected
-
-
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM (peak resident memory) of a process, MB."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for {pid}")
 
 
 def _bytes_under(bench: Bench, prefix: str, kind: Callable[[str], str]) -> dict[str, list[int]]:
@@ -154,7 +145,7 @@ def _release(bench: Bench, proc: Any, lock_key: str, queue: str, burst: int, due
         return now_ms() - due_ms > CAP_S * 1000 and first is not None and now_ms() - first > 10_000
 
     wait_for(released, 900, f"{burst} runs in {queue}", poll_s=0.01)
-    peak = peak_rss_mb(proc.pid)
+    peak = status_mb(proc.pid, "VmHWM")
     bench.stop(proc)
     consumer.stop.set()
     consumer.join()
