@@ -1,6 +1,6 @@
-"""``python -m bench [--only N[,N]] [--reps K] [--quick] [--drain N] [--aof] [--receivers]``: print the table,
-write results/last.json (results/last-aof.json with ``--aof``); ``python -m bench.charts`` then
-draws its curves."""
+"""``python -m bench [--only N[,N]] [--reps K] [--quick] [--drain N] [--against REF] [--aof]
+[--receivers]``: print the table, write results/last.json (results/last-aof.json with ``--aof``);
+``python -m bench.charts`` then draws its curves."""
 
 from __future__ import annotations
 
@@ -48,14 +48,16 @@ FEWER_REPS = {4: 2, 5: 2, 9: 1, 12: 2, 14: 3}
 LONG = {8}  # minutes long: only when named in --only (`make soak` runs figure 8 alone)
 
 
-def _figures(quick: bool, drain: int | None = None) -> dict[int, Callable[[Bench, int], list[Row]]]:
+def _figures(
+    quick: bool, drain: int | None = None, against: str | None = None
+) -> dict[int, Callable[[Bench, int], list[Row]]]:
     bursts = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
     drained = drain if drain is not None else (500 if quick else 1_000)
     rates = (100, 1_000, 5_000) if quick else (100, 1_000, 5_000, 20_000)
     return {
         1: lambda bench, reps: schedule_one_by_one(bench, reps, n=1_000 if quick else 2_000),
         2: lambda bench, reps: schedule_batch(bench, reps, n=2_000 if quick else 3_000),
-        3: lambda bench, reps: end_to_end(bench, reps, n=drained),
+        3: lambda bench, reps: end_to_end(bench, reps, n=drained, against=against),
         # figure 7 (round trips, commands, Redis CPU per run) is measured with figure 4
         4: lambda bench, reps: beat_release(bench, reps, stored=50_000, due=5_000),
         5: lambda bench, reps: beat_burst(bench, reps, bursts=bursts),
@@ -104,6 +106,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "curve keeps its sizes",
     )
     parser.add_argument(
+        "--against",
+        default=None,
+        metavar="REF",
+        help="figure 3 also drains a worker built from git REF (a commit of this checkout; a work "
+        "tree of it, removed after), in turn with the others: this checkout's worker against it",
+    )
+    parser.add_argument(
         "--aof",
         action="store_true",
         help="the private server runs with appendonly yes, appendfsync everysec (results in last-aof.json)",
@@ -149,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.getLogger("beat").setLevel(logging.ERROR)  # the in-process engine's leader chatter
     logging.getLogger("ductape_jobs.runner").setLevel(logging.ERROR)  # figure 9's failing runs
-    figures = _figures(args.quick, args.drain)
+    figures = _figures(args.quick, args.drain, args.against)
     chosen = {4 if int(n) == 7 else int(n) for n in args.only.split(",") if n.strip()}
     # the soak (figure 8, minutes long) runs only when asked for by name
     wanted = sorted(chosen) or sorted(n for n in figures if n not in LONG)
@@ -174,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             "reps": {str(n): reps_for(n, args) for n in wanted},
             "quick": args.quick,
             "drain": args.drain,
+            "against": args.against,
             "aof": args.aof,
             "receivers": args.receivers,
         }

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -140,26 +141,31 @@ class Bench:
 
     # -- processes --------------------------------------------------------------------------
 
-    def spawn(self, app: str, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
-        """Start ``celery -A app ...`` in its own process group, logging to results/logs."""
-        return self.start([sys.executable, "-m", "celery", "-A", app, *args], env, name)
+    def spawn(
+        self, app: str, args: list[str], env: dict[str, str], name: str, tree: Path = ROOT
+    ) -> subprocess.Popen[bytes]:
+        """Start ``celery -A app ...`` in its own process group, logging to results/logs; its code
+        from ``tree`` (another commit's work tree: ``checked_out``)."""
+        return self.start([sys.executable, "-m", "celery", "-A", app, *args], env, name, tree)
 
     def beat(self, env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
         """Start our beat as the README runs it: ``ductape-beat`` (``python -m beat``: the same code)."""
         return self.start([sys.executable, "-m", "beat", "--loglevel", "WARNING"], env, name)
 
-    def start(self, command: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
-        """Start ``command`` in its own process group, logging to results/logs."""
+    def start(
+        self, command: list[str], env: dict[str, str], name: str, tree: Path = ROOT
+    ) -> subprocess.Popen[bytes]:
+        """Start ``command`` in its own process group, logging to results/logs, in ``tree``."""
         full_env = {
             **os.environ,
             "REDIS_URL": self.url,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
             **env,
         }
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
         proc = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=tree,
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -245,6 +251,23 @@ def round_trips() -> Iterator[Sent]:
         yield sent
     finally:
         conn_cls.send_packed_command = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def checked_out(ref: str) -> Iterator[Path]:
+    """A work tree of git ``ref`` (a commit, branch or tag of this checkout), removed after: the
+    code another commit's worker runs, with this checkout's environment."""
+    with tempfile.TemporaryDirectory(prefix="bench-against-") as parent:
+        tree = Path(parent) / "tree"
+        added = subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), ref], cwd=ROOT, capture_output=True, text=True
+        )
+        if added.returncode != 0:
+            raise RuntimeError(f"--against {ref}: git worktree add failed: {added.stderr.strip()}")
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
 
 
 def status_mb(pid: int, field: str) -> float:

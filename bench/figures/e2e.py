@@ -1,4 +1,5 @@
-"""Figure 3: draining 10,000 pre-filled no-op jobs until all are recorded done, real prefork workers.
+"""Figure 3: draining pre-filled no-op jobs (1,000 by default, ``--drain N``) until all are recorded
+done, real prefork workers.
 
 Three warm workers run side by side, idle but for their turn: ours (``celery -A workers worker``),
 plain Celery with our delivery settings (late acks, reject on worker lost, the same prefetch, no
@@ -20,6 +21,10 @@ done: the worker has resumed consuming and its pipeline is full), an info row fo
 After each no-op drain each worker's main process RSS is read (an info row): a busy worker
 should not grow with the runs it has done.
 
+With ``--against REF`` a fourth worker, ours built from git REF (a work tree of it, removed after),
+drains in turn with the others: an info row compares this checkout's worker with that commit's on
+one server, in one run (an A/B of a change, with its spread).
+
 Beside the no-op headline, a curve by handler work: the same drain, ours and Celery with the same
 delivery settings, of handlers that do 1 ms of CPU or sleep 10 ms before their INCR (fewer jobs:
 ``WORK_JOBS``), in jobs per second.
@@ -34,11 +39,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
-from bench.env import Bench, calls_delta, command_calls, status_mb, wait_for
+from bench.env import ROOT, Bench, calls_delta, checked_out, command_calls, status_mb, wait_for
 from bench.figures.producer import REQUEST
 from bench.handlers import counter_key
 from bench.plain_app import QUEUE, TASK, WORK_TASK, make_app, queue_key
@@ -85,13 +91,14 @@ def _control(side: Side, command: str) -> None:
         raise RuntimeError(f"{command} {side.queue} on {side.hostname}: {replies!r}")
 
 
-def _ours(bench: Bench, pool: list[str]) -> tuple[Side, Ductape]:
-    prefix = bench.prefix("f3")
+def _ours(bench: Bench, pool: list[str], tree: Path = ROOT, name: str = "ours") -> tuple[Side, Ductape]:
+    """Our worker, its code from ``tree`` (``--against``: another commit's)."""
+    prefix = bench.prefix("f3" if tree == ROOT else "f3r")
     settings = Settings(redis_url=bench.url, key_prefix=prefix, require_handler=False)
     ductape = Ductape(settings=settings)
     keys, db = Keys(prefix), bench.client()
     env = {"DUCTAPE_KEY_PREFIX": prefix, "DUCTAPE_HANDLERS": "bench.handlers", "DUCTAPE_WORKER_ENVS": "dev"}
-    hostname = f"ours-{prefix}@{socket.gethostname()}"
+    hostname = f"{name}-{prefix}@{socket.gethostname()}"
     queue = settings.queue_for("dev")
     filled: list[str] = []  # job ids of the current fill
 
@@ -119,7 +126,7 @@ def _ours(bench: Bench, pool: list[str]) -> tuple[Side, Ductape]:
         queue,
         keys.broker_prefix + queue,
         hostname,
-        bench.spawn("workers", [*pool, "-n", hostname], env, "f3-ours-worker"),
+        bench.spawn("workers", [*pool, "-n", hostname], env, f"f3-{name}-worker", tree),
         lambda: bool(db.hlen(keys.workers)),
         fill,
         lambda: int(db.zcard(keys.retired)),  # FINISH_RUN retires a completed one-off job
@@ -225,10 +232,29 @@ def _cpu_s(pid: int, db: Any) -> dict[str, float]:
 
 
 def end_to_end(
-    bench: Bench, reps: int, n: int = 10_000, concurrency: int = 2, work_jobs: dict[str, int] = WORK_JOBS
+    bench: Bench,
+    reps: int,
+    n: int = 10_000,
+    concurrency: int = 2,
+    work_jobs: dict[str, int] = WORK_JOBS,
+    against: str | None = None,
 ) -> list[Row]:
     """Ours vs plain Celery with our delivery settings (headline) and with its defaults, seconds;
-    and ours vs the same settings by handler work, jobs per second."""
+    and ours vs the same settings by handler work, jobs per second. ``against``: a git ref whose
+    worker drains too, in turn with the others (an A/B of two commits on one server)."""
+    with checked_out(against) if against else contextlib.nullcontext() as tree:
+        return _end_to_end(bench, reps, n, concurrency, work_jobs, tree, against)
+
+
+def _end_to_end(
+    bench: Bench,
+    reps: int,
+    n: int,
+    concurrency: int,
+    work_jobs: dict[str, int],
+    tree: Path | None,
+    against: str | None,
+) -> list[Row]:
     pool = ["worker", "-P", "prefork", "-c", str(concurrency), "--without-gossip", "--without-mingle"]
     pool += ["--loglevel", "WARNING"]
     ours, ductape = _ours(bench, pool)
@@ -237,6 +263,10 @@ def end_to_end(
         "theirs_same_settings": _plain(bench, pool, "ours"),
         "theirs_defaults": _plain(bench, pool, "celery"),
     }
+    clients = [ductape]
+    if tree is not None:
+        sides["ours_at_ref"], at_ref = _ours(bench, pool, tree, "ref")
+        clients.append(at_ref)
 
     def all_ready() -> bool:
         for s in sides.values():
@@ -265,11 +295,12 @@ def end_to_end(
             bench.stop(s.worker)
             s.app.close()
             bench.drop(s.prefix)
-        ductape.close()
-    return _rows(sides, n, concurrency) + _work_rows(sides, n, work_jobs)
+        for client in clients:
+            client.close()
+    return _rows(sides, n, concurrency, against) + _work_rows(sides, n, work_jobs)
 
 
-def _rows(sides: dict[str, Side], n: int, concurrency: int) -> list[Row]:
+def _rows(sides: dict[str, Side], n: int, concurrency: int, against: str | None = None) -> list[Row]:
     ours, same, plain = sides["ours"], sides["theirs_same_settings"], sides["theirs_defaults"]
     details: dict[str, Any] = {
         "jobs": n,
@@ -333,7 +364,23 @@ def _rows(sides: dict[str, Side], n: int, concurrency: int) -> list[Row]:
             details=details,
             command=command,
         ),
-    ]
+    ] + (
+        [
+            row(
+                f"3 (info) ours against ours at {against}, the same drains",
+                "s",
+                ours.drain_s,
+                sides["ours_at_ref"].drain_s,
+                "-",
+                None,
+                theirs_label=f"ours at {against}",
+                details=details,
+                command=f"{command} --against {against}",
+            )
+        ]
+        if against
+        else []
+    )
 
 
 def _work_rows(sides: dict[str, Side], n: int, work_jobs: dict[str, int]) -> list[Row]:

@@ -76,6 +76,7 @@ def test_every_figure_module_imports_and_every_figure_is_wired() -> None:
     assert reps_for(3, _parse([])) == reps_for(6, _parse([])) == 5
     assert reps_for(6, _parse(["--quick"])) == 2 and reps_for(4, _parse(["--reps", "7"])) == 7
     assert _parse(["--aof"]).aof and not _parse([]).aof
+    assert _parse(["--only", "3", "--against", "af8e590"]).against == "af8e590"  # as the README runs it
 
 
 def test_the_replica_wait_figure_runs_at_a_tiny_size(bench: Bench) -> None:
@@ -152,6 +153,17 @@ def test_end_to_end_drains_and_the_handler_work_curve_run_at_a_tiny_size(bench: 
     rss = next(r for r in rows if r.figure.startswith("3 (info) the worker's main process RSS"))
     assert len(rss.samples["ours"]) == len(rss.samples["theirs"]) == 1
     assert rss.samples["ours"][0] > 10 and rss.samples["theirs"][0] > 10
+
+
+def test_end_to_end_against_another_commit_drains_its_worker_in_turn(bench: Bench) -> None:
+    rows = measured(end_to_end(bench, 1, n=20, work_jobs={}, against="HEAD"))
+    [ab] = [r for r in rows if r.figure == "3 (info) ours against ours at HEAD, the same drains"]
+    assert ab.theirs_label == "ours at HEAD" and ab.command.endswith("--against HEAD")
+    assert len(ab.samples["ours"]) == len(ab.samples["theirs"]) == 1 and ab.samples["theirs"][0] > 0
+    # that worker ran from a work tree of HEAD, which is gone again
+    assert "ours_at_ref" in ab.details["drain_s"]
+    trees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "bench-against-" not in trees
 
 
 def _results(path: Path) -> Path:
