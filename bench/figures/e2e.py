@@ -263,8 +263,13 @@ def _end_to_end(
         "theirs_same_settings": _plain(bench, pool, "ours"),
         "theirs_defaults": _plain(bench, pool, "celery"),
     }
-    clients = [ductape]
+    clients, named = [ductape], ""
     if tree is not None:
+        # the ref as given, and the commit it named then (HEAD~1 names another one tomorrow)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True
+        )
+        named = f"{against} ({commit.stdout.strip()})"
         sides["ours_at_ref"], at_ref = _ours(bench, pool, tree, "ref")
         clients.append(at_ref)
 
@@ -297,10 +302,12 @@ def _end_to_end(
             bench.drop(s.prefix)
         for client in clients:
             client.close()
-    return _rows(sides, n, concurrency, against) + _work_rows(sides, n, work_jobs)
+    return _rows(sides, n, concurrency, against, named) + _work_rows(sides, n, work_jobs)
 
 
-def _rows(sides: dict[str, Side], n: int, concurrency: int, against: str | None = None) -> list[Row]:
+def _rows(
+    sides: dict[str, Side], n: int, concurrency: int, against: str | None = None, named: str = ""
+) -> list[Row]:
     ours, same, plain = sides["ours"], sides["theirs_same_settings"], sides["theirs_defaults"]
     details: dict[str, Any] = {
         "jobs": n,
@@ -367,13 +374,13 @@ def _rows(sides: dict[str, Side], n: int, concurrency: int, against: str | None 
     ] + (
         [
             row(
-                f"3 (info) ours against ours at {against}, the same drains",
+                f"3 (info) ours against ours at {named}, the same drains",
                 "s",
                 ours.drain_s,
                 sides["ours_at_ref"].drain_s,
                 "-",
                 None,
-                theirs_label=f"ours at {against}",
+                theirs_label=f"ours at {named}",
                 details=details,
                 command=f"{command} --against {against}",
             )

@@ -157,8 +157,10 @@ def test_end_to_end_drains_and_the_handler_work_curve_run_at_a_tiny_size(bench: 
 
 def test_end_to_end_against_another_commit_drains_its_worker_in_turn(bench: Bench) -> None:
     rows = measured(end_to_end(bench, 1, n=20, work_jobs={}, against="HEAD"))
-    [ab] = [r for r in rows if r.figure == "3 (info) ours against ours at HEAD, the same drains"]
-    assert ab.theirs_label == "ours at HEAD" and ab.command.endswith("--against HEAD")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    named = f"HEAD ({head.stdout.strip()})"  # the ref, and the commit it named
+    [ab] = [r for r in rows if r.figure == f"3 (info) ours against ours at {named}, the same drains"]
+    assert ab.theirs_label == f"ours at {named}" and ab.command.endswith("--against HEAD")
     assert len(ab.samples["ours"]) == len(ab.samples["theirs"]) == 1 and ab.samples["theirs"][0] > 0
     # that worker ran from a work tree of HEAD, which is gone again
     assert "ours_at_ref" in ab.details["drain_s"]
